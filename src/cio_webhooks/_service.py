@@ -1,0 +1,125 @@
+"""Assembling the service from settings: inbox, router, dispatcher, warehouse, app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._exceptions import ConfigError
+from ._sqlite import SQLiteInbox
+from .app import Background, WebhookApp, create_app
+from .dispatcher import Clock, Dispatcher, RetryPolicy
+from .handlers import Router, load_router
+from .inbox import Inbox
+from .sinks import SQLiteWarehouse, WarehouseLoader
+
+log = logging.getLogger("cio_webhooks.service")
+
+KEY_FILE = "signing-key"
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: Path
+    warehouse: Path
+    signing_keys: tuple[str, ...] = ()
+    tolerance: float = 300.0
+    max_body: int = 2 * 1024 * 1024
+    handlers: tuple[str, ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dedupe_days: float = 30.0
+    dispatch: bool = True
+    max_db_bytes: int | None = None
+
+
+def split_keys(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Keys from repeated flags and comma-separated env values, in order, without blanks."""
+    keys: list[str] = []
+    for value in values:
+        keys.extend(k.strip() for k in value.split(",") if k.strip())
+    return tuple(dict.fromkeys(keys))
+
+
+def load_or_create_key(data_dir: Path) -> tuple[str, bool]:
+    """The key stored in ``data_dir``, generating it (mode 0600) on first use.
+    Returns ``(key, created)``."""
+    path = data_dir / KEY_FILE
+    if path.exists():
+        key = path.read_text().strip()
+        if not key:
+            raise ConfigError(f"{path} is empty: delete it or configure a signing key")
+        return key, False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key, True
+
+
+def build_router(specs: tuple[str, ...]) -> Router:
+    router = Router()
+    for spec in specs:
+        router.include(load_router(spec))
+    return router
+
+
+async def prune_periodically(
+    inbox: Inbox, days: float, stop: asyncio.Event, *, clock: Clock = time.time,
+    every: float = 3600.0,
+) -> None:
+    """End the dedupe window of finished events older than ``days``, hourly."""
+    while not stop.is_set():
+        try:
+            removed = await inbox.prune(received_before=clock() - days * 86400)
+            if removed:
+                log.info("event=pruned events=%d older_than_days=%g", removed, days)
+        except Exception as exc:
+            log.error("event=prune_failed error=%r", str(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+
+
+def background_tasks(
+    settings: Settings, inbox: Inbox, *, clock: Clock = time.time
+) -> tuple[list[Background], Dispatcher]:
+    router = build_router(settings.handlers)
+    dispatcher = Dispatcher(inbox, router, retry=settings.retry, clock=clock)
+    loader = WarehouseLoader(inbox, SQLiteWarehouse(settings.warehouse), clock=clock)
+
+    def pruner(stop: asyncio.Event) -> Awaitable[None]:
+        return prune_periodically(inbox, settings.dedupe_days, stop, clock=clock)
+
+    tasks: list[Callable[[asyncio.Event], Awaitable[None]]] = [
+        dispatcher.run, loader.run, pruner,
+    ]
+    return tasks, dispatcher
+
+
+def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
+    if not settings.signing_keys:
+        raise ConfigError("no signing key configured")
+    inbox = SQLiteInbox(settings.db, max_bytes=settings.max_db_bytes)
+    tasks, dispatcher = background_tasks(settings, inbox, clock=clock)
+    return create_app(
+        inbox, settings.signing_keys, tolerance=settings.tolerance, max_body=settings.max_body,
+        clock=clock, background=tasks if settings.dispatch else (),
+        on_stored=dispatcher.wake if settings.dispatch else None,
+    )
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    inbox = SQLiteInbox(settings.db, max_bytes=settings.max_db_bytes)
+    await inbox.open()
+    try:
+        tasks, _ = background_tasks(settings, inbox)
+        await asyncio.gather(*(task(stop) for task in tasks))
+    finally:
+        await inbox.close()

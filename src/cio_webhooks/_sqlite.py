@@ -1,0 +1,528 @@
+"""``SQLiteInbox``: the embedded inbox, one SQLite file in WAL mode.
+
+Durability and speed come from one rule: a single writer thread owns the only
+writing connection.  Every write (an incoming event, a claim, a handler
+result) is a small function queued to that thread; the thread drains whatever
+is waiting, runs it all in one transaction and commits once (``synchronous=FULL``,
+so the commit is on disk), then settles every waiting future.  Many concurrent
+requests therefore share one fsync ("group commit"), and a request is answered
+only after the commit that holds its event.  Reads use their own connections;
+WAL readers never block the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._exceptions import StoreUnavailable
+from .events import Event
+from .handlers import parse_pattern
+from .inbox import (
+    EventFilter,
+    Job,
+    JobState,
+    Outcome,
+    PutResult,
+    Quarantined,
+    StoredEvent,
+)
+
+__all__ = ["SQLiteInbox"]
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        TEXT NOT NULL UNIQUE,
+    object_type     TEXT NOT NULL,
+    metric          TEXT NOT NULL,
+    occurred_at     INTEGER,
+    received_at     REAL NOT NULL,
+    body            BLOB NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT,
+    updated_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
+    WHERE state IN ('pending', 'retrying');
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS handler_runs (
+    seq        INTEGER NOT NULL,
+    handler    TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    attempts   INTEGER NOT NULL,
+    last_error TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (seq, handler)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL,
+    event_id    TEXT,
+    reason      TEXT NOT NULL,
+    body        BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+PRAGMA user_version = 1;
+"""
+
+_INSERT = (
+    "INSERT INTO events (event_id, object_type, metric, occurred_at, received_at, body,"
+    " next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (event_id) DO NOTHING"
+)
+_EVENT_COLUMNS = (
+    "seq, event_id, object_type, metric, occurred_at, received_at, state, attempts,"
+    " next_attempt_at, last_error, body"
+)
+
+
+@dataclass(slots=True)
+class _Write:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    # Run inside a SAVEPOINT, so that its failure does not undo the rest of the batch.
+    isolated: bool
+
+
+_STOP = object()
+
+
+def _settle(batch: list[_Write], results: list[tuple[bool, Any]]) -> None:
+    for write, (ok, value) in zip(batch, results, strict=True):
+        if write.future.done():  # the request went away; its event is stored all the same
+            continue
+        if ok:
+            write.future.set_result(value)
+        else:
+            write.future.set_exception(value)
+
+
+class _Writer:
+    """The thread that owns the writing connection and commits in groups."""
+
+    def __init__(self, path: Path, *, max_batch: int, max_bytes: int | None) -> None:
+        self._path = path
+        self._max_batch = max_batch
+        self._max_bytes = max_bytes
+        self._queue: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="cio-inbox-writer", daemon=True)
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: with WAL+NORMAL a committed transaction can roll back after power loss.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.executescript(SCHEMA)
+        if self._max_bytes is not None:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")
+        self._conn = conn
+        self._thread.start()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, isolated: bool) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(StoreUnavailable("the inbox is closed"))
+        else:
+            self._queue.put(_Write(fn, future, isolated))
+        return future
+
+    def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+        if self._conn is not None:
+            self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, _Write)
+            batch = [item]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                assert isinstance(nxt, _Write)
+                batch.append(nxt)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Write]) -> None:
+        conn = self._conn
+        assert conn is not None
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                if not write.isolated:
+                    results.append((True, write.fn(conn)))
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = write.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    results.append((False, exc))
+                else:
+                    results.append((True, value))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            error = StoreUnavailable(f"inbox write failed: {exc}")
+            error.__cause__ = exc
+            results = [(False, error)] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Write], list[tuple[bool, Any]]]] = {}
+        for write, result in zip(batch, results, strict=True):
+            writes, values = by_loop.setdefault(write.future.get_loop(), ([], []))
+            writes.append(write)
+            values.append(result)
+        for loop, (writes, values) in by_loop.items():
+            # One wake-up per loop per batch, not one per request.
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_settle, writes, values)
+
+
+def _where(where: EventFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = ["seq > ?"]
+    params: list[Any] = [where.after_seq]
+    if where.since is not None:
+        clauses.append("received_at >= ?")
+        params.append(where.since)
+    if where.until is not None:
+        clauses.append("received_at < ?")
+        params.append(where.until)
+    if where.states:
+        clauses.append(f"state IN ({','.join('?' * len(where.states))})")
+        params.extend(s.value for s in where.states)
+    if where.event_ids:
+        clauses.append(f"event_id IN ({','.join('?' * len(where.event_ids))})")
+        params.extend(where.event_ids)
+    if where.kinds:
+        alternatives = []
+        for pattern in where.kinds:
+            obj, metric = parse_pattern(pattern)
+            parts = []
+            if obj is not None:
+                parts.append("object_type = ?")
+                params.append(obj)
+            if metric is not None:
+                parts.append("metric = ?")
+                params.append(metric)
+            alternatives.append(" AND ".join(parts) or "1")
+        clauses.append("(" + " OR ".join(f"({a})" for a in alternatives) + ")")
+    return " AND ".join(clauses), params
+
+
+def _stored(row: tuple[Any, ...]) -> StoredEvent:
+    return StoredEvent(
+        seq=row[0], event_id=row[1], object_type=row[2], metric=row[3], occurred_at=row[4],
+        received_at=row[5], state=JobState(row[6]), attempts=row[7], next_attempt_at=row[8],
+        last_error=row[9], body=bytes(row[10]),
+    )
+
+
+class SQLiteInbox:
+    """The embedded ``Inbox``.  ``max_batch`` bounds a group commit; ``max_bytes``
+    caps the file size, past which writes fail and the receiver answers 503."""
+
+    def __init__(
+        self, path: str | Path, *, max_batch: int = 512, max_bytes: int | None = None
+    ) -> None:
+        self.path = Path(path)
+        self._writer = _Writer(self.path, max_batch=max_batch, max_bytes=max_bytes)
+        self._local = threading.local()
+        self._opened = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._opened:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(self._writer.start)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open inbox {self.path}: {exc}") from exc
+        self._opened = True
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop the writer."""
+        await asyncio.to_thread(self._writer.stop)
+
+    async def __aenter__(self) -> SQLiteInbox:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            try:
+                return fn(self._reader())
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"inbox read failed: {exc}") from exc
+
+        return await asyncio.to_thread(run)
+
+    # -- receiver ----------------------------------------------------------------------
+    async def ready(self) -> bool:
+        def heartbeat(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('heartbeat', strftime('%s','now'))"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            )
+
+        try:
+            await self._writer.submit(heartbeat, isolated=True)
+        except Exception:
+            return False
+        return True
+
+    async def put(self, event: Event) -> PutResult:
+        received = event.received_at if event.received_at is not None else 0.0
+        params = (
+            event.event_id, event.object_type, event.metric, event.timestamp, received,
+            event.raw, received, received,
+        )
+
+        def insert(conn: sqlite3.Connection) -> PutResult:
+            stored = conn.execute(_INSERT, params).rowcount == 1
+            return PutResult.STORED if stored else PutResult.DUPLICATE
+
+        return await self._writer.submit(insert, isolated=False)
+
+    async def quarantine(
+        self, body: bytes, reason: str, *, received_at: float, event_id: str | None = None
+    ) -> int:
+        def insert(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO quarantine (received_at, event_id, reason, body) VALUES (?, ?, ?, ?)",
+                (received_at, event_id, reason, body),
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._writer.submit(insert, isolated=False)
+
+    # -- dispatcher --------------------------------------------------------------------
+    async def claim(self, *, now: float, limit: int, lease: float) -> list[Job]:
+        def take(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "UPDATE events SET next_attempt_at = ? WHERE seq IN ("
+                " SELECT seq FROM events WHERE state IN ('pending', 'retrying')"
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+                " RETURNING seq, event_id, body, received_at, attempts",
+                (now + lease, now, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            seqs = [r[0] for r in rows]
+            done: dict[int, set[str]] = {}
+            for seq, handler in conn.execute(
+                f"SELECT seq, handler FROM handler_runs WHERE status = 'ok'"
+                f" AND seq IN ({','.join('?' * len(seqs))})",
+                seqs,
+            ):
+                done.setdefault(seq, set()).add(handler)
+            rows.sort(key=lambda r: r[0])
+            return [
+                Job(seq=r[0], event_id=r[1], body=bytes(r[2]), received_at=r[3], attempts=r[4],
+                    succeeded=frozenset(done.get(r[0], ())))
+                for r in rows
+            ]
+
+        return await self._writer.submit(take, isolated=True)
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        def record(conn: sqlite3.Connection) -> None:
+            for o in outcomes:
+                conn.execute(
+                    "UPDATE events SET state = ?, attempts = ?, next_attempt_at = ?,"
+                    " last_error = ?, updated_at = ? WHERE seq = ?",
+                    (o.state.value, o.attempts, o.next_attempt_at, o.last_error, now, o.seq),
+                )
+                conn.executemany(
+                    "INSERT INTO handler_runs (seq, handler, status, attempts, last_error,"
+                    " updated_at) VALUES (?, ?, ?, 1, ?, ?)"
+                    " ON CONFLICT (seq, handler) DO UPDATE SET status = excluded.status,"
+                    " attempts = handler_runs.attempts + 1, last_error = excluded.last_error,"
+                    " updated_at = excluded.updated_at",
+                    [(o.seq, r.handler, "ok" if r.ok else "failed", r.error, now)
+                     for r in o.results],
+                )
+
+        await self._writer.submit(record, isolated=True)
+
+    # -- operations --------------------------------------------------------------------
+    async def requeue(self, where: EventFilter, *, now: float, rerun: str | None = None) -> int:
+        sql, params = _where(where)
+
+        def run(conn: sqlite3.Connection) -> int:
+            seqs = [r[0] for r in conn.execute(f"SELECT seq FROM events WHERE {sql}", params)]
+            for start in range(0, len(seqs), 500):
+                chunk = seqs[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(
+                    "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                    f" last_error = NULL, updated_at = ? WHERE seq IN ({marks})",
+                    [now, now, *chunk],
+                )
+                if rerun == "*":
+                    conn.execute(f"DELETE FROM handler_runs WHERE seq IN ({marks})", chunk)
+                elif rerun is not None:
+                    conn.execute(
+                        f"DELETE FROM handler_runs WHERE handler = ? AND seq IN ({marks})",
+                        [rerun, *chunk],
+                    )
+            return len(seqs)
+
+        return await self._writer.submit(run, isolated=True)
+
+    async def discard(self, where: EventFilter, *, now: float) -> int:
+        sql, params = _where(where)
+
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                f"UPDATE events SET state = 'discarded', updated_at = ? WHERE {sql}",
+                [now, *params],
+            )
+            return cur.rowcount
+
+        return await self._writer.submit(run, isolated=True)
+
+    async def prune(self, *, received_before: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "DELETE FROM handler_runs WHERE seq IN (SELECT seq FROM events"
+                " WHERE received_at < ? AND state IN ('done', 'discarded'))",
+                (received_before,),
+            )
+            return conn.execute(
+                "DELETE FROM events WHERE received_at < ? AND state IN ('done', 'discarded')",
+                (received_before,),
+            ).rowcount
+
+        return await self._writer.submit(run, isolated=True)
+
+    async def iter_events(
+        self, where: EventFilter, *, batch: int = 1000
+    ) -> AsyncIterator[StoredEvent]:
+        after = where.after_seq
+        remaining = where.limit
+        while remaining is None or remaining > 0:
+            size = batch if remaining is None else min(batch, remaining)
+            page_filter = EventFilter(
+                since=where.since, until=where.until, kinds=where.kinds, states=where.states,
+                event_ids=where.event_ids, after_seq=after,
+            )
+            sql, params = _where(page_filter)
+            rows = await self._read(
+                lambda c, sql=sql, params=params, size=size: c.execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY seq LIMIT ?",
+                    [*params, size],
+                ).fetchall()
+            )
+            for row in rows:
+                yield _stored(row)
+            if len(rows) < size:
+                return
+            after = rows[-1][0]
+            if remaining is not None:
+                remaining -= len(rows)
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        )
+        return _stored(row) if row else None
+
+    async def handler_runs(self, seq: int) -> list[dict[str, Any]]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT handler, status, attempts, last_error, updated_at FROM handler_runs"
+                " WHERE seq = ? ORDER BY handler",
+                (seq,),
+            ).fetchall()
+        )
+        keys = ("handler", "status", "attempts", "last_error", "updated_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    async def quarantined(self, *, limit: int = 100, ident: int | None = None) -> list[Quarantined]:
+        if ident is not None:
+            sql, params = "WHERE id = ?", [ident]
+        else:
+            sql, params = "", []
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT id, received_at, event_id, reason, body FROM quarantine {sql}"
+                " ORDER BY id DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+        )
+        return [
+            Quarantined(id=r[0], received_at=r[1], event_id=r[2], reason=r[3], body=bytes(r[4]))
+            for r in rows
+        ]
+
+    async def stats(self) -> dict[str, Any]:
+        def run(c: sqlite3.Connection) -> dict[str, Any]:
+            states = dict(c.execute("SELECT state, count(*) FROM events GROUP BY state"))
+            kinds = {
+                f"{o}.{m}": n
+                for o, m, n in c.execute(
+                    "SELECT object_type, metric, count(*) FROM events"
+                    " GROUP BY object_type, metric ORDER BY 3 DESC"
+                )
+            }
+            quarantined = c.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+            oldest = c.execute(
+                "SELECT min(received_at) FROM events WHERE state IN ('pending', 'retrying')"
+            ).fetchone()[0]
+            return {
+                "events": sum(states.values()),
+                "states": {s.value: states.get(s.value, 0) for s in JobState},
+                "kinds": kinds,
+                "quarantined": quarantined,
+                "oldest_unfinished_received_at": oldest,
+            }
+
+        return await self._read(run)

@@ -1,0 +1,464 @@
+"""The ``cio-webhooks`` command.  Every option is also a ``CIO_WEBHOOKS_*`` env var.
+
+Exit codes: 0 success, 1 the operation failed (store unavailable, a request was
+refused), 2 bad arguments or configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import json
+import re
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from ._exceptions import CioWebhooksError, ConfigError
+from ._service import Settings, build_app, load_or_create_key, run_worker, split_keys
+from ._sqlite import SQLiteInbox
+from .dispatcher import RetryPolicy
+from .events import NORMALISED_FIELDS, iso, normalise, parse_event
+from .inbox import EventFilter, JobState, StoredEvent
+from .signature import signed_headers
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+err = Console(stderr=True)
+DEFAULT_DATA_DIR = ".cio-webhooks"
+
+
+def _env(name: str) -> str:
+    return f"CIO_WEBHOOKS_{name}"
+
+
+def parse_since(text: str, now: float) -> float:
+    """``7d``, ``12h``, ``30m``, ``90s``, an ISO date/time (UTC if naive) or unix seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return now - float(m.group(1)) * unit
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: use 7d, 12h, 30m, an ISO date or unix seconds") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except CioWebhooksError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+
+
+def store_options(fn: F) -> F:
+    fn = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar=_env("DB"),
+                      help="Inbox SQLite file. [default: DATA_DIR/inbox.db]")(fn)
+    fn = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+                      default=DEFAULT_DATA_DIR, show_default=True, envvar=_env("DATA_DIR"),
+                      help="Where the inbox, warehouse and generated key live.")(fn)
+    return fn
+
+
+def _db(data_dir: Path, db: Path | None) -> Path:
+    return db if db is not None else data_dir / "inbox.db"
+
+
+def _existing_inbox(data_dir: Path, db: Path | None) -> SQLiteInbox:
+    path = _db(data_dir, db)
+    if not path.exists():
+        raise ConfigError(f"no inbox at {path} (pass --db or --data-dir)")
+    return SQLiteInbox(path)
+
+
+def with_inbox(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async command body with the inbox opened from ``--data-dir``/``--db``."""
+
+    @wraps(fn)
+    def command(data_dir: Path, db: Path | None, **kwargs: Any) -> None:
+        async def body() -> None:
+            async with _existing_inbox(data_dir, db) as inbox:
+                await fn(inbox, **kwargs)
+
+        _run(body())
+
+    return command
+
+
+def service_options(fn: F) -> F:
+    options = [
+        click.option("--signing-key", "signing_keys", multiple=True, envvar=_env("SIGNING_KEYS"),
+                     help="Customer.io signing key; repeat (or comma-separate) to rotate."),
+        click.option("--tolerance", type=float, default=300.0, show_default=True,
+                     envvar=_env("TOLERANCE"), help="Timestamp tolerance in seconds; 0 disables."),
+        click.option("--max-body", type=int, default=2 * 1024 * 1024, show_default=True,
+                     envvar=_env("MAX_BODY"), help="Largest accepted body in bytes (413 above)."),
+        click.option("--handlers", multiple=True, envvar=_env("HANDLERS"),
+                     help="module:attr of a cio_webhooks.Router; repeatable."),
+        click.option("--warehouse", type=click.Path(dir_okay=False, path_type=Path),
+                     envvar=_env("WAREHOUSE"), help="Warehouse SQLite file. [default: next to --db]"),
+        click.option("--max-attempts", type=click.IntRange(min=1), default=10, show_default=True,
+                     envvar=_env("MAX_ATTEMPTS"), help="Handler attempts before dead-lettering."),
+        click.option("--retry-base", type=float, default=5.0, show_default=True,
+                     envvar=_env("RETRY_BASE"), help="First retry delay in seconds (doubles)."),
+        click.option("--retry-max-delay", type=float, default=3600.0, show_default=True,
+                     envvar=_env("RETRY_MAX_DELAY"), help="Longest retry delay in seconds."),
+        click.option("--dedupe-days", type=float, default=30.0, show_default=True,
+                     envvar=_env("DEDUPE_DAYS"), help="Keep finished events (and dedupe) this long."),
+        click.option("--max-db-size", type=int, envvar=_env("MAX_DB_SIZE"),
+                     help="Cap the inbox file at this many bytes; past it, answer 503."),
+        click.option("--log-level", default="info", show_default=True, envvar=_env("LOG_LEVEL"),
+                     type=click.Choice(["debug", "info", "warning", "error"])),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return store_options(fn)
+
+
+def _settings(data_dir: Path, db: Path | None, *, generate_key: bool, **o: Any) -> Settings:
+    keys = split_keys(o["signing_keys"])
+    if not keys and generate_key:
+        key, created = load_or_create_key(data_dir)
+        keys = (key,)
+        if created:
+            _announce_key(key, data_dir)
+        else:
+            err.print(f"Using the signing key stored in {data_dir / 'signing-key'}.")
+    db_path = _db(data_dir, db)
+    handlers = tuple(h for spec in o["handlers"] for h in spec.split(",") if h.strip())
+    return Settings(
+        db=db_path,
+        warehouse=o["warehouse"] or db_path.parent / "warehouse.db",
+        signing_keys=keys,
+        tolerance=o["tolerance"],
+        max_body=o["max_body"],
+        handlers=handlers,
+        retry=RetryPolicy(max_attempts=o["max_attempts"], base=o["retry_base"],
+                          max_delay=o["retry_max_delay"]),
+        dedupe_days=o["dedupe_days"],
+        max_db_bytes=o["max_db_size"],
+    )
+
+
+def _announce_key(key: str, data_dir: Path) -> None:
+    # Shown once, on the terminal, when the key is created; never logged.
+    err.print(
+        "\n[bold]No signing key was configured, so one was generated[/] and stored in "
+        f"{data_dir / 'signing-key'} (mode 0600):\n\n    {key}\n\n"
+        "Send a signed test event with:\n\n"
+        f"    cio-webhooks send examples/email_delivered.json "
+        f"--signing-key \"$(cat {data_dir / 'signing-key'})\"\n\n"
+        "For real traffic, set CIO_WEBHOOKS_SIGNING_KEYS to the key Customer.io shows for "
+        "your reporting webhook.\n",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="cio-webhooks")
+def main() -> None:
+    """Receive Customer.io reporting webhooks durably: verify, store, dedupe, route, retry."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar=_env("HOST"))
+@click.option("--port", type=int, default=8000, show_default=True, envvar=_env("PORT"))
+@click.option("--no-dispatch", is_flag=True, envvar=_env("NO_DISPATCH"),
+              help="Only receive; run `cio-webhooks worker` separately for handlers.")
+@click.option("--shutdown-timeout", type=float, default=10.0, show_default=True,
+              envvar=_env("SHUTDOWN_TIMEOUT"), help="Seconds to drain requests on SIGTERM.")
+@service_options
+def serve(host: str, port: int, no_dispatch: bool, shutdown_timeout: float, data_dir: Path,
+          db: Path | None, **options: Any) -> None:
+    """Run the receiver, dispatcher and warehouse loader in one process."""
+    import uvicorn
+
+    from ._logging import configure_logging
+
+    configure_logging(options["log_level"])
+    try:
+        settings = _settings(data_dir, db, generate_key=True, **options)
+        if no_dispatch:
+            settings = Settings(**{**settings.__dict__, "dispatch": False})
+        app = build_app(settings)
+    except CioWebhooksError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    err.print(
+        f"cio-webhooks listening on http://{host}:{port}/webhooks/customerio "
+        f"(inbox {settings.db}, warehouse {settings.warehouse}, "
+        f"{len(settings.signing_keys)} signing key(s), handlers: {len(settings.handlers)})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    config = uvicorn.Config(
+        app, host=host, port=port, loop="auto", http="auto", lifespan="on", access_log=False,
+        log_config=None, log_level="warning", timeout_graceful_shutdown=shutdown_timeout,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+
+
+@main.command()
+@service_options
+def worker(data_dir: Path, db: Path | None, **options: Any) -> None:
+    """Run the dispatcher and warehouse loader without the HTTP receiver."""
+    from ._logging import configure_logging
+
+    configure_logging(options["log_level"])
+    settings = _settings(data_dir, db, generate_key=False, **options)
+
+    async def body() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        err.print(f"cio-webhooks worker on {settings.db}", highlight=False)
+        await run_worker(settings, stop)
+
+    _run(body())
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False,
+                                                                     path_type=Path))
+@click.option("--url", default="http://127.0.0.1:8000/webhooks/customerio", show_default=True,
+              envvar=_env("URL"))
+@click.option("--signing-key", required=True, envvar=_env("SIGNING_KEY"))
+@click.option("--timestamp", type=int, help="Sign with this timestamp instead of now.")
+def send(files: tuple[Path, ...], url: str, signing_key: str, timestamp: int | None) -> None:
+    """Sign FILES (one event each, sent byte for byte) and POST them to --url."""
+    failures = 0
+    for path in files:
+        body = path.read_bytes()
+        headers = signed_headers(body, signing_key, timestamp=timestamp or int(time.time()))
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, answer = response.status, response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            status, answer = exc.code, exc.read().decode("utf-8", "replace")
+        except (urllib.error.URLError, OSError) as exc:
+            err.print(f"[red]{path}: cannot reach {url}: {getattr(exc, 'reason', exc)}[/]")
+            sys.exit(1)
+        ok = 200 <= status < 300
+        failures += not ok
+        click.echo(f"{path}: {status} {answer.strip()}")
+    sys.exit(1 if failures else 0)
+
+
+@main.group()
+def events() -> None:
+    """Stored events."""
+
+
+def _filter(since: str | None, metric: tuple[str, ...], **more: Any) -> EventFilter:
+    return EventFilter(since=parse_since(since, time.time()) if since else None,
+                       kinds=tuple(metric), **more)
+
+
+@events.command("export")
+@store_options
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
+              show_default=True)
+@click.option("--since", help="7d, 12h, an ISO date or unix seconds (by receive time).")
+@click.option("--metric", multiple=True, help="email.bounced, *.clicked, bounced ...; repeatable.")
+@click.option("--output", "-o", type=click.File("w"), default="-", help="File to write [stdout].")
+@with_inbox
+async def export(inbox: SQLiteInbox, fmt: str, since: str | None, metric: tuple[str, ...],
+                 output: TextIO) -> None:
+    """Every received event (processed or not) with the normalised fields."""
+    where = _filter(since, metric)
+    writer = csv.DictWriter(output, NORMALISED_FIELDS) if fmt == "csv" else None
+    if writer:
+        writer.writeheader()
+    total = (await inbox.stats())["events"]
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("exporting", total=total)
+        async for stored in inbox.iter_events(where):
+            row = normalise(parse_event(stored.body, received_at=stored.received_at))
+            if writer:
+                writer.writerow(row)
+            else:
+                output.write(json.dumps(row, ensure_ascii=False) + "\n")
+            progress.advance(task)
+
+
+def _event_row(e: StoredEvent) -> dict[str, Any]:
+    return {"event_id": e.event_id, "kind": f"{e.object_type}.{e.metric}", "state": e.state.value,
+            "attempts": e.attempts, "received_at": iso(e.received_at),
+            "next_attempt_at": iso(e.next_attempt_at), "last_error": e.last_error}
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        err.print(f"{title}: none")
+        return
+    table = Table(title=title)
+    for key in rows[0]:
+        table.add_column(key, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    Console().print(table)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead-lettered events: handlers failed every attempt."""
+
+
+@dlq.command("list")
+@store_options
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_inbox
+async def dlq_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
+    where = EventFilter(states=(JobState.DEAD,), limit=limit)
+    rows = [_event_row(e) async for e in inbox.iter_events(where)]
+    _print_rows(rows, as_json, "dead letters")
+
+
+async def _show(inbox: SQLiteInbox, event_id: str) -> None:
+    stored = await inbox.get_event(event_id)
+    if stored is None:
+        raise ConfigError(f"no stored event {event_id!r}")
+    out = _event_row(stored)
+    out["handlers"] = await inbox.handler_runs(stored.seq)
+    out["payload"] = json.loads(stored.body)
+    click.echo(json.dumps(out, indent=2, default=str))
+
+
+@dlq.command("show")
+@store_options
+@click.argument("event_id")
+@with_inbox
+async def dlq_show(inbox: SQLiteInbox, event_id: str) -> None:
+    """An event with its handler runs, errors and payload (JSON)."""
+    await _show(inbox, event_id)
+
+
+def _ids_or_all(event_ids: tuple[str, ...], all_: bool) -> EventFilter:
+    if not event_ids and not all_:
+        raise ConfigError("name EVENT_IDs or pass --all")
+    return EventFilter(states=(JobState.DEAD,), event_ids=event_ids)
+
+
+@dlq.command("retry")
+@store_options
+@click.argument("event_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter.")
+@with_inbox
+async def dlq_retry(inbox: SQLiteInbox, event_ids: tuple[str, ...], all_: bool) -> None:
+    """Make dead letters due again; handlers that succeeded are not re-run."""
+    n = await inbox.requeue(_ids_or_all(event_ids, all_), now=time.time())
+    click.echo(f"requeued {n} event(s)")
+
+
+@dlq.command("discard")
+@store_options
+@click.argument("event_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter.")
+@with_inbox
+async def dlq_discard(inbox: SQLiteInbox, event_ids: tuple[str, ...], all_: bool) -> None:
+    """Give up on dead letters (they stay stored and exported)."""
+    n = await inbox.discard(_ids_or_all(event_ids, all_), now=time.time())
+    click.echo(f"discarded {n} event(s)")
+
+
+@main.group()
+def quarantine() -> None:
+    """Authentic bodies that were not valid events, kept with the reason."""
+
+
+@quarantine.command("list")
+@store_options
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_inbox
+async def quarantine_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
+    rows = [{"id": q.id, "received_at": iso(q.received_at), "reason": q.reason,
+             "bytes": len(q.body)} for q in await inbox.quarantined(limit=limit)]
+    _print_rows(rows, as_json, "quarantine")
+
+
+@quarantine.command("show")
+@store_options
+@click.argument("ident", type=int)
+@with_inbox
+async def quarantine_show(inbox: SQLiteInbox, ident: int) -> None:
+    """The reason and the raw body, exactly as received."""
+    found = await inbox.quarantined(ident=ident, limit=1)
+    if not found:
+        raise ConfigError(f"no quarantined body {ident}")
+    q = found[0]
+    err.print(f"id={q.id} received_at={iso(q.received_at)} reason={q.reason!r}", highlight=False)
+    sys.stdout.buffer.write(q.body + b"\n")
+
+
+@main.command()
+@store_options
+@click.option("--since", help="7d, 12h, an ISO date or unix seconds (by receive time).")
+@click.option("--metric", multiple=True, help="email.bounced, *.clicked, bounced ...; repeatable.")
+@click.option("--handler", help="Re-run only this handler (by name); default: all handlers.")
+@with_inbox
+async def replay(inbox: SQLiteInbox, since: str | None, metric: tuple[str, ...],
+                 handler: str | None) -> None:
+    """Re-run handlers for stored events (the running dispatcher picks them up)."""
+    if since is None and not metric:
+        raise ConfigError("replay needs --since and/or --metric, so that it is never accidental")
+    n = await inbox.requeue(_filter(since, metric), now=time.time(), rerun=handler or "*")
+    click.echo(f"queued {n} event(s) for replay" + (f" of handler {handler}" if handler else ""))
+
+
+@main.command()
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_inbox
+async def stats(inbox: SQLiteInbox, as_json: bool) -> None:
+    """Counts by state and by object_type.metric."""
+    data = await inbox.stats()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    table = Table(title=f"{data['events']} events, {data['quarantined']} quarantined")
+    table.add_column("state")
+    table.add_column("events", justify="right")
+    for state, n in data["states"].items():
+        table.add_row(state, str(n))
+    console.print(table)
+    kinds = Table(title="by kind")
+    kinds.add_column("object_type.metric")
+    kinds.add_column("events", justify="right")
+    for kind, n in data["kinds"].items():
+        kinds.add_row(kind, str(n))
+    console.print(kinds)

@@ -1,0 +1,258 @@
+"""Typed, immutable Customer.io reporting-webhook events.
+
+``parse_event(body)`` turns the raw bytes of one request into an ``Event``.  It
+is tolerant by design, because Customer.io adds fields, object types and
+metrics over time: unknown fields are ignored (the raw bytes are kept on the
+event), unknown object types and metrics are ordinary strings, any field of
+``data`` may be missing or null, the spec's ``object_type_type`` typo is read
+as ``object_type``, and ids may arrive as numbers or strings.  Only a body that
+is not a JSON object with an ``event_id`` raises ``InvalidEvent``.
+
+``normalise(event)`` gives the flat row the warehouse and ``events export`` use
+(``NORMALISED_FIELDS``, in order).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ._exceptions import InvalidEvent
+
+__all__ = [
+    "METRICS_BY_OBJECT_TYPE",
+    "NORMALISED_FIELDS",
+    "Event",
+    "EventData",
+    "Identifiers",
+    "PushRecipient",
+    "normalise",
+    "parse_event",
+]
+
+#: Every object type and metric Customer.io documents (FACTS.md §2).  Others are
+#: accepted too: this table is for documentation, reports and tests, not validation.
+METRICS_BY_OBJECT_TYPE: dict[str, tuple[str, ...]] = {
+    "customer": ("subscribed", "unsubscribed", "cio_subscription_preferences_changed"),
+    "email": (
+        "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted",
+        "unsubscribed", "bounced", "dropped", "spammed", "failed", "undeliverable",
+    ),
+    "push": (
+        "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted",
+        "bounced", "dropped", "failed", "undeliverable",
+    ),
+    "in_app": (
+        "drafted", "attempted", "sent", "opened", "clicked", "converted", "failed",
+        "undeliverable",
+    ),
+    "sms": (
+        "drafted", "attempted", "sent", "delivered", "clicked", "converted", "bounced",
+        "failed", "undeliverable", "replied",
+    ),
+    "slack": ("drafted", "attempted", "sent", "clicked", "failed", "undeliverable"),
+    "webhook": ("drafted", "attempted", "sent", "clicked", "failed", "undeliverable"),
+    "whatsapp": (
+        "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted",
+        "bounced", "dropped", "failed", "undeliverable", "replied",
+    ),
+}
+
+Id = int | str | None
+
+
+class Identifiers(msgspec.Struct, frozen=True, kw_only=True):
+    """Who the event is about.  Any identifier may be null; ``cio_id`` has no ``cio_`` prefix."""
+
+    id: Id = None
+    email: str | None = None
+    cio_id: Id = None
+    phone: str | None = None
+
+
+class PushRecipient(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: str | None = None
+    device_platform: str | None = None
+    failure_message: str | None = None
+
+
+class EventData(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``data`` object.  Which fields are present depends on the message's origin."""
+
+    identifiers: Identifiers | None = None
+    customer_id: Id = None  # deprecated by Customer.io; blank once the person is deleted
+    email_address: str | None = None
+    delivery_id: str | None = None
+    # campaigns
+    campaign_id: Id = None
+    action_id: Id = None
+    parent_action_id: Id = None
+    journey_id: Id = None
+    trigger_event_id: Id = None
+    campaign_name: str | None = None
+    # API-triggered broadcasts
+    broadcast_id: Id = None
+    trigger_id: Id = None
+    # newsletters and transactional messages
+    newsletter_id: Id = None
+    content_id: Id = None
+    transactional_message_id: Id = None
+    template_id: Id = None
+    # per event
+    recipient: str | None = None
+    subject: str | None = None
+    href: str | None = None
+    link_id: Id = None
+    failure_message: str | None = None
+    recipients: list[PushRecipient] | None = None
+    content: Any = None
+    headers: Any = None
+    inbound_event_id: Id = None
+    to: str | None = None
+    tracked_response: Any = None
+    # machine activity: opened carries prefetched/proxied/synthetic, clicked carries machine
+    prefetched: bool | None = None
+    proxied: bool | None = None
+    synthetic: bool | None = None
+    machine: bool | None = None
+
+
+class _Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str | int
+    object_type: str | None = None
+    object_type_type: str | None = None  # typo in Customer.io's spec for preference changes
+    metric: str | None = None
+    timestamp: int | float | None = None
+    data: EventData | None = None
+
+
+_EMPTY_DATA = EventData()
+_decoder = msgspec.json.Decoder(_Envelope, strict=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One reporting-webhook event: the parsed fields and the raw bytes they came from."""
+
+    event_id: str
+    object_type: str
+    metric: str
+    timestamp: int | None
+    data: EventData
+    raw: bytes = field(repr=False)
+    received_at: float | None = None
+
+    @property
+    def kind(self) -> str:
+        """``object_type.metric``, the key handlers are routed on."""
+        return f"{self.object_type}.{self.metric}"
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The raw payload as a dict, including fields this model does not know."""
+        value: dict[str, Any] = msgspec.json.decode(self.raw)
+        return value
+
+    @property
+    def person_id(self) -> str | None:
+        """``identifiers.id``, falling back to the deprecated ``customer_id``."""
+        ids = self.data.identifiers
+        for value in (ids.id if ids else None, self.data.customer_id):
+            if value is not None and value != "":
+                return str(value)
+        return None
+
+    @property
+    def email(self) -> str | None:
+        ids = self.data.identifiers
+        return (ids.email if ids else None) or self.data.email_address or None
+
+    @property
+    def is_machine(self) -> bool:
+        """True when Customer.io flagged the open or click as machine activity."""
+        d = self.data
+        return bool(d.prefetched or d.proxied or d.synthetic or d.machine)
+
+
+def parse_event(body: bytes, *, received_at: float | None = None) -> Event:
+    """Parse one request body.  Raises ``InvalidEvent`` with a readable reason."""
+    try:
+        env = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"not a Customer.io event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"body is not JSON: {exc}") from None
+    event_id = str(env.event_id).strip()
+    if not event_id:
+        raise InvalidEvent("not a Customer.io event: event_id is empty")
+    if len(event_id) > 255:
+        raise InvalidEvent("not a Customer.io event: event_id is longer than 255 characters")
+    timestamp = int(env.timestamp) if env.timestamp is not None else None
+    return Event(
+        event_id=event_id,
+        object_type=env.object_type or env.object_type_type or "unknown",
+        metric=env.metric or "unknown",
+        timestamp=timestamp,
+        data=env.data or _EMPTY_DATA,
+        raw=body,
+        received_at=received_at,
+    )
+
+
+NORMALISED_FIELDS: tuple[str, ...] = (
+    "event_id", "object_type", "metric", "occurred_at", "received_at", "person_id", "email",
+    "cio_id", "delivery_id", "campaign_id", "action_id", "broadcast_id", "newsletter_id",
+    "transactional_message_id", "journey_id", "recipient", "subject", "href", "link_id",
+    "failure_message", "prefetched", "proxied", "synthetic", "machine",
+)
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds as ISO-8601 UTC (millisecond precision), or None."""
+    if ts is None:
+        return None
+    stamp = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _text(value: Id) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def normalise(event: Event) -> dict[str, Any]:
+    """The flat warehouse row for ``event``: keys are ``NORMALISED_FIELDS`` in order.
+
+    Ids are text (Customer.io mixes numbers and strings), times are ISO-8601 UTC,
+    machine-activity flags are booleans or None when Customer.io did not say.
+    """
+    d = event.data
+    ids = d.identifiers
+    return {
+        "event_id": event.event_id,
+        "object_type": event.object_type,
+        "metric": event.metric,
+        "occurred_at": iso(event.timestamp),
+        "received_at": iso(event.received_at),
+        "person_id": event.person_id,
+        "email": event.email,
+        "cio_id": _text(ids.cio_id) if ids else None,
+        "delivery_id": d.delivery_id,
+        "campaign_id": _text(d.campaign_id),
+        "action_id": _text(d.action_id),
+        "broadcast_id": _text(d.broadcast_id),
+        "newsletter_id": _text(d.newsletter_id),
+        "transactional_message_id": _text(d.transactional_message_id),
+        "journey_id": _text(d.journey_id),
+        "recipient": d.recipient,
+        "subject": d.subject,
+        "href": d.href,
+        "link_id": _text(d.link_id),
+        "failure_message": d.failure_message,
+        "prefetched": d.prefetched,
+        "proxied": d.proxied,
+        "synthetic": d.synthetic,
+        "machine": d.machine,
+    }

@@ -1,0 +1,130 @@
+"""Routing events to handlers.
+
+Handlers are plain functions, sync or async, that take one ``Event``.  They are
+registered on a ``Router`` for patterns on ``object_type.metric``::
+
+    router = Router()
+
+    @router.on("email.bounced", "*.spammed")
+    async def stop_mailing(event: Event) -> None: ...
+
+A pattern is ``object_type.metric`` where either side may be ``*``; ``*`` alone
+matches everything and a bare metric (``bounced``) means ``*.bounced``.  A
+handler is identified by its name (default ``module.qualname``): the dispatcher
+records success per (event, handler name), so a retry re-runs only the handlers
+that failed.  Keep names stable across deploys.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ._exceptions import ConfigError
+from .events import Event
+
+__all__ = ["Handler", "Route", "Router", "load_router", "parse_pattern"]
+
+Handler = Callable[[Event], Awaitable[None] | None]
+H = TypeVar("H", bound=Handler)
+
+
+def parse_pattern(pattern: str) -> tuple[str | None, str | None]:
+    """``(object_type, metric)`` for a pattern; None stands for ``*``."""
+    pattern = pattern.strip()
+    if not pattern:
+        raise ConfigError("empty event pattern")
+    if "." in pattern:
+        obj, _, metric = pattern.partition(".")
+    else:
+        obj, metric = "*", pattern
+    if not obj or not metric or "." in metric:
+        raise ConfigError(f"bad event pattern {pattern!r}: use object_type.metric, * for any")
+    return (None if obj == "*" else obj, None if metric == "*" else metric)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    handler: Handler
+    patterns: tuple[tuple[str | None, str | None], ...]
+    is_async: bool
+
+    def matches(self, object_type: str, metric: str) -> bool:
+        return any(
+            (o is None or o == object_type) and (m is None or m == metric)
+            for o, m in self.patterns
+        )
+
+
+class Router:
+    """An ordered set of named handlers with the event patterns they want."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+        self._cache: dict[tuple[str, str], tuple[Route, ...]] = {}
+
+    def add(self, handler: Handler, *patterns: str, name: str | None = None) -> None:
+        if not patterns:
+            raise ConfigError("a handler needs at least one event pattern")
+        route_name = name or f"{handler.__module__}.{handler.__qualname__}"
+        if route_name in self._routes:
+            raise ConfigError(f"handler name {route_name!r} is registered twice")
+        self._routes[route_name] = Route(
+            name=route_name,
+            handler=handler,
+            patterns=tuple(parse_pattern(p) for p in patterns),
+            is_async=inspect.iscoroutinefunction(handler),
+        )
+        self._cache.clear()
+
+    def on(self, *patterns: str, name: str | None = None) -> Callable[[H], H]:
+        """Decorator form of ``add``."""
+
+        def register(handler: H) -> H:
+            self.add(handler, *patterns, name=name)
+            return handler
+
+        return register
+
+    def include(self, other: Router) -> None:
+        for route in other.routes:
+            if route.name in self._routes:
+                raise ConfigError(f"handler name {route.name!r} is registered twice")
+            self._routes[route.name] = route
+        self._cache.clear()
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return tuple(self._routes.values())
+
+    def match(self, object_type: str, metric: str) -> tuple[Route, ...]:
+        key = (object_type, metric)
+        found = self._cache.get(key)
+        if found is None:
+            found = tuple(r for r in self._routes.values() if r.matches(object_type, metric))
+            self._cache[key] = found
+        return found
+
+
+def load_router(spec: str) -> Router:
+    """Import ``module:attr``: a ``Router``, or a callable returning one."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--handlers {spec!r}: expected module:attribute")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--handlers {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"--handlers {spec!r}: {module_name} has no {attr!r}") from None
+    if not isinstance(target, Router) and callable(target):
+        target = target()
+    if not isinstance(target, Router):
+        raise ConfigError(f"--handlers {spec!r} is not a cio_webhooks.Router")
+    return target

@@ -1,0 +1,182 @@
+"""The durable inbox: the storage contract between receiver, dispatcher and CLI.
+
+An ``Inbox`` stores each event once (deduplicated by ``event_id``), keeps the
+processing state of every event beside it, and hands due events to the
+dispatcher as ``Job``s.  The receiver only calls ``put`` and ``quarantine``;
+everything else is for the dispatcher, the warehouse loader and the CLI.
+``SQLiteInbox`` is the embedded implementation; PostgreSQL or Redis Streams
+implement the same ``Protocol`` without touching the receiver or the handlers.
+
+State of an event::
+
+    PENDING --handlers ok--> DONE
+       |  \\--a handler failed--> RETRYING --ok--> DONE
+       |                            \\--attempts exhausted--> DEAD --dlq retry--> PENDING
+       \\------------------------------------------------------> DISCARDED (dlq discard)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from .events import Event
+
+__all__ = [
+    "EventFilter",
+    "HandlerResult",
+    "Inbox",
+    "Job",
+    "JobState",
+    "Outcome",
+    "PutResult",
+    "Quarantined",
+    "StoredEvent",
+]
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    RETRYING = "retrying"
+    DONE = "done"
+    DEAD = "dead"
+    DISCARDED = "discarded"
+
+
+class PutResult(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A stored event claimed for dispatch.  ``succeeded`` names handlers that already ran ok."""
+
+    seq: int
+    event_id: str
+    body: bytes
+    received_at: float
+    attempts: int
+    succeeded: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerResult:
+    handler: str
+    error: str | None = None  # None means the handler succeeded
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the dispatcher decided for one job after running its handlers."""
+
+    seq: int
+    state: JobState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    results: tuple[HandlerResult, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    event_id: str
+    object_type: str
+    metric: str
+    occurred_at: int | None
+    received_at: float
+    state: JobState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    id: int
+    received_at: float
+    event_id: str | None
+    reason: str
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Selects stored events.  Empty fields select everything.
+
+    ``kinds`` are routing patterns (``email.bounced``, ``email.*``, ``*.bounced``,
+    or a bare metric such as ``bounced``).
+    """
+
+    since: float | None = None
+    until: float | None = None
+    kinds: tuple[str, ...] = ()
+    states: tuple[JobState, ...] = ()
+    event_ids: tuple[str, ...] = ()
+    after_seq: int = 0
+    limit: int | None = None
+
+
+class Inbox(Protocol):
+    """Durable, deduplicating event store.  Every write is durable when its await returns."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ready(self) -> bool:
+        """True if the store accepts a durable write right now."""
+        ...
+
+    async def put(self, event: Event) -> PutResult:
+        """Store ``event`` (raw bytes and routing columns) once; raise ``StoreUnavailable``."""
+        ...
+
+    async def quarantine(
+        self, body: bytes, reason: str, *, received_at: float, event_id: str | None = None
+    ) -> int:
+        """Keep an authentic body that is not a valid event; returns its quarantine id."""
+        ...
+
+    async def claim(self, *, now: float, limit: int, lease: float) -> list[Job]:
+        """Take up to ``limit`` due events, hiding them from other claims for ``lease`` s."""
+        ...
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        """Record handler results and each event's next state."""
+        ...
+
+    async def requeue(
+        self, where: EventFilter, *, now: float, rerun: str | None = None
+    ) -> int:
+        """Make matching events due now.  Handlers that succeeded stay done, except
+        ``rerun``: a handler name, or ``"*"`` for all of them (replay)."""
+        ...
+
+    async def discard(self, where: EventFilter, *, now: float) -> int: ...
+
+    def iter_events(self, where: EventFilter, *, batch: int = 1000) -> AsyncIterator[StoredEvent]:
+        """Matching events in ``seq`` (arrival) order."""
+        ...
+
+    async def get_event(self, event_id: str) -> StoredEvent | None: ...
+
+    async def handler_runs(self, seq: int) -> list[dict[str, Any]]: ...
+
+    async def quarantined(
+        self, *, limit: int = 100, ident: int | None = None
+    ) -> list[Quarantined]: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def prune(self, *, received_before: float) -> int:
+        """Forget finished events received before the cutoff (ends their dedupe window)."""
+        ...
