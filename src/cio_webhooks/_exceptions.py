@@ -1,13 +1,13 @@
 """The exceptions cio-webhooks raises.
 
-    CioWebhooksError
-    ├── SignatureError            a request is not authentic (answered 401)
-    │   ├── MissingSignature      header absent or malformed
-    │   ├── SignatureMismatch     no configured key produced the signature
-    │   └── StaleTimestamp        authentic, but outside the timestamp tolerance
-    ├── InvalidEvent              an authentic body that is not a Customer.io event (quarantined)
-    ├── StoreUnavailable          the store could not durably take a write (answered 503)
-    └── ConfigError               bad configuration or arguments (CLI exit code 2)
+CioWebhooksError
+├── SignatureError            a request is not authentic (answered 401)
+│   ├── MissingSignature      header absent or malformed
+│   ├── SignatureMismatch     no configured key produced the signature
+│   └── StaleTimestamp        authentic, but outside the timestamp tolerance
+├── InvalidEvent              an authentic body that is not a Customer.io event (quarantined)
+├── StoreUnavailable          the store could not durably take a write (answered 503)
+└── ConfigError               bad configuration or arguments (CLI exit code 2)
 """
 
 from __future__ import annotations

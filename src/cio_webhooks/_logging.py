@@ -12,8 +12,10 @@ __all__ = ["configure_logging"]
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = (f"ts={stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
-                f"logger={record.name} {record.getMessage()}")
+        line = (
+            f"ts={stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
+            f"logger={record.name} {record.getMessage()}"
+        )
         if record.exc_info and record.levelno >= logging.ERROR:
             # One line, not a stack trace: the type and message are enough to act on.
             exc = record.exc_info[1]

@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +71,11 @@ def build_router(specs: tuple[str, ...]) -> Router:
 
 
 async def prune_periodically(
-    inbox: Inbox, days: float, stop: asyncio.Event, *, clock: Clock = time.time,
+    inbox: Inbox,
+    days: float,
+    stop: asyncio.Event,
+    *,
+    clock: Clock = time.time,
     every: float = 3600.0,
 ) -> None:
     """End the dedupe window of finished events older than ``days``, hourly."""
@@ -94,12 +97,10 @@ def background_tasks(
     dispatcher = Dispatcher(inbox, router, retry=settings.retry, clock=clock)
     loader = WarehouseLoader(inbox, SQLiteWarehouse(settings.warehouse), clock=clock)
 
-    def pruner(stop: asyncio.Event) -> Awaitable[None]:
-        return prune_periodically(inbox, settings.dedupe_days, stop, clock=clock)
+    async def pruner(stop: asyncio.Event) -> None:
+        await prune_periodically(inbox, settings.dedupe_days, stop, clock=clock)
 
-    tasks: list[Callable[[asyncio.Event], Awaitable[None]]] = [
-        dispatcher.run, loader.run, pruner,
-    ]
+    tasks: list[Background] = [dispatcher.run, loader.run, pruner]
     return tasks, dispatcher
 
 
@@ -109,8 +110,12 @@ def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
     inbox = SQLiteInbox(settings.db, max_bytes=settings.max_db_bytes)
     tasks, dispatcher = background_tasks(settings, inbox, clock=clock)
     return create_app(
-        inbox, settings.signing_keys, tolerance=settings.tolerance, max_body=settings.max_body,
-        clock=clock, background=tasks if settings.dispatch else (),
+        inbox,
+        settings.signing_keys,
+        tolerance=settings.tolerance,
+        max_body=settings.max_body,
+        clock=clock,
+        background=tasks if settings.dispatch else (),
         on_stored=dispatcher.wake if settings.dispatch else None,
     )
 

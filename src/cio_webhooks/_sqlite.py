@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import queue
 import sqlite3
 import threading
@@ -52,7 +53,8 @@ CREATE TABLE IF NOT EXISTS events (
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,
-    updated_at      REAL NOT NULL
+    updated_at      REAL NOT NULL,
+    backfilled      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
     WHERE state IN ('pending', 'retrying');
@@ -79,12 +81,12 @@ PRAGMA user_version = 1;
 
 _INSERT = (
     "INSERT INTO events (event_id, object_type, metric, occurred_at, received_at, body,"
-    " next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " next_attempt_at, updated_at, state, backfilled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (event_id) DO NOTHING"
 )
 _EVENT_COLUMNS = (
     "seq, event_id, object_type, metric, occurred_at, received_at, state, attempts,"
-    " next_attempt_at, last_error, body"
+    " next_attempt_at, last_error, body, backfilled"
 )
 
 
@@ -244,9 +246,18 @@ def _where(where: EventFilter) -> tuple[str, list[Any]]:
 
 def _stored(row: tuple[Any, ...]) -> StoredEvent:
     return StoredEvent(
-        seq=row[0], event_id=row[1], object_type=row[2], metric=row[3], occurred_at=row[4],
-        received_at=row[5], state=JobState(row[6]), attempts=row[7], next_attempt_at=row[8],
-        last_error=row[9], body=bytes(row[10]),
+        seq=row[0],
+        event_id=row[1],
+        object_type=row[2],
+        metric=row[3],
+        occurred_at=row[4],
+        received_at=row[5],
+        state=JobState(row[6]),
+        attempts=row[7],
+        next_attempt_at=row[8],
+        last_error=row[9],
+        body=bytes(row[10]),
+        backfilled=bool(row[11]),
     )
 
 
@@ -319,8 +330,18 @@ class SQLiteInbox:
     async def put(self, event: Event) -> PutResult:
         received = event.received_at if event.received_at is not None else 0.0
         params = (
-            event.event_id, event.object_type, event.metric, event.timestamp, received,
-            event.raw, received, received,
+            event.event_id,
+            event.object_type,
+            event.metric,
+            event.timestamp,
+            received,
+            event.raw,
+            received,
+            received,
+            # A backfilled event is recorded, not handled: its actions were taken (or
+            # deliberately not taken) when it was missed.
+            "done" if event.backfilled else "pending",
+            int(event.backfilled),
         )
 
         def insert(conn: sqlite3.Connection) -> PutResult:
@@ -363,8 +384,14 @@ class SQLiteInbox:
                 done.setdefault(seq, set()).add(handler)
             rows.sort(key=lambda r: r[0])
             return [
-                Job(seq=r[0], event_id=r[1], body=bytes(r[2]), received_at=r[3], attempts=r[4],
-                    succeeded=frozenset(done.get(r[0], ())))
+                Job(
+                    seq=r[0],
+                    event_id=r[1],
+                    body=bytes(r[2]),
+                    received_at=r[3],
+                    attempts=r[4],
+                    succeeded=frozenset(done.get(r[0], ())),
+                )
                 for r in rows
             ]
 
@@ -384,8 +411,10 @@ class SQLiteInbox:
                     " ON CONFLICT (seq, handler) DO UPDATE SET status = excluded.status,"
                     " attempts = handler_runs.attempts + 1, last_error = excluded.last_error,"
                     " updated_at = excluded.updated_at",
-                    [(o.seq, r.handler, "ok" if r.ok else "failed", r.error, now)
-                     for r in o.results],
+                    [
+                        (o.seq, r.handler, "ok" if r.ok else "failed", r.error, now)
+                        for r in o.results
+                    ],
                 )
 
         await self._writer.submit(record, isolated=True)
@@ -397,7 +426,7 @@ class SQLiteInbox:
         def run(conn: sqlite3.Connection) -> int:
             seqs = [r[0] for r in conn.execute(f"SELECT seq FROM events WHERE {sql}", params)]
             for start in range(0, len(seqs), 500):
-                chunk = seqs[start:start + 500]
+                chunk = seqs[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 conn.execute(
                     "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?,"
@@ -448,17 +477,16 @@ class SQLiteInbox:
         remaining = where.limit
         while remaining is None or remaining > 0:
             size = batch if remaining is None else min(batch, remaining)
-            page_filter = EventFilter(
-                since=where.since, until=where.until, kinds=where.kinds, states=where.states,
-                event_ids=where.event_ids, after_seq=after,
-            )
-            sql, params = _where(page_filter)
-            rows = await self._read(
-                lambda c, sql=sql, params=params, size=size: c.execute(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY seq LIMIT ?",
-                    [*params, size],
-                ).fetchall()
-            )
+            sql, params = _where(dataclasses.replace(where, after_seq=after, limit=None))
+            query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY seq LIMIT ?"
+            args = [*params, size]
+
+            def page(
+                c: sqlite3.Connection, query: str = query, args: list[Any] = args
+            ) -> list[Any]:
+                return c.execute(query, args).fetchall()
+
+            rows = await self._read(page)
             for row in rows:
                 yield _stored(row)
             if len(rows) < size:

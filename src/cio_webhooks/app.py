@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -42,7 +42,7 @@ log = logging.getLogger("cio_webhooks.receiver")
 
 WEBHOOK_PATH = "/webhooks/customerio"
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
-Background = Callable[[asyncio.Event], Awaitable[None]]
+Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -72,17 +72,21 @@ _UNAVAILABLE = _json(503, b'{"error":"store_unavailable","retry":true}')
 _NOT_ALLOWED = _json(405, b'{"error":"method_not_allowed"}')
 
 
-async def _send(send: Send, answer: tuple[int, bytes], extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def _send(
+    send: Send, answer: tuple[int, bytes], extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     status, body = answer
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *extra,
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -130,12 +134,20 @@ class Receiver:
             return
         now = self.clock()
         try:
-            verify(body, {SIGNATURE_HEADER: signature, TIMESTAMP_HEADER: timestamp}, self.keys,
-                   tolerance=self.tolerance, now=now)
+            verify(
+                body,
+                {SIGNATURE_HEADER: signature, TIMESTAMP_HEADER: timestamp},
+                self.keys,
+                tolerance=self.tolerance,
+                now=now,
+            )
         except StaleTimestamp as exc:
             self.counters.rejected_stale += 1
-            log.warning("event=request_rejected reason=stale_timestamp skew_s=%.0f tolerance_s=%.0f",
-                        exc.skew, exc.tolerance)
+            log.warning(
+                "event=request_rejected reason=stale_timestamp skew_s=%.0f tolerance_s=%.0f",
+                exc.skew,
+                exc.tolerance,
+            )
             await _send(send, _STALE)
             return
         except SignatureError as exc:
@@ -206,8 +218,9 @@ def create_app(
     """The ASGI application.  Its lifespan opens ``inbox``, runs each ``background``
     task (dispatcher, warehouse loader) until shutdown, then closes the inbox after
     the in-flight requests have been answered."""
-    receiver = Receiver(inbox, keys, tolerance=tolerance, max_body=max_body, clock=clock,
-                        on_stored=on_stored)
+    receiver = Receiver(
+        inbox, keys, tolerance=tolerance, max_body=max_body, clock=clock, on_stored=on_stored
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

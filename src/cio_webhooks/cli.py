@@ -59,7 +59,9 @@ def parse_since(text: str, now: float) -> float:
     try:
         stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ConfigError(f"--since {text!r}: use 7d, 12h, 30m, an ISO date or unix seconds") from None
+        raise ConfigError(
+            f"--since {text!r}: use 7d, 12h, 30m, an ISO date or unix seconds"
+        ) from None
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=dt.UTC)
     return stamp.timestamp()
@@ -77,12 +79,20 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def store_options(fn: F) -> F:
-    fn = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar=_env("DB"),
-                      help="Inbox SQLite file. [default: DATA_DIR/inbox.db]")(fn)
-    fn = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-                      default=DEFAULT_DATA_DIR, show_default=True, envvar=_env("DATA_DIR"),
-                      help="Where the inbox, warehouse and generated key live.")(fn)
-    return fn
+    fn = click.option(
+        "--db",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar=_env("DB"),
+        help="Inbox SQLite file. [default: DATA_DIR/inbox.db]",
+    )(fn)
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_DATA_DIR,
+        show_default=True,
+        envvar=_env("DATA_DIR"),
+        help="Where the inbox, warehouse and generated key live.",
+    )(fn)
 
 
 def _db(data_dir: Path, db: Path | None) -> Path:
@@ -112,28 +122,86 @@ def with_inbox(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., No
 
 def service_options(fn: F) -> F:
     options = [
-        click.option("--signing-key", "signing_keys", multiple=True, envvar=_env("SIGNING_KEYS"),
-                     help="Customer.io signing key; repeat (or comma-separate) to rotate."),
-        click.option("--tolerance", type=float, default=300.0, show_default=True,
-                     envvar=_env("TOLERANCE"), help="Timestamp tolerance in seconds; 0 disables."),
-        click.option("--max-body", type=int, default=2 * 1024 * 1024, show_default=True,
-                     envvar=_env("MAX_BODY"), help="Largest accepted body in bytes (413 above)."),
-        click.option("--handlers", multiple=True, envvar=_env("HANDLERS"),
-                     help="module:attr of a cio_webhooks.Router; repeatable."),
-        click.option("--warehouse", type=click.Path(dir_okay=False, path_type=Path),
-                     envvar=_env("WAREHOUSE"), help="Warehouse SQLite file. [default: next to --db]"),
-        click.option("--max-attempts", type=click.IntRange(min=1), default=10, show_default=True,
-                     envvar=_env("MAX_ATTEMPTS"), help="Handler attempts before dead-lettering."),
-        click.option("--retry-base", type=float, default=5.0, show_default=True,
-                     envvar=_env("RETRY_BASE"), help="First retry delay in seconds (doubles)."),
-        click.option("--retry-max-delay", type=float, default=3600.0, show_default=True,
-                     envvar=_env("RETRY_MAX_DELAY"), help="Longest retry delay in seconds."),
-        click.option("--dedupe-days", type=float, default=30.0, show_default=True,
-                     envvar=_env("DEDUPE_DAYS"), help="Keep finished events (and dedupe) this long."),
-        click.option("--max-db-size", type=int, envvar=_env("MAX_DB_SIZE"),
-                     help="Cap the inbox file at this many bytes; past it, answer 503."),
-        click.option("--log-level", default="info", show_default=True, envvar=_env("LOG_LEVEL"),
-                     type=click.Choice(["debug", "info", "warning", "error"])),
+        click.option(
+            "--signing-key",
+            "signing_keys",
+            multiple=True,
+            envvar=_env("SIGNING_KEYS"),
+            help="Customer.io signing key; repeat (or comma-separate) to rotate.",
+        ),
+        click.option(
+            "--tolerance",
+            type=float,
+            default=300.0,
+            show_default=True,
+            envvar=_env("TOLERANCE"),
+            help="Timestamp tolerance in seconds; 0 disables.",
+        ),
+        click.option(
+            "--max-body",
+            type=int,
+            default=2 * 1024 * 1024,
+            show_default=True,
+            envvar=_env("MAX_BODY"),
+            help="Largest accepted body in bytes (413 above).",
+        ),
+        click.option(
+            "--handlers",
+            multiple=True,
+            envvar=_env("HANDLERS"),
+            help="module:attr of a cio_webhooks.Router; repeatable.",
+        ),
+        click.option(
+            "--warehouse",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=_env("WAREHOUSE"),
+            help="Warehouse SQLite file. [default: next to --db]",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(min=1),
+            default=10,
+            show_default=True,
+            envvar=_env("MAX_ATTEMPTS"),
+            help="Handler attempts before dead-lettering.",
+        ),
+        click.option(
+            "--retry-base",
+            type=float,
+            default=5.0,
+            show_default=True,
+            envvar=_env("RETRY_BASE"),
+            help="First retry delay in seconds (doubles).",
+        ),
+        click.option(
+            "--retry-max-delay",
+            type=float,
+            default=3600.0,
+            show_default=True,
+            envvar=_env("RETRY_MAX_DELAY"),
+            help="Longest retry delay in seconds.",
+        ),
+        click.option(
+            "--dedupe-days",
+            type=float,
+            default=30.0,
+            show_default=True,
+            envvar=_env("DEDUPE_DAYS"),
+            help="Keep finished events (and dedupe) this long.",
+        ),
+        click.option(
+            "--max-db-size",
+            type=int,
+            envvar=_env("MAX_DB_SIZE"),
+            help="Cap the inbox file at this many bytes; past it, answer 503.",
+        ),
+        click.option(
+            "--log-level",
+            default="info",
+            show_default=True,
+            envvar=_env("LOG_LEVEL"),
+            type=click.Choice(["debug", "info", "warning", "error"]),
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -158,8 +226,9 @@ def _settings(data_dir: Path, db: Path | None, *, generate_key: bool, **o: Any) 
         tolerance=o["tolerance"],
         max_body=o["max_body"],
         handlers=handlers,
-        retry=RetryPolicy(max_attempts=o["max_attempts"], base=o["retry_base"],
-                          max_delay=o["retry_max_delay"]),
+        retry=RetryPolicy(
+            max_attempts=o["max_attempts"], base=o["retry_base"], max_delay=o["retry_max_delay"]
+        ),
         dedupe_days=o["dedupe_days"],
         max_db_bytes=o["max_db_size"],
     )
@@ -172,7 +241,7 @@ def _announce_key(key: str, data_dir: Path) -> None:
         f"{data_dir / 'signing-key'} (mode 0600):\n\n    {key}\n\n"
         "Send a signed test event with:\n\n"
         f"    cio-webhooks send examples/email_delivered.json "
-        f"--signing-key \"$(cat {data_dir / 'signing-key'})\"\n\n"
+        f'--signing-key "$(cat {data_dir / "signing-key"})"\n\n'
         "For real traffic, set CIO_WEBHOOKS_SIGNING_KEYS to the key Customer.io shows for "
         "your reporting webhook.\n",
         highlight=False,
@@ -189,13 +258,30 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, envvar=_env("HOST"))
 @click.option("--port", type=int, default=8000, show_default=True, envvar=_env("PORT"))
-@click.option("--no-dispatch", is_flag=True, envvar=_env("NO_DISPATCH"),
-              help="Only receive; run `cio-webhooks worker` separately for handlers.")
-@click.option("--shutdown-timeout", type=float, default=10.0, show_default=True,
-              envvar=_env("SHUTDOWN_TIMEOUT"), help="Seconds to drain requests on SIGTERM.")
+@click.option(
+    "--no-dispatch",
+    is_flag=True,
+    envvar=_env("NO_DISPATCH"),
+    help="Only receive; run `cio-webhooks worker` separately for handlers.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    envvar=_env("SHUTDOWN_TIMEOUT"),
+    help="Seconds to drain requests on SIGTERM.",
+)
 @service_options
-def serve(host: str, port: int, no_dispatch: bool, shutdown_timeout: float, data_dir: Path,
-          db: Path | None, **options: Any) -> None:
+def serve(
+    host: str,
+    port: int,
+    no_dispatch: bool,
+    shutdown_timeout: int,
+    data_dir: Path,
+    db: Path | None,
+    **options: Any,
+) -> None:
     """Run the receiver, dispatcher and warehouse loader in one process."""
     import uvicorn
 
@@ -218,8 +304,16 @@ def serve(host: str, port: int, no_dispatch: bool, shutdown_timeout: float, data
         soft_wrap=True,
     )
     config = uvicorn.Config(
-        app, host=host, port=port, loop="auto", http="auto", lifespan="on", access_log=False,
-        log_config=None, log_level="warning", timeout_graceful_shutdown=shutdown_timeout,
+        app,
+        host=host,
+        port=port,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        log_level="warning",
+        timeout_graceful_shutdown=shutdown_timeout,
         server_header=False,
     )
     uvicorn.Server(config).run()
@@ -246,10 +340,15 @@ def worker(data_dir: Path, db: Path | None, **options: Any) -> None:
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False,
-                                                                     path_type=Path))
-@click.option("--url", default="http://127.0.0.1:8000/webhooks/customerio", show_default=True,
-              envvar=_env("URL"))
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000/webhooks/customerio",
+    show_default=True,
+    envvar=_env("URL"),
+)
 @click.option("--signing-key", required=True, envvar=_env("SIGNING_KEY"))
 @click.option("--timestamp", type=int, help="Sign with this timestamp instead of now.")
 def send(files: tuple[Path, ...], url: str, signing_key: str, timestamp: int | None) -> None:
@@ -258,9 +357,11 @@ def send(files: tuple[Path, ...], url: str, signing_key: str, timestamp: int | N
     for path in files:
         body = path.read_bytes()
         headers = signed_headers(body, signing_key, timestamp=timestamp or int(time.time()))
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        if not url.startswith(("http://", "https://")):
+            raise click.BadParameter("must be an http(s) URL", param_hint="--url")
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 status, answer = response.status, response.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as exc:
             status, answer = exc.code, exc.read().decode("utf-8", "replace")
@@ -279,20 +380,23 @@ def events() -> None:
 
 
 def _filter(since: str | None, metric: tuple[str, ...], **more: Any) -> EventFilter:
-    return EventFilter(since=parse_since(since, time.time()) if since else None,
-                       kinds=tuple(metric), **more)
+    return EventFilter(
+        since=parse_since(since, time.time()) if since else None, kinds=tuple(metric), **more
+    )
 
 
 @events.command("export")
 @store_options
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
 @click.option("--since", help="7d, 12h, an ISO date or unix seconds (by receive time).")
 @click.option("--metric", multiple=True, help="email.bounced, *.clicked, bounced ...; repeatable.")
 @click.option("--output", "-o", type=click.File("w"), default="-", help="File to write [stdout].")
 @with_inbox
-async def export(inbox: SQLiteInbox, fmt: str, since: str | None, metric: tuple[str, ...],
-                 output: TextIO) -> None:
+async def export(
+    inbox: SQLiteInbox, fmt: str, since: str | None, metric: tuple[str, ...], output: TextIO
+) -> None:
     """Every received event (processed or not) with the normalised fields."""
     where = _filter(since, metric)
     writer = csv.DictWriter(output, NORMALISED_FIELDS) if fmt == "csv" else None
@@ -302,7 +406,11 @@ async def export(inbox: SQLiteInbox, fmt: str, since: str | None, metric: tuple[
     with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("exporting", total=total)
         async for stored in inbox.iter_events(where):
-            row = normalise(parse_event(stored.body, received_at=stored.received_at))
+            row = normalise(
+                parse_event(
+                    stored.body, received_at=stored.received_at, backfilled=stored.backfilled
+                )
+            )
             if writer:
                 writer.writerow(row)
             else:
@@ -311,9 +419,15 @@ async def export(inbox: SQLiteInbox, fmt: str, since: str | None, metric: tuple[
 
 
 def _event_row(e: StoredEvent) -> dict[str, Any]:
-    return {"event_id": e.event_id, "kind": f"{e.object_type}.{e.metric}", "state": e.state.value,
-            "attempts": e.attempts, "received_at": iso(e.received_at),
-            "next_attempt_at": iso(e.next_attempt_at), "last_error": e.last_error}
+    return {
+        "event_id": e.event_id,
+        "kind": f"{e.object_type}.{e.metric}",
+        "state": e.state.value,
+        "attempts": e.attempts,
+        "received_at": iso(e.received_at),
+        "next_attempt_at": iso(e.next_attempt_at),
+        "last_error": e.last_error,
+    }
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
@@ -405,8 +519,10 @@ def quarantine() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @with_inbox
 async def quarantine_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
-    rows = [{"id": q.id, "received_at": iso(q.received_at), "reason": q.reason,
-             "bytes": len(q.body)} for q in await inbox.quarantined(limit=limit)]
+    rows = [
+        {"id": q.id, "received_at": iso(q.received_at), "reason": q.reason, "bytes": len(q.body)}
+        for q in await inbox.quarantined(limit=limit)
+    ]
     _print_rows(rows, as_json, "quarantine")
 
 
@@ -430,8 +546,9 @@ async def quarantine_show(inbox: SQLiteInbox, ident: int) -> None:
 @click.option("--metric", multiple=True, help="email.bounced, *.clicked, bounced ...; repeatable.")
 @click.option("--handler", help="Re-run only this handler (by name); default: all handlers.")
 @with_inbox
-async def replay(inbox: SQLiteInbox, since: str | None, metric: tuple[str, ...],
-                 handler: str | None) -> None:
+async def replay(
+    inbox: SQLiteInbox, since: str | None, metric: tuple[str, ...], handler: str | None
+) -> None:
     """Re-run handlers for stored events (the running dispatcher picks them up)."""
     if since is None and not metric:
         raise ConfigError("replay needs --since and/or --metric, so that it is never accidental")

@@ -40,8 +40,8 @@ class RetryPolicy:
     jitter: float = 0.25
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        raw = min(self.max_delay, self.base * 2 ** max(0, attempt - 1))
-        return raw * (1 + self.jitter * (2 * rng.random() - 1))
+        raw = min(self.max_delay, self.base * 2.0 ** max(0, attempt - 1))
+        return float(raw * (1 + self.jitter * (2 * rng.random() - 1)))
 
 
 def _describe(exc: BaseException) -> str:
@@ -108,8 +108,9 @@ class Dispatcher:
                 continue
             self._wake.clear()
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=self.poll_interval,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
             for waiter in waiters:
                 waiter.cancel()
 
@@ -117,28 +118,63 @@ class Dispatcher:
         try:
             event = parse_event(job.body, received_at=job.received_at)
         except InvalidEvent as exc:  # stored by an older version with looser checks
-            return Outcome(seq=job.seq, state=JobState.DEAD, attempts=job.attempts + 1,
-                           next_attempt_at=self.clock(), last_error=str(exc))
-        routes = [r for r in self.router.match(event.object_type, event.metric)
-                  if r.name not in job.succeeded]
+            return Outcome(
+                seq=job.seq,
+                state=JobState.DEAD,
+                attempts=job.attempts + 1,
+                next_attempt_at=self.clock(),
+                last_error=str(exc),
+            )
+        routes = [
+            r
+            for r in self.router.match(event.object_type, event.metric)
+            if r.name not in job.succeeded
+        ]
         results = tuple([await self._run(route, event) for route in routes])
         failures = [r for r in results if not r.ok]
         now = self.clock()
         if not failures:
-            return Outcome(seq=job.seq, state=JobState.DONE, attempts=job.attempts + int(bool(routes)),
-                           next_attempt_at=now, last_error=None, results=results)
+            return Outcome(
+                seq=job.seq,
+                state=JobState.DONE,
+                attempts=job.attempts + int(bool(routes)),
+                next_attempt_at=now,
+                last_error=None,
+                results=results,
+            )
         attempts = job.attempts + 1
         last_error = "; ".join(f"{r.handler}: {r.error}" for r in failures)
         if attempts >= self.retry.max_attempts:
-            log.warning("event=dead_letter event_id=%s attempts=%d error=%r",
-                        event.event_id, attempts, last_error)
-            return Outcome(seq=job.seq, state=JobState.DEAD, attempts=attempts,
-                           next_attempt_at=now, last_error=last_error, results=results)
+            log.warning(
+                "event=dead_letter event_id=%s attempts=%d error=%r",
+                event.event_id,
+                attempts,
+                last_error,
+            )
+            return Outcome(
+                seq=job.seq,
+                state=JobState.DEAD,
+                attempts=attempts,
+                next_attempt_at=now,
+                last_error=last_error,
+                results=results,
+            )
         delay = self.retry.delay(attempts, self.rng)
-        log.info("event=handler_retry event_id=%s attempts=%d delay_s=%.1f error=%r",
-                 event.event_id, attempts, delay, last_error)
-        return Outcome(seq=job.seq, state=JobState.RETRYING, attempts=attempts,
-                       next_attempt_at=now + delay, last_error=last_error, results=results)
+        log.info(
+            "event=handler_retry event_id=%s attempts=%d delay_s=%.1f error=%r",
+            event.event_id,
+            attempts,
+            delay,
+            last_error,
+        )
+        return Outcome(
+            seq=job.seq,
+            state=JobState.RETRYING,
+            attempts=attempts,
+            next_attempt_at=now + delay,
+            last_error=last_error,
+            results=results,
+        )
 
     async def _run(self, route: Route, event: Event) -> HandlerResult:
         async with self._limit:
@@ -146,8 +182,9 @@ class Dispatcher:
                 if route.is_async:
                     await asyncio.wait_for(route.handler(event), self.handler_timeout)  # type: ignore[arg-type]
                 else:
-                    await asyncio.wait_for(asyncio.to_thread(route.handler, event),
-                                           self.handler_timeout)
+                    await asyncio.wait_for(
+                        asyncio.to_thread(route.handler, event), self.handler_timeout
+                    )
             except TimeoutError:
                 return HandlerResult(route.name, f"timed out after {self.handler_timeout:g}s")
             except Exception as exc:

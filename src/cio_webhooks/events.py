@@ -38,26 +38,70 @@ __all__ = [
 METRICS_BY_OBJECT_TYPE: dict[str, tuple[str, ...]] = {
     "customer": ("subscribed", "unsubscribed", "cio_subscription_preferences_changed"),
     "email": (
-        "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted",
-        "unsubscribed", "bounced", "dropped", "spammed", "failed", "undeliverable",
+        "drafted",
+        "attempted",
+        "sent",
+        "delivered",
+        "opened",
+        "clicked",
+        "converted",
+        "unsubscribed",
+        "bounced",
+        "dropped",
+        "spammed",
+        "failed",
+        "undeliverable",
     ),
     "push": (
-        "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted",
-        "bounced", "dropped", "failed", "undeliverable",
+        "drafted",
+        "attempted",
+        "sent",
+        "delivered",
+        "opened",
+        "clicked",
+        "converted",
+        "bounced",
+        "dropped",
+        "failed",
+        "undeliverable",
     ),
     "in_app": (
-        "drafted", "attempted", "sent", "opened", "clicked", "converted", "failed",
+        "drafted",
+        "attempted",
+        "sent",
+        "opened",
+        "clicked",
+        "converted",
+        "failed",
         "undeliverable",
     ),
     "sms": (
-        "drafted", "attempted", "sent", "delivered", "clicked", "converted", "bounced",
-        "failed", "undeliverable", "replied",
+        "drafted",
+        "attempted",
+        "sent",
+        "delivered",
+        "clicked",
+        "converted",
+        "bounced",
+        "failed",
+        "undeliverable",
+        "replied",
     ),
     "slack": ("drafted", "attempted", "sent", "clicked", "failed", "undeliverable"),
     "webhook": ("drafted", "attempted", "sent", "clicked", "failed", "undeliverable"),
     "whatsapp": (
-        "drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted",
-        "bounced", "dropped", "failed", "undeliverable", "replied",
+        "drafted",
+        "attempted",
+        "sent",
+        "delivered",
+        "opened",
+        "clicked",
+        "converted",
+        "bounced",
+        "dropped",
+        "failed",
+        "undeliverable",
+        "replied",
     ),
 }
 
@@ -144,6 +188,9 @@ class Event:
     data: EventData
     raw: bytes = field(repr=False)
     received_at: float | None = None
+    #: True for events recovered from the App API by ``reconcile --backfill`` rather
+    #: than posted by Customer.io; they are stored as already handled.
+    backfilled: bool = False
 
     @property
     def kind(self) -> str:
@@ -177,7 +224,9 @@ class Event:
         return bool(d.prefetched or d.proxied or d.synthetic or d.machine)
 
 
-def parse_event(body: bytes, *, received_at: float | None = None) -> Event:
+def parse_event(
+    body: bytes, *, received_at: float | None = None, backfilled: bool = False
+) -> Event:
     """Parse one request body.  Raises ``InvalidEvent`` with a readable reason."""
     try:
         env = _decoder.decode(body)
@@ -199,14 +248,36 @@ def parse_event(body: bytes, *, received_at: float | None = None) -> Event:
         data=env.data or _EMPTY_DATA,
         raw=body,
         received_at=received_at,
+        backfilled=backfilled,
     )
 
 
 NORMALISED_FIELDS: tuple[str, ...] = (
-    "event_id", "object_type", "metric", "occurred_at", "received_at", "person_id", "email",
-    "cio_id", "delivery_id", "campaign_id", "action_id", "broadcast_id", "newsletter_id",
-    "transactional_message_id", "journey_id", "recipient", "subject", "href", "link_id",
-    "failure_message", "prefetched", "proxied", "synthetic", "machine",
+    "event_id",
+    "object_type",
+    "metric",
+    "occurred_at",
+    "received_at",
+    "person_id",
+    "email",
+    "cio_id",
+    "delivery_id",
+    "campaign_id",
+    "action_id",
+    "broadcast_id",
+    "newsletter_id",
+    "transactional_message_id",
+    "journey_id",
+    "recipient",
+    "subject",
+    "href",
+    "link_id",
+    "failure_message",
+    "prefetched",
+    "proxied",
+    "synthetic",
+    "machine",
+    "backfilled",
 )
 
 
@@ -255,4 +326,5 @@ def normalise(event: Event) -> dict[str, Any]:
         "proxied": d.proxied,
         "synthetic": d.synthetic,
         "machine": d.machine,
+        "backfilled": event.backfilled,
     }

@@ -55,8 +55,7 @@ class Route:
 
     def matches(self, object_type: str, metric: str) -> bool:
         return any(
-            (o is None or o == object_type) and (m is None or m == metric)
-            for o, m in self.patterns
+            (o is None or o == object_type) and (m is None or m == metric) for o, m in self.patterns
         )
 
 

@@ -97,6 +97,7 @@ class StoredEvent:
     next_attempt_at: float
     last_error: str | None
     body: bytes = field(repr=False)
+    backfilled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +138,8 @@ class Inbox(Protocol):
         ...
 
     async def put(self, event: Event) -> PutResult:
-        """Store ``event`` (raw bytes and routing columns) once; raise ``StoreUnavailable``."""
+        """Store ``event`` (raw bytes and routing columns) once; raise ``StoreUnavailable``.
+        A ``backfilled`` event is stored as DONE: handlers do not run for it."""
         ...
 
     async def quarantine(
@@ -154,9 +156,7 @@ class Inbox(Protocol):
         """Record handler results and each event's next state."""
         ...
 
-    async def requeue(
-        self, where: EventFilter, *, now: float, rerun: str | None = None
-    ) -> int:
+    async def requeue(self, where: EventFilter, *, now: float, rerun: str | None = None) -> int:
         """Make matching events due now.  Handlers that succeeded stay done, except
         ``rerun``: a handler name, or ``"*"`` for all of them (replay)."""
         ...

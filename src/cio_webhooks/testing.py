@@ -1,7 +1,7 @@
 """Helpers for testing code that receives Customer.io webhooks.  Public API.
 
-    body, headers = signed_request({"event_id": "01H...", ...}, key="secret", timestamp=now)
-    clock = FixedClock(1_700_000_000); clock.advance(60)
+body, headers = signed_request({"event_id": "01H...", ...}, key="secret", timestamp=now)
+clock = FixedClock(1_700_000_000); clock.advance(60)
 """
 
 from __future__ import annotations
@@ -58,5 +58,10 @@ def make_event(
         "subject": "Hello",
     }
     payload_data.update(data)
-    return {"event_id": event_id, "object_type": object_type, "metric": metric,
-            "timestamp": timestamp, "data": payload_data}
+    return {
+        "event_id": event_id,
+        "object_type": object_type,
+        "metric": metric,
+        "timestamp": timestamp,
+        "data": payload_data,
+    }

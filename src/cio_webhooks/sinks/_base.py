@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -58,7 +59,11 @@ class WarehouseLoader:
         ):
             last = stored.seq
             try:
-                events.append(parse_event(stored.body, received_at=stored.received_at))
+                events.append(
+                    parse_event(
+                        stored.body, received_at=stored.received_at, backfilled=stored.backfilled
+                    )
+                )
             except InvalidEvent as exc:  # the receiver validated it; only old rows can fail
                 log.warning("event=warehouse_skip seq=%d reason=%r", stored.seq, str(exc))
         if last == cursor:
@@ -74,7 +79,5 @@ class WarehouseLoader:
                 log.error("event=warehouse_error error=%r", str(exc))
                 moved = 0
             if not moved:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.poll_interval)
-                except TimeoutError:
-                    pass

@@ -17,12 +17,14 @@ __all__ = ["SQLiteWarehouse"]
 T = TypeVar("T")
 
 _COLUMNS = (*NORMALISED_FIELDS, "loaded_at")
-_BOOLEAN = {"prefetched", "proxied", "synthetic", "machine"}
+_BOOLEAN = {"prefetched", "proxied", "synthetic", "machine", "backfilled"}
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS events ("
     + ", ".join(
-        f"{c} TEXT PRIMARY KEY" if c == "event_id"
-        else f"{c} INTEGER" if c in _BOOLEAN
+        f"{c} TEXT PRIMARY KEY"
+        if c == "event_id"
+        else f"{c} INTEGER"
+        if c in _BOOLEAN
         else f"{c} TEXT"
         for c in _COLUMNS
     )
@@ -60,9 +62,11 @@ class SQLiteWarehouse:
     async def cursor(self) -> int:
         def read() -> int:
             with self._lock:
-                row = self._connect().execute(
-                    "SELECT inbox_seq FROM loader_state WHERE id = 1"
-                ).fetchone()
+                row = (
+                    self._connect()
+                    .execute("SELECT inbox_seq FROM loader_state WHERE id = 1")
+                    .fetchone()
+                )
             return int(row[0]) if row else 0
 
         return await self._call(read)
