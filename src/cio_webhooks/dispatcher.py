@@ -11,6 +11,7 @@ After ``RetryPolicy.max_attempts`` the event becomes ``DEAD`` with its last erro
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import time
@@ -180,11 +181,13 @@ class Dispatcher:
         async with self._limit:
             try:
                 if route.is_async:
-                    await asyncio.wait_for(route.handler(event), self.handler_timeout)  # type: ignore[arg-type]
+                    result = route.handler(event)
                 else:
-                    await asyncio.wait_for(
+                    result = await asyncio.wait_for(
                         asyncio.to_thread(route.handler, event), self.handler_timeout
                     )
+                if inspect.isawaitable(result):  # also catches async handlers wrapped oddly
+                    await asyncio.wait_for(result, self.handler_timeout)
             except TimeoutError:
                 return HandlerResult(route.name, f"timed out after {self.handler_timeout:g}s")
             except Exception as exc:

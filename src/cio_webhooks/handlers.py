@@ -69,14 +69,17 @@ class Router:
     def add(self, handler: Handler, *patterns: str, name: str | None = None) -> None:
         if not patterns:
             raise ConfigError("a handler needs at least one event pattern")
-        route_name = name or f"{handler.__module__}.{handler.__qualname__}"
+        qualname = getattr(handler, "__qualname__", type(handler).__qualname__)
+        route_name = name or f"{handler.__module__}.{qualname}"
         if route_name in self._routes:
             raise ConfigError(f"handler name {route_name!r} is registered twice")
         self._routes[route_name] = Route(
             name=route_name,
             handler=handler,
             patterns=tuple(parse_pattern(p) for p in patterns),
-            is_async=inspect.iscoroutinefunction(handler),
+            # A callable object with ``async def __call__`` is async too.
+            is_async=inspect.iscoroutinefunction(handler)
+            or inspect.iscoroutinefunction(type(handler).__call__),
         )
         self._cache.clear()
 

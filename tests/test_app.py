@@ -1,0 +1,255 @@
+"""The HTTP receiver in-process: status codes follow Customer.io's delivery rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from cio_webhooks import Event, SQLiteInbox, StoreUnavailable, create_app
+from cio_webhooks.inbox import PutResult
+from cio_webhooks.testing import FixedClock, make_event, signed_request
+
+from .conftest import KEY, NOW, post_event, sample_files
+
+
+async def test_authentic_event_is_stored_and_acked(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox
+) -> None:
+    response = await post_event(client, make_event("e1"))
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "status": "stored"}
+    stored = await inbox.get_event("e1")
+    assert stored is not None
+    assert stored.received_at == NOW
+
+
+async def test_every_sample_is_accepted(client: httpx2.AsyncClient, inbox: SQLiteInbox) -> None:
+    for path in sample_files():
+        response = await post_event(client, path.read_bytes())
+        assert response.status_code == 200, path.name
+    # Some of Customer.io's published samples share an event_id; dedupe keeps the first.
+    ids = {json.loads(p.read_bytes())["event_id"] for p in sample_files()}
+    assert len(ids) < len(sample_files())
+    stats = await inbox.stats()
+    assert stats["events"] == len(ids)
+    assert stats["quarantined"] == 0
+
+
+async def test_duplicate_event_id_is_acked_and_stored_once(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox
+) -> None:
+    first = await post_event(client, make_event("dup"))
+    again = await post_event(client, make_event("dup", metric="opened"))
+    assert first.json()["status"] == "stored"
+    assert again.status_code == 200
+    assert again.json()["status"] == "duplicate"
+    assert (await inbox.stats())["events"] == 1
+    stored = await inbox.get_event("dup")
+    assert stored is not None
+    assert stored.metric == "delivered"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json at all", b"[]", b'{"no":"event_id"}', b'{"event_id":"e","data":[1]}'],
+    ids=["not-json", "array", "no-event-id", "wrong-shape"],
+)
+async def test_authentic_non_event_is_quarantined_with_reason_and_acked(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox, body: bytes
+) -> None:
+    response = await post_event(client, body)
+    assert response.status_code == 200
+    assert response.json()["status"] == "quarantined"
+    [kept] = await inbox.quarantined()
+    assert kept.body == body
+    assert kept.reason
+    assert (await inbox.stats())["events"] == 0
+
+
+async def test_unknown_kind_is_a_normal_event(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox
+) -> None:
+    response = await post_event(client, make_event("e-new", "hologram", "beamed"))
+    assert response.json()["status"] == "stored"
+    stored = await inbox.get_event("e-new")
+    assert stored is not None
+    assert (stored.object_type, stored.metric) == ("hologram", "beamed")
+
+
+async def test_missing_signature_is_401_json(client: httpx2.AsyncClient) -> None:
+    response = await client.post("/webhooks/customerio", content=b'{"event_id":"x"}')
+    assert response.status_code == 401
+    assert response.json() == {"error": "invalid_signature"}
+
+
+async def test_wrong_key_is_401_and_nothing_is_stored(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox
+) -> None:
+    response = await post_event(client, make_event("e1"), key="not-the-key")
+    assert response.status_code == 401
+    assert (await inbox.stats())["events"] == 0
+    assert await inbox.quarantined() == []
+
+
+async def test_stale_timestamp_is_401_counted_separately(
+    client: httpx2.AsyncClient, app: Any
+) -> None:
+    response = await post_event(client, make_event("e1"), timestamp=NOW - 301)
+    assert response.status_code == 401
+    assert response.json() == {"error": "stale_timestamp"}
+    assert app.receiver.counters.rejected_stale == 1
+    assert app.receiver.counters.rejected_signature == 0
+
+
+async def test_stale_rejection_logs_the_skew_but_no_secret(
+    client: httpx2.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    body, headers = signed_request(make_event("e1"), key=KEY, timestamp=NOW - 1000)
+    await client.post("/webhooks/customerio", content=body, headers=headers)
+    text = caplog.text
+    assert "stale_timestamp" in text
+    assert "skew_s=1000" in text
+    assert KEY not in text
+    assert headers["X-CIO-Signature"] not in text
+
+
+async def test_key_rotation_accepts_both_keys(inbox: SQLiteInbox, clock: FixedClock) -> None:
+    app = create_app(inbox, ["new-key", "old-key"], clock=clock)
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        assert (await post_event(c, make_event("a"), key="old-key")).status_code == 200
+        assert (await post_event(c, make_event("b"), key="new-key")).status_code == 200
+        assert (await post_event(c, make_event("c"), key="other")).status_code == 401
+
+
+async def test_tolerance_is_configurable(inbox: SQLiteInbox, clock: FixedClock) -> None:
+    app = create_app(inbox, [KEY], clock=clock, tolerance=0)
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        response = await post_event(c, make_event("old"), timestamp=NOW - 86400 * 30)
+    assert response.status_code == 200
+
+
+async def test_body_over_the_limit_is_413(inbox: SQLiteInbox, clock: FixedClock) -> None:
+    app = create_app(inbox, [KEY], clock=clock, max_body=1000)
+    big = make_event("big", subject="x" * 2000)
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        response = await post_event(c, big)
+        small = await post_event(c, make_event("small"))
+    assert response.status_code == 413
+    assert response.json() == {"error": "body_too_large"}
+    assert small.status_code == 200
+
+
+async def test_streamed_body_over_the_limit_is_413_without_content_length(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    app = create_app(inbox, [KEY], clock=clock, max_body=1000)
+    body, headers = signed_request(make_event("big", subject="x" * 5000), key=KEY, timestamp=NOW)
+
+    async def chunks() -> Any:
+        for i in range(0, len(body), 512):
+            yield body[i : i + 512]
+
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        response = await c.post("/webhooks/customerio", content=chunks(), headers=headers)
+    assert response.status_code == 413
+
+
+async def test_get_on_the_webhook_path_is_405(client: httpx2.AsyncClient) -> None:
+    response = await client.get("/webhooks/customerio")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+class RefusingInbox(SQLiteInbox):
+    """A store whose disk has gone away: every write fails."""
+
+    async def put(self, event: Event) -> PutResult:
+        raise StoreUnavailable("disk I/O error")
+
+    async def quarantine(
+        self, body: bytes, reason: str, *, received_at: float, event_id: str | None = None
+    ) -> int:
+        raise StoreUnavailable("disk I/O error")
+
+    async def ready(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("body", [None, b"not json"], ids=["event", "quarantine"])
+async def test_store_refusing_writes_is_503(
+    tmp_path: Path, clock: FixedClock, body: bytes | None
+) -> None:
+    inbox = RefusingInbox(tmp_path / "inbox.db")
+    app = create_app(inbox, [KEY], clock=clock)
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        response = await post_event(c, body if body is not None else make_event("e1"))
+        ready = await c.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["error"] == "store_unavailable"
+    assert "disk" not in response.text  # internals stay in the log
+    assert ready.status_code == 503
+    assert app.receiver.counters.store_unavailable == 1
+
+
+async def test_full_sqlite_file_is_503_then_recovers_nothing_lost(
+    tmp_path: Path, clock: FixedClock
+) -> None:
+    inbox = SQLiteInbox(tmp_path / "inbox.db", max_bytes=64 * 1024)
+    await inbox.open()
+    app = create_app(inbox, [KEY], clock=clock)
+    acked: list[str] = []
+    refused = 0
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        for i in range(200):
+            response = await post_event(c, make_event(f"e{i}", subject="y" * 500))
+            if response.status_code == 200:
+                acked.append(f"e{i}")
+            else:
+                assert response.status_code == 503
+                refused += 1
+    assert refused > 0
+    assert acked
+    for event_id in acked:
+        assert await inbox.get_event(event_id) is not None
+    await inbox.close()
+
+
+async def test_health_and_readiness(client: httpx2.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_metrics_count_outcomes(client: httpx2.AsyncClient) -> None:
+    await post_event(client, make_event("m1"))
+    await post_event(client, make_event("m1"))
+    await post_event(client, make_event("m2"), key="wrong")
+    text = (await client.get("/metrics")).text
+    assert 'outcome="stored"} 1' in text
+    assert 'outcome="duplicate"} 1' in text
+    assert 'outcome="rejected_signature"} 1' in text
+
+
+async def test_concurrent_requests_share_commits_and_all_land(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox
+) -> None:
+    import asyncio
+
+    responses = await asyncio.gather(*(post_event(client, make_event(f"c{i}")) for i in range(300)))
+    assert all(r.status_code == 200 for r in responses)
+    assert (await inbox.stats())["events"] == 300
