@@ -430,6 +430,12 @@ def _event_row(e: StoredEvent) -> dict[str, Any]:
     }
 
 
+def _stdout() -> Console:
+    """A console for tables: the terminal's width, or wide enough when piped."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
@@ -439,10 +445,11 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
         return
     table = Table(title=title)
     for key in rows[0]:
-        table.add_column(key, overflow="fold")
+        # Ids must stay copyable: only free text (errors, reasons) may wrap.
+        table.add_column(key, overflow="fold", no_wrap=key not in ("last_error", "reason"))
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row.values()))
-    Console().print(table)
+    _stdout().print(table)
 
 
 @main.group()
@@ -458,6 +465,9 @@ def dlq() -> None:
 async def dlq_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
     where = EventFilter(states=(JobState.DEAD,), limit=limit)
     rows = [_event_row(e) async for e in inbox.iter_events(where)]
+    if not as_json:  # in a table, the state is always "dead" and the next attempt is moot
+        for row in rows:
+            del row["state"], row["next_attempt_at"]
     _print_rows(rows, as_json, "dead letters")
 
 
@@ -566,7 +576,7 @@ async def stats(inbox: SQLiteInbox, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    console = Console()
+    console = _stdout()
     table = Table(title=f"{data['events']} events, {data['quarantined']} quarantined")
     table.add_column("state")
     table.add_column("events", justify="right")

@@ -54,10 +54,12 @@ class WarehouseLoader:
         cursor = await self.sink.cursor()
         events: list[Event] = []
         last = cursor
+        consumed = 0
         async for stored in self.inbox.iter_events(
             EventFilter(after_seq=cursor, limit=self.batch_size), batch=self.batch_size
         ):
             last = stored.seq
+            consumed += 1
             try:
                 events.append(
                     parse_event(
@@ -69,7 +71,7 @@ class WarehouseLoader:
         if last == cursor:
             return 0
         await self.sink.write(events, cursor=last, loaded_at=self.clock())
-        return last - cursor
+        return consumed
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

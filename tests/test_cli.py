@@ -1,0 +1,174 @@
+"""The operations commands, run in-process with click's CliRunner against a real inbox file."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cio_webhooks import Dispatcher, JobState, RetryPolicy, Router, SQLiteInbox, parse_event
+from cio_webhooks.cli import main, parse_since
+from cio_webhooks.testing import FixedClock, make_event
+
+NOW = 1_700_000_000.0
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """An inbox with 3 done events, 1 dead letter and 1 quarantined body."""
+
+    async def build() -> None:
+        async with SQLiteInbox(tmp_path / "inbox.db") as inbox:
+            for i, metric in enumerate(["delivered", "opened", "bounced"]):
+                body = json.dumps(make_event(f"ok{i}", metric=metric)).encode()
+                await inbox.put(parse_event(body, received_at=NOW + i))
+            dead = json.dumps(make_event("dead1", "sms", "failed")).encode()
+            await inbox.put(parse_event(dead, received_at=NOW + 10))
+            await inbox.quarantine(b"garbage", "body is not JSON", received_at=NOW)
+            router = Router()
+
+            @router.on("sms.failed", name="always_fails")
+            def fail(event: object) -> None:
+                raise ValueError("no route to host")
+
+            d = Dispatcher(
+                inbox, router, clock=FixedClock(NOW + 20), retry=RetryPolicy(max_attempts=1)
+            )
+            while await d.run_once():
+                pass
+
+    asyncio.run(build())
+    return tmp_path
+
+
+def test_export_jsonl_has_every_event_with_normalised_fields(data_dir: Path) -> None:
+    code, out, _ = invoke("events", "export", "--data-dir", str(data_dir))
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["event_id"] for r in rows] == ["ok0", "ok1", "ok2", "dead1"]
+    assert rows[0]["person_id"] == "person-1"
+    assert rows[0]["received_at"] == "2023-11-14T22:13:20.000Z"
+
+
+def test_export_csv_filters_by_metric_and_since(data_dir: Path) -> None:
+    code, out, _ = invoke(
+        "events",
+        "export",
+        "--data-dir",
+        str(data_dir),
+        "--format",
+        "csv",
+        "--metric",
+        "email.*",
+        "--since",
+        str(NOW + 1),
+    )
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["event_id"], r["metric"]) for r in rows] == [("ok1", "opened"), ("ok2", "bounced")]
+
+
+def test_dlq_list_show_retry_discard(data_dir: Path) -> None:
+    code, out, _ = invoke("dlq", "list", "--data-dir", str(data_dir), "--json")
+    assert code == 0
+    [dead] = json.loads(out)
+    assert dead["event_id"] == "dead1"
+    assert dead["last_error"] == "always_fails: ValueError: no route to host"
+
+    code, out, _ = invoke("dlq", "show", "dead1", "--data-dir", str(data_dir))
+    shown = json.loads(out)
+    assert shown["handlers"][0]["status"] == "failed"
+    assert shown["payload"]["metric"] == "failed"
+
+    assert invoke("dlq", "retry", "--data-dir", str(data_dir))[0] == 2  # needs ids or --all
+    code, out, _ = invoke("dlq", "retry", "dead1", "--data-dir", str(data_dir))
+    assert (code, out.strip()) == (0, "requeued 1 event(s)")
+    assert json.loads(invoke("dlq", "list", "--data-dir", str(data_dir), "--json")[1]) == []
+
+    stats = json.loads(invoke("stats", "--data-dir", str(data_dir), "--json")[1])
+    assert stats["states"][JobState.PENDING] == 1
+    code, out, _ = invoke("dlq", "discard", "--all", "--data-dir", str(data_dir))
+    assert out.strip() == "discarded 0 event(s)"  # it is pending now, not dead
+
+
+def test_dlq_list_as_a_table(data_dir: Path) -> None:
+    code, out, _ = invoke("dlq", "list", "--data-dir", str(data_dir))
+    assert code == 0
+    assert "dead1" in out
+    assert "sms.failed" in out
+
+
+def test_quarantine_list_and_show_raw_bytes(data_dir: Path) -> None:
+    [item] = json.loads(invoke("quarantine", "list", "--data-dir", str(data_dir), "--json")[1])
+    assert item["reason"] == "body is not JSON"
+    code, out, _ = invoke("quarantine", "show", str(item["id"]), "--data-dir", str(data_dir))
+    assert code == 0
+    assert out == "garbage\n"
+
+
+def test_replay_requires_a_selection_and_queues_matching_events(data_dir: Path) -> None:
+    code, _, err = invoke("replay", "--data-dir", str(data_dir))
+    assert code == 2
+    assert "--since and/or --metric" in err
+    code, out, _ = invoke(
+        "replay", "--data-dir", str(data_dir), "--metric", "opened", "--handler", "h"
+    )
+    assert code == 0
+    assert out.strip() == "queued 1 event(s) for replay of handler h"
+
+
+def test_stats_table_and_json(data_dir: Path) -> None:
+    stats = json.loads(invoke("stats", "--data-dir", str(data_dir), "--json")[1])
+    assert stats["events"] == 4
+    assert stats["states"]["done"] == 3
+    assert stats["states"]["dead"] == 1
+    assert stats["kinds"]["email.opened"] == 1
+    assert stats["quarantined"] == 1
+    code, out, _ = invoke("stats", "--data-dir", str(data_dir))
+    assert code == 0
+    assert "email.bounced" in out
+
+
+def test_missing_inbox_is_a_clear_error(tmp_path: Path) -> None:
+    code, _, err = invoke("stats", "--data-dir", str(tmp_path / "nowhere"))
+    assert code == 2
+    assert "no inbox at" in err
+    assert "Traceback" not in err
+
+
+def test_bad_since_is_a_clear_error(data_dir: Path) -> None:
+    code, _, err = invoke("events", "export", "--data-dir", str(data_dir), "--since", "soon")
+    assert code == 2
+    assert "--since 'soon'" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7d", NOW - 7 * 86400),
+        ("12h", NOW - 12 * 3600),
+        ("30m", NOW - 1800),
+        ("1700000000", 1_700_000_000.0),
+        ("2023-11-14T22:13:20Z", 1_700_000_000.0),
+        ("2023-11-14", 1_699_920_000.0),
+    ],
+)
+def test_parse_since(text: str, expected: float) -> None:
+    assert parse_since(text, NOW) == expected
+
+
+def test_serve_refuses_to_start_without_a_key_it_cannot_store(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, _err = invoke("worker", "--data-dir", str(blocker))
+    assert code != 0

@@ -1,0 +1,262 @@
+"""The real service: `cio-webhooks serve` as a subprocess on 127.0.0.1.
+
+Includes the crash test: a server under concurrent load is SIGKILLed, restarted,
+and every event that was answered 2xx must be in the inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from cio_webhooks.testing import make_event, signed_request
+
+from .conftest import KEY
+
+BIN = Path(sys.executable).parent / "cio-webhooks"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhooks/customerio"
+
+    def start(self) -> Server:
+        env = {**os.environ, "CIO_WEBHOOKS_SIGNING_KEYS": KEY, **self.env}
+        self.proc = subprocess.Popen(
+            [
+                str(BIN),
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                *self.extra,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err.decode()
+
+    def inbox_ids(self) -> set[str]:
+        with sqlite3.connect(self.data_dir / "inbox.db") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            return {row[0] for row in db.execute("SELECT event_id FROM events")}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "data").start()
+    yield srv
+    if srv.proc and srv.proc.poll() is None:
+        srv.stop()
+
+
+async def load(url: str, prefix: str, *, concurrency: int, stop: asyncio.Event) -> dict[str, int]:
+    """Post unique signed events until ``stop``; return event_id -> HTTP status (0: no answer)."""
+    results: dict[str, int] = {}
+    counter = iter(range(10**9))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            event_id = f"{prefix}-{next(counter)}"
+            body, headers = signed_request(make_event(event_id), key=KEY)
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    results[event_id] = response.status
+            except (aiohttp.ClientError, OSError):
+                results[event_id] = 0
+                await asyncio.sleep(0.01)
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    return results
+
+
+def test_send_command_posts_signed_samples_end_to_end(server: Server, tmp_path: Path) -> None:
+    sample = tmp_path / "bounce.json"
+    sample.write_text(json.dumps(make_event("sent-by-cli", metric="bounced")))
+    done = subprocess.run(
+        [str(BIN), "send", str(sample), "--url", server.url, "--signing-key", KEY],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '200 {"ok":true,"status":"stored"}' in done.stdout
+    wrong = subprocess.run(
+        [str(BIN), "send", str(sample), "--url", server.url, "--signing-key", "wrong"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert wrong.returncode == 1
+    assert "401" in wrong.stdout
+    # The warehouse loader runs in the same process and catches up on its own.
+    deadline = time.monotonic() + 10
+    rows: list[tuple[str, str]] = []
+    while time.monotonic() < deadline and not rows:
+        if (server.data_dir / "warehouse.db").exists():
+            with sqlite3.connect(server.data_dir / "warehouse.db") as wh:
+                rows = wh.execute("SELECT event_id, metric FROM events").fetchall()
+        time.sleep(0.05)
+    assert rows == [("sent-by-cli", "bounced")]
+
+
+def test_user_handlers_run_in_the_served_process(tmp_path: Path) -> None:
+    module = tmp_path / "my_hooks.py"
+    marker = tmp_path / "seen.txt"
+    module.write_text(
+        "from cio_webhooks import Router\n"
+        "router = Router()\n"
+        "@router.on('email.bounced')\n"
+        "def record(event):\n"
+        f"    open({str(marker)!r}, 'a').write(event.event_id + '\\n')\n"
+    )
+    srv = Server(
+        tmp_path / "data",
+        extra=["--handlers", "my_hooks:router"],
+        env={"PYTHONPATH": str(tmp_path)},
+    ).start()
+    try:
+        for event_id, metric in [("b1", "bounced"), ("d1", "delivered"), ("b1", "bounced")]:
+            body, headers = signed_request(make_event(event_id, metric=metric), key=KEY)
+            asyncio.run(_post(srv.url, body, headers))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not marker.exists():
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        srv.stop()
+    assert marker.read_text().split() == ["b1"]
+
+
+async def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=headers) as response,
+    ):
+        return response.status
+
+
+def test_bad_handlers_spec_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            str(BIN),
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--signing-key",
+            KEY,
+            "--handlers",
+            "no_such_module:router",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "cannot import 'no_such_module'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sigterm_drains_in_flight_requests_and_stops_cleanly(server: Server) -> None:
+    async def scenario() -> dict[str, int]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(load(server.url, "term", concurrency=16, stop=stop))
+        await asyncio.sleep(1.0)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        stop.set()
+        return await task
+
+    results = asyncio.run(scenario())
+    assert server.proc is not None
+    rc = server.proc.wait(timeout=30)
+    err = server.proc.stderr.read().decode()  # type: ignore[union-attr]
+    acked = {e for e, status in results.items() if status == 200}
+    assert acked, "the load never got an answer"
+    assert set(results.values()) <= {200, 0}  # answered 2xx, or refused after SIGTERM
+    assert rc in (0, -signal.SIGTERM)
+    assert "Traceback" not in err
+    assert acked <= server.inbox_ids()
+
+
+@pytest.mark.parametrize("round_", [1, 2])
+def test_sigkill_under_load_loses_no_acked_event(tmp_path: Path, round_: int) -> None:
+    srv = Server(tmp_path / "data").start()
+
+    async def scenario() -> dict[str, int]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(load(srv.url, f"kill{round_}", concurrency=48, stop=stop))
+        await asyncio.sleep(2.0)
+        assert srv.proc is not None
+        srv.proc.kill()  # SIGKILL: no drain, no shutdown hooks
+        await asyncio.sleep(0.3)
+        stop.set()
+        return await task
+
+    results = asyncio.run(scenario())
+    srv.proc.wait(timeout=10)  # type: ignore[union-attr]
+    acked = {e for e, status in results.items() if status == 200}
+    assert len(acked) > 100, "too little load to mean anything"
+    assert set(results.values()) <= {200, 0}
+
+    restarted = Server(srv.data_dir, port=srv.port).start()  # recovers the WAL on open
+    try:
+        stored = restarted.inbox_ids()
+        missing = acked - stored
+        assert not missing, f"{len(missing)} acked events lost, e.g. {sorted(missing)[:3]}"
+        # And it keeps working after the crash.
+        body, headers = signed_request(make_event(f"after-{round_}"), key=KEY)
+        assert asyncio.run(_post(restarted.url, body, headers)) == 200
+    finally:
+        restarted.stop()
