@@ -122,6 +122,8 @@ class _Writer:
         self._thread = threading.Thread(target=self._run, name="cio-inbox-writer", daemon=True)
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self.commits = 0  # transactions committed, for metrics and the group-commit test
+        self.writes = 0  # writes those transactions carried
 
     def start(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -195,6 +197,8 @@ class _Writer:
                     results.append((True, value))
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
+            self.commits += 1
+            self.writes += len(batch)
         except Exception as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -272,6 +276,11 @@ class SQLiteInbox:
         self._writer = _Writer(self.path, max_batch=max_batch, max_bytes=max_bytes)
         self._local = threading.local()
         self._opened = False
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """``(commits, writes)`` since open: writes / commits is the mean group size."""
+        return self._writer.commits, self._writer.writes
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:

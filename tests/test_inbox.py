@@ -1,0 +1,106 @@
+"""SQLiteInbox: durable dedupe, group commit, filters, pruning, reopening."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cio_webhooks import Event, EventFilter, JobState, PutResult, SQLiteInbox, parse_event
+from cio_webhooks.inbox import Outcome
+from cio_webhooks.testing import make_event
+
+from .conftest import NOW
+
+
+def ev(
+    event_id: str, received_at: float = NOW, metric: str = "delivered", object_type: str = "email"
+) -> Event:
+    return parse_event(
+        json.dumps(make_event(event_id, object_type, metric)).encode(), received_at=received_at
+    )
+
+
+async def test_put_is_durable_and_deduplicated(tmp_path: Path) -> None:
+    path = tmp_path / "inbox.db"
+    async with SQLiteInbox(path) as inbox:
+        assert await inbox.put(ev("a")) is PutResult.STORED
+        assert await inbox.put(ev("a", metric="opened")) is PutResult.DUPLICATE
+    # Another connection, as after a restart, sees exactly one committed row.
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT event_id, metric, state FROM events").fetchall() == [
+            ("a", "delivered", "pending")
+        ]
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_concurrent_puts_share_commits(inbox: SQLiteInbox) -> None:
+    before = inbox.commit_stats
+    results = await asyncio.gather(*(inbox.put(ev(f"e{i}")) for i in range(500)))
+    commits, writes = (a - b for a, b in zip(inbox.commit_stats, before, strict=True))
+    assert results == [PutResult.STORED] * 500
+    assert writes == 500
+    assert commits < 100  # one fsync covers many requests
+
+
+async def test_dedupe_holds_whatever_the_state(inbox: SQLiteInbox) -> None:
+    await inbox.put(ev("a"))
+    [job] = await inbox.claim(now=NOW, limit=1, lease=60)
+    for state in (JobState.RETRYING, JobState.DEAD, JobState.DONE):
+        await inbox.finish([Outcome(job.seq, state, 1, NOW, None)], now=NOW)
+        assert await inbox.put(ev("a")) is PutResult.DUPLICATE
+
+
+async def test_prune_ends_dedupe_only_for_old_finished_events(inbox: SQLiteInbox) -> None:
+    day = 86400
+    for event_id, age_days in [("old-done", 40), ("old-dead", 40), ("new-done", 5)]:
+        await inbox.put(ev(event_id, received_at=NOW - age_days * day))
+    jobs = {j.event_id: j for j in await inbox.claim(now=NOW, limit=10, lease=60)}
+    await inbox.finish(
+        [
+            Outcome(jobs["old-done"].seq, JobState.DONE, 1, NOW, None),
+            Outcome(jobs["old-dead"].seq, JobState.DEAD, 3, NOW, "boom"),
+            Outcome(jobs["new-done"].seq, JobState.DONE, 1, NOW, None),
+        ],
+        now=NOW,
+    )
+    assert await inbox.prune(received_before=NOW - 30 * day) == 1
+    assert await inbox.get_event("old-done") is None
+    assert await inbox.get_event("old-dead") is not None  # a dead letter waits for a human
+    assert await inbox.put(ev("new-done")) is PutResult.DUPLICATE
+
+
+async def test_iter_events_filters_and_pages_in_arrival_order(inbox: SQLiteInbox) -> None:
+    for i in range(25):
+        metric = "bounced" if i % 5 == 0 else "delivered"
+        await inbox.put(ev(f"e{i:02d}", received_at=NOW + i, metric=metric))
+    everything = [e.event_id async for e in inbox.iter_events(EventFilter(), batch=7)]
+    assert everything == [f"e{i:02d}" for i in range(25)]
+    bounced = [
+        e.event_id
+        async for e in inbox.iter_events(EventFilter(kinds=("*.bounced",), since=NOW + 1), batch=2)
+    ]
+    assert bounced == ["e05", "e10", "e15", "e20"]
+    limited = [e.event_id async for e in inbox.iter_events(EventFilter(limit=3), batch=2)]
+    assert limited == ["e00", "e01", "e02"]
+
+
+async def test_quarantine_keeps_raw_bytes(inbox: SQLiteInbox) -> None:
+    ident = await inbox.quarantine(b"\x00\xffbinary", "body is not JSON", received_at=NOW)
+    [kept] = await inbox.quarantined(ident=ident)
+    assert kept.body == b"\x00\xffbinary"
+    assert kept.reason == "body is not JSON"
+
+
+async def test_writes_after_close_fail_cleanly(tmp_path: Path) -> None:
+    from cio_webhooks import StoreUnavailable
+
+    inbox = SQLiteInbox(tmp_path / "inbox.db")
+    await inbox.open()
+    await inbox.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await inbox.put(ev("late"))
+    assert not await inbox.ready()
