@@ -260,3 +260,42 @@ def test_sigkill_under_load_loses_no_acked_event(tmp_path: Path, round_: int) ->
         assert asyncio.run(_post(restarted.url, body, headers)) == 200
     finally:
         restarted.stop()
+
+
+def test_worker_processes_what_a_receive_only_server_stored(tmp_path: Path) -> None:
+    module = tmp_path / "worker_hooks.py"
+    marker = tmp_path / "handled.txt"
+    module.write_text(
+        "from cio_webhooks import Router\n"
+        "router = Router()\n"
+        "@router.on('*')\n"
+        "def record(event):\n"
+        f"    open({str(marker)!r}, 'a').write(event.event_id + '\\n')\n"
+    )
+    data = tmp_path / "data"
+    srv = Server(data, extra=["--no-dispatch"]).start()
+    try:
+        for i in range(3):
+            body, headers = signed_request(make_event(f"w{i}"), key=KEY)
+            assert asyncio.run(_post(srv.url, body, headers)) == 200
+    finally:
+        srv.stop()
+    assert not marker.exists()  # --no-dispatch: stored, not handled
+    worker = subprocess.Popen(
+        [str(BIN), "worker", "--data-dir", str(data), "--handlers", "worker_hooks:router"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if marker.exists() and len(marker.read_text().split()) == 3:
+                break
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    assert sorted(marker.read_text().split()) == ["w0", "w1", "w2"]
+    assert worker.returncode == 0
+    assert "Traceback" not in err.decode()
