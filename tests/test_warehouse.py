@@ -6,9 +6,11 @@ import json
 import sqlite3
 from pathlib import Path
 
-from cio_webhooks import SQLiteInbox, parse_event
+import pytest
+
+from cio_webhooks import SQLiteInbox, normalise, parse_event
 from cio_webhooks.events import NORMALISED_FIELDS
-from cio_webhooks.sinks import SQLiteWarehouse, WarehouseLoader
+from cio_webhooks.sinks import SQLiteWarehouse
 from cio_webhooks.testing import FixedClock, make_event
 
 from .conftest import NOW, sample_files
@@ -20,16 +22,21 @@ def rows(path: Path) -> list[dict[str, object]]:
         return [dict(r) for r in db.execute("SELECT * FROM events ORDER BY received_at, event_id")]
 
 
+def warehouse_for(
+    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock, **kw: int
+) -> SQLiteWarehouse:
+    return SQLiteWarehouse(tmp_path / "warehouse.db", inbox=inbox.path, clock=clock, **kw)
+
+
 async def test_every_event_lands_once_with_normalised_columns(
     inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
 ) -> None:
     for i, path in enumerate(sample_files()):
         await inbox.put(parse_event(path.read_bytes(), received_at=NOW + i))
-    warehouse = SQLiteWarehouse(tmp_path / "warehouse.db")
-    loader = WarehouseLoader(inbox, warehouse, batch_size=5, clock=clock)
+    warehouse = warehouse_for(inbox, tmp_path, clock, batch_size=5)
     stored = (await inbox.stats())["events"]
     moved = 0
-    while step := await loader.run_once():
+    while step := await warehouse.load():
         moved += step
     assert moved == stored
     landed = rows(tmp_path / "warehouse.db")
@@ -42,35 +49,93 @@ async def test_every_event_lands_once_with_normalised_columns(
     await warehouse.close()
 
 
-async def test_reloading_from_an_old_cursor_does_not_duplicate_rows(
+EDGE_CASES = [
+    {
+        "event_id": "num-ids",
+        "object_type": "email",
+        "metric": "clicked",
+        "timestamp": 5,
+        "data": {
+            "identifiers": {"id": 42, "cio_id": 7},
+            "campaign_id": "9",
+            "link_id": 3,
+            "machine": True,
+            "href": "https://x",
+        },
+    },
+    {
+        "event_id": "fallbacks",
+        "object_type_type": "customer",
+        "metric": "cio_subscription_preferences_changed",
+        "data": {
+            "identifiers": {"id": "", "email": None},
+            "customer_id": "c1",
+            "email_address": "a@example.com",
+        },
+    },
+    {
+        "event_id": "blank",
+        "object_type": "email",
+        "metric": "opened",
+        "timestamp": None,
+        "data": {
+            "identifiers": {"id": None},
+            "customer_id": "",
+            "prefetched": False,
+            "proxied": True,
+            "synthetic": None,
+        },
+    },
+    {"event_id": "no-data", "object_type": "sms", "metric": "sent"},
+]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [p.read_bytes() for p in sample_files()] + [json.dumps(e).encode() for e in EDGE_CASES],
+)
+async def test_sql_normalisation_matches_python_normalise(
+    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock, body: bytes
+) -> None:
+    event = parse_event(body, received_at=NOW + 0.25)
+    await inbox.put(event)
+    warehouse = warehouse_for(inbox, tmp_path, clock)
+    await warehouse.load()
+    [row] = rows(tmp_path / "warehouse.db")
+    row.pop("loaded_at")
+    expected = {k: (int(v) if isinstance(v, bool) else v) for k, v in normalise(event).items()}
+    assert row == expected
+    await warehouse.close()
+
+
+async def test_reloading_does_not_duplicate_rows(
     inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
 ) -> None:
     for i in range(30):
         await inbox.put(parse_event(json.dumps(make_event(f"e{i}")).encode(), received_at=NOW))
-    warehouse = SQLiteWarehouse(tmp_path / "warehouse.db")
-    loader = WarehouseLoader(inbox, warehouse, batch_size=1000, clock=clock)
-    assert await loader.run_once() == 30
-    # A crash between a write and its cursor is simulated by writing the batch again.
+    warehouse = warehouse_for(inbox, tmp_path, clock)
+    assert await warehouse.load() == 30
+    # A crash between rows and cursor is simulated by writing the batch again.
     again = [parse_event(json.dumps(make_event(f"e{i}")).encode()) for i in range(30)]
-    await warehouse.write(again, cursor=30, loaded_at=NOW)
-    assert await loader.run_once() == 0
+    await warehouse.write(again, cursor=0, loaded_at=NOW)
+    assert await warehouse.load() == 30
+    assert await warehouse.load() == 0
     assert len(rows(tmp_path / "warehouse.db")) == 30
     await warehouse.close()
 
 
-async def test_loader_picks_up_where_it_left_off_after_restart(
+async def test_picks_up_where_it_left_off_after_restart(
     inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
 ) -> None:
-    path = tmp_path / "warehouse.db"
     await inbox.put(parse_event(json.dumps(make_event("a")).encode(), received_at=NOW))
-    first = SQLiteWarehouse(path)
-    assert await WarehouseLoader(inbox, first, clock=clock).run_once() == 1
+    first = warehouse_for(inbox, tmp_path, clock)
+    assert await first.load() == 1
     await first.close()
     await inbox.put(parse_event(json.dumps(make_event("b")).encode(), received_at=NOW + 1))
-    second = SQLiteWarehouse(path)
+    second = warehouse_for(inbox, tmp_path, clock)
     assert await second.cursor() == 1
-    assert await WarehouseLoader(inbox, second, clock=clock).run_once() == 1
-    assert [r["event_id"] for r in rows(path)] == ["a", "b"]
+    assert await second.load() == 1
+    assert [r["event_id"] for r in rows(tmp_path / "warehouse.db")] == ["a", "b"]
     await second.close()
 
 
@@ -79,10 +144,22 @@ async def test_lag_columns_are_iso_timestamps(
 ) -> None:
     await inbox.put(parse_event(json.dumps(make_event("a")).encode(), received_at=NOW))
     clock.advance(1.25)
-    warehouse = SQLiteWarehouse(tmp_path / "warehouse.db")
-    await WarehouseLoader(inbox, warehouse, clock=clock).run_once()
+    warehouse = warehouse_for(inbox, tmp_path, clock)
+    await warehouse.load()
     [row] = rows(tmp_path / "warehouse.db")
     assert row["received_at"] == "2023-11-14T22:13:20.000Z"
     assert row["loaded_at"] == "2023-11-14T22:13:21.250Z"
     assert row["occurred_at"] == "2023-11-14T22:13:20.000Z"
+    await warehouse.close()
+
+
+async def test_loading_never_blocks_the_inbox_writer(
+    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
+) -> None:
+    await inbox.put(parse_event(json.dumps(make_event("a")).encode(), received_at=NOW))
+    warehouse = warehouse_for(inbox, tmp_path, clock)
+    await warehouse.load()
+    # The warehouse holds the inbox attached; the inbox must still take writes.
+    await inbox.put(parse_event(json.dumps(make_event("b")).encode(), received_at=NOW))
+    assert await warehouse.load() == 1
     await warehouse.close()

@@ -17,7 +17,7 @@ from .app import Background, WebhookApp, create_app
 from .dispatcher import Clock, Dispatcher, RetryPolicy
 from .handlers import Router, load_router
 from .inbox import Inbox
-from .sinks import SQLiteWarehouse, WarehouseLoader
+from .sinks import SQLiteWarehouse
 
 log = logging.getLogger("cio_webhooks.service")
 
@@ -95,12 +95,12 @@ def background_tasks(
 ) -> tuple[list[Background], Dispatcher]:
     router = build_router(settings.handlers)
     dispatcher = Dispatcher(inbox, router, retry=settings.retry, clock=clock)
-    loader = WarehouseLoader(inbox, SQLiteWarehouse(settings.warehouse), clock=clock)
+    warehouse = SQLiteWarehouse(settings.warehouse, inbox=settings.db, clock=clock)
 
     async def pruner(stop: asyncio.Event) -> None:
         await prune_periodically(inbox, settings.dedupe_days, stop, clock=clock)
 
-    tasks: list[Background] = [dispatcher.run, loader.run, pruner]
+    tasks: list[Background] = [dispatcher.run, warehouse.run, pruner]
     return tasks, dispatcher
 
 

@@ -378,7 +378,7 @@ class SQLiteInbox:
                 "UPDATE events SET next_attempt_at = ? WHERE seq IN ("
                 " SELECT seq FROM events WHERE state IN ('pending', 'retrying')"
                 " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-                " RETURNING seq, event_id, body, received_at, attempts",
+                " RETURNING seq, event_id, object_type, metric, body, received_at, attempts",
                 (now + lease, now, limit),
             ).fetchall()
             if not rows:
@@ -396,9 +396,11 @@ class SQLiteInbox:
                 Job(
                     seq=r[0],
                     event_id=r[1],
-                    body=bytes(r[2]),
-                    received_at=r[3],
-                    attempts=r[4],
+                    object_type=r[2],
+                    metric=r[3],
+                    body=bytes(r[4]),
+                    received_at=r[5],
+                    attempts=r[6],
                     succeeded=frozenset(done.get(r[0], ())),
                 )
                 for r in rows
@@ -408,23 +410,26 @@ class SQLiteInbox:
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
         def record(conn: sqlite3.Connection) -> None:
-            for o in outcomes:
-                conn.execute(
-                    "UPDATE events SET state = ?, attempts = ?, next_attempt_at = ?,"
-                    " last_error = ?, updated_at = ? WHERE seq = ?",
-                    (o.state.value, o.attempts, o.next_attempt_at, o.last_error, now, o.seq),
-                )
-                conn.executemany(
-                    "INSERT INTO handler_runs (seq, handler, status, attempts, last_error,"
-                    " updated_at) VALUES (?, ?, ?, 1, ?, ?)"
-                    " ON CONFLICT (seq, handler) DO UPDATE SET status = excluded.status,"
-                    " attempts = handler_runs.attempts + 1, last_error = excluded.last_error,"
-                    " updated_at = excluded.updated_at",
-                    [
-                        (o.seq, r.handler, "ok" if r.ok else "failed", r.error, now)
-                        for r in o.results
-                    ],
-                )
+            conn.executemany(
+                "UPDATE events SET state = ?, attempts = ?, next_attempt_at = ?,"
+                " last_error = ?, updated_at = ? WHERE seq = ?",
+                [
+                    (o.state.value, o.attempts, o.next_attempt_at, o.last_error, now, o.seq)
+                    for o in outcomes
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO handler_runs (seq, handler, status, attempts, last_error,"
+                " updated_at) VALUES (?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT (seq, handler) DO UPDATE SET status = excluded.status,"
+                " attempts = handler_runs.attempts + 1, last_error = excluded.last_error,"
+                " updated_at = excluded.updated_at",
+                [
+                    (o.seq, r.handler, "ok" if r.ok else "failed", r.error, now)
+                    for o in outcomes
+                    for r in o.results
+                ],
+            )
 
         await self._writer.submit(record, isolated=True)
 

@@ -93,7 +93,24 @@ class Dispatcher:
         jobs = await self.inbox.claim(now=self.clock(), limit=self.batch_size, lease=self.lease)
         if not jobs:
             return 0
-        outcomes = await asyncio.gather(*(self._process(job) for job in jobs))
+        now = self.clock()
+        outcomes: list[Outcome] = []
+        routed: list[Job] = []
+        for job in jobs:
+            if self.router.match(job.object_type, job.metric):
+                routed.append(job)
+            else:  # most events: nothing to run, nothing to parse
+                outcomes.append(
+                    Outcome(
+                        seq=job.seq,
+                        state=JobState.DONE,
+                        attempts=job.attempts,
+                        next_attempt_at=now,
+                        last_error=None,
+                    )
+                )
+        if routed:
+            outcomes.extend(await asyncio.gather(*(self._process(job) for job in routed)))
         await self.inbox.finish(outcomes, now=self.clock())
         return len(jobs)
 

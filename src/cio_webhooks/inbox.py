@@ -56,6 +56,8 @@ class Job:
 
     seq: int
     event_id: str
+    object_type: str
+    metric: str
     body: bytes
     received_at: float
     attempts: int
