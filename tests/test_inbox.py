@@ -104,3 +104,10 @@ async def test_writes_after_close_fail_cleanly(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable, match="closed"):
         await inbox.put(ev("late"))
     assert not await inbox.ready()
+
+
+async def test_same_event_twice_in_one_group_commit_is_stored_once(inbox: SQLiteInbox) -> None:
+    results = await asyncio.gather(*(inbox.put(ev("twin")) for _ in range(5)), inbox.put(ev("x")))
+    assert sorted(results[:5]) == [PutResult.DUPLICATE] * 4 + [PutResult.STORED]
+    assert results[5] is PutResult.STORED
+    assert (await inbox.stats())["events"] == 2
