@@ -33,7 +33,7 @@ test: install services lint typecheck
 	$(BIN)/pytest
 
 bench: install
-	$(BIN)/python bench/ingest.py
+	bench/ingest.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
