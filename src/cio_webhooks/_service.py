@@ -14,9 +14,11 @@ from pathlib import Path
 from ._exceptions import ConfigError
 from ._sqlite import SQLiteInbox
 from .app import Background, WebhookApp, create_app
+from .customerio import TrackClient
 from .dispatcher import Clock, Dispatcher, RetryPolicy
 from .handlers import Router, load_router
 from .inbox import Inbox
+from .policies import DEFAULT_RULES, ActionLog, Policies, PolicyConfig, load_policies
 from .sinks import SQLiteWarehouse
 
 log = logging.getLogger("cio_webhooks.service")
@@ -36,6 +38,14 @@ class Settings:
     dedupe_days: float = 30.0
     dispatch: bool = True
     max_db_bytes: int | None = None
+    # policies (Track API)
+    policies: Path | None = None
+    track_site_id: str | None = None
+    track_api_key: str | None = None
+    region: str = "us"
+    track_url: str | None = None
+    dry_run: bool = False
+    actions_db: Path | None = None
 
 
 def split_keys(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -90,10 +100,39 @@ async def prune_periodically(
             await asyncio.wait_for(stop.wait(), every)
 
 
+def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies | None:
+    """The configured policies: the file's, else the defaults when Track credentials
+    are set, else none."""
+    has_track = bool(settings.track_site_id and settings.track_api_key)
+    if settings.policies is not None:
+        config = load_policies(settings.policies)
+    elif has_track:
+        config = PolicyConfig(DEFAULT_RULES)
+    else:
+        return None
+    if settings.dry_run:
+        config = PolicyConfig(config.rules, dry_run=True)
+    track = None
+    if has_track:
+        assert settings.track_site_id
+        assert settings.track_api_key
+        track = TrackClient(
+            settings.track_site_id,
+            settings.track_api_key,
+            region=settings.region,
+            base_url=settings.track_url,
+        )
+    actions_db = settings.actions_db or settings.db.parent / "actions.db"
+    return Policies(config, ActionLog(actions_db), track, clock=clock)
+
+
 def background_tasks(
     settings: Settings, inbox: Inbox, *, clock: Clock = time.time
 ) -> tuple[list[Background], Dispatcher]:
     router = build_router(settings.handlers)
+    policies = build_policies(settings, clock=clock)
+    if policies is not None:
+        router.include(policies.router())
     dispatcher = Dispatcher(inbox, router, retry=settings.retry, clock=clock)
     warehouse = SQLiteWarehouse(settings.warehouse, inbox=settings.db, clock=clock)
 
@@ -101,6 +140,14 @@ def background_tasks(
         await prune_periodically(inbox, settings.dedupe_days, stop, clock=clock)
 
     tasks: list[Background] = [dispatcher.run, warehouse.run, pruner]
+    if policies is not None:
+        active = policies
+
+        async def close_policies(stop: asyncio.Event) -> None:
+            await stop.wait()
+            await active.close()
+
+        tasks.append(close_policies)
     return tasks, dispatcher
 
 

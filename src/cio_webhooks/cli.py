@@ -32,6 +32,7 @@ from ._sqlite import SQLiteInbox
 from .dispatcher import RetryPolicy
 from .events import NORMALISED_FIELDS, iso, normalise, parse_event
 from .inbox import EventFilter, JobState, StoredEvent
+from .policies import ActionLog
 from .signature import signed_headers
 
 __all__ = ["main"]
@@ -196,6 +197,33 @@ def service_options(fn: F) -> F:
             help="Cap the inbox file at this many bytes; past it, answer 503.",
         ),
         click.option(
+            "--policies",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=_env("POLICIES"),
+            help="TOML policy file. [default: the safe defaults, if Track credentials are set]",
+        ),
+        click.option("--track-site-id", envvar=_env("TRACK_SITE_ID"), help="Track API site id."),
+        click.option(
+            "--track-api-key",
+            envvar=_env("TRACK_API_KEY"),
+            help="Track API key (prefer the env var: flags show in ps).",
+        ),
+        click.option(
+            "--region",
+            type=click.Choice(["us", "eu"]),
+            default="us",
+            show_default=True,
+            envvar=_env("REGION"),
+            help="Customer.io data center.",
+        ),
+        click.option("--track-url", envvar=_env("TRACK_URL"), help="Override the Track API URL."),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            envvar=_env("DRY_RUN"),
+            help="Policies record what they would do and call nothing.",
+        ),
+        click.option(
             "--log-level",
             default="info",
             show_default=True,
@@ -231,6 +259,12 @@ def _settings(data_dir: Path, db: Path | None, *, generate_key: bool, **o: Any) 
         ),
         dedupe_days=o["dedupe_days"],
         max_db_bytes=o["max_db_size"],
+        policies=o["policies"],
+        track_site_id=o["track_site_id"],
+        track_api_key=o["track_api_key"],
+        region=o["region"],
+        track_url=o["track_url"],
+        dry_run=o["dry_run"],
     )
 
 
@@ -589,3 +623,37 @@ async def stats(inbox: SQLiteInbox, as_json: bool) -> None:
     for kind, n in data["kinds"].items():
         kinds.add_row(kind, str(n))
     console.print(kinds)
+
+
+@main.group()
+def actions() -> None:
+    """What policies did (or, in dry-run, would have done) in Customer.io."""
+
+
+@actions.command("list")
+@store_options
+@click.option("--event-id", help="Only the actions of this event.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def actions_list(
+    data_dir: Path, db: Path | None, event_id: str | None, limit: int, as_json: bool
+) -> None:
+    path = _db(data_dir, db).parent / "actions.db"
+    if not path.exists():
+        err.print(f"[red]error:[/] no actions recorded at {path}")
+        sys.exit(2)
+
+    async def body() -> list[dict[str, Any]]:
+        log = ActionLog(path)
+        try:
+            return await log.list(limit=limit, event_id=event_id)
+        finally:
+            await log.close()
+
+    rows = _run(body())
+    for row in rows:
+        row["created_at"] = iso(row["created_at"])
+        row["dry_run"] = bool(row["dry_run"])
+        if as_json:
+            row["request"] = json.loads(row["request"])
+    _print_rows(rows, as_json, "actions")
