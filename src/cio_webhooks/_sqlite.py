@@ -545,6 +545,20 @@ class SQLiteInbox:
             for r in rows
         ]
 
+    async def delivery_metrics(self, *, occurred_since: float) -> set[tuple[str, str]]:
+        def run(c: sqlite3.Connection) -> set[tuple[str, str]]:
+            return {
+                (str(delivery), metric)
+                for delivery, metric in c.execute(
+                    "SELECT json_extract(body, '$.data.delivery_id'), metric FROM events"
+                    " WHERE occurred_at >= ? AND json_extract(body, '$.data.delivery_id')"
+                    " IS NOT NULL",
+                    (occurred_since,),
+                )
+            }
+
+        return await self._read(run)
+
     async def stats(self) -> dict[str, Any]:
         def run(c: sqlite3.Connection) -> dict[str, Any]:
             states = dict(c.execute("SELECT state, count(*) FROM events GROUP BY state"))

@@ -179,6 +179,10 @@ class Inbox(Protocol):
 
     async def stats(self) -> dict[str, Any]: ...
 
+    async def delivery_metrics(self, *, occurred_since: float) -> set[tuple[str, str]]:
+        """``(delivery_id, metric)`` of every stored event that occurred since the cutoff."""
+        ...
+
     async def prune(self, *, received_before: float) -> int:
         """Forget finished events received before the cutoff (ends their dedupe window)."""
         ...

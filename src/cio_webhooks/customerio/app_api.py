@@ -37,6 +37,20 @@ class AppClient:
         series: dict[str, list[int]] = body["metric"]["series"]
         return series
 
+    async def metrics(
+        self, kind: str, ident: int | str, **params: str | int
+    ) -> dict[str, list[int]]:
+        """Metrics of a ``campaign``, ``broadcast``, ``newsletter`` or ``transactional`` message."""
+        paths = {
+            "campaign": "campaigns",
+            "broadcast": "broadcasts",
+            "newsletter": "newsletters",
+            "transactional": "transactional",
+        }
+        if kind not in paths:
+            raise ValueError(f"kind must be one of {', '.join(paths)}")
+        return await self._metrics(f"/{paths[kind]}/{ident}/metrics", **params)
+
     async def campaign_metrics(
         self, campaign_id: int | str, **params: str | int
     ) -> dict[str, list[int]]:
