@@ -58,18 +58,14 @@ class Counters:
     store_unavailable: int = 0
 
 
-def _json(status: int, body: bytes) -> tuple[int, bytes]:
-    return status, body
-
-
-_STORED = _json(200, b'{"ok":true,"status":"stored"}')
-_DUPLICATE = _json(200, b'{"ok":true,"status":"duplicate"}')
-_QUARANTINED = _json(200, b'{"ok":true,"status":"quarantined"}')
-_BAD_SIGNATURE = _json(401, b'{"error":"invalid_signature"}')
-_STALE = _json(401, b'{"error":"stale_timestamp"}')
-_TOO_LARGE = _json(413, b'{"error":"body_too_large"}')
-_UNAVAILABLE = _json(503, b'{"error":"store_unavailable","retry":true}')
-_NOT_ALLOWED = _json(405, b'{"error":"method_not_allowed"}')
+_STORED = (200, b'{"ok":true,"status":"stored"}')
+_DUPLICATE = (200, b'{"ok":true,"status":"duplicate"}')
+_QUARANTINED = (200, b'{"ok":true,"status":"quarantined"}')
+_BAD_SIGNATURE = (401, b'{"error":"invalid_signature"}')
+_STALE = (401, b'{"error":"stale_timestamp"}')
+_TOO_LARGE = (413, b'{"error":"body_too_large"}')
+_UNAVAILABLE = (503, b'{"error":"store_unavailable","retry":true}')
+_NOT_ALLOWED = (405, b'{"error":"method_not_allowed"}')
 
 
 async def _send(
