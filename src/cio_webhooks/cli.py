@@ -272,13 +272,22 @@ def _settings(data_dir: Path, db: Path | None, *, generate_key: bool, **o: Any) 
     )
 
 
+def _program() -> str:
+    """How the user can run this command again from here (e.g. ``.venv/bin/cio-webhooks``)."""
+    program = Path(sys.argv[0])
+    try:
+        return str(program.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return program.name
+
+
 def _announce_key(key: str, data_dir: Path) -> None:
     # Shown once, on the terminal, when the key is created; never logged.
     err.print(
         "\n[bold]No signing key was configured, so one was generated[/] and stored in "
         f"{data_dir / 'signing-key'} (mode 0600):\n\n    {key}\n\n"
         "Send a signed test event with:\n\n"
-        f"    cio-webhooks send examples/email_delivered.json "
+        f"    {_program()} send examples/email_delivered.json "
         f'--signing-key "$(cat {data_dir / "signing-key"})"\n\n'
         "For real traffic, set CIO_WEBHOOKS_SIGNING_KEYS to the key Customer.io shows for "
         "your reporting webhook.\n",
