@@ -253,3 +253,31 @@ async def test_concurrent_requests_share_commits_and_all_land(
     responses = await asyncio.gather(*(post_event(client, make_event(f"c{i}")) for i in range(300)))
     assert all(r.status_code == 200 for r in responses)
     assert (await inbox.stats())["events"] == 300
+
+
+async def test_in_process_dispatcher_gets_only_events_it_has_handlers_for(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    from cio_webhooks import Dispatcher, JobState, Router
+
+    router = Router()
+    seen: list[str] = []
+
+    @router.on("email.bounced", name="bounces")
+    def bounces(event: Event) -> None:
+        seen.append(event.event_id)
+
+    dispatcher = Dispatcher(inbox, router, clock=clock)
+    app = create_app(inbox, [KEY], clock=clock, dispatcher=dispatcher)
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        await post_event(c, make_event("quiet", metric="delivered"))
+        await post_event(c, make_event("loud", metric="bounced"))
+    quiet, loud = await inbox.get_event("quiet"), await inbox.get_event("loud")
+    assert quiet is not None
+    assert quiet.state is JobState.DONE
+    assert loud is not None
+    assert loud.state is JobState.PENDING
+    assert await dispatcher.run_once() == 1
+    assert seen == ["loud"]

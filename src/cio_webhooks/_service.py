@@ -163,7 +163,7 @@ def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
         max_body=settings.max_body,
         clock=clock,
         background=tasks if settings.dispatch else (),
-        on_stored=dispatcher.wake if settings.dispatch else None,
+        dispatcher=dispatcher if settings.dispatch else None,
     )
 
 

@@ -336,7 +336,7 @@ class SQLiteInbox:
             return False
         return True
 
-    async def put(self, event: Event) -> PutResult:
+    async def put(self, event: Event, *, handled: bool = False) -> PutResult:
         received = event.received_at if event.received_at is not None else 0.0
         params = (
             event.event_id,
@@ -349,7 +349,7 @@ class SQLiteInbox:
             received,
             # A backfilled event is recorded, not handled: its actions were taken (or
             # deliberately not taken) when it was missed.
-            "done" if event.backfilled else "pending",
+            "done" if handled or event.backfilled else "pending",
             int(event.backfilled),
         )
 

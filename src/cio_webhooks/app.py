@@ -32,6 +32,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ._exceptions import InvalidEvent, SignatureError, StaleTimestamp
+from .dispatcher import Dispatcher
 from .events import parse_event
 from .inbox import Inbox, PutResult
 from .signature import DEFAULT_TOLERANCE, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
@@ -97,7 +98,7 @@ class Receiver:
         tolerance: float = DEFAULT_TOLERANCE,
         max_body: int = DEFAULT_MAX_BODY,
         clock: Callable[[], float] = time.time,
-        on_stored: Callable[[], None] | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         if not keys:
             raise ValueError("the receiver needs at least one signing key")
@@ -106,7 +107,7 @@ class Receiver:
         self.tolerance = tolerance
         self.max_body = max_body
         self.clock = clock
-        self.on_stored = on_stored
+        self.dispatcher = dispatcher
         self.counters = Counters()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -181,16 +182,23 @@ class Receiver:
             self.counters.quarantined += 1
             log.warning("event=quarantined reason=%r", str(exc))
             return _QUARANTINED
+        # With the dispatcher in this process, an event no handler wants is stored as
+        # done: the dispatcher never has to claim it (the common case, and it keeps
+        # claim and finish writes off the writer thread that acks requests).
+        dispatcher = self.dispatcher
+        handled = dispatcher is not None and not dispatcher.router.match(
+            event.object_type, event.metric
+        )
         try:
-            result = await self.inbox.put(event)
+            result = await self.inbox.put(event, handled=handled)
         except Exception as exc:
             return self._unavailable(exc)
         if result is PutResult.DUPLICATE:
             self.counters.duplicate += 1
             return _DUPLICATE
         self.counters.stored += 1
-        if self.on_stored is not None:
-            self.on_stored()
+        if dispatcher is not None and not handled:
+            dispatcher.wake()
         return _STORED
 
     def _unavailable(self, exc: Exception) -> tuple[int, bytes]:
@@ -208,14 +216,14 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     clock: Callable[[], float] = time.time,
     background: Sequence[Background] = (),
-    on_stored: Callable[[], None] | None = None,
+    dispatcher: Dispatcher | None = None,
     path: str = WEBHOOK_PATH,
 ) -> WebhookApp:
     """The ASGI application.  Its lifespan opens ``inbox``, runs each ``background``
     task (dispatcher, warehouse loader) until shutdown, then closes the inbox after
     the in-flight requests have been answered."""
     receiver = Receiver(
-        inbox, keys, tolerance=tolerance, max_body=max_body, clock=clock, on_stored=on_stored
+        inbox, keys, tolerance=tolerance, max_body=max_body, clock=clock, dispatcher=dispatcher
     )
 
     @contextlib.asynccontextmanager

@@ -139,9 +139,11 @@ class Inbox(Protocol):
         """True if the store accepts a durable write right now."""
         ...
 
-    async def put(self, event: Event) -> PutResult:
+    async def put(self, event: Event, *, handled: bool = False) -> PutResult:
         """Store ``event`` (raw bytes and routing columns) once; raise ``StoreUnavailable``.
-        A ``backfilled`` event is stored as DONE: handlers do not run for it."""
+
+        A ``handled`` event (no handler wants it) or a ``backfilled`` one is stored as
+        DONE, so the dispatcher never has to touch it."""
         ...
 
     async def quarantine(
