@@ -175,7 +175,7 @@ async def test_get_on_the_webhook_path_is_405(client: httpx2.AsyncClient) -> Non
 class RefusingInbox(SQLiteInbox):
     """A store whose disk has gone away: every write fails."""
 
-    async def put(self, event: Event) -> PutResult:
+    async def put(self, event: Event, *, handled: bool = False) -> PutResult:
         raise StoreUnavailable("disk I/O error")
 
     async def quarantine(
