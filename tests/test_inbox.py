@@ -111,3 +111,14 @@ async def test_same_event_twice_in_one_group_commit_is_stored_once(inbox: SQLite
     assert sorted(results[:5]) == [PutResult.DUPLICATE] * 4 + [PutResult.STORED]
     assert results[5] is PutResult.STORED
     assert (await inbox.stats())["events"] == 2
+
+
+async def test_prune_works_in_chunks_and_removes_everything_due(inbox: SQLiteInbox) -> None:
+    for i in range(25):
+        await inbox.put(ev(f"old{i}", received_at=NOW - 40 * 86400), handled=True)
+    await inbox.put(ev("recent", received_at=NOW), handled=True)
+    commits_before, _ = inbox.commit_stats
+    assert await inbox.prune(received_before=NOW - 30 * 86400, chunk=10) == 25
+    commits, _ = inbox.commit_stats
+    assert commits - commits_before >= 3  # 10 + 10 + 5, each its own transaction
+    assert (await inbox.stats())["events"] == 1

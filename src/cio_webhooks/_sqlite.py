@@ -470,19 +470,28 @@ class SQLiteInbox:
 
         return await self._writer.submit(run, isolated=True)
 
-    async def prune(self, *, received_before: float) -> int:
+    async def prune(self, *, received_before: float, chunk: int = 2000) -> int:
+        # In chunks, each its own write, so that a month's worth of deletions never
+        # holds the writer (and the requests waiting for their ack) for long.
         def run(conn: sqlite3.Connection) -> int:
-            conn.execute(
-                "DELETE FROM handler_runs WHERE seq IN (SELECT seq FROM events"
-                " WHERE received_at < ? AND state IN ('done', 'discarded'))",
-                (received_before,),
-            )
-            return conn.execute(
-                "DELETE FROM events WHERE received_at < ? AND state IN ('done', 'discarded')",
-                (received_before,),
-            ).rowcount
+            seqs = [
+                seq
+                for (seq,) in conn.execute(
+                    "SELECT seq FROM events WHERE received_at < ?"
+                    " AND state IN ('done', 'discarded') LIMIT ?",
+                    (received_before, chunk),
+                )
+            ]
+            if seqs:
+                marks = ",".join("?" * len(seqs))
+                conn.execute(f"DELETE FROM handler_runs WHERE seq IN ({marks})", seqs)
+                conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
+            return len(seqs)
 
-        return await self._writer.submit(run, isolated=True)
+        total = 0
+        while removed := await self._writer.submit(run, isolated=True):
+            total += removed
+        return total
 
     async def iter_events(
         self, where: EventFilter, *, batch: int = 1000
