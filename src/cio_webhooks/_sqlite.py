@@ -436,12 +436,14 @@ class SQLiteInbox:
     # -- operations --------------------------------------------------------------------
     async def requeue(self, where: EventFilter, *, now: float, rerun: str | None = None) -> int:
         sql, params = _where(where)
+        seqs: list[int] = await self._read(
+            lambda c: [seq for (seq,) in c.execute(f"SELECT seq FROM events WHERE {sql}", params)]
+        )
 
-        def run(conn: sqlite3.Connection) -> int:
-            seqs = [r[0] for r in conn.execute(f"SELECT seq FROM events WHERE {sql}", params)]
-            for start in range(0, len(seqs), 500):
-                chunk = seqs[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+        def requeue_chunk(chunk: list[int]) -> Callable[[sqlite3.Connection], None]:
+            marks = ",".join("?" * len(chunk))
+
+            def run(conn: sqlite3.Connection) -> None:
                 conn.execute(
                     "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?,"
                     f" last_error = NULL, updated_at = ? WHERE seq IN ({marks})",
@@ -454,9 +456,13 @@ class SQLiteInbox:
                         f"DELETE FROM handler_runs WHERE handler = ? AND seq IN ({marks})",
                         [rerun, *chunk],
                     )
-            return len(seqs)
 
-        return await self._writer.submit(run, isolated=True)
+            return run
+
+        # One transaction per chunk: replaying a million events must not stall acks.
+        for start in range(0, len(seqs), 1000):
+            await self._writer.submit(requeue_chunk(seqs[start : start + 1000]), isolated=True)
+        return len(seqs)
 
     async def discard(self, where: EventFilter, *, now: float) -> int:
         sql, params = _where(where)
