@@ -30,7 +30,7 @@ KEY_FILE = "signing-key"
 class Settings:
     db: Path
     warehouse: Path
-    signing_keys: tuple[str, ...] = ()
+    signing_keys: tuple[str, ...] = field(default=(), repr=False)
     tolerance: float = 300.0
     max_body: int = 2 * 1024 * 1024
     handlers: tuple[str, ...] = ()
@@ -41,7 +41,7 @@ class Settings:
     # policies (Track API)
     policies: Path | None = None
     track_site_id: str | None = None
-    track_api_key: str | None = None
+    track_api_key: str | None = field(default=None, repr=False)
     region: str = "us"
     track_url: str | None = None
     dry_run: bool = False
