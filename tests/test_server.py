@@ -299,3 +299,26 @@ def test_worker_processes_what_a_receive_only_server_stored(tmp_path: Path) -> N
     assert sorted(marker.read_text().split()) == ["w0", "w1", "w2"]
     assert worker.returncode == 0
     assert "Traceback" not in err.decode()
+
+
+def test_unusable_data_path_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = subprocess.run(
+        [
+            str(BIN),
+            "serve",
+            "--db",
+            str(blocker / "inbox.db"),
+            "--signing-key",
+            KEY,
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert f"cannot open {blocker / 'inbox.db'}" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -7,11 +7,12 @@ import contextlib
 import logging
 import os
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, StoreUnavailable
 from ._sqlite import SQLiteInbox
 from .app import Background, WebhookApp, create_app
 from .customerio import TrackClient
@@ -71,6 +72,18 @@ def load_or_create_key(data_dir: Path) -> tuple[str, bool]:
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
     return key, True
+
+
+def check_storage(settings: Settings) -> None:
+    """Fail fast, with a sentence, when the data files cannot be created or opened."""
+    for path in (settings.db, settings.warehouse):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                conn.execute("PRAGMA schema_version").fetchone()
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StoreUnavailable(f"cannot open {path}: {reason}") from exc
 
 
 def build_router(specs: tuple[str, ...]) -> Router:

@@ -286,10 +286,10 @@ class SQLiteInbox:
     async def open(self) -> None:
         if self._opened:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(self._writer.start)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open inbox {self.path}: {exc}") from exc
         self._opened = True
 

@@ -27,8 +27,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ._exceptions import CioWebhooksError, ConfigError
-from ._service import Settings, build_app, load_or_create_key, run_worker, split_keys
+from ._exceptions import CioWebhooksError, ConfigError, StoreUnavailable
+from ._service import (
+    Settings,
+    build_app,
+    check_storage,
+    load_or_create_key,
+    run_worker,
+    split_keys,
+)
 from ._sqlite import SQLiteInbox
 from .customerio import AppClient
 from .dispatcher import RetryPolicy
@@ -339,10 +346,11 @@ def serve(
         settings = _settings(data_dir, db, generate_key=True, **options)
         if no_dispatch:
             settings = Settings(**{**settings.__dict__, "dispatch": False})
+        check_storage(settings)
         app = build_app(settings)
     except CioWebhooksError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1 if isinstance(exc, StoreUnavailable) else 2)
     err.print(
         f"cio-webhooks listening on http://{host}:{port}/webhooks/customerio "
         f"(inbox {settings.db}, warehouse {settings.warehouse}, "
@@ -373,7 +381,12 @@ def worker(data_dir: Path, db: Path | None, **options: Any) -> None:
     from ._logging import configure_logging
 
     configure_logging(options["log_level"])
-    settings = _settings(data_dir, db, generate_key=False, **options)
+    try:
+        settings = _settings(data_dir, db, generate_key=False, **options)
+        check_storage(settings)
+    except CioWebhooksError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1 if isinstance(exc, StoreUnavailable) else 2)
 
     async def body() -> None:
         stop = asyncio.Event()
