@@ -81,6 +81,8 @@ def check_storage(settings: Settings) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.closing(sqlite3.connect(path)) as conn:
                 conn.execute("PRAGMA schema_version").fetchone()
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise StoreUnavailable(f"cannot open {path}: a parent is not a directory") from exc
         except (OSError, sqlite3.Error) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise StoreUnavailable(f"cannot open {path}: {reason}") from exc

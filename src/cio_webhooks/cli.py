@@ -50,7 +50,7 @@ __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # errors stay on one line, greppable
 DEFAULT_DATA_DIR = ".cio-webhooks"
 
 
