@@ -224,3 +224,20 @@ def test_retry_after_parses_seconds_and_dates() -> None:
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470) == 10
     assert retry_after("soon", now=0) is None
     assert retry_after(None, now=0) is None
+
+
+async def test_a_stalled_answer_times_out_and_is_retried(
+    fake: FakeCustomerIO, sleeps: Sleeps
+) -> None:
+    fake.delay = 2.0
+    client = TrackClient(
+        "site-1",
+        "secret-track-key",
+        base_url=fake.track_url,
+        sleep=sleeps,
+        timeout=0.2,
+        max_retries=1,
+    )
+    with pytest.raises(CustomerIOConnectionError, match="TimeoutError after 2 attempts"):
+        await client.identify("42")
+    await client.close()

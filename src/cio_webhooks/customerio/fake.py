@@ -15,6 +15,7 @@ recorded (method, path, query, JSON body, the status answered).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class FakeCustomerIO:
     #: ``campaign_id -> {"sent": [...], ...}`` served by ``/v1/campaigns/{id}/metrics``.
     campaign_series: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     webhooks: list[dict[str, Any]] = field(default_factory=list)
+    #: Seconds to stall before answering (to exercise client timeouts).
+    delay: float = 0.0
     _failures: list[_Failure] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     port: int = 0
@@ -123,6 +126,8 @@ class FakeCustomerIO:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         raw = await request.read()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
