@@ -122,3 +122,26 @@ async def test_prune_works_in_chunks_and_removes_everything_due(inbox: SQLiteInb
     commits, _ = inbox.commit_stats
     assert commits - commits_before >= 3  # 10 + 10 + 5, each its own transaction
     assert (await inbox.stats())["events"] == 1
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the first released schema, without `backfilled`
+        from cio_webhooks._sqlite import SCHEMA
+
+        db.executescript(
+            SCHEMA.replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "").replace(
+                "PRAGMA user_version = 2;", "PRAGMA user_version = 1;"
+            )
+        )
+        db.execute(
+            "INSERT INTO events (event_id, object_type, metric, received_at, body,"
+            " next_attempt_at, updated_at) VALUES ('old', 'email', 'sent', 1, x'7b7d', 1, 1)"
+        )
+    async with SQLiteInbox(path) as inbox:
+        stored = await inbox.get_event("old")
+        assert stored is not None
+        assert stored.backfilled is False
+        assert await inbox.put(ev("new")) is PutResult.STORED
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)

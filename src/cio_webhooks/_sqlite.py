@@ -76,8 +76,29 @@ CREATE TABLE IF NOT EXISTS quarantine (
     body        BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 """
+SCHEMA_VERSION = 2
+#: What turns a file of version N into N + 1.
+MIGRATIONS = {
+    1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
+}
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema in a new file, or bring an older file up to ``SCHEMA_VERSION``."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        conn.executescript(SCHEMA)
+        return
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"schema version {version} is newer than this cio-webhooks ({SCHEMA_VERSION})"
+        )
+    for step in range(version, SCHEMA_VERSION):
+        conn.executescript(MIGRATIONS[step])
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
 
 _INSERT = (
     "INSERT INTO events (event_id, object_type, metric, occurred_at, received_at, body,"
@@ -131,7 +152,7 @@ class _Writer:
         # FULL: with WAL+NORMAL a committed transaction can roll back after power loss.
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(SCHEMA)
+        migrate(conn)
         if self._max_bytes is not None:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")

@@ -303,7 +303,14 @@ def _announce_key(key: str, data_dir: Path) -> None:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        # per-command options: CIO_WEBHOOKS_<COMMAND>_<OPTION>
+        "auto_envvar_prefix": "CIO_WEBHOOKS",
+    }
+)
 @click.version_option(package_name="cio-webhooks")
 def main() -> None:
     """Receive Customer.io reporting webhooks durably: verify, store, dedupe, route, retry."""
