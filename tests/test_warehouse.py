@@ -163,3 +163,17 @@ async def test_loading_never_blocks_the_inbox_writer(
     await inbox.put(parse_event(json.dumps(make_event("b")).encode(), received_at=NOW))
     assert await warehouse.load() == 1
     await warehouse.close()
+
+
+async def test_an_older_warehouse_gains_new_columns(
+    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
+) -> None:
+    path = tmp_path / "warehouse.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE events (event_id TEXT PRIMARY KEY, metric TEXT)")
+    await inbox.put(parse_event(json.dumps(make_event("a")).encode(), received_at=NOW))
+    warehouse = SQLiteWarehouse(path, inbox=inbox.path, clock=clock)
+    assert await warehouse.load() == 1
+    await warehouse.close()
+    [row] = rows(path)
+    assert set(row) == {*NORMALISED_FIELDS, "loaded_at"}

@@ -135,6 +135,12 @@ class SQLiteWarehouse:
             conn.execute("PRAGMA synchronous=NORMAL")  # rebuildable from the inbox
             conn.execute("PRAGMA busy_timeout=10000")
             conn.executescript(SCHEMA)
+            # A warehouse made by an older version gains the columns added since.
+            present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+            for column in _COLUMNS:
+                if column not in present:
+                    kind = "INTEGER" if column in _BOOLEAN else "TEXT"
+                    conn.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
             if self.inbox is not None:
                 conn.execute("ATTACH DATABASE ? AS inbox", (str(self.inbox),))
             self._conn = conn
