@@ -42,10 +42,12 @@ SCHEMA = (
         for c in _COLUMNS
     )
     + ");\n"
-    "CREATE INDEX IF NOT EXISTS events_occurred ON events (occurred_at);\n"
-    "CREATE INDEX IF NOT EXISTS events_delivery ON events (delivery_id);\n"
     "CREATE TABLE IF NOT EXISTS loader_state (id INTEGER PRIMARY KEY CHECK (id = 1),"
     " inbox_seq INTEGER NOT NULL);\n"
+)
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS events_occurred ON events (occurred_at);\n"
+    "CREATE INDEX IF NOT EXISTS events_delivery ON events (delivery_id);\n"
 )
 _INSERT = (
     f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
@@ -141,6 +143,7 @@ class SQLiteWarehouse:
                 if column not in present:
                     kind = "INTEGER" if column in _BOOLEAN else "TEXT"
                     conn.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
+            conn.executescript(INDEXES)
             if self.inbox is not None:
                 conn.execute("ATTACH DATABASE ? AS inbox", (str(self.inbox),))
             self._conn = conn
