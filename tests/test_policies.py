@@ -127,7 +127,7 @@ async def test_spam_complaint_becomes_one_unsubscribe(pipeline: Pipeline) -> Non
         "spam_complaint_at": "2023-11-14T22:13:20.000Z",
         "spam_complaint_campaign_id": "12",
     }
-    [action] = await pipeline.log.list()
+    [action] = await pipeline.log.recent()
     assert (action["rule"], action["status"], action["person"]) == (
         "spam-complaint-unsubscribe",
         "ok",
@@ -162,7 +162,7 @@ async def test_failed_call_is_retried_and_succeeds_once(pipeline: Pipeline) -> N
         "email_bounced_at": "2023-11-14T22:13:20.000Z",
         "email_bounce_reason": "550 5.1.1 no such user",
     }
-    statuses = [a["status"] for a in await pipeline.log.list(event_id="b1")]
+    statuses = [a["status"] for a in await pipeline.log.recent(event_id="b1")]
     assert sorted(statuses) == ["failed", "ok"]
 
 
@@ -199,7 +199,7 @@ async def test_dry_run_records_and_calls_nothing(tmp_path: Path, fake: FakeCusto
         await p.post(spam("s1"))
         await p.drain()
         assert fake.requests == []
-        [action] = await p.log.list()
+        [action] = await p.log.recent()
         assert action["status"] == "dry_run"
         assert action["dry_run"] == 1
         assert json.loads(action["request"])["attributes"]["spam_complaint_campaign_id"] == "12"
@@ -212,7 +212,7 @@ async def test_event_without_a_person_is_skipped_not_retried(pipeline: Pipeline)
     await pipeline.post(event)
     await pipeline.drain()
     assert pipeline.fake.requests == []
-    [action] = await pipeline.log.list()
+    [action] = await pipeline.log.recent()
     assert action["status"] == "skipped"
     stored = await pipeline.inbox.get_event("anon")
     assert stored is not None

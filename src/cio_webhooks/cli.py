@@ -679,7 +679,7 @@ def actions_list(
     async def body() -> list[dict[str, Any]]:
         log = ActionLog(path)
         try:
-            return await log.list(limit=limit, event_id=event_id)
+            return await log.recent(limit=limit, event_id=event_id)
         finally:
             await log.close()
 

@@ -330,7 +330,10 @@ class ActionLog:
         )
         return row is not None
 
-    async def list(self, *, limit: int = 100, event_id: str | None = None) -> list[dict[str, Any]]:
+    async def recent(
+        self, *, limit: int = 100, event_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest actions first, optionally of one event."""
         where, params = ("WHERE event_id = ?", [event_id]) if event_id else ("", [])
         rows = await self.call(
             lambda c: c.execute(
