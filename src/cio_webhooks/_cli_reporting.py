@@ -1,0 +1,295 @@
+"""CLI commands for acting on and reporting about events: ``actions``, ``report``, ``reconcile``.
+
+Importing this module registers them on the ``cio-webhooks`` group (``cli.py`` does, last).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import Progress
+from rich.table import Table
+
+from ._exceptions import ConfigError
+from .cli import (
+    F,
+    _db,
+    _env,
+    _existing_inbox,
+    _print_rows,
+    _run,
+    _stdout,
+    err,
+    main,
+    parse_since,
+    store_options,
+)
+from .customerio import AppClient
+from .events import iso
+from .policies import ActionLog
+from .reconcile import Discrepancy, ReconcileResult, reconcile
+from .reports import GROUPINGS, ReportRow, delivery_report
+
+__all__ = ["actions", "reconcile_command", "report"]
+
+
+@main.group()
+def actions() -> None:
+    """What policies did (or, in dry-run, would have done) in Customer.io."""
+
+
+@actions.command("list")
+@store_options
+@click.option("--event-id", help="Only the actions of this event.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def actions_list(
+    data_dir: Path, db: Path | None, event_id: str | None, limit: int, as_json: bool
+) -> None:
+    path = _db(data_dir, db).parent / "actions.db"
+    if not path.exists():
+        err.print(f"[red]error:[/] no actions recorded at {path}")
+        sys.exit(2)
+
+    async def body() -> list[dict[str, Any]]:
+        log = ActionLog(path)
+        try:
+            return await log.recent(limit=limit, event_id=event_id)
+        finally:
+            await log.close()
+
+    rows = _run(body())
+    for row in rows:
+        row["created_at"] = iso(row["created_at"])
+        row["dry_run"] = bool(row["dry_run"])
+        if as_json:
+            row["request"] = json.loads(row["request"])
+    _print_rows(rows, as_json, "actions")
+
+
+def app_api_options(fn: F) -> F:
+    options = [
+        click.option(
+            "--app-api-key",
+            envvar=_env("APP_API_KEY"),
+            help="Customer.io App API key (prefer the env var).",
+        ),
+        click.option(
+            "--region",
+            type=click.Choice(["us", "eu"]),
+            default="us",
+            show_default=True,
+            envvar=_env("REGION"),
+        ),
+        click.option("--app-url", envvar=_env("APP_URL"), help="Override the App API URL."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _app_client(app_api_key: str | None, region: str, app_url: str | None) -> AppClient:
+    if not app_api_key:
+        raise ConfigError("this needs an App API key: --app-api-key or CIO_WEBHOOKS_APP_API_KEY")
+    return AppClient(app_api_key, region=region, base_url=app_url)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+@main.command()
+@store_options
+@click.option("--by", type=click.Choice(list(GROUPINGS)), default="campaign", show_default=True)
+@click.option("--since", help="7d, 12h, an ISO date or unix seconds (by occurrence time).")
+@click.option(
+    "--warehouse",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=_env("WAREHOUSE"),
+    help="Warehouse SQLite file. [default: next to --db]",
+)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of rows.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@click.option(
+    "--compare-api",
+    is_flag=True,
+    help="Put the App API's own metrics beside ours (not for --by day).",
+)
+@app_api_options
+def report(
+    data_dir: Path,
+    db: Path | None,
+    by: str,
+    since: str | None,
+    warehouse: Path | None,
+    as_json: bool,
+    as_csv: bool,
+    compare_api: bool,
+    app_api_key: str | None,
+    region: str,
+    app_url: str | None,
+) -> None:
+    """Sent, delivered, opened, clicked, ... per group, as unique deliveries, with rates."""
+    path = warehouse or _db(data_dir, db).parent / "warehouse.db"
+    if not path.exists():
+        err.print(f"[red]error:[/] no warehouse at {path} (pass --warehouse or --data-dir)")
+        sys.exit(2)
+    try:
+        cutoff = parse_since(since, time.time()) if since else None
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    rows = delivery_report(path, by=by, since=cutoff)
+    if compare_api:
+        if by == "day":
+            err.print("[red]error:[/] --compare-api works with --by campaign|broadcast|newsletter")
+            sys.exit(2)
+        rows = _run(_with_api_metrics(rows, by, _app_client(app_api_key, region, app_url)))
+    table = [row.as_dict() for row in rows]
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+    elif as_csv:
+        if table:
+            writer = csv.DictWriter(sys.stdout, list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    else:
+        _report_table(rows, by)
+
+
+async def _with_api_metrics(rows: list[ReportRow], by: str, app: AppClient) -> list[ReportRow]:
+    out = []
+    try:
+        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
+            task = progress.add_task(f"App API {by} metrics", total=len(rows))
+            for row in rows:
+                api = None
+                if row.group != "(none)":
+                    series = await app.metrics(by, row.group)
+                    api = {metric: sum(values) for metric, values in sorted(series.items())}
+                out.append(dataclasses.replace(row, api=api))
+                progress.advance(task)
+    finally:
+        await app.close()
+    return out
+
+
+def _report_table(rows: list[ReportRow], by: str) -> None:
+    table = Table(title=f"deliveries by {by} (unique deliveries; opens/clicks human + machine)")
+    columns = [
+        "sent",
+        "delivered",
+        "opened",
+        "clicked",
+        "converted",
+        "bounced",
+        "spammed",
+        "unsubscribed",
+        "failed",
+    ]
+    table.add_column(by)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for rate in ("delivery_rate", "open_rate", "click_rate", "bounce_rate", "spam_rate"):
+        table.add_column(rate.replace("_rate", " %"), justify="right")
+    for row in rows:
+        data = row.as_dict()
+        cells = []
+        for column in columns:
+            cell = str(data[column])
+            if column in ("opened", "clicked"):
+                cell += f" +{data['machine_' + column]}m"
+            if row.api is not None and column in row.api:
+                cell += f" (api {row.api[column]})"
+            cells.append(cell)
+        rates = [_percent(v) for v in row.rates.values()][:5]
+        table.add_row(row.group, *cells, *rates)
+    _stdout().print(table)
+
+
+@main.command("reconcile")
+@store_options
+@click.option(
+    "--since",
+    default="7d",
+    show_default=True,
+    help="Deliveries created since: 7d, 12h, an ISO date or unix seconds.",
+)
+@click.option(
+    "--backfill",
+    is_flag=True,
+    help="Store the missing events (marked backfilled; policies do not run).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@app_api_options
+def reconcile_command(
+    data_dir: Path,
+    db: Path | None,
+    since: str,
+    backfill: bool,
+    as_json: bool,
+    app_api_key: str | None,
+    region: str,
+    app_url: str | None,
+) -> None:
+    """Compare Customer.io's deliveries (App API /messages) with the events we stored."""
+
+    async def body() -> ReconcileResult:
+        cutoff = parse_since(since, time.time())
+        app = _app_client(app_api_key, region, app_url)
+        try:
+            async with _existing_inbox(data_dir, db) as inbox:
+                with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
+                    task = progress.add_task("reading /messages", total=None)
+                    return await reconcile(
+                        app,
+                        inbox,
+                        since=cutoff,
+                        now=time.time(),
+                        backfill=backfill,
+                        progress=lambda n: progress.update(task, completed=n),
+                    )
+        finally:
+            await app.close()
+
+    result = _run(body())
+
+    def rows(items: list[Discrepancy]) -> list[dict[str, Any]]:
+        return [
+            {
+                "delivery_id": d.delivery_id,
+                "object_type": d.object_type,
+                "metric": d.metric,
+                "occurred_at": iso(d.occurred_at),
+            }
+            for d in items
+        ]
+
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "deliveries": result.deliveries,
+                    "missing": rows(result.missing),
+                    "extra": rows(result.extra),
+                    "backfilled": result.backfilled,
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(
+        f"checked {result.deliveries} deliveries: {len(result.missing)} missing event(s), "
+        f"{len(result.extra)} extra, {result.backfilled} backfilled"
+    )
+    if result.missing:
+        _print_rows(rows(result.missing), False, "missing (Customer.io has them, we do not)")
+    if result.extra:
+        _print_rows(rows(result.extra), False, "extra (we have them, Customer.io does not)")
