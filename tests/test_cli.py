@@ -167,8 +167,12 @@ def test_parse_since(text: str, expected: float) -> None:
     assert parse_since(text, NOW) == expected
 
 
-def test_serve_refuses_to_start_without_a_key_it_cannot_store(tmp_path: Path) -> None:
+def test_worker_on_unusable_paths_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, _, _err = invoke("worker", "--data-dir", str(blocker))
-    assert code != 0
+    code, _, err = invoke("worker", "--data-dir", str(blocker))
+    assert code == 2
+    assert "is a file" in err
+    code, _, err = invoke("worker", "--db", str(blocker / "inbox.db"))
+    assert code == 1
+    assert f"cannot open {blocker / 'inbox.db'}: a parent is not a directory" in err
