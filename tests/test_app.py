@@ -186,6 +186,9 @@ class RefusingInbox(SQLiteInbox):
     async def ready(self) -> bool:
         return False
 
+    async def gauges(self, *, now: float) -> dict[str, float]:
+        raise StoreUnavailable("disk I/O error")
+
 
 @pytest.mark.parametrize("body", [None, b"not json"], ids=["event", "quarantine"])
 async def test_store_refusing_writes_is_503(
@@ -198,10 +201,13 @@ async def test_store_refusing_writes_is_503(
     ) as c:
         response = await post_event(c, body if body is not None else make_event("e1"))
         ready = await c.get("/readyz")
+        metrics = await c.get("/metrics")
     assert response.status_code == 503
     assert response.json()["error"] == "store_unavailable"
     assert "disk" not in response.text  # internals stay in the log
     assert ready.status_code == 503
+    assert metrics.status_code == 200  # a sick store must not take the metrics down
+    assert 'outcome="store_unavailable"} 1' in metrics.text
     assert app.receiver.counters.store_unavailable == 1
 
 
@@ -243,6 +249,10 @@ async def test_metrics_count_outcomes(client: httpx2.AsyncClient) -> None:
     assert 'outcome="stored"} 1' in text
     assert 'outcome="duplicate"} 1' in text
     assert 'outcome="rejected_signature"} 1' in text
+    assert "cio_webhooks_inbox_backlog 1\n" in text  # m1 waits for the (absent) dispatcher
+    assert "cio_webhooks_inbox_dead_letters 0\n" in text
+    assert "cio_webhooks_inbox_quarantined 0\n" in text
+    assert "cio_webhooks_inbox_oldest_backlog_age_seconds 0\n" in text
 
 
 async def test_concurrent_requests_share_commits_and_all_land(

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
     WHERE state IN ('pending', 'retrying');
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE INDEX IF NOT EXISTS events_dead ON events (seq) WHERE state = 'dead';
 CREATE TABLE IF NOT EXISTS handler_runs (
     seq        INTEGER NOT NULL,
     handler    TEXT NOT NULL,
@@ -76,12 +77,13 @@ CREATE TABLE IF NOT EXISTS quarantine (
     body        BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: What turns a file of version N into N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
+    2: "CREATE INDEX IF NOT EXISTS events_dead ON events (seq) WHERE state = 'dead';",
 }
 
 
@@ -591,6 +593,24 @@ class SQLiteInbox:
                     " IS NOT NULL",
                     (occurred_since,),
                 )
+            }
+
+        return await self._read(run)
+
+    async def gauges(self, *, now: float) -> dict[str, float]:
+        def run(c: sqlite3.Connection) -> dict[str, float]:
+            # Each of these reads a partial index or a small table, never all events.
+            backlog, oldest = c.execute(
+                "SELECT count(*), min(received_at) FROM events"
+                " WHERE state IN ('pending', 'retrying')"
+            ).fetchone()
+            dead = c.execute("SELECT count(*) FROM events WHERE state = 'dead'").fetchone()[0]
+            quarantined = c.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+            return {
+                "backlog": backlog,
+                "dead_letters": dead,
+                "quarantined": quarantined,
+                "oldest_backlog_age_seconds": max(0.0, now - oldest) if oldest else 0.0,
             }
 
         return await self._read(run)

@@ -251,6 +251,14 @@ def create_app(
         for f in fields(receiver.counters):
             value: Any = getattr(receiver.counters, f.name)
             lines.append(f'cio_webhooks_requests_total{{outcome="{f.name}"}} {value}')
+        try:
+            gauges = await inbox.gauges(now=clock())
+        except Exception as exc:  # metrics must not fail because the store is sick
+            log.error("event=metrics_store_error error=%r", str(exc))
+            gauges = {}
+        for name, number in gauges.items():
+            lines.append(f"# TYPE cio_webhooks_inbox_{name} gauge")
+            lines.append(f"cio_webhooks_inbox_{name} {number:g}")
         return PlainTextResponse("\n".join(lines) + "\n")
 
     site = Starlette(

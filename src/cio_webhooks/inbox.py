@@ -181,6 +181,11 @@ class Inbox(Protocol):
 
     async def stats(self) -> dict[str, Any]: ...
 
+    async def gauges(self, *, now: float) -> dict[str, float]:
+        """Cheap numbers for ``/metrics``: ``backlog`` (pending or retrying),
+        ``dead_letters``, ``quarantined``, ``oldest_backlog_age_seconds``."""
+        ...
+
     async def delivery_metrics(self, *, occurred_since: float) -> set[tuple[str, str]]:
         """``(delivery_id, metric)`` of every stored event that occurred since the cutoff."""
         ...
