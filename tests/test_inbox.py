@@ -127,13 +127,18 @@ async def test_prune_works_in_chunks_and_removes_everything_due(inbox: SQLiteInb
 async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:  # the first released schema, without `backfilled`
-        from cio_webhooks._sqlite import SCHEMA
+        from cio_webhooks._sqlite import SCHEMA, SCHEMA_VERSION
 
-        db.executescript(
-            SCHEMA.replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "").replace(
-                "PRAGMA user_version = 2;", "PRAGMA user_version = 1;"
+        version_1 = (
+            SCHEMA.replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "")
+            .replace(
+                "CREATE INDEX IF NOT EXISTS events_dead ON events (seq) WHERE state = 'dead';", ""
             )
+            .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 1;")
         )
+        assert "backfilled" not in version_1
+        assert "user_version = 1" in version_1
+        db.executescript(version_1)
         db.execute(
             "INSERT INTO events (event_id, object_type, metric, received_at, body,"
             " next_attempt_at, updated_at) VALUES ('old', 'email', 'sent', 1, x'7b7d', 1, 1)"
@@ -144,4 +149,5 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
         assert stored.backfilled is False
         assert await inbox.put(ev("new")) is PutResult.STORED
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'events_dead'").fetchone()
