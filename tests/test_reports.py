@@ -1,127 +1,342 @@
-"""Delivery reports: unique deliveries, human vs machine, rates, groupings."""
+"""Delivery reports: unique deliveries, human vs machine, rates, groupings, read-only access.
+
+Every warehouse here is written by the real ``SQLiteWarehouse`` from events parsed
+by the real ``parse_event``, so the report reads exactly what the service stores.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import random
+import sqlite3
+from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from cio_webhooks import parse_event
-from cio_webhooks.cli import main
-from cio_webhooks.reports import delivery_report
+from cio_webhooks import StoreUnavailable, parse_event
+from cio_webhooks.events import normalise
+from cio_webhooks.reports import COUNTS, RATES, ReportRow, delivery_report
 from cio_webhooks.sinks import SQLiteWarehouse
 from cio_webhooks.testing import make_event
 
 DAY = 86400
-T0 = 1_700_000_000  # 2023-11-14
+T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
+LATER = T0 + DAY  # 2023-11-15
+_serial = iter(range(1, 10_000))
 
 
 def ev(
-    n: int,
     metric: str,
-    delivery: str,
+    delivery: str | None,
     *,
     campaign: int | None = 1,
     at: int = T0,
     object_type: str = "email",
+    event_id: str | None = None,
     **data: Any,
 ) -> bytes:
-    payload = make_event(f"e{n}", object_type, metric, timestamp=at, delivery_id=delivery, **data)
+    """One event body; ``campaign=None`` removes the campaign id make_event puts in."""
+    eid = event_id or f"e{next(_serial):04d}"
+    payload = make_event(eid, object_type, metric, timestamp=at, delivery_id=delivery, **data)
     payload["data"]["campaign_id"] = campaign
     return json.dumps(payload).encode()
 
 
-EVENTS = [
-    # campaign 1, delivery a: sent, delivered, opened 3x (one by a human), clicked by a machine
-    ev(1, "sent", "a"),
-    ev(2, "delivered", "a"),
-    ev(3, "opened", "a", prefetched=True),
-    ev(4, "opened", "a"),
-    ev(5, "opened", "a"),
-    ev(6, "clicked", "a", machine=True),
-    # delivery b: opened only by a proxy, opened BEFORE delivered (order is not guaranteed)
-    ev(7, "opened", "b", proxied=True),
-    ev(8, "delivered", "b"),
-    ev(9, "sent", "b"),
-    ev(10, "clicked", "b"),
-    ev(11, "clicked", "b"),
-    # delivery c: bounced
-    ev(12, "sent", "c"),
-    ev(13, "bounced", "c", failure_message="550"),
-    # campaign 2, a day later: spam + unsubscribe
-    ev(14, "sent", "d", campaign=2, at=T0 + DAY),
-    ev(15, "delivered", "d", campaign=2, at=T0 + DAY),
-    ev(16, "spammed", "d", campaign=2, at=T0 + DAY),
-    ev(17, "unsubscribed", "d", campaign=2, at=T0 + DAY),
-    # no campaign (a broadcast), and a person-level event that is not a delivery
-    ev(18, "sent", "e", campaign=None, broadcast_id=5),
-    ev(19, "failed", "f", campaign=None),
-    ev(20, "unsubscribed", "", object_type="customer", campaign=None),
-]
+def write_warehouse(path: Path, *batches: Sequence[bytes]) -> Path:
+    """Write each batch of bodies, in the order given, through the real warehouse sink."""
 
+    async def run() -> None:
+        sink = SQLiteWarehouse(path)
+        try:
+            for cursor, batch in enumerate(batches, 1):
+                events = [parse_event(body, received_at=T0) for body in batch]
+                await sink.write(events, cursor=cursor, loaded_at=T0)
+        finally:
+            await sink.close()
 
-@pytest.fixture
-async def warehouse(tmp_path: Path) -> Path:
-    path = tmp_path / "warehouse.db"
-    sink = SQLiteWarehouse(path)
-    await sink.write([parse_event(body, received_at=T0) for body in EVENTS], cursor=0, loaded_at=T0)
-    await sink.close()
+    asyncio.run(run())
     return path
 
 
-async def test_counts_unique_deliveries_and_splits_machine_activity(warehouse: Path) -> None:
-    rows = {r.group: r for r in delivery_report(warehouse, by="campaign")}
-    one = rows["1"]
-    assert (one.sent, one.delivered, one.bounced) == (3, 2, 1)
-    assert (one.opened, one.machine_opened) == (1, 1)  # a: human among machines; b: proxy only
-    assert (one.clicked, one.machine_clicked) == (1, 1)  # b twice counts once; a machine only
-    assert one.rates["delivery_rate"] == pytest.approx(2 / 3, abs=1e-4)
-    assert one.rates["open_rate"] == 0.5
-    assert one.rates["bounce_rate"] == pytest.approx(1 / 3, abs=1e-4)
-    two = rows["2"]
-    assert (two.sent, two.delivered, two.spammed, two.unsubscribed) == (1, 1, 1, 1)
-    assert two.rates["spam_rate"] == 1.0
-    none = rows["(none)"]
-    assert (none.sent, none.failed, none.unsubscribed) == (1, 1, 0)  # customer event left out
-    assert none.rates["open_rate"] is None  # nothing delivered: no rate, not 0
+# Arrival order is the list order: several deliveries arrive out of order.
+EVENTS: list[bytes] = [
+    # campaign 1 --------------------------------------------------------------
+    # a: opened three times: by a prefetcher on day 1, then twice by a human on
+    #    day 2; clicked only by a machine; converted.
+    ev("sent", "a"),
+    ev("delivered", "a"),
+    ev("opened", "a", prefetched=True),
+    ev("opened", "a", at=LATER),
+    ev("opened", "a", at=LATER),
+    ev("clicked", "a", machine=True, href="https://x.test/1"),
+    ev("converted", "a"),
+    # b: opened only through a proxy, and that open arrives before delivered and
+    #    sent; clicked twice by a human (once with machine explicitly false).
+    ev("opened", "b", proxied=True),
+    ev("delivered", "b"),
+    ev("sent", "b"),
+    ev("clicked", "b", machine=False),
+    ev("clicked", "b"),
+    # c: bounced.
+    ev("bounced", "c", failure_message="550 no such user"),
+    ev("sent", "c"),
+    # g: opened and clicked, only by machines, each several times.
+    ev("sent", "g"),
+    ev("delivered", "g"),
+    ev("opened", "g", synthetic=True),
+    ev("opened", "g", prefetched=True, proxied=True),
+    ev("clicked", "g", machine=True),
+    ev("clicked", "g", machine=True),
+    # h: opened by a human (flags present but false or null); unsubscribed.
+    ev("unsubscribed", "h"),
+    ev("opened", "h", prefetched=False, proxied=None, synthetic=False),
+    ev("sent", "h"),
+    ev("delivered", "h"),
+    # campaign 2, on day 2 --------------------------------------------------
+    # d: opened by a human and marked as spam.
+    ev("sent", "d", campaign=2, at=LATER),
+    ev("delivered", "d", campaign=2, at=LATER),
+    ev("opened", "d", campaign=2, at=LATER, event_id="d-open"),
+    ev("spammed", "d", campaign=2, at=LATER),
+    # i: failed.
+    ev("sent", "i", campaign=2, at=LATER),
+    ev("failed", "i", campaign=2, at=LATER, failure_message="rendering error"),
+    # m: its open carries no campaign id; it still belongs to campaign 2.
+    ev("opened", "m", campaign=None, at=LATER),
+    ev("sent", "m", campaign=2, at=LATER),
+    ev("delivered", "m", campaign=2, at=LATER),
+    # campaign 10: sent, nothing delivered yet -----------------------------
+    ev("sent", "j", campaign=10),
+    # no campaign ---------------------------------------------------------
+    ev("sent", "e", campaign=None, broadcast_id=5),
+    ev("delivered", "e", campaign=None, broadcast_id=5),
+    ev("failed", "f", campaign=None, transactional_message_id=7),
+    ev("sent", "n", campaign=None, newsletter_id=9),
+    ev("delivered", "n", campaign=None, newsletter_id=9),
+    # events without a delivery id count once each, whether null or empty
+    ev("sent", None, campaign=None),
+    ev("sent", "", campaign=None),
+    # a person-level unsubscribe is not a delivery
+    ev("unsubscribed", None, campaign=None, object_type="customer"),
+]
+# Customer.io delivers at least once: d's open comes again, in a later batch.
+REDELIVERED: list[bytes] = [ev("opened", "d", campaign=2, at=LATER, event_id="d-open")]
+
+ZERO = dict.fromkeys(COUNTS, 0)
 
 
-async def test_by_day_and_since(warehouse: Path) -> None:
-    rows = {r.group: r.sent for r in delivery_report(warehouse, by="day")}
-    assert rows == {"2023-11-14": 4, "2023-11-15": 1}
-    later = delivery_report(warehouse, by="campaign", since=T0 + DAY / 2)
-    assert [(r.group, r.sent) for r in later] == [("2", 1)]
+def counts(row: ReportRow) -> dict[str, int]:
+    return {name: getattr(row, name) for name in COUNTS}
 
 
-async def test_by_broadcast(warehouse: Path) -> None:
-    rows = {r.group: r.sent for r in delivery_report(warehouse, by="broadcast")}
-    assert rows["5"] == 1
+def by_group(rows: list[ReportRow]) -> dict[str, ReportRow]:
+    return {row.group: row for row in rows}
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Path:
+    return write_warehouse(tmp_path / "warehouse.db", EVENTS, REDELIVERED)
+
+
+def test_by_campaign_counts_unique_deliveries(warehouse: Path) -> None:
+    rows = delivery_report(warehouse, by="campaign")
+    assert [row.group for row in rows] == ["1", "2", "10", "(none)"]  # numeric order
+    groups = by_group(rows)
+    assert counts(groups["1"]) == ZERO | {
+        "sent": 5,  # a b c g h
+        "delivered": 4,  # a b g h
+        "opened": 2,  # a (a human among machines), h (flags false/null)
+        "machine_opened": 2,  # b (proxy only), g (synthetic and prefetch)
+        "clicked": 1,  # b, twice
+        "machine_clicked": 2,  # a, g
+        "converted": 1,
+        "bounced": 1,
+        "unsubscribed": 1,
+    }
+    assert counts(groups["2"]) == ZERO | {
+        "sent": 3,
+        "delivered": 2,
+        "opened": 2,  # d (delivered twice, counted once), m (its open has no campaign id)
+        "spammed": 1,
+        "failed": 1,
+    }
+    assert counts(groups["10"]) == ZERO | {"sent": 1}
+    # broadcast e, newsletter n, transactional f, two events without a delivery id;
+    # the customer-level unsubscribe is left out.
+    assert counts(groups["(none)"]) == ZERO | {"sent": 4, "delivered": 2, "failed": 1}
+
+
+def test_rates(warehouse: Path) -> None:
+    groups = by_group(delivery_report(warehouse, by="campaign"))
+    assert groups["1"].rates == {
+        "delivery_rate": 0.8,
+        "open_rate": 0.5,
+        "click_rate": 0.25,
+        "bounce_rate": 0.2,
+        "spam_rate": 0.0,
+        "unsubscribe_rate": 0.25,
+    }
+    assert groups["2"].rates == {
+        "delivery_rate": 0.6667,  # rounded to 4 places
+        "open_rate": 1.0,
+        "click_rate": 0.0,
+        "bounce_rate": 0.0,
+        "spam_rate": 0.5,
+        "unsubscribe_rate": 0.0,
+    }
+    # nothing delivered: the rates over delivered are unknown, not 0
+    assert groups["10"].rates == {
+        "delivery_rate": 0.0,
+        "open_rate": None,
+        "click_rate": None,
+        "bounce_rate": 0.0,
+        "spam_rate": None,
+        "unsubscribe_rate": None,
+    }
+
+
+def test_by_day_is_activity_per_utc_day(warehouse: Path) -> None:
+    groups = by_group(delivery_report(warehouse, by="day"))
+    assert list(groups) == ["2023-11-14", "2023-11-15"]
+    assert counts(groups["2023-11-14"]) == ZERO | {
+        "sent": 10,
+        "delivered": 6,
+        "opened": 1,  # h
+        "machine_opened": 3,  # b, g, and a: on day 1 only its prefetch happened
+        "clicked": 1,
+        "machine_clicked": 2,
+        "converted": 1,
+        "bounced": 1,
+        "unsubscribed": 1,
+        "failed": 1,
+    }
+    assert counts(groups["2023-11-15"]) == ZERO | {
+        "sent": 3,
+        "delivered": 2,
+        "opened": 3,  # d, m, and a, delivered the day before
+        "spammed": 1,
+        "failed": 1,
+    }
+    assert groups["2023-11-15"].rates["open_rate"] == 1.5  # activity, not a cohort
+
+
+def test_since_keeps_events_that_occurred_from_then_on(warehouse: Path) -> None:
+    groups = by_group(delivery_report(warehouse, by="campaign", since=T0 + DAY / 2))
+    assert list(groups) == ["1", "2"]
+    assert counts(groups["1"]) == ZERO | {"opened": 1}  # a's human opens on day 2
+    assert groups["1"].rates["open_rate"] is None
+    assert counts(groups["2"]) == ZERO | {
+        "sent": 3,
+        "delivered": 2,
+        "opened": 2,
+        "spammed": 1,
+        "failed": 1,
+    }
+    assert delivery_report(warehouse, by="campaign", since=LATER + DAY) == []
+
+
+def test_by_broadcast_and_by_newsletter(warehouse: Path) -> None:
+    broadcasts = by_group(delivery_report(warehouse, by="broadcast"))
+    assert list(broadcasts) == ["5", "(none)"]
+    assert counts(broadcasts["5"]) == ZERO | {"sent": 1, "delivered": 1}
+    assert broadcasts["(none)"].sent == 12
+    newsletters = by_group(delivery_report(warehouse, by="newsletter"))
+    assert list(newsletters) == ["9", "(none)"]
+    assert counts(newsletters["9"]) == ZERO | {"sent": 1, "delivered": 1}
+
+
+def test_rows_are_frozen_and_flatten_in_a_fixed_order(warehouse: Path) -> None:
+    row = delivery_report(warehouse)[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.sent = 0  # type: ignore[misc]
+    assert list(row.as_dict()) == ["group", *COUNTS, *RATES]
+    compared = dataclasses.replace(row, api={"sent": 7})
+    assert compared.as_dict()["api_sent"] == 7
+
+
+def test_an_empty_warehouse_has_no_rows(tmp_path: Path) -> None:
+    path = write_warehouse(tmp_path / "warehouse.db", [])
+    assert delivery_report(path, by="day") == []
+
+
+def test_matches_a_per_event_count_on_random_traffic(tmp_path: Path) -> None:
+    """The SQL agrees with a plain Python count over the normalised rows."""
+    rng = random.Random(7)
+    bodies = []
+    for _ in range(800):
+        delivery = f"r{rng.randrange(150)}" if rng.random() < 0.95 else None
+        metric = rng.choice(
+            [
+                *("sent", "delivered", "opened", "opened", "clicked", "bounced"),
+                *("converted", "spammed", "unsubscribed", "failed", "dropped"),
+            ]
+        )
+        flags: dict[str, Any] = {}
+        if metric == "opened":
+            flags = {f: rng.choice([True, False, None]) for f in ("prefetched", "proxied")}
+        elif metric == "clicked":
+            flags = {"machine": rng.choice([True, False, None])}
+        campaign = int(delivery[1:]) % 4 if delivery else rng.choice([None, 1])
+        bodies.append(
+            ev(metric, delivery, campaign=campaign, at=T0 + rng.randrange(3 * DAY), **flags)
+        )
+    path = write_warehouse(tmp_path / "warehouse.db", bodies)
+
+    kinds: dict[str, set[str]] = defaultdict(set)  # per delivery: what happened to it
+    group_of: dict[str, str] = {}
+    for body in bodies:
+        row = normalise(parse_event(body))
+        delivery = row["delivery_id"] or f"event {row['event_id']}"
+        group_of[delivery] = row["campaign_id"] or "(none)"
+        kind = row["metric"]
+        if kind == "opened":
+            kind = "machine_opened" if row["prefetched"] or row["proxied"] else "opened"
+        elif kind == "clicked":
+            kind = "machine_clicked" if row["machine"] else "clicked"
+        kinds[delivery].add(kind)
+    expected: dict[str, dict[str, int]] = {}
+    for delivery, group in group_of.items():
+        had = kinds[delivery]
+        if "opened" in had:  # one human open makes it human-opened
+            had.discard("machine_opened")
+        if "clicked" in had:
+            had.discard("machine_clicked")
+        totals = expected.setdefault(group, dict(ZERO))
+        for name in COUNTS:
+            totals[name] += name in had
+
+    assert {r.group: counts(r) for r in delivery_report(path)} == expected
+
+
+def test_opens_read_only_and_never_creates_files(tmp_path: Path) -> None:
+    odd = tmp_path / "a?b #c%41.db"  # characters that mean something in a URI
+
+    def files() -> list[str]:  # SQLite's own -wal/-shm companions aside
+        return sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))
+
+    write_warehouse(odd, EVENTS)
+    content = odd.read_bytes()
+    assert by_group(delivery_report(odd))["1"].sent == 5
+    with pytest.raises(StoreUnavailable, match="unable to open"):
+        delivery_report(tmp_path / "missing.db")
+    assert files() == [odd.name]
+    assert odd.read_bytes() == content
+
+
+def test_a_file_that_is_not_a_warehouse_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "inbox.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE events (seq INTEGER, event_id TEXT, body BLOB)")
+    db.close()
+    with pytest.raises(StoreUnavailable, match=r"not a warehouse.*lacks .*campaign_id"):
+        delivery_report(path)
 
 
 def test_unknown_grouping_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="by must be one of"):
         delivery_report(tmp_path / "x.db", by="week")
-
-
-async def test_cli_table_json_and_csv(warehouse: Path) -> None:
-    runner = CliRunner()
-    base = ["report", "--warehouse", str(warehouse)]
-    table = runner.invoke(main, base)
-    assert table.exit_code == 0, table.output
-    assert "deliveries by campaign" in table.stdout
-    assert "66.7%" in table.stdout
-    as_json = json.loads(runner.invoke(main, [*base, "--json"]).stdout)
-    assert as_json[0]["group"] == "(none)"
-    assert "open_rate" in as_json[0]
-    as_csv = runner.invoke(main, [*base, "--csv", "--by", "day"]).stdout.splitlines()
-    assert as_csv[0].startswith("group,sent,delivered,opened,machine_opened")
-    assert len(as_csv) == 3
-
-
-def test_cli_without_a_warehouse_is_a_clear_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["report", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "no warehouse at" in result.stderr

@@ -1,35 +1,63 @@
 """Delivery reports from the warehouse: unique deliveries per metric, per group.
 
 Counts are of deliveries, not raw events: a delivery opened five times counts
-once in ``opened``.  Opens and clicks are split into human and machine: a
-delivery is human-opened when at least one of its opens carries none of
-Customer.io's ``prefetched``/``proxied``/``synthetic`` flags, machine-opened when
-it was opened only by machines (likewise ``machine`` for clicks).  Events
-without a ``delivery_id`` count once each.  Person-level events
-(``object_type = customer``) are not deliveries and are left out.
+once in ``opened``, and the order its events arrived in does not matter.  Opens
+and clicks are split into human and machine: a delivery is human-opened when at
+least one of its opens carries none of Customer.io's ``prefetched``/``proxied``/
+``synthetic`` flags, machine-opened when it was opened only by machines (likewise
+``machine`` for clicks); the two are disjoint, so their sum is the deliveries
+opened at all.  A flag that is NULL (Customer.io did not say) counts as human.
+Events without a ``delivery_id`` count once each, by ``event_id``.  Person-level
+events (``object_type = customer``, e.g. an unsubscribe from the preference
+centre with no message behind it) are not deliveries and are left out.
 
-Groups: ``campaign`` (campaign_id), ``broadcast``, ``newsletter``, or ``day`` (the
-UTC date the event occurred); events without the key are grouped as ``(none)``.
-``since`` filters on when the event occurred.
+Groups (``by``):
+
+- ``campaign``, ``broadcast``, ``newsletter``: the delivery's ``campaign_id``,
+  ``broadcast_id`` or ``newsletter_id``.  Each delivery lands in exactly one
+  group, even if some of its events lack the id; deliveries with none go to
+  ``(none)`` (for ``by="campaign"`` that is where broadcasts, newsletters and
+  transactional messages land).
+- ``day``: the UTC date each event *occurred*.  This is activity per day: a
+  delivery sent on Monday and opened on Tuesday counts as sent on Monday and
+  opened on Tuesday, so a day's open rate mixes mail sent that day and before.
+  Events without a time go to ``(none)``.
+
+``since`` (unix seconds) keeps only events that occurred at or after it, with
+the same activity meaning: opens in the window of mail sent before it count.
+
+Rates are fractions rounded to 4 places, and None (not 0) when the denominator
+is 0: delivery and bounce rates over sent; open, click, spam and unsubscribe
+rates over delivered, with opens and clicks by humans only.
+
+Rows come ordered by group: numeric ids numerically, then other ids and dates as
+text, ``(none)`` last.  The counting is SQL (one pass grouping the events by
+delivery, then one over the deliveries), and the warehouse is opened read-only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._exceptions import StoreUnavailable
 from .events import iso
 
-__all__ = ["COUNTS", "GROUPINGS", "ReportRow", "delivery_report"]
+__all__ = ["COUNTS", "GROUPINGS", "NONE_GROUP", "RATES", "ReportRow", "delivery_report"]
 
-GROUPINGS = {
+#: ``by`` -> the SQL expression of the group key (a column of ``events``).
+GROUPINGS: dict[str, str] = {
     "campaign": "campaign_id",
     "broadcast": "broadcast_id",
     "newsletter": "newsletter_id",
     "day": "substr(occurred_at, 1, 10)",
 }
+#: The group of deliveries (or events) without a value for the grouping key.
+NONE_GROUP = "(none)"
+#: The count fields of ``ReportRow``, in order.
 COUNTS = (
     "sent",
     "delivered",
@@ -43,11 +71,28 @@ COUNTS = (
     "unsubscribed",
     "failed",
 )
-_HUMAN_OPEN = (
-    "metric = 'opened' AND NOT (coalesce(prefetched, 0) OR coalesce(proxied, 0)"
-    " OR coalesce(synthetic, 0))"
+#: The keys of ``ReportRow.rates``, in order.
+RATES = (
+    "delivery_rate",
+    "open_rate",
+    "click_rate",
+    "bounce_rate",
+    "spam_rate",
+    "unsubscribe_rate",
 )
-_HUMAN_CLICK = "metric = 'clicked' AND NOT coalesce(machine, 0)"
+# Metrics counted as "the delivery had at least one such event".
+_PLAIN = ("sent", "delivered", "converted", "bounced", "spammed", "unsubscribed", "failed")
+_MACHINE_OPEN = "coalesce(prefetched, 0) OR coalesce(proxied, 0) OR coalesce(synthetic, 0)"
+_MACHINE_CLICK = "coalesce(machine, 0)"
+_NEEDED = {"event_id", "object_type", "metric", "occurred_at", "delivery_id"} | {
+    "campaign_id",
+    "broadcast_id",
+    "newsletter_id",
+    "prefetched",
+    "proxied",
+    "synthetic",
+    "machine",
+}
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -56,12 +101,18 @@ def _ratio(part: int, whole: int) -> float | None:
 
 @dataclass(frozen=True)
 class ReportRow:
+    """One group of the report.  Every count is of unique deliveries."""
+
     group: str
     sent: int
     delivered: int
-    opened: int  # human
+    #: Deliveries opened by a human at least once.
+    opened: int
+    #: Deliveries opened, but only by machines (prefetch, proxy, synthetic).
     machine_opened: int
-    clicked: int  # human
+    #: Deliveries clicked by a human at least once.
+    clicked: int
+    #: Deliveries clicked, but only by machines.
     machine_clicked: int
     converted: int
     bounced: int
@@ -73,6 +124,7 @@ class ReportRow:
 
     @property
     def rates(self) -> dict[str, float | None]:
+        """``RATES`` as fractions (0.5 is 50 %); None when the denominator is 0."""
         return {
             "delivery_rate": _ratio(self.delivered, self.sent),
             "open_rate": _ratio(self.opened, self.delivered),
@@ -83,6 +135,7 @@ class ReportRow:
         }
 
     def as_dict(self) -> dict[str, Any]:
+        """Flat: group, the counts, the rates, then ``api_<metric>`` when compared."""
         row = asdict(self)
         api = row.pop("api")
         row.update(self.rates)
@@ -91,55 +144,83 @@ class ReportRow:
         return row
 
 
-def delivery_report(
-    warehouse: Path, *, by: str = "campaign", since: float | None = None
-) -> list[ReportRow]:
-    """The report, one row per group, ordered by group.  Reads the warehouse read-only."""
-    if by not in GROUPINGS:
-        raise ValueError(f"by must be one of {', '.join(GROUPINGS)}")
+def _sql(by: str, filtered: bool) -> str:
     key = GROUPINGS[by]
-    per_delivery = ",\n".join(
+    flags = ",\n               ".join(
         [
-            *(
-                f"max(metric = '{m}') AS {m}"
-                for m in (
-                    "sent",
-                    "delivered",
-                    "converted",
-                    "bounced",
-                    "spammed",
-                    "unsubscribed",
-                    "failed",
-                )
-            ),
-            f"max({_HUMAN_OPEN}) AS human_opened",
+            *(f"max(metric = '{m}') AS {m}" for m in _PLAIN),
+            f"max(metric = 'opened' AND NOT ({_MACHINE_OPEN})) AS human_opened",
             "max(metric = 'opened') AS any_opened",
-            f"max({_HUMAN_CLICK}) AS human_clicked",
+            f"max(metric = 'clicked' AND NOT ({_MACHINE_CLICK})) AS human_clicked",
             "max(metric = 'clicked') AS any_clicked",
         ]
     )
-    sql = f"""
+    # A delivery is its delivery_id; an event without one is a delivery of its own.
+    delivery = (
+        "NULLIF(delivery_id, ''), CASE WHEN NULLIF(delivery_id, '') IS NULL THEN event_id END"
+    )
+    if by == "day":
+        # Activity per day: a delivery counts on every day it had events.
+        grp, group_by = f"{key} AS grp", f"grp, {delivery}"
+    else:
+        # One group per delivery, even if only some of its events carry the id.
+        grp, group_by = f"max(NULLIF({key}, '')) AS grp", delivery
+    where = "object_type != 'customer'" + (" AND occurred_at >= ?" if filtered else "")
+    return f"""
         WITH deliveries AS (
-            SELECT coalesce({key}, '(none)') AS grp,
-                   coalesce(delivery_id, 'event:' || event_id) AS delivery,
-                   {per_delivery}
+            SELECT {grp},
+               {flags}
             FROM events
-            WHERE object_type != 'customer' AND (? IS NULL OR occurred_at >= ?)
-            GROUP BY grp, delivery
+            WHERE {where}
+            GROUP BY {group_by}
         )
         SELECT grp, sum(sent), sum(delivered), sum(human_opened),
                sum(any_opened AND NOT human_opened), sum(human_clicked),
                sum(any_clicked AND NOT human_clicked), sum(converted), sum(bounced),
                sum(spammed), sum(unsubscribed), sum(failed)
-        FROM deliveries GROUP BY grp ORDER BY grp
+        FROM deliveries GROUP BY grp
     """
-    cutoff = iso(since)
-    with sqlite3.connect(f"file:{warehouse}?mode=ro", uri=True) as db:
-        rows = db.execute(sql, (cutoff, cutoff)).fetchall()
-    return [_row(str(r[0]), [int(v or 0) for v in r[1:]]) for r in rows]
 
 
-def _row(group: str, c: list[int]) -> ReportRow:
+def _order(group: str) -> tuple[bool, bool, int, str]:
+    numeric = group.isascii() and group.isdigit()
+    return (group == NONE_GROUP, not numeric, int(group) if numeric else 0, group)
+
+
+def delivery_report(
+    warehouse: str | Path, *, by: str = "campaign", since: float | None = None
+) -> list[ReportRow]:
+    """The report for the warehouse file ``warehouse``, one row per group.
+
+    ``by`` is one of ``GROUPINGS``; ``since`` is unix seconds.  Raises
+    ``ValueError`` for an unknown ``by`` and ``StoreUnavailable`` when the file
+    cannot be read as a warehouse.  Never writes, never creates the file.
+    """
+    if by not in GROUPINGS:
+        raise ValueError(f"by must be one of {', '.join(GROUPINGS)}")
+    path = Path(warehouse)
+    # as_uri() percent-encodes, so a path with ? # or % cannot leak into the query.
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    params = () if since is None else (iso(since),)
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            db.execute("PRAGMA busy_timeout=10000")  # the loader may be committing
+            columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+            if missing := _NEEDED - columns:
+                raise StoreUnavailable(
+                    f"warehouse {path}: not a warehouse, or one made by an older version"
+                    f" (events lacks {', '.join(sorted(missing))}); run `cio-webhooks worker`"
+                    " once to upgrade it"
+                )
+            rows = db.execute(_sql(by, since is not None), params).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"warehouse {path}: {exc}") from exc
+    report = [_row(NONE_GROUP if r[0] is None else str(r[0]), r[1:]) for r in rows]
+    return sorted(report, key=lambda row: _order(row.group))
+
+
+def _row(group: str, values: tuple[Any, ...]) -> ReportRow:
+    c = [int(v or 0) for v in values]  # sum() over no rows is NULL
     return ReportRow(
         group=group,
         sent=c[0],

@@ -1,0 +1,193 @@
+"""`cio-webhooks report`: the table, --json, --csv, and where it finds the warehouse."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cio_webhooks.cli import main
+from cio_webhooks.reports import COUNTS, RATES
+
+from .test_reports import EVENTS, REDELIVERED, write_warehouse
+
+# The campaign report of test_reports.EVENTS, as `report --json` gives it.
+EXPECTED = [
+    {
+        "group": "1",
+        "sent": 5,
+        "delivered": 4,
+        "opened": 2,
+        "machine_opened": 2,
+        "clicked": 1,
+        "machine_clicked": 2,
+        "converted": 1,
+        "bounced": 1,
+        "spammed": 0,
+        "unsubscribed": 1,
+        "failed": 0,
+        "delivery_rate": 0.8,
+        "open_rate": 0.5,
+        "click_rate": 0.25,
+        "bounce_rate": 0.2,
+        "spam_rate": 0.0,
+        "unsubscribe_rate": 0.25,
+    },
+    {
+        "group": "2",
+        "sent": 3,
+        "delivered": 2,
+        "opened": 2,
+        "machine_opened": 0,
+        "clicked": 0,
+        "machine_clicked": 0,
+        "converted": 0,
+        "bounced": 0,
+        "spammed": 1,
+        "unsubscribed": 0,
+        "failed": 1,
+        "delivery_rate": 0.6667,
+        "open_rate": 1.0,
+        "click_rate": 0.0,
+        "bounce_rate": 0.0,
+        "spam_rate": 0.5,
+        "unsubscribe_rate": 0.0,
+    },
+    {
+        "group": "10",
+        "sent": 1,
+        **dict.fromkeys(COUNTS[1:], 0),
+        "delivery_rate": 0.0,
+        "open_rate": None,
+        "click_rate": None,
+        "bounce_rate": 0.0,
+        "spam_rate": None,
+        "unsubscribe_rate": None,
+    },
+    {
+        "group": "(none)",
+        "sent": 4,
+        "delivered": 2,
+        **dict.fromkeys(COUNTS[2:-1], 0),
+        "failed": 1,
+        "delivery_rate": 0.5,
+        "open_rate": 0.0,
+        "click_rate": 0.0,
+        "bounce_rate": 0.0,
+        "spam_rate": 0.0,
+        "unsubscribe_rate": 0.0,
+    },
+]
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Path:
+    return write_warehouse(tmp_path / "warehouse.db", EVENTS, REDELIVERED)
+
+
+def report(*args: str, env: dict[str, str] | None = None) -> Result:
+    result = CliRunner().invoke(main, ["report", *args], env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """The body rows of a rich table: first cell -> the other cells."""
+    rows = {}
+    for line in output.splitlines():
+        if line.startswith("│"):
+            cells = [cell.strip() for cell in line.strip("│").split("│")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_table_shows_counts_machine_activity_and_percentages(warehouse: Path) -> None:
+    result = report("--warehouse", str(warehouse))
+    assert result.exit_code == 0, result.output
+    assert "deliveries by campaign" in result.stdout
+    rows = table_rows(result.stdout)
+    assert list(rows) == ["1", "2", "10", "(none)"]
+    # sent delivered opened(+machine) clicked(+machine) converted bounced spammed
+    # unsubscribed failed, then delivery/open/click/bounce/spam rates
+    assert rows["1"][:9] == ["5", "4", "2 +2m", "1 +2m", "1", "1", "0", "1", "0"]
+    assert rows["1"][9:14] == ["80.0%", "50.0%", "25.0%", "20.0%", "0.0%"]
+    assert rows["2"][9:11] == ["66.7%", "100.0%"]
+    assert rows["10"][9:14] == ["0.0%", "-", "-", "0.0%", "-"]  # nothing delivered
+
+
+def test_json_is_a_list_of_flat_rows(warehouse: Path) -> None:
+    result = report("--warehouse", str(warehouse), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == EXPECTED
+
+
+def test_csv_has_a_header_and_one_line_per_group(warehouse: Path) -> None:
+    result = report("--warehouse", str(warehouse), "--csv", "--by", "day")
+    assert result.exit_code == 0, result.output
+    reader = csv.DictReader(io.StringIO(result.stdout))
+    assert reader.fieldnames == ["group", *COUNTS, *RATES]
+    rows = {row["group"]: row for row in reader}
+    assert list(rows) == ["2023-11-14", "2023-11-15"]
+    assert rows["2023-11-14"]["sent"] == "10"
+    assert rows["2023-11-14"]["machine_opened"] == "3"
+    assert rows["2023-11-15"]["opened"] == "3"
+    assert rows["2023-11-15"]["open_rate"] == "1.5"
+
+
+def test_csv_writes_none_as_an_empty_cell(warehouse: Path) -> None:
+    result = report("--warehouse", str(warehouse), "--csv")
+    rows = {row["group"]: row for row in csv.DictReader(io.StringIO(result.stdout))}
+    assert rows["10"]["open_rate"] == ""
+    assert rows["10"]["delivery_rate"] == "0.0"
+
+
+@pytest.mark.parametrize(
+    ("since", "groups"),
+    [
+        ("2023-11-15", ["1", "2"]),  # an ISO date, UTC
+        ("1700043200", ["1", "2"]),  # unix seconds: 2023-11-15T10:13:20Z
+        ("2023-11-14", ["1", "2", "10", "(none)"]),
+        ("1d", []),  # relative to now: all of this happened in 2023
+    ],
+)
+def test_since(warehouse: Path, since: str, groups: list[str]) -> None:
+    result = report("--warehouse", str(warehouse), "--since", since, "--json")
+    assert result.exit_code == 0, result.output
+    assert [row["group"] for row in json.loads(result.stdout)] == groups
+
+
+def test_by_broadcast_and_newsletter(warehouse: Path) -> None:
+    for by, group in (("broadcast", "5"), ("newsletter", "9")):
+        rows: list[dict[str, Any]] = json.loads(
+            report("--warehouse", str(warehouse), "--by", by, "--json").stdout
+        )
+        assert [row["group"] for row in rows] == [group, "(none)"]
+        assert (rows[0]["sent"], rows[0]["delivered"]) == (1, 1)
+
+
+def test_finds_the_warehouse_next_to_the_inbox(warehouse: Path, tmp_path: Path) -> None:
+    by_dir = report("--data-dir", str(tmp_path), "--json")
+    assert json.loads(by_dir.stdout) == EXPECTED
+    by_db = report("--db", str(tmp_path / "inbox.db"), "--json")
+    assert json.loads(by_db.stdout) == EXPECTED
+    by_env = report("--json", env={"CIO_WEBHOOKS_WAREHOUSE": str(warehouse)})
+    assert json.loads(by_env.stdout) == EXPECTED
+
+
+def test_without_a_warehouse_is_a_clear_error(tmp_path: Path) -> None:
+    result = report("--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert f"no warehouse at {tmp_path / 'warehouse.db'}" in result.stderr
+    assert not (tmp_path / "warehouse.db").exists()
+
+
+def test_bad_arguments_exit_2(warehouse: Path) -> None:
+    bad_since = report("--warehouse", str(warehouse), "--since", "last tuesday")
+    assert bad_since.exit_code == 2
+    assert "--since 'last tuesday'" in bad_since.stderr
+    assert report("--warehouse", str(warehouse), "--by", "week").exit_code == 2
