@@ -115,7 +115,7 @@ def test_table_shows_counts_machine_activity_and_percentages(warehouse: Path) ->
     # sent delivered opened(+machine) clicked(+machine) converted bounced spammed
     # unsubscribed failed, then delivery/open/click/bounce/spam rates
     assert rows["1"][:9] == ["5", "4", "2 +2m", "1 +2m", "1", "1", "0", "1", "0"]
-    assert rows["1"][9:14] == ["80.0%", "50.0%", "25.0%", "20.0%", "0.0%"]
+    assert rows["1"][9:15] == ["80.0%", "50.0%", "25.0%", "20.0%", "0.0%", "25.0%"]
     assert rows["2"][9:11] == ["66.7%", "100.0%"]
     assert rows["10"][9:14] == ["0.0%", "-", "-", "0.0%", "-"]  # nothing delivered
 
@@ -191,3 +191,22 @@ def test_bad_arguments_exit_2(warehouse: Path) -> None:
     assert bad_since.exit_code == 2
     assert "--since 'last tuesday'" in bad_since.stderr
     assert report("--warehouse", str(warehouse), "--by", "week").exit_code == 2
+
+
+def test_csv_of_an_empty_report_still_has_its_header(tmp_path: Path) -> None:
+    empty = write_warehouse(tmp_path / "warehouse.db", [], [])
+    result = report("--warehouse", str(empty), "--csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [",".join(["group", *COUNTS, *RATES])]
+
+
+def test_a_file_that_is_not_a_warehouse_is_a_clear_error(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    import sqlite3
+
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE unrelated (x)")
+    result = report("--warehouse", str(other))
+    assert result.exit_code == 1
+    assert "error:" in result.stderr
+    assert "Traceback" not in result.output

@@ -17,7 +17,7 @@ import click
 from rich.progress import Progress
 from rich.table import Table
 
-from ._exceptions import ConfigError
+from ._exceptions import CioWebhooksError, ConfigError
 from .cli import (
     F,
     _db,
@@ -35,7 +35,7 @@ from .customerio import AppClient
 from .events import iso
 from .policies import ActionLog
 from .reconcile import Discrepancy, ReconcileResult, reconcile
-from .reports import GROUPINGS, ReportRow, delivery_report
+from .reports import COUNTS, GROUPINGS, RATES, ReportRow, delivery_report
 
 __all__ = ["actions", "reconcile_command", "report"]
 
@@ -146,7 +146,11 @@ def report(
     except ConfigError as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(2)
-    rows = delivery_report(path, by=by, since=cutoff)
+    try:
+        rows = delivery_report(path, by=by, since=cutoff)
+    except CioWebhooksError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
     if compare_api:
         if by == "day":
             err.print("[red]error:[/] --compare-api works with --by campaign|broadcast|newsletter")
@@ -156,10 +160,11 @@ def report(
     if as_json:
         click.echo(json.dumps(table, indent=2))
     elif as_csv:
-        if table:
-            writer = csv.DictWriter(sys.stdout, list(table[0]))
-            writer.writeheader()
-            writer.writerows(table)
+        # The header even when there are no rows, so tools can rely on it.
+        header = list(table[0]) if table else ["group", *COUNTS, *RATES]
+        writer = csv.DictWriter(sys.stdout, header)
+        writer.writeheader()
+        writer.writerows(table)
     else:
         _report_table(rows, by)
 
@@ -197,7 +202,7 @@ def _report_table(rows: list[ReportRow], by: str) -> None:
     table.add_column(by)
     for column in columns:
         table.add_column(column, justify="right")
-    for rate in ("delivery_rate", "open_rate", "click_rate", "bounce_rate", "spam_rate"):
+    for rate in RATES:
         table.add_column(rate.replace("_rate", " %"), justify="right")
     for row in rows:
         data = row.as_dict()
@@ -209,7 +214,7 @@ def _report_table(rows: list[ReportRow], by: str) -> None:
             if row.api is not None and column in row.api:
                 cell += f" (api {row.api[column]})"
             cells.append(cell)
-        rates = [_percent(v) for v in row.rates.values()][:5]
+        rates = [_percent(row.rates[rate]) for rate in RATES]
         table.add_row(row.group, *cells, *rates)
     _stdout().print(table)
 
