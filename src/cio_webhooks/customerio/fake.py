@@ -68,6 +68,7 @@ class _Failure:
     status: int  # 0 drops the connection
     retry_after: str | None
     message: str
+    path: str | None = None  # only requests to this (decoded) path
 
 
 def _cursor(offset: int) -> str:
@@ -140,15 +141,17 @@ class FakeCustomerIO:
         status: int = 500,
         retry_after: str | int | None = None,
         message: str = "injected failure",
+        path: str | None = None,
     ) -> None:
-        """Answer the next ``n`` authenticated requests with ``status``, the error
-        ``message`` in the body, and ``Retry-After`` when given."""
+        """Answer the next ``n`` authenticated requests (to ``path`` only, when given)
+        with ``status``, the error ``message`` in the body, and ``Retry-After``."""
         ra = None if retry_after is None else str(retry_after)
-        self._failures.append(_Failure(n, status, ra, message))
+        self._failures.append(_Failure(n, status, ra, message, path))
 
-    def drop_next(self, n: int) -> None:
-        """Close the connection of the next ``n`` authenticated requests without answering."""
-        self._failures.append(_Failure(n, 0, None, ""))
+    def drop_next(self, n: int, *, path: str | None = None) -> None:
+        """Close the connection of the next ``n`` authenticated requests (to ``path``
+        only, when given) without answering."""
+        self._failures.append(_Failure(n, 0, None, "", path))
 
     def calls(
         self, method: str | None = None, path: str | None = None, *, ok: bool = True
@@ -201,6 +204,9 @@ class FakeCustomerIO:
             return header == f"Basic {token}"
         return header == f"Bearer {self.app_key}"
 
+    def _failure_for(self, path: str) -> _Failure | None:
+        return next((f for f in self._failures if f.path in (None, path)), None)
+
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         raw = await request.read()
@@ -226,11 +232,10 @@ class FakeCustomerIO:
 
         if not self._authorised(request):
             response: web.StreamResponse = _error(401, "Unauthorized request")
-        elif self._failures:
-            failure = self._failures[0]
+        elif failure := self._failure_for(request.path):
             failure.remaining -= 1
             if failure.remaining <= 0:
-                self._failures.pop(0)
+                self._failures.remove(failure)
             if failure.status == 0:
                 record(0)
                 if request.transport is not None:
