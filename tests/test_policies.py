@@ -1,14 +1,22 @@
-"""Policies through the real pipeline: signed POST -> inbox -> dispatcher -> fake Track API."""
+"""Policies through the real pipeline: signed POST -> inbox -> dispatcher -> fake Track API.
+
+The pipeline is assembled the way the service does it (``Settings`` ->
+``build_policies`` -> a ``Dispatcher`` on the policies' router -> ``create_app``),
+with the fake Customer.io as the Track API and an injected clock; the tests
+drive ``Dispatcher.run_once()`` instead of waiting for retries.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +24,27 @@ import aiohttp
 import httpx2
 import pytest
 
-from cio_webhooks import ConfigError, Dispatcher, JobState, RetryPolicy, SQLiteInbox, create_app
-from cio_webhooks._service import Settings, build_policies
-from cio_webhooks.customerio import TrackClient
+from cio_webhooks import (
+    ConfigError,
+    Dispatcher,
+    EventFilter,
+    JobState,
+    RetryPolicy,
+    SQLiteInbox,
+    create_app,
+    parse_event,
+)
+from cio_webhooks._service import Settings, build_policies, check_storage
+from cio_webhooks.customerio import TRACK_URLS, CustomerIOAuthError, TrackClient
 from cio_webhooks.customerio.fake import FakeCustomerIO
 from cio_webhooks.policies import (
     DEFAULT_RULES,
+    POLICY_HTTP,
     ActionLog,
     Policies,
     PolicyConfig,
     Rule,
+    dedupe_id,
     load_policies,
     render,
 )
@@ -34,21 +53,24 @@ from cio_webhooks.testing import FixedClock, make_event, signed_request
 from .conftest import KEY, NOW
 from .test_server import BIN, Server
 
-
-async def no_sleep(_: float) -> None:
-    return None
+TRACK_KEY = "track-secret-5f1c"
+DAY = 86400
 
 
 @dataclass
 class Pipeline:
-    """Receiver + inbox + dispatcher with policies, the Track API being the fake."""
+    """Receiver + inbox + dispatcher with policies; the Track API is the fake."""
 
     client: httpx2.AsyncClient
     inbox: SQLiteInbox
     dispatcher: Dispatcher
-    log: ActionLog
+    policies: Policies
     fake: FakeCustomerIO
     clock: FixedClock
+
+    @property
+    def log(self) -> ActionLog:
+        return self.policies.log
 
     async def post(self, event: dict[str, Any]) -> int:
         body, headers = signed_request(event, key=KEY, timestamp=int(self.clock()))
@@ -56,49 +78,66 @@ class Pipeline:
         return response.status_code
 
     async def drain(self) -> None:
+        """Run every handler that is due now (retries are due later: advance the clock)."""
         while await self.dispatcher.run_once():
             pass
+
+    async def state(self, event_id: str) -> JobState:
+        stored = await self.inbox.get_event(event_id)
+        assert stored is not None
+        return stored.state
+
+
+def settings_for(tmp_path: Path, fake: FakeCustomerIO, **more: Any) -> Settings:
+    return Settings(
+        db=tmp_path / "inbox.db",
+        warehouse=tmp_path / "warehouse.db",
+        signing_keys=(KEY,),
+        retry=RetryPolicy(max_attempts=5, base=10),
+        track_site_id="site",
+        track_api_key=TRACK_KEY,
+        track_url=fake.track_url,
+        **more,
+    )
+
+
+def write(tmp_path: Path, text: str, name: str = "policies.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def pipeline(settings: Settings, fake: FakeCustomerIO) -> AsyncIterator[Pipeline]:
+    clock = FixedClock(float(NOW))
+    policies = build_policies(settings, clock=clock)
+    assert policies is not None
+    inbox = SQLiteInbox(settings.db)
+    await inbox.open()
+    dispatcher = Dispatcher(
+        inbox, policies.router(), retry=settings.retry, clock=clock, rng=random.Random(0)
+    )
+    app = create_app(inbox, settings.signing_keys, clock=clock, dispatcher=dispatcher)
+    try:
+        async with httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=app), base_url="http://t"
+        ) as client:
+            yield Pipeline(client, inbox, dispatcher, policies, fake, clock)
+    finally:
+        await policies.close()
+        await inbox.close()
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeCustomerIO]:
-    async with FakeCustomerIO(site_id="site", track_key="track-secret") as server:
+    async with FakeCustomerIO(site_id="site", track_key=TRACK_KEY) as server:
         yield server
 
 
-def pipeline_factory(tmp_path: Path, fake: FakeCustomerIO):  # type: ignore[no-untyped-def]
-    async def make(
-        rules: tuple[Rule, ...] = DEFAULT_RULES, *, dry_run: bool = False
-    ) -> AsyncIterator[Pipeline]:
-        clock = FixedClock(float(NOW))
-        inbox = SQLiteInbox(tmp_path / "inbox.db")
-        await inbox.open()
-        track = TrackClient(
-            "site", "track-secret", base_url=fake.track_url, sleep=no_sleep, max_retries=0
-        )
-        log = ActionLog(tmp_path / "actions.db")
-        policies = Policies(PolicyConfig(rules, dry_run=dry_run), log, track, clock=clock)
-        dispatcher = Dispatcher(
-            inbox,
-            policies.router(),
-            clock=clock,
-            rng=random.Random(0),
-            retry=RetryPolicy(max_attempts=5, base=10),
-        )
-        app = create_app(inbox, [KEY], clock=clock)
-        async with httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=app), base_url="http://t"
-        ) as client:
-            yield Pipeline(client, inbox, dispatcher, log, fake, clock)
-        await policies.close()
-        await inbox.close()
-
-    return make
-
-
 @pytest.fixture
-async def pipeline(tmp_path: Path, fake: FakeCustomerIO) -> AsyncIterator[Pipeline]:
-    async for p in pipeline_factory(tmp_path, fake)():
+async def defaults(tmp_path: Path, fake: FakeCustomerIO) -> AsyncIterator[Pipeline]:
+    """The default policy set: Track credentials, no policy file."""
+    async with pipeline(settings_for(tmp_path, fake), fake) as p:
         yield p
 
 
@@ -117,147 +156,379 @@ def bounce(event_id: str, person: str = "42", at: int = NOW) -> dict[str, Any]:
     )
 
 
-async def test_spam_complaint_becomes_one_unsubscribe(pipeline: Pipeline) -> None:
-    assert await pipeline.post(spam("s1")) == 200
-    await pipeline.drain()
-    [call] = pipeline.fake.calls()
+# -- the default rules, end to end -----------------------------------------------------
+
+
+async def test_spam_complaint_becomes_one_unsubscribe(defaults: Pipeline) -> None:
+    assert await defaults.post(spam("s1")) == 200
+    await defaults.drain()
+    [call] = defaults.fake.calls()
     assert (call.method, call.path) == ("PUT", "/api/v1/customers/42")
     assert call.body == {
         "unsubscribed": True,
-        "spam_complaint_at": "2023-11-14T22:13:20.000Z",
+        "spam_complaint_at": NOW,
         "spam_complaint_campaign_id": "12",
     }
-    [action] = await pipeline.log.recent()
-    assert (action["rule"], action["status"], action["person"]) == (
+    assert defaults.fake.people["42"]["unsubscribed"] is True
+    [action] = await defaults.log.recent()
+    assert (action["event_id"], action["rule"], action["status"], action["person"]) == (
+        "s1",
         "spam-complaint-unsubscribe",
         "ok",
         "42",
     )
-
-
-async def test_event_delivered_twice_calls_customerio_once(pipeline: Pipeline) -> None:
-    assert await pipeline.post(spam("s1")) == 200
-    await pipeline.drain()
-    assert await pipeline.post(spam("s1")) == 200  # Customer.io retried after a lost 2xx
-    await pipeline.drain()
-    assert len(pipeline.fake.calls()) == 1
-
-
-async def test_failed_call_is_retried_and_succeeds_once(pipeline: Pipeline) -> None:
-    pipeline.fake.fail_next(1, status=503)
-    await pipeline.post(bounce("b1"))
-    await pipeline.drain()
-    stored = await pipeline.inbox.get_event("b1")
-    assert stored is not None
-    assert stored.state is JobState.RETRYING
-    assert [r.status for r in pipeline.fake.requests] == [503]
-    pipeline.clock.advance(60)
-    await pipeline.drain()
-    stored = await pipeline.inbox.get_event("b1")
-    assert stored is not None
-    assert stored.state is JobState.DONE
-    [ok] = pipeline.fake.calls()
-    assert ok.body == {
-        "email_bounced": True,
-        "email_bounced_at": "2023-11-14T22:13:20.000Z",
-        "email_bounce_reason": "550 5.1.1 no such user",
+    assert action["dry_run"] == 0
+    assert json.loads(action["request"]) == {
+        "action": "unsubscribe",
+        "person": "42",
+        "attributes": {"spam_complaint_at": NOW, "spam_complaint_campaign_id": "12"},
     }
-    statuses = [a["status"] for a in await pipeline.log.recent(event_id="b1")]
-    assert sorted(statuses) == ["failed", "ok"]
+    assert await defaults.state("s1") is JobState.DONE
 
 
-async def test_replay_does_not_repeat_a_call_that_went_through(pipeline: Pipeline) -> None:
-    from cio_webhooks import EventFilter
+async def test_a_bounce_marks_the_person(defaults: Pipeline) -> None:
+    await defaults.post(bounce("b1"))
+    await defaults.drain()
+    [call] = defaults.fake.calls()
+    assert call.body == {
+        "email_bounced": True,
+        "email_bounced_at": NOW,
+        "email_bounced_reason": "550 5.1.1 no such user",
+    }
 
-    await pipeline.post(spam("s1"))
-    await pipeline.drain()
-    await pipeline.inbox.requeue(EventFilter(kinds=("*",)), now=pipeline.clock(), rerun="*")
-    await pipeline.drain()
-    assert len(pipeline.fake.calls()) == 1
+
+async def test_an_event_delivered_twice_calls_customerio_once(defaults: Pipeline) -> None:
+    assert await defaults.post(spam("s1")) == 200
+    await defaults.drain()
+    assert await defaults.post(spam("s1")) == 200  # Customer.io retried after a lost 2xx
+    await defaults.drain()
+    assert len(defaults.fake.calls()) == 1
+    assert len(await defaults.log.recent()) == 1
 
 
-async def test_third_bounce_within_the_window_unsubscribes_once(pipeline: Pipeline) -> None:
-    day = 86400
-    for i, at in enumerate([NOW - 20 * day, NOW - 10 * day, NOW, NOW + day]):
-        await pipeline.post(bounce(f"b{i}", at=at))
-        await pipeline.drain()
-    unsubscribes = [c for c in pipeline.fake.calls() if c.body.get("unsubscribed")]
+async def test_a_failed_call_is_retried_by_the_dispatcher_and_succeeds_once(
+    defaults: Pipeline,
+) -> None:
+    # Every in-call retry fails too (Retry-After 0: no waiting), so the handler fails
+    # and the event goes back to the inbox with a retry time.
+    defaults.fake.fail_next(1 + POLICY_HTTP["max_retries"], status=503, retry_after=0)
+    await defaults.post(bounce("b1"))
+    await defaults.drain()
+    assert await defaults.state("b1") is JobState.RETRYING
+    assert defaults.fake.calls() == []
+    assert {r.status for r in defaults.fake.requests} == {503}
+
+    defaults.clock.advance(60)
+    await defaults.drain()
+    assert await defaults.state("b1") is JobState.DONE
+    [ok] = defaults.fake.calls()
+    assert ok.body["email_bounced"] is True
+    statuses = [a["status"] for a in await defaults.log.recent(event_id="b1")]
+    assert statuses == ["ok", "failed"]  # newest first
+    [failed] = await defaults.log.recent(status="failed")
+    assert "HTTP 503 after 3 attempt(s)" in failed["detail"]
+
+
+async def test_a_passing_hiccup_is_retried_within_the_call(defaults: Pipeline) -> None:
+    defaults.fake.fail_next(1, status=429, retry_after=0)
+    await defaults.post(spam("s1"))
+    await defaults.drain()
+    assert [r.status for r in defaults.fake.requests] == [429, 200]
+    assert await defaults.state("s1") is JobState.DONE
+    assert [a["status"] for a in await defaults.log.recent()] == ["ok"]
+
+
+async def test_a_replay_does_not_repeat_a_call_that_went_through(defaults: Pipeline) -> None:
+    await defaults.post(spam("s1"))
+    await defaults.drain()
+    await defaults.inbox.requeue(EventFilter(kinds=("*",)), now=defaults.clock(), rerun="*")
+    await defaults.drain()
+    assert await defaults.state("s1") is JobState.DONE
+    assert len(defaults.fake.calls()) == 1
+
+
+async def test_the_third_bounce_within_the_window_unsubscribes_once(defaults: Pipeline) -> None:
+    for i, at in enumerate([NOW - 20 * DAY, NOW - 10 * DAY, NOW, NOW + DAY]):
+        await defaults.post(bounce(f"b{i}", at=at))
+        await defaults.drain()
+    unsubscribes = [c for c in defaults.fake.calls() if c.body.get("unsubscribed")]
     assert len(unsubscribes) == 1
-    assert len(pipeline.fake.calls()) == 4 + 1  # one bounce mark per bounce, one unsubscribe
+    assert len(defaults.fake.calls()) == 4 + 1  # one bounce mark per bounce, one unsubscribe
+    [acted] = [a for a in await defaults.log.recent() if a["rule"].startswith("repeated")]
+    assert acted["event_id"] == "b2"
 
 
-async def test_bounces_outside_the_window_do_not_count(pipeline: Pipeline) -> None:
-    day = 86400
-    for i, at in enumerate([NOW - 90 * day, NOW - 60 * day, NOW]):
-        await pipeline.post(bounce(f"b{i}", at=at))
-        await pipeline.drain()
-    assert not [c for c in pipeline.fake.calls() if c.body.get("unsubscribed")]
+async def test_bounces_outside_the_window_do_not_count(defaults: Pipeline) -> None:
+    for i, at in enumerate([NOW - 90 * DAY, NOW - 60 * DAY, NOW]):
+        await defaults.post(bounce(f"b{i}", at=at))
+        await defaults.drain()
+    assert not [c for c in defaults.fake.calls() if c.body.get("unsubscribed")]
+
+
+async def test_threshold_counts_survive_a_restart(tmp_path: Path, fake: FakeCustomerIO) -> None:
+    settings = settings_for(tmp_path, fake)
+    async with pipeline(settings, fake) as first:
+        await first.post(bounce("b1", at=NOW - DAY))
+        await first.post(bounce("b2", at=NOW - DAY + 60))
+        await first.drain()
+    async with pipeline(settings, fake) as second:  # a new process: same files
+        await second.post(bounce("b3"))
+        await second.drain()
+    assert len([c for c in fake.calls() if c.body.get("unsubscribed")]) == 1
+
+
+async def test_an_event_without_a_person_is_skipped_not_retried(defaults: Pipeline) -> None:
+    event = spam("anon")
+    event["data"]["identifiers"] = {"id": None, "email": None, "cio_id": None}
+    event["data"]["customer_id"] = ""
+    await defaults.post(event)
+    await defaults.drain()
+    assert defaults.fake.requests == []
+    [action] = await defaults.log.recent()
+    assert action["status"] == "skipped"
+    assert await defaults.state("anon") is JobState.DONE
+
+
+async def test_a_person_known_only_by_cio_id_or_email(defaults: Pipeline) -> None:
+    by_cio = spam("c1")
+    by_cio["data"]["identifiers"] = {"id": None, "email": "ada@example.com", "cio_id": "a1b2"}
+    by_cio["data"]["customer_id"] = None
+    by_email = spam("e1")
+    by_email["data"]["identifiers"] = {"id": None, "email": "ada+x@example.com", "cio_id": None}
+    by_email["data"]["customer_id"] = None
+    for event in (by_cio, by_email):
+        await defaults.post(event)
+    await defaults.drain()
+    assert sorted(c.raw_path for c in defaults.fake.calls()) == [
+        "/api/v1/customers/ada%2Bx@example.com",
+        "/api/v1/customers/cio_a1b2",
+    ]
+
+
+# -- custom rules ----------------------------------------------------------------------
+
+TWO_RULES = """
+[[rule]]
+name = "mark"
+on = ["email.bounced"]
+action = "identify"
+attributes = { last_bounce = "{failure_message}" }
+
+[[rule]]
+name = "bounce-event"
+on = ["email.bounced"]
+action = "track"
+event_name = "email_bounced"
+attributes = { reason = "{failure_message}", campaign = "{campaign_id}", at = "{timestamp}" }
+"""
+
+
+async def test_after_a_partial_failure_only_the_failed_rule_calls_again(
+    tmp_path: Path, fake: FakeCustomerIO
+) -> None:
+    settings = settings_for(tmp_path, fake, policies=write(tmp_path, TWO_RULES))
+    async with pipeline(settings, fake) as p:
+        fake.fail_next(3, status=500, retry_after=0, path="/api/v1/customers/42/events")
+        await p.post(bounce("b1"))
+        await p.drain()
+        assert await p.state("b1") is JobState.RETRYING
+        assert [c.path for c in fake.calls()] == ["/api/v1/customers/42"]
+
+        p.clock.advance(60)
+        await p.drain()
+        # Even a replay of every handler does not call the rule that went through again.
+        await p.inbox.requeue(EventFilter(kinds=("*",)), now=p.clock(), rerun="*")
+        await p.drain()
+    assert [c.path for c in fake.calls()] == [
+        "/api/v1/customers/42",
+        "/api/v1/customers/42/events",
+    ]
+    event = fake.calls("POST")[0].body
+    assert event == {
+        "name": "email_bounced",
+        "data": {"reason": "550 5.1.1 no such user", "campaign": "12", "at": NOW},
+        "id": dedupe_id(parse_event(json.dumps(bounce("b1")).encode()), "bounce-event"),
+    }
+    assert fake.people == {"42": {"last_bounce": "550 5.1.1 no such user"}}
+
+
+async def test_a_lost_audit_row_cannot_make_customerio_count_an_event_twice(
+    tmp_path: Path, fake: FakeCustomerIO
+) -> None:
+    """The window exactly-once cannot close: the call went through, the process died
+    before the audit row.  The retried track call carries the same ULID ``id``."""
+    settings = settings_for(tmp_path, fake, policies=write(tmp_path, TWO_RULES))
+    async with pipeline(settings, fake) as p:
+        await p.post(bounce("b1"))
+        await p.drain()
+        with sqlite3.connect(tmp_path / "actions.db") as db:
+            db.execute("DELETE FROM actions WHERE rule = 'bounce-event'")
+        await p.inbox.requeue(EventFilter(kinds=("*",)), now=p.clock(), rerun="*")
+        await p.drain()
+    assert len(fake.calls("POST")) == 2  # sent twice ...
+    assert len(fake.tracked_events) == 1  # ... counted once
+
+
+def test_dedupe_ids_are_stable_ulids() -> None:
+    event = parse_event(json.dumps(bounce("b1")).encode())
+    other = parse_event(json.dumps(bounce("b2")).encode())
+    ulid = dedupe_id(event, "r")
+    assert ulid == dedupe_id(event, "r")
+    assert len({ulid, dedupe_id(event, "s"), dedupe_id(other, "r")}) == 3
+    assert len(ulid) == 26
+    assert set(ulid) <= set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+    assert ulid[0] <= "7"  # 128 bits
+    assert ulid[:10] == dedupe_id(other, "r")[:10]  # same time part: both occurred at NOW
+
+
+# -- dry run ---------------------------------------------------------------------------
 
 
 async def test_dry_run_records_and_calls_nothing(tmp_path: Path, fake: FakeCustomerIO) -> None:
-    async for p in pipeline_factory(tmp_path, fake)(dry_run=True):
+    async with pipeline(settings_for(tmp_path, fake, dry_run=True), fake) as p:
         await p.post(spam("s1"))
         await p.drain()
         assert fake.requests == []
         [action] = await p.log.recent()
-        assert action["status"] == "dry_run"
-        assert action["dry_run"] == 1
+        assert (action["status"], action["dry_run"]) == ("dry_run", 1)
         assert json.loads(action["request"])["attributes"]["spam_complaint_campaign_id"] == "12"
+        assert await p.state("s1") is JobState.DONE
 
 
-async def test_event_without_a_person_is_skipped_not_retried(pipeline: Pipeline) -> None:
-    event = spam("anon")
-    event["data"]["identifiers"] = {"id": None, "email": None, "cio_id": None}
-    event["data"]["customer_id"] = ""
-    await pipeline.post(event)
-    await pipeline.drain()
-    assert pipeline.fake.requests == []
-    [action] = await pipeline.log.recent()
-    assert action["status"] == "skipped"
-    stored = await pipeline.inbox.get_event("anon")
-    assert stored is not None
-    assert stored.state is JobState.DONE
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "policies.toml"
-    path.write_text(text)
-    return path
-
-
-def test_suppress_needs_explicit_confirmation(tmp_path: Path) -> None:
-    text = '[[rule]]\nname = "x"\non = ["*.spammed"]\naction = "suppress"\n'
-    with pytest.raises(ConfigError, match="permanently deletes"):
-        load_policies(write(tmp_path, text))
-    config = load_policies(write(tmp_path, text + "confirm_deletes_person = true\n"))
-    assert config.rules[0].action == "suppress"
-
-
-async def test_confirmed_suppress_calls_suppress(tmp_path: Path, fake: FakeCustomerIO) -> None:
-    rule = Rule(name="delete", on=("*.spammed",), action="suppress", confirm_deletes_person=True)
-    async for p in pipeline_factory(tmp_path, fake)((rule,)):
-        await p.post(spam("s1", person="ada@example.com"))
+async def test_dry_run_needs_no_credentials(tmp_path: Path, fake: FakeCustomerIO) -> None:
+    settings = Settings(
+        db=tmp_path / "inbox.db",
+        warehouse=tmp_path / "warehouse.db",
+        signing_keys=(KEY,),
+        policies=write(tmp_path, "dry_run = true\n" + TWO_RULES),
+    )
+    async with pipeline(settings, fake) as p:
+        assert p.policies.track is None
+        await p.post(bounce("b1"))
         await p.drain()
-        [call] = fake.calls()
-        assert (call.method, call.path) == ("POST", "/api/v1/customers/ada@example.com/suppress")
+        assert sorted(a["status"] for a in await p.log.recent()) == ["dry_run", "dry_run"]
+
+
+async def test_a_dry_run_does_not_count_as_done_when_going_live(
+    tmp_path: Path, fake: FakeCustomerIO
+) -> None:
+    async with pipeline(settings_for(tmp_path, fake, dry_run=True), fake) as trial:
+        await trial.post(spam("s1"))
+        await trial.drain()
+    assert fake.requests == []
+    async with pipeline(settings_for(tmp_path, fake), fake) as live:
+        await live.inbox.requeue(EventFilter(kinds=("*",)), now=live.clock(), rerun="*")
+        await live.drain()
+        assert len(fake.calls()) == 1
+        assert [a["status"] for a in await live.log.recent()] == ["ok", "dry_run"]
+
+
+async def test_a_single_rule_can_be_dry_run(tmp_path: Path, fake: FakeCustomerIO) -> None:
+    text = TWO_RULES.replace('name = "bounce-event"', 'name = "bounce-event"\ndry_run = true')
+    settings = settings_for(tmp_path, fake, policies=write(tmp_path, text))
+    async with pipeline(settings, fake) as p:
+        await p.post(bounce("b1"))
+        await p.drain()
+        assert [c.method for c in fake.calls()] == ["PUT"]
+        rows = {a["rule"]: a["status"] for a in await p.log.recent()}
+        assert rows == {"mark": "ok", "bounce-event": "dry_run"}
+
+
+# -- suppress: permanent deletion, only when spelled out ------------------------------
+
+SUPPRESS = '[[rule]]\nname = "delete"\non = ["*.spammed"]\naction = "suppress"\n'
+
+
+def test_suppress_is_refused_without_the_confirmation(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PERMANENTLY DELETES") as caught:
+        load_policies(write(tmp_path, SUPPRESS))
+    assert "confirm_deletes_person = true" in str(caught.value)
+    with pytest.raises(ConfigError, match="PERMANENTLY DELETES"):
+        Rule(on=("*.spammed",), action="suppress")
+    with pytest.raises(ConfigError, match="true or false"):
+        load_policies(write(tmp_path, SUPPRESS + 'confirm_deletes_person = "yes"\n'))
 
 
 def test_no_default_rule_deletes_anyone() -> None:
     assert all(rule.action != "suppress" for rule in DEFAULT_RULES)
 
 
+async def test_a_confirmed_suppress_deletes_the_person(
+    tmp_path: Path, fake: FakeCustomerIO
+) -> None:
+    text = SUPPRESS + "confirm_deletes_person = true\n"
+    settings = settings_for(tmp_path, fake, policies=write(tmp_path, text))
+    async with pipeline(settings, fake) as p:
+        fake.people["ada@example.com"] = {"plan": "pro"}
+        await p.post(spam("s1", person="ada@example.com"))
+        await p.drain()
+    [call] = fake.calls()
+    assert (call.method, call.path) == ("POST", "/api/v1/customers/ada@example.com/suppress")
+    assert fake.people == {}
+    assert fake.suppressed == {"ada@example.com"}
+
+
+def test_serve_refuses_to_start_with_an_unconfirmed_suppress(tmp_path: Path) -> None:
+    policies = write(tmp_path, SUPPRESS)
+    result = subprocess.run(
+        [str(BIN), "serve", "--data-dir", str(tmp_path / "data"), "--policies", str(policies)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            **os.environ,
+            "CIO_WEBHOOKS_SIGNING_KEYS": KEY,
+            "CIO_WEBHOOKS_TRACK_SITE_ID": "site",
+            "CIO_WEBHOOKS_TRACK_API_KEY": TRACK_KEY,
+        },
+    )
+    assert result.returncode == 2
+    assert "PERMANENTLY DELETES" in result.stderr
+    assert TRACK_KEY not in result.stderr + result.stdout
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+async def test_a_refused_key_is_not_written_anywhere(tmp_path: Path, fake: FakeCustomerIO) -> None:
+    settings = replace(settings_for(tmp_path, fake), track_api_key="wrong-key-9d2e")
+    async with pipeline(settings, fake) as p:
+        await p.post(spam("s1"))
+        await p.drain()
+        stored = await p.inbox.get_event("s1")
+        assert stored is not None
+        assert stored.state is JobState.RETRYING
+        assert "HTTP 401" in (stored.last_error or "")
+        assert "wrong-key-9d2e" not in (stored.last_error or "")
+        [failed] = await p.log.recent()
+        assert failed["status"] == "failed"
+        assert failed["detail"].startswith(CustomerIOAuthError.__name__)
+    files = list(tmp_path.glob("*.db*"))  # the databases and their WAL files
+    assert {f.name for f in files} >= {"actions.db", "inbox.db"}
+    for path in files:
+        assert b"wrong-key-9d2e" not in path.read_bytes()
+    assert "wrong-key-9d2e" not in repr(settings)
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[[rule]]\nname='a'\non=['*.spammed']\naction='explode'\n", "'action' must be one of"),
-        ("[[rule]]\nname='a'\non=[]\naction='identify'\n", "'on' must list"),
-        ("[[rule]]\nname='a'\non=['a.b.c']\naction='identify'\n", "bad event pattern"),
-        ("[[rule]]\nname='a'\non=['*']\naction='track'\n", "needs event_name"),
-        ("[[rule]]\nname='a'\non=['*']\naction='identify'\ncolour=1\n", "unknown key"),
+        ("[[rule]]\non=['*.spammed']\naction='explode'\n", "'action' must be one of"),
+        ("[[rule]]\non=[]\naction='identify'\n", "'on' must list"),
+        ("[[rule]]\non=['a.b.c']\naction='identify'\n", "bad event pattern"),
+        ("[[rule]]\non=['*']\naction='track'\n", "needs event_name"),
+        ("[[rule]]\non=['*']\naction='identify'\ncolour=1\n", "unknown key"),
+        ("[[rule]]\non=['*']\naction='identify'\nattributes={a='{nope}'}\n", "unknown field"),
+        ("[[rule]]\non=['*']\naction='unsuppress'\nattributes={a=1}\n", "takes no attributes"),
         (
-            "[[rule]]\nname='a'\non=['*']\naction='identify'\nthreshold={count=0,within_days=1}\n",
+            "[[rule]]\non=['*']\naction='identify'\nthreshold={count=0,within_days=1}\n",
             "must be positive",
         ),
+        ("[[rule]]\non=['*']\naction='identify'\n" * 2, "two rules are named 'identify@\\*'"),
+        ("dryrun = true\n", "unknown key"),
         ("[[rule", "policies"),
     ],
 )
@@ -266,19 +537,29 @@ def test_bad_policy_files_say_what_is_wrong(tmp_path: Path, text: str, message: 
         load_policies(write(tmp_path, text))
 
 
+def test_a_rule_without_a_name_is_named_after_what_it_does(tmp_path: Path) -> None:
+    text = "[[rule]]\non = ['*.spammed', 'email.bounced']\naction = 'unsubscribe'\n"
+    [rule] = load_policies(write(tmp_path, text)).rules
+    assert rule.name == "unsubscribe@*.spammed,email.bounced"
+
+
 def test_defaults_only_with_track_credentials(tmp_path: Path) -> None:
     base = Settings(db=tmp_path / "inbox.db", warehouse=tmp_path / "wh.db")
     assert build_policies(base) is None
-    with_creds = Settings(
-        db=tmp_path / "inbox.db", warehouse=tmp_path / "wh.db", track_site_id="s", track_api_key="k"
-    )
+    check_storage(base)
+    assert not (tmp_path / "actions.db").exists()  # no policies, no audit file
+
+    with_creds = replace(base, track_site_id="s", track_api_key="k", region="eu")
     policies = build_policies(with_creds)
     assert policies is not None
     assert policies.config.rules == DEFAULT_RULES
-    file_only = Settings(
-        db=tmp_path / "inbox.db",
-        warehouse=tmp_path / "wh.db",
-        policies=write(tmp_path, "[[rule]]\nname='a'\non=['*']\naction='identify'\n"),
+    assert policies.track is not None
+    assert policies.track.http.base_url == TRACK_URLS["eu"]
+    assert policies.track.http.max_retries == POLICY_HTTP["max_retries"]
+    assert policies.log.path == tmp_path / "actions.db"
+
+    file_only = replace(
+        base, policies=write(tmp_path, "[[rule]]\nname='a'\non=['*']\naction='identify'\n")
     )
     with pytest.raises(ConfigError, match="Track API credentials"):
         build_policies(file_only)
@@ -288,19 +569,24 @@ def test_templates_fill_event_fields_and_keep_types() -> None:
     fields = {"occurred_at": "2023-11-14T22:13:20.000Z", "machine": True, "subject": None}
     assert render("{occurred_at}", fields) == "2023-11-14T22:13:20.000Z"
     assert render("{machine}", fields) is True
+    assert render("{subject}", fields) is None
     assert render("at {occurred_at} ({subject})", fields) == "at 2023-11-14T22:13:20.000Z ()"
+    assert render({"a": ["{machine}", 7]}, fields) == {"a": [True, 7]}
     assert render(7, fields) == 7
-    assert render("{__class__}", fields) == ""  # only event fields, no attribute access
 
 
-async def test_served_process_unsubscribes_a_spam_complaint(tmp_path: Path) -> None:
-    """End to end: `cio-webhooks serve` as a subprocess with Track credentials in env."""
-    async with FakeCustomerIO(site_id="site", track_key="track-secret") as fake:
+# -- the service, as a process --------------------------------------------------------
+
+
+async def test_served_process_unsubscribes_a_spam_complaint_once(tmp_path: Path) -> None:
+    """End to end: `cio-webhooks serve` as a subprocess, Track credentials in its env."""
+    data = tmp_path / "data"
+    async with FakeCustomerIO(site_id="site", track_key=TRACK_KEY) as fake:
         srv = Server(
-            tmp_path / "data",
+            data,
             env={
                 "CIO_WEBHOOKS_TRACK_SITE_ID": "site",
-                "CIO_WEBHOOKS_TRACK_API_KEY": "track-secret",
+                "CIO_WEBHOOKS_TRACK_API_KEY": TRACK_KEY,
                 "CIO_WEBHOOKS_TRACK_URL": fake.track_url,
             },
         )
@@ -315,21 +601,54 @@ async def test_served_process_unsubscribes_a_spam_complaint(tmp_path: Path) -> N
                 if fake.calls():
                     break
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # room for a wrong second call to show up
         finally:
             _, err = await asyncio.to_thread(srv.stop)
         [call] = fake.calls()
         assert call.path == "/api/v1/customers/42"
         assert call.body["unsubscribed"] is True
-        assert "track-secret" not in err
-    listed = subprocess.run(
-        [str(BIN), "actions", "list", "--data-dir", str(tmp_path / "data"), "--json"],
+        assert TRACK_KEY not in err
+
+    def actions(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN), "actions", "list", "--data-dir", str(data), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    listed = actions("--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert (row["event_id"], row["status"], row["dry_run"]) == ("served-1", "ok", False)
+    assert row["request"]["attributes"]["spam_complaint_at"] == NOW
+    table = actions("--event-id", "served-1")
+    assert "spam-complaint-unsubscribe" in table.stdout
+    assert json.loads(actions("--status", "failed", "--json").stdout) == []
+    assert TRACK_KEY not in listed.stdout + table.stdout
+
+
+def test_actions_list_without_an_audit_file(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN), "actions", "list", "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ},
     )
-    assert listed.returncode == 0, listed.stderr
-    [row] = json.loads(listed.stdout)
-    assert row["event_id"] == "served-1"
-    assert row["status"] == "ok"
+    assert result.returncode == 2
+    assert "no actions recorded" in result.stderr
+
+
+async def test_policies_refuse_live_rules_without_a_client(tmp_path: Path) -> None:
+    log = ActionLog(tmp_path / "actions.db")
+    with pytest.raises(ConfigError, match="credentials"):
+        Policies(PolicyConfig(DEFAULT_RULES), log, None)
+    track = TrackClient("s", "k")
+    policies = Policies(PolicyConfig(DEFAULT_RULES, dry_run=True), log, track)
+    assert [r.name for r in policies.router().routes] == [
+        "policy:spam-complaint-unsubscribe",
+        "policy:bounce-mark",
+        "policy:repeated-bounces-unsubscribe",
+    ]
+    await policies.close()

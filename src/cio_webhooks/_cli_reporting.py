@@ -1,4 +1,4 @@
-"""CLI commands for acting on and reporting about events: ``actions``, ``report``, ``reconcile``.
+"""CLI commands for reporting about events: ``report``, ``reconcile``.
 
 Importing this module registers them on the ``cio-webhooks`` group (``cli.py`` does, last).
 """
@@ -33,45 +33,10 @@ from .cli import (
 )
 from .customerio import AppClient
 from .events import iso
-from .policies import ActionLog
 from .reconcile import Discrepancy, ReconcileResult, reconcile
 from .reports import COUNTS, GROUPINGS, RATES, ReportRow, delivery_report
 
-__all__ = ["actions", "reconcile_command", "report"]
-
-
-@main.group()
-def actions() -> None:
-    """What policies did (or, in dry-run, would have done) in Customer.io."""
-
-
-@actions.command("list")
-@store_options
-@click.option("--event-id", help="Only the actions of this event.")
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def actions_list(
-    data_dir: Path, db: Path | None, event_id: str | None, limit: int, as_json: bool
-) -> None:
-    path = _db(data_dir, db).parent / "actions.db"
-    if not path.exists():
-        err.print(f"[red]error:[/] no actions recorded at {path}")
-        sys.exit(2)
-
-    async def body() -> list[dict[str, Any]]:
-        log = ActionLog(path)
-        try:
-            return await log.recent(limit=limit, event_id=event_id)
-        finally:
-            await log.close()
-
-    rows = _run(body())
-    for row in rows:
-        row["created_at"] = iso(row["created_at"])
-        row["dry_run"] = bool(row["dry_run"])
-        if as_json:
-            row["request"] = json.loads(row["request"])
-    _print_rows(rows, as_json, "actions")
+__all__ = ["reconcile_command", "report"]
 
 
 def app_api_options(fn: F) -> F:

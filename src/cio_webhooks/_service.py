@@ -19,7 +19,7 @@ from .customerio import TrackClient
 from .dispatcher import Clock, Dispatcher, RetryPolicy
 from .handlers import Router, load_router
 from .inbox import Inbox
-from .policies import DEFAULT_RULES, ActionLog, Policies, PolicyConfig, load_policies
+from .policies import DEFAULT_RULES, POLICY_HTTP, ActionLog, Policies, PolicyConfig, load_policies
 from .sinks import SQLiteWarehouse
 
 log = logging.getLogger("cio_webhooks.service")
@@ -46,7 +46,9 @@ class Settings:
     region: str = "us"
     track_url: str | None = None
     dry_run: bool = False
-    actions_db: Path | None = None
+    actions_db: Path | None = None  # default: actions.db next to db
+    # App API (reports, reconcile)
+    app_api_key: str | None = field(default=None, repr=False)
 
 
 def split_keys(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -74,9 +76,18 @@ def load_or_create_key(data_dir: Path) -> tuple[str, bool]:
     return key, True
 
 
+def actions_path(settings: Settings) -> Path | None:
+    """The policies' audit file, or None when no policy is active."""
+    has_track = bool(settings.track_site_id and settings.track_api_key)
+    if settings.policies is None and not has_track:
+        return None
+    return settings.actions_db or settings.db.parent / "actions.db"
+
+
 def check_storage(settings: Settings) -> None:
     """Fail fast, with a sentence, when the data files cannot be created or opened."""
-    for path in (settings.db, settings.warehouse):
+    actions = actions_path(settings)
+    for path in (settings.db, settings.warehouse, *([actions] if actions else [])):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -117,28 +128,27 @@ async def prune_periodically(
 
 def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies | None:
     """The configured policies: the file's, else the defaults when Track credentials
-    are set, else none."""
-    has_track = bool(settings.track_site_id and settings.track_api_key)
+    are set, else none.  Raises ``ConfigError`` for a bad file, or live rules without
+    credentials."""
+    actions = actions_path(settings)
+    if actions is None:
+        return None
     if settings.policies is not None:
         config = load_policies(settings.policies)
-    elif has_track:
-        config = PolicyConfig(DEFAULT_RULES)
     else:
-        return None
+        config = PolicyConfig(DEFAULT_RULES)
     if settings.dry_run:
         config = PolicyConfig(config.rules, dry_run=True)
     track = None
-    if has_track:
-        assert settings.track_site_id
-        assert settings.track_api_key
+    if settings.track_site_id and settings.track_api_key:
         track = TrackClient(
             settings.track_site_id,
             settings.track_api_key,
             region=settings.region,
             base_url=settings.track_url,
+            **POLICY_HTTP,
         )
-    actions_db = settings.actions_db or settings.db.parent / "actions.db"
-    return Policies(config, ActionLog(actions_db), track, clock=clock)
+    return Policies(config, ActionLog(actions), track, clock=clock)
 
 
 def background_tasks(

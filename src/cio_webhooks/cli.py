@@ -224,6 +224,11 @@ def service_options(fn: F) -> F:
         ),
         click.option("--track-url", envvar=_env("TRACK_URL"), help="Override the Track API URL."),
         click.option(
+            "--app-api-key",
+            envvar=_env("APP_API_KEY"),
+            help="App API key, for reconcile and report --compare-api (prefer the env var).",
+        ),
+        click.option(
             "--dry-run",
             is_flag=True,
             envvar=_env("DRY_RUN"),
@@ -271,6 +276,7 @@ def _settings(data_dir: Path, db: Path | None, *, generate_key: bool, **o: Any) 
         region=o["region"],
         track_url=o["track_url"],
         dry_run=o["dry_run"],
+        app_api_key=o["app_api_key"],
     )
 
 
@@ -653,6 +659,9 @@ async def stats(inbox: SQLiteInbox, as_json: bool) -> None:
     console.print(kinds)
 
 
-# Imported last, for its side effect: it registers actions, report and reconcile on
+# Imported last, for its side effect: it registers report and reconcile on
 # `main`, using the helpers above.
 from . import _cli_reporting  # noqa: E402, F401
+from ._cli_actions import actions  # noqa: E402
+
+main.add_command(actions)
