@@ -148,6 +148,14 @@ def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies 
             base_url=settings.track_url,
             **POLICY_HTTP,
         )
+    live = [r.name for r in config.rules if not (config.dry_run or r.dry_run)]
+    log.info(
+        "event=policies_configured rules=%d live=%d source=%s audit=%s",
+        len(config.rules),
+        len(live),
+        settings.policies or "defaults",
+        actions,
+    )
     return Policies(config, ActionLog(actions), track, clock=clock)
 
 
