@@ -158,6 +158,15 @@ async def test_identify_unsubscribe_suppress_unsuppress_track(
     assert fake.tracked_events[0]["name"] == "email_bounced"
 
 
+async def test_any_attribute_name_can_be_sent(fake: FakeCustomerIO, track: TrackClient) -> None:
+    await track.identify("42", person="yes", self=1)
+    await track.unsubscribe("43", person="no")
+    assert fake.people == {
+        "42": {"person": "yes", "self": 1},
+        "43": {"person": "no", "unsubscribed": True},
+    }
+
+
 async def test_an_event_id_makes_a_repeated_track_count_once(
     fake: FakeCustomerIO, track: TrackClient
 ) -> None:

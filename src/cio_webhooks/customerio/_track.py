@@ -95,11 +95,13 @@ class TrackClient:
     async def close(self) -> None:
         await self.http.close()
 
-    async def identify(self, person: str, **attributes: Any) -> None:
-        """Create or update ``person`` with ``attributes`` (``PUT /customers/{id}``)."""
+    async def identify(self, person: str, /, **attributes: Any) -> None:
+        """Create or update ``person`` with ``attributes`` (``PUT /customers/{id}``).
+
+        ``person`` is positional-only, so an attribute may be called ``person`` too."""
         await self.http.request("PUT", person_path(person), json_body=attributes)
 
-    async def unsubscribe(self, person: str, **attributes: Any) -> None:
+    async def unsubscribe(self, person: str, /, **attributes: Any) -> None:
         """Stop all messages to ``person`` but keep them: identify with ``unsubscribed: true``."""
         await self.identify(person, **{**attributes, "unsubscribed": True})
 
