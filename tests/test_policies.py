@@ -549,13 +549,14 @@ def test_defaults_only_with_track_credentials(tmp_path: Path) -> None:
     check_storage(base)
     assert not (tmp_path / "actions.db").exists()  # no policies, no audit file
 
-    with_creds = replace(base, track_site_id="s", track_api_key="k", region="eu")
+    with_creds = replace(base, track_site_id="s", track_api_key="k", region="eu", track_rate=20)
     policies = build_policies(with_creds)
     assert policies is not None
     assert policies.config.rules == DEFAULT_RULES
     assert policies.track is not None
     assert policies.track.http.base_url == TRACK_URLS["eu"]
     assert policies.track.http.max_retries == POLICY_HTTP["max_retries"]
+    assert policies.track.http.limiter.interval == pytest.approx(1 / 20)
     assert policies.log.path == tmp_path / "actions.db"
 
     file_only = replace(

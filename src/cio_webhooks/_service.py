@@ -45,6 +45,7 @@ class Settings:
     track_api_key: str | None = field(default=None, repr=False)
     region: str = "us"
     track_url: str | None = None
+    track_rate: float = 100.0  # requests/s; Customer.io's soft limit is about 1000
     dry_run: bool = False
     actions_db: Path | None = None  # default: actions.db next to db
     # App API (reports, reconcile)
@@ -146,6 +147,7 @@ def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies 
             settings.track_api_key,
             region=settings.region,
             base_url=settings.track_url,
+            rate=settings.track_rate,
             **POLICY_HTTP,
         )
     live = [r.name for r in config.rules if not (config.dry_run or r.dry_run)]

@@ -224,9 +224,17 @@ def service_options(fn: F) -> F:
         ),
         click.option("--track-url", envvar=_env("TRACK_URL"), help="Override the Track API URL."),
         click.option(
+            "--track-rate",
+            type=click.FloatRange(min=0, min_open=True),
+            default=100.0,
+            show_default=True,
+            envvar=_env("TRACK_RATE"),
+            help="Most Track API requests per second (Customer.io's limit is about 1000).",
+        ),
+        click.option(
             "--app-api-key",
             envvar=_env("APP_API_KEY"),
-            help="App API key, for reconcile and report --compare-api (prefer the env var).",
+            help="App API key, for reconciliation; `reconcile` and `report` read the same env var.",
         ),
         click.option(
             "--dry-run",
@@ -275,6 +283,7 @@ def _settings(data_dir: Path, db: Path | None, *, generate_key: bool, **o: Any) 
         track_api_key=o["track_api_key"],
         region=o["region"],
         track_url=o["track_url"],
+        track_rate=o["track_rate"],
         dry_run=o["dry_run"],
         app_api_key=o["app_api_key"],
     )
