@@ -195,6 +195,19 @@ async def test_identifiers_are_one_escaped_path_segment(
     assert fake.people == {person: {"seen": True}}
 
 
+async def test_the_fake_records_requests_it_has_no_route_for(
+    fake: FakeCustomerIO, track: TrackClient
+) -> None:
+    with pytest.raises(CustomerIONotFound, match="GET /nowhere: HTTP 404"):
+        await track.http.request("GET", "/nowhere")
+    with pytest.raises(CustomerIOError, match="GET /customers/42: HTTP 405"):
+        await track.http.request("GET", "/customers/42")
+    assert [(r.path, r.status) for r in fake.requests] == [
+        ("/api/v1/nowhere", 404),
+        ("/api/v1/customers/42", 405),
+    ]
+
+
 def test_person_path_refuses_a_blank_identifier() -> None:
     assert person_path("x?y#z") == "/customers/x%3Fy%23z"
     with pytest.raises(ValueError, match="identifier"):

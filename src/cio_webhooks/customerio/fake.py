@@ -249,7 +249,10 @@ class FakeCustomerIO:
             response = _error(400, "body is not JSON")
         else:
             request[_JSON] = body
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # no such route or method: recorded too
+                response = _error(exc.status, exc.reason)
         record(response.status)
         return response
 
