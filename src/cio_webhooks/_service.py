@@ -48,8 +48,6 @@ class Settings:
     track_rate: float = 100.0  # requests/s; Customer.io's soft limit is about 1000
     dry_run: bool = False
     actions_db: Path | None = None  # default: actions.db next to db
-    # App API (reports, reconcile)
-    app_api_key: str | None = field(default=None, repr=False)
 
 
 def split_keys(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -232,11 +232,6 @@ def service_options(fn: F) -> F:
             help="Most Track API requests per second (Customer.io's limit is about 1000).",
         ),
         click.option(
-            "--app-api-key",
-            envvar=_env("APP_API_KEY"),
-            help="App API key, for reconciliation; `reconcile` and `report` read the same env var.",
-        ),
-        click.option(
             "--dry-run",
             is_flag=True,
             envvar=_env("DRY_RUN"),
@@ -285,7 +280,6 @@ def _settings(data_dir: Path, db: Path | None, *, generate_key: bool, **o: Any) 
         track_url=o["track_url"],
         track_rate=o["track_rate"],
         dry_run=o["dry_run"],
-        app_api_key=o["app_api_key"],
     )
 
 
