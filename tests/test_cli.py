@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,57 @@ def test_worker_on_unusable_paths_is_a_clear_error(tmp_path: Path) -> None:
     code, _, err = invoke("worker", "--db", str(blocker / "inbox.db"))
     assert code == 1
     assert f"cannot open {blocker / 'inbox.db'}: a parent is not a directory" in err
+
+
+def insert_raw(db: Path, event_id: str, body: bytes, *, occurred_at: object = None) -> None:
+    """Store a row the way an older (or a future) receiver may have: no parsing, no checks."""
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO events (event_id, object_type, metric, occurred_at, received_at, body,"
+            " next_attempt_at, updated_at, state) VALUES (?, 'email', 'bounced', ?, ?, ?, ?, ?,"
+            " 'dead')",
+            (event_id, occurred_at, NOW, body, NOW, NOW),
+        )
+
+
+EXTREME_TIMES = [1e30, 2**62, -(2**62), 253_402_300_800, -1e30, 1e308]
+
+
+def test_export_prints_every_row_whatever_its_time(data_dir: Path) -> None:
+    for i, ts in enumerate(EXTREME_TIMES):
+        body = json.dumps(make_event(f"far{i}", metric="bounced") | {"timestamp": ts})
+        insert_raw(data_dir / "inbox.db", f"far{i}", body.encode(), occurred_at=ts)
+    insert_raw(
+        data_dir / "inbox.db", "past", json.dumps(make_event("past") | {"timestamp": -5}).encode()
+    )
+    code, out, err = invoke("events", "export", "--data-dir", str(data_dir))
+    assert (code, err) == (0, "")
+    rows = {r["event_id"]: r for r in map(json.loads, out.splitlines())}
+    assert len(rows) == 4 + len(EXTREME_TIMES) + 1
+    # A time no ISO date can express exports as null; the raw body keeps the number.
+    assert [rows[f"far{i}"]["occurred_at"] for i in range(len(EXTREME_TIMES))] == [None] * 6
+    assert rows["far0"]["received_at"] == "2023-11-14T22:13:20.000Z"
+    assert rows["past"]["occurred_at"] == "1969-12-31T23:59:55.000Z"
+
+    code, out, _ = invoke("events", "export", "--data-dir", str(data_dir), "--format", "csv")
+    assert code == 0
+    assert len(list(csv.DictReader(io.StringIO(out)))) == 4 + len(EXTREME_TIMES) + 1
+
+
+def test_export_keeps_a_body_that_no_longer_parses(data_dir: Path) -> None:
+    insert_raw(data_dir / "inbox.db", "broken", b'{"event_id": "broken", "data": \xff')
+    code, out, _ = invoke("events", "export", "--data-dir", str(data_dir))
+    assert code == 0
+    row = json.loads(out.splitlines()[-1])
+    assert (row["event_id"], row["object_type"], row["metric"]) == ("broken", "email", "bounced")
+    assert row["person_id"] is None
+
+
+def test_dlq_show_a_body_with_invalid_utf8(data_dir: Path) -> None:
+    body = b'{"event_id": "latin1", "metric": "bounced", "data": {"subject": "caf\xe9 [/]"}}'
+    insert_raw(data_dir / "inbox.db", "latin1", body)
+    code, out, err = invoke("dlq", "show", "latin1", "--data-dir", str(data_dir))
+    assert (code, err) == (0, "")
+    shown = json.loads(out)
+    assert shown["payload"]["data"]["subject"] == "caf\ufffd [/]"
+    assert "not valid UTF-8" in shown["payload_note"]

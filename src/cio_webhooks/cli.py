@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -19,10 +20,11 @@ import urllib.request
 from collections.abc import Callable, Coroutine
 from functools import wraps
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -74,15 +76,21 @@ def parse_since(text: str, now: float) -> float:
     return stamp.timestamp()
 
 
+def fail(message: object, code: int) -> NoReturn:
+    """Print ``error: message`` on one stderr line and exit with ``code``.
+
+    The message is escaped: it may quote data (an event id, a path) holding ``[``."""
+    err.print(f"[red]error:[/] {escape(str(message))}", highlight=False)
+    sys.exit(code)
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
+        fail(exc, 2)
     except CioWebhooksError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+        fail(exc, 1)
 
 
 def store_options(fn: F) -> F:
@@ -456,6 +464,39 @@ def _filter(since: str | None, metric: tuple[str, ...], **more: Any) -> EventFil
     )
 
 
+def _time(ts: float | None) -> str | None:
+    """``iso(ts)``, or None for a time no ISO date can express (1e30, year 10000, NaN)."""
+    try:
+        return iso(ts)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def export_row(stored: StoredEvent) -> dict[str, Any]:
+    """The normalised row of a stored event, whatever its body holds.
+
+    A time outside what an ISO date can express (``timestamp`` 1e30, 2^62, past
+    year 9999) exports as null; the raw body keeps the number.  A body that no
+    longer parses as an event exports the columns the inbox has, the rest null.
+    """
+    try:
+        event = parse_event(stored.body, received_at=stored.received_at)
+    except Exception:  # whatever this version's parser makes of an older body
+        row: dict[str, Any] = dict.fromkeys(NORMALISED_FIELDS)
+        row.update(
+            event_id=stored.event_id,
+            object_type=stored.object_type,
+            metric=stored.metric,
+            received_at=_time(stored.received_at),
+        )
+    else:
+        timestamp = event.timestamp if _time(event.timestamp) is not None else None
+        received_at = event.received_at if _time(event.received_at) is not None else None
+        row = normalise(dataclasses.replace(event, timestamp=timestamp, received_at=received_at))
+    row["backfilled"] = stored.backfilled
+    return row
+
+
 @events.command("export")
 @store_options
 @click.option(
@@ -477,11 +518,7 @@ async def export(
     with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("exporting", total=total)
         async for stored in inbox.iter_events(where):
-            row = normalise(
-                parse_event(
-                    stored.body, received_at=stored.received_at, backfilled=stored.backfilled
-                )
-            )
+            row = export_row(stored)
             if writer:
                 writer.writerow(row)
             else:
@@ -495,8 +532,8 @@ def _event_row(e: StoredEvent) -> dict[str, Any]:
         "kind": f"{e.object_type}.{e.metric}",
         "state": e.state.value,
         "attempts": e.attempts,
-        "received_at": iso(e.received_at),
-        "next_attempt_at": iso(e.next_attempt_at),
+        "received_at": _time(e.received_at),
+        "next_attempt_at": _time(e.next_attempt_at),
         "last_error": e.last_error,
     }
 
@@ -548,8 +585,20 @@ async def _show(inbox: SQLiteInbox, event_id: str) -> None:
         raise ConfigError(f"no stored event {event_id!r}")
     out = _event_row(stored)
     out["handlers"] = await inbox.handler_runs(stored.seq)
-    out["payload"] = json.loads(stored.body)
+    out.update(_payload(stored.body))
     click.echo(json.dumps(out, indent=2, default=str))
+
+
+def _payload(body: bytes) -> dict[str, Any]:
+    """``{"payload": ...}``: the body as JSON.  Bytes that are not UTF-8 show as U+FFFD
+    (and a ``payload_note`` says so); a body that is not JSON at all shows as text."""
+    text = body.decode("utf-8", "replace")
+    note = None if text.encode() == body else "the body is not valid UTF-8; U+FFFD marks bad bytes"
+    try:
+        payload: Any = json.loads(text)
+    except ValueError:
+        payload, note = text, "the body is not JSON; shown as text"
+    return {"payload": payload} | ({"payload_note": note} if note else {})
 
 
 @dlq.command("show")
