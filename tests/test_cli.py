@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from cio_webhooks import Dispatcher, JobState, RetryPolicy, Router, SQLiteInbox, parse_event
 from cio_webhooks.cli import main, parse_since
+from cio_webhooks.policies import ActionLog
 from cio_webhooks.testing import FixedClock, make_event
 
 NOW = 1_700_000_000.0
@@ -231,3 +232,72 @@ def test_dlq_show_a_body_with_invalid_utf8(data_dir: Path) -> None:
     shown = json.loads(out)
     assert shown["payload"]["data"]["subject"] == "caf\ufffd [/]"
     assert "not valid UTF-8" in shown["payload_note"]
+
+
+def invoke_at(columns: int, *args: str) -> tuple[int, str, str]:
+    """Run a command as if in a terminal ``columns`` wide."""
+    env = {"COLUMNS": str(columns)}
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def table_columns(output: str) -> tuple[list[str], list[str]]:
+    """The header and the body of a rich table, column by column: each column's
+    lines joined (a folded value comes back whole, less the spaces it wrapped at)."""
+    header: list[str] = []
+    body: list[str] = []
+    for line in output.splitlines():
+        if line.startswith(("┃", "│")):
+            cells = [cell.strip() for cell in line.strip()[1:-1].split(line[0])]
+            part = header if line.startswith("┃") else body
+            part[:] = [a + b for a, b in zip(part, cells, strict=True)] if part else cells
+    return header, body
+
+
+def squeezed(value: object) -> str:
+    return "".join(str(value).split())
+
+
+def test_tables_show_every_column_whole_at_120_columns(tmp_path: Path) -> None:
+    async def record() -> None:
+        log = ActionLog(tmp_path / "actions.db")
+        await log.record(
+            event_id="01HF8YJ3Q6ZK2W7V9X4B5N8M2P",
+            rule="repeated-bounces-unsubscribe",
+            person="id:person-12345",
+            action="unsubscribe",
+            request={"person": "id:person-12345", "attributes": {"note": "[bold]3[/] bounces"}},
+            status="failed",
+            detail="CustomerIOServerError: PUT /customers/person-12345 answered 503 [/]",
+            dry_run=False,
+            at=NOW,
+        )
+        await log.close()
+
+    asyncio.run(record())
+    code, out, err = invoke_at(120, "actions", "list", "--data-dir", str(tmp_path))
+    assert (code, err) == (0, "")
+    assert max(map(len, out.splitlines())) <= 120
+    header, row = table_columns(out)
+    expected = {
+        "created_at": "2023-11-14T22:13:20.000Z",
+        "event_id": "01HF8YJ3Q6ZK2W7V9X4B5N8M2P",
+        "rule": "repeated-bounces-unsubscribe",
+        "person": "id:person-12345",
+        "action": "unsubscribe",
+        "request": '{"note": "[bold]3[/] bounces"}',
+        "status": "failed",
+        "detail": "CustomerIOServerError: PUT /customers/person-12345 answered 503 [/]",
+        "dry_run": "False",
+    }
+    assert header == list(expected)
+    assert list(map(squeezed, row)) == list(map(squeezed, expected.values()))
+
+
+def test_dlq_list_shows_brackets_in_data(data_dir: Path) -> None:
+    insert_raw(data_dir / "inbox.db", "[/]", b'{"event_id": "[/]"}')
+    code, out, err = invoke_at(120, "dlq", "list", "--data-dir", str(data_dir))
+    assert (code, err) == (0, "")
+    header, columns = table_columns(out)
+    assert header[0] == "event_id"
+    assert columns[0] == "dead1[/]"

@@ -15,7 +15,6 @@ from typing import Any
 
 import click
 from rich.progress import Progress
-from rich.table import Table
 
 from ._exceptions import CioWebhooksError, ConfigError
 from .cli import (
@@ -25,10 +24,10 @@ from .cli import (
     _existing_inbox,
     _print_rows,
     _run,
-    _stdout,
     err,
     main,
     parse_since,
+    print_table,
     store_options,
 )
 from .customerio import AppClient
@@ -152,7 +151,6 @@ async def _with_api_metrics(rows: list[ReportRow], by: str, app: AppClient) -> l
 
 
 def _report_table(rows: list[ReportRow], by: str) -> None:
-    table = Table(title=f"deliveries by {by} (unique deliveries; opens/clicks human + machine)")
     columns = [
         "sent",
         "delivered",
@@ -164,14 +162,11 @@ def _report_table(rows: list[ReportRow], by: str) -> None:
         "unsubscribed",
         "failed",
     ]
-    table.add_column(by)
-    for column in columns:
-        table.add_column(column, justify="right")
-    for rate in RATES:
-        table.add_column(rate.replace("_rate", " %"), justify="right")
+    header = [by, *columns, *(rate.replace("_rate", " %") for rate in RATES)]
+    body = []
     for row in rows:
         data = row.as_dict()
-        cells = []
+        cells = [row.group]
         for column in columns:
             cell = str(data[column])
             if column in ("opened", "clicked"):
@@ -179,9 +174,14 @@ def _report_table(rows: list[ReportRow], by: str) -> None:
             if row.api is not None and column in row.api:
                 cell += f" (api {row.api[column]})"
             cells.append(cell)
-        rates = [_percent(row.rates[rate]) for rate in RATES]
-        table.add_row(row.group, *cells, *rates)
-    _stdout().print(table)
+        cells.extend(_percent(row.rates[rate]) for rate in RATES)
+        body.append(cells)
+    print_table(
+        f"deliveries by {by} (unique deliveries; opens/clicks human + machine)",
+        header,
+        body,
+        right=1,
+    )
 
 
 @main.command("reconcile")

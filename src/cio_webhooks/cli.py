@@ -11,22 +11,24 @@ import csv
 import dataclasses
 import datetime as dt
 import json
+import os
 import re
 import signal
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from ._exceptions import CioWebhooksError, ConfigError, StoreUnavailable
 from ._service import (
@@ -539,9 +541,9 @@ def _event_row(e: StoredEvent) -> dict[str, Any]:
 
 
 def _stdout() -> Console:
-    """A console for tables: the terminal's width, or wide enough when piped."""
+    """A console for tables: the terminal's width (or ``COLUMNS``), else 200 when piped."""
     console = Console()
-    return console if console.is_terminal else Console(width=200)
+    return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=200)
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
@@ -551,13 +553,50 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
     if not rows:
         err.print(f"{title}: none")
         return
+    body = [["" if v is None else str(v) for v in row.values()] for row in rows]
+    print_table(title, list(rows[0]), body)
+
+
+def fair_widths(wanted: Sequence[int], room: int) -> list[int]:
+    """Column widths that fit in ``room``: narrow columns keep their width, and the
+    wide ones share what is left equally (max-min fairness), never below 1."""
+    if sum(wanted) <= room:
+        return list(wanted)
+    level, left, pending = 1, room, sorted(wanted)
+    for i, want in enumerate(pending):
+        share = left // (len(pending) - i)
+        if want > share:
+            level = max(share, 1)
+            break
+        left -= want
+    return [min(want, level) for want in wanted]
+
+
+def print_table(
+    title: str, header: Sequence[str], body: Sequence[Sequence[str]], *, right: int = 0
+) -> None:
+    """A table on stdout that shows every column at any terminal width.
+
+    Rich would squeeze columns to nothing or cut them with an ellipsis in a narrow
+    terminal; here each column gets a fair width (``fair_widths``) and a longer value
+    folds onto more lines.  Cells are text, never markup: data may hold ``[`` and ``]``.
+    The columns from index ``right`` on (if not 0) are numbers, aligned right."""
+    console = _stdout()
+    # Each column costs 2 cells of padding and 1 of border, plus the closing border.
+    room = console.width - 3 * len(header) - 1
+    # Values first: what is left widens the columns whose header is longer.
+    values = [max((len(cells[i]) for cells in body), default=1) for i in range(len(header))]
+    widths = fair_widths(values, room)
+    more = [max(len(name) - width, 0) for name, width in zip(header, widths, strict=True)]
+    extra = fair_widths(more, max(room - sum(widths), 0))
+    widths = [w + e for w, e in zip(widths, extra, strict=True)]
     table = Table(title=title)
-    for key in rows[0]:
-        # Ids must stay copyable: only free text (errors, reasons) may wrap.
-        table.add_column(key, overflow="fold", no_wrap=key not in ("last_error", "reason"))
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    _stdout().print(table)
+    for i, (name, width) in enumerate(zip(header, widths, strict=True)):
+        justify: JustifyMethod = "right" if right and i >= right else "left"
+        table.add_column(name, width=width, overflow="fold", justify=justify)
+    for cells in body:
+        table.add_row(*map(Text, cells))
+    console.print(table)
 
 
 @main.group()
@@ -707,7 +746,7 @@ async def stats(inbox: SQLiteInbox, as_json: bool) -> None:
     kinds.add_column("object_type.metric")
     kinds.add_column("events", justify="right")
     for kind, n in data["kinds"].items():
-        kinds.add_row(kind, str(n))
+        kinds.add_row(Text(kind), str(n))
     console.print(kinds)
 
 
