@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 from cio_webhooks.cli import main
 from cio_webhooks.reports import COUNTS, RATES
 
+from .test_cli import table_columns
 from .test_reports import EVENTS, REDELIVERED, write_warehouse
 
 # The campaign report of test_reports.EVENTS, as `report --json` gives it.
@@ -210,3 +211,17 @@ def test_a_file_that_is_not_a_warehouse_is_a_clear_error(tmp_path: Path) -> None
     assert result.exit_code == 1
     assert "error:" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_table_shows_every_number_whole_at_120_columns(warehouse: Path) -> None:
+    result = report("--warehouse", str(warehouse), env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert max(map(len, result.stdout.splitlines())) <= 120
+    assert "…" not in result.stdout
+    rows = table_rows(result.stdout)
+    assert list(rows) == ["1", "2", "10", "(none)"]
+    counts = ["5", "4", "2 +2m", "1 +2m", "1", "1", "0", "1", "0"]
+    rates = ["80.0%", "50.0%", "25.0%", "20.0%", "0.0%", "25.0%"]
+    assert rows["1"] == [*counts, *rates]
+    header, _ = table_columns(result.stdout)
+    assert header[-1] == "unsubscribe%"  # folded over lines, but whole
