@@ -6,7 +6,10 @@ import asyncio
 import csv
 import io
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,11 @@ from click.testing import CliRunner
 
 from cio_webhooks import Dispatcher, JobState, RetryPolicy, Router, SQLiteInbox, parse_event
 from cio_webhooks.cli import main, parse_since
+from cio_webhooks.handlers import load_router
 from cio_webhooks.policies import ActionLog
 from cio_webhooks.testing import FixedClock, make_event
+
+from .test_reports import EVENTS, write_warehouse
 
 NOW = 1_700_000_000.0
 
@@ -122,11 +128,9 @@ def test_replay_requires_a_selection_and_queues_matching_events(data_dir: Path) 
     code, _, err = invoke("replay", "--data-dir", str(data_dir))
     assert code == 2
     assert "--since and/or --metric" in err
-    code, out, _ = invoke(
-        "replay", "--data-dir", str(data_dir), "--metric", "opened", "--handler", "h"
-    )
+    code, out, _ = invoke("replay", "--data-dir", str(data_dir), "--metric", "opened")
     assert code == 0
-    assert out.strip() == "queued 1 event(s) for replay of handler h"
+    assert out.strip() == "queued 1 event(s) for replay"
 
 
 def test_stats_table_and_json(data_dir: Path) -> None:
@@ -175,7 +179,7 @@ def test_worker_on_unusable_paths_is_a_clear_error(tmp_path: Path) -> None:
     code, _, err = invoke("worker", "--data-dir", str(blocker))
     assert code == 2
     assert "is a file" in err
-    code, _, err = invoke("worker", "--db", str(blocker / "inbox.db"))
+    code, _, err = invoke("worker", "--create", "--db", str(blocker / "inbox.db"))
     assert code == 1
     assert f"cannot open {blocker / 'inbox.db'}: a parent is not a directory" in err
 
@@ -301,3 +305,232 @@ def test_dlq_list_shows_brackets_in_data(data_dir: Path) -> None:
     header, columns = table_columns(out)
     assert header[0] == "event_id"
     assert columns[0] == "dead1[/]"
+
+
+HOOKS = """
+from cio_webhooks import Router
+
+router = Router()
+
+
+@router.on("*.bounced", name="mark")
+def mark(event):
+    open("runs.txt", "a").write(f"mark {event.event_id}\\n")
+
+
+@router.on("email.bounced", "sms.*", name="notify")
+def notify(event):
+    open("runs.txt", "a").write(f"notify {event.event_id}\\n")
+"""
+
+
+@pytest.fixture
+def hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """A handler module in the current directory, as a user's project has one:
+    its ``module:attr`` (a name of its own, so that each test imports it afresh)."""
+    name = f"hooks_{request.node.name.replace('[', '_').replace(']', '_').replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(HOOKS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_router adds the directory
+    monkeypatch.delenv("CIO_WEBHOOKS_TRACK_SITE_ID", raising=False)
+    monkeypatch.delenv("CIO_WEBHOOKS_TRACK_API_KEY", raising=False)
+    monkeypatch.delenv("CIO_WEBHOOKS_POLICIES", raising=False)
+    return f"{name}:router"
+
+
+def test_handlers_lists_what_a_setup_registers(hooks: str) -> None:
+    code, out, err = invoke("handlers", "--handlers", hooks, "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == [
+        {"name": "mark", "patterns": "*.bounced", "async": False},
+        {"name": "notify", "patterns": "email.bounced, sms.*", "async": False},
+    ]
+    env = {"CIO_WEBHOOKS_TRACK_SITE_ID": "site", "CIO_WEBHOOKS_TRACK_API_KEY": "key"}
+    result = CliRunner().invoke(main, ["handlers", "--handlers", hooks, "--json"], env=env)
+    names = [row["name"] for row in json.loads(result.stdout)]
+    assert names == [
+        "mark",
+        "notify",
+        "policy:spam-complaint-unsubscribe",
+        "policy:bounce-mark",
+        "policy:repeated-bounces-unsubscribe",
+    ]
+    assert "key" not in result.stdout
+
+
+def test_handlers_with_a_module_that_does_not_load(hooks: str) -> None:
+    code, _, err = invoke("handlers", "--handlers", "no_such_module:router")
+    assert code == 2
+    assert err.startswith("error: --handlers 'no_such_module:router': cannot import")
+    assert len(err.splitlines()) == 1
+
+
+def test_replay_refuses_a_handler_it_does_not_know(data_dir: Path, hooks: str) -> None:
+    code, out, err = invoke(
+        "replay",
+        "--data-dir",
+        str(data_dir),
+        "--since",
+        "0",
+        "--handler",
+        "mrak",
+        "--handlers",
+        hooks,
+    )
+    assert (code, out) == (2, "")
+    assert err.strip() == "error: no handler named 'mrak'; registered: mark, notify"
+    code, _, err = invoke("replay", "--data-dir", str(data_dir), "--since", "0", "--handler", "h")
+    assert code == 2
+    assert "registered: none" in err
+
+
+def test_replay_of_one_handler_runs_only_that_handler(data_dir: Path, hooks: str) -> None:
+    router = load_router(hooks)
+
+    async def dispatch() -> None:
+        async with SQLiteInbox(data_dir / "inbox.db") as inbox:
+            d = Dispatcher(inbox, router)  # replay queues events for now, by the real clock
+            while await d.run_once():
+                pass
+
+    # ok2 (email.bounced) has gone through both handlers once: replay it for one of them.
+    invoke("replay", "--data-dir", str(data_dir), "--metric", "bounced")
+    asyncio.run(dispatch())
+    assert sorted(Path("runs.txt").read_text().split("\n")) == ["", "mark ok2", "notify ok2"]
+    Path("runs.txt").unlink()
+
+    code, out, err = invoke(
+        "replay",
+        "--data-dir",
+        str(data_dir),
+        "--since",
+        "0",
+        "--handler",
+        "notify",
+        "--handlers",
+        hooks,
+    )
+    assert (code, err) == (0, "")
+    # dead1 (sms.failed) and ok2 are notify's; ok0 and ok1 are not queued at all.
+    assert out.strip() == "queued 2 event(s) for replay of handler notify"
+    asyncio.run(dispatch())
+    assert sorted(Path("runs.txt").read_text().split()) == ["dead1", "notify", "notify", "ok2"]
+
+
+BIN = Path(sys.executable).parent / "cio-webhooks"
+
+
+def test_handlers_import_from_the_current_directory(tmp_path: Path) -> None:
+    """As uvicorn does: `--handlers myapp.hooks:router` from the project's root, with no
+    PYTHONPATH (the README's `examples.handlers:router` from the repository's)."""
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "hooks.py").write_text(HOOKS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(BIN), "handlers", "--handlers", "myapp.hooks:router", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [row["name"] for row in json.loads(done.stdout)] == ["mark", "notify"]
+
+
+READ_ONLY = [
+    ("events", "export"),
+    ("events", "export", "--format", "csv"),
+    ("dlq", "list"),
+    ("dlq", "show", "dead1"),
+    ("stats",),
+    ("quarantine", "list"),
+    ("quarantine", "show", "1"),
+    ("report",),
+    ("actions", "list"),
+]
+
+
+def files(directory: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file below ``directory``: its size, modification time and bytes."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("command", [*READ_ONLY, ("reconcile", "--app-api-key", "k")])
+@pytest.mark.parametrize("where", ["--data-dir", "--db"])
+def test_read_only_commands_create_nothing_for_a_wrong_path(
+    tmp_path: Path, command: tuple[str, ...], where: str
+) -> None:
+    wrong = tmp_path / "typo" / ("inbox.db" if where == "--db" else "")
+    code, _, err = invoke(*command, where, str(wrong))
+    assert code in (1, 2)
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", READ_ONLY)
+def test_read_only_commands_change_no_file(data_dir: Path, command: tuple[str, ...]) -> None:
+    async def record_an_action() -> None:
+        log = ActionLog(data_dir / "actions.db")
+        await log.record(
+            event_id="ok2",
+            rule="bounce-mark",
+            person="id:person-1",
+            action="identify",
+            request={},
+            status="ok",
+            detail=None,
+            dry_run=False,
+            at=NOW,
+        )
+        await log.close()
+
+    asyncio.run(record_an_action())
+    write_warehouse(data_dir / "warehouse.db", EVENTS)
+    before = files(data_dir)
+    assert set(before) == {"inbox.db", "actions.db", "warehouse.db"}
+    code, _, err = invoke(*command, "--data-dir", str(data_dir))
+    assert code == 0, err
+    assert files(data_dir) == before
+
+
+@pytest.mark.parametrize(
+    "command", [*(c for c in READ_ONLY if c[0] in ("events", "dlq", "stats", "quarantine"))]
+)
+def test_a_file_that_is_not_an_inbox_is_refused_untouched(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    warehouse = write_warehouse(tmp_path / "warehouse.db", EVENTS)
+    before = files(tmp_path)
+    code, _, err = invoke(*command, "--db", str(warehouse))
+    assert code == 2
+    assert err == f"error: cannot read inbox {warehouse}: not a cio-webhooks inbox\n"
+    assert files(tmp_path) == before
+
+
+def test_a_command_that_writes_refuses_a_file_that_is_not_an_inbox(tmp_path: Path) -> None:
+    warehouse = write_warehouse(tmp_path / "warehouse.db", EVENTS)
+    before = files(tmp_path)
+    code, _, err = invoke("dlq", "retry", "--all", "--db", str(warehouse))
+    assert code == 2
+    assert "not a cio-webhooks inbox" in err
+    assert files(tmp_path) == before
+
+
+def test_worker_refuses_a_missing_inbox_unless_told_to_create_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(BIN), "worker", "--data-dir", str(tmp_path / "typo")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: no inbox at {tmp_path / 'typo' / 'inbox.db'} " + (
+        "(start `serve` first, or pass --create)"
+    )
+    assert list(tmp_path.iterdir()) == []

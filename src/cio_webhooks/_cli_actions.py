@@ -5,16 +5,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .cli import _db, _print_rows, _run, err, store_options
+from ._sqlite import connect_readonly
+from .cli import _db, _print_rows, fail, store_options
 from .events import iso
-from .policies import ActionLog
 
 __all__ = ["actions"]
 
@@ -26,6 +27,37 @@ STATUSES = ("ok", "failed", "dry_run", "skipped")
 actions: click.Group = click.Group(
     "actions", help="What policies did (or, in dry-run, would have done) in Customer.io."
 )
+
+
+#: The audit columns ``actions list`` shows, in order.
+COLUMNS = (
+    "id",
+    "created_at",
+    "event_id",
+    "rule",
+    "person",
+    "action",
+    "request",
+    "status",
+    "detail",
+    "dry_run",
+)
+
+
+def _recent(
+    path: Path, *, limit: int, event_id: str | None, status: str | None
+) -> list[dict[str, Any]]:
+    """The newest audit rows first, read without creating or changing any file
+    (``ActionLog`` would create its tables: this is a report, not the service)."""
+    chosen = {"event_id": event_id, "status": status}
+    chosen = {column: value for column, value in chosen.items() if value is not None}
+    where = " AND ".join(f"{column} = ?" for column in chosen) or "1"
+    with contextlib.closing(connect_readonly(path)) as conn:
+        found = conn.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM actions WHERE {where} ORDER BY id DESC LIMIT ?",
+            [*chosen.values(), limit],
+        ).fetchall()
+    return [dict(zip(COLUMNS, row, strict=True)) for row in found]
 
 
 @actions.command("list")
@@ -48,22 +80,13 @@ def actions_list(
     and the outcome: ok, failed, dry_run or skipped (the event named no person).
     """
     path = _db(data_dir, db).parent / "actions.db"
-    if not path.exists():
-        err.print(
-            f"[red]error:[/] no actions recorded at {path} "
-            "(no policy has run yet, or pass --data-dir / --db)",
-            highlight=False,
-        )
-        sys.exit(2)
+    if not path.is_file():
+        fail(f"no actions recorded at {path} (no policy has run yet, or pass --data-dir / --db)", 2)
 
-    async def body() -> list[dict[str, Any]]:
-        log = ActionLog(path)
-        try:
-            return await log.recent(limit=limit, event_id=event_id, status=status)
-        finally:
-            await log.close()
-
-    rows = _run(body())
+    try:
+        rows = _recent(path, limit=limit, event_id=event_id, status=status)
+    except sqlite3.Error as exc:
+        fail(f"cannot read the audit log {path}: {exc}", 1)
     for row in rows:
         row["created_at"] = iso(row["created_at"])
         row["dry_run"] = bool(row["dry_run"])

@@ -215,7 +215,7 @@ def reconcile_command(
         cutoff = parse_since(since, time.time())
         app = _app_client(app_api_key, region, app_url)
         try:
-            async with _existing_inbox(data_dir, db) as inbox:
+            async with _existing_inbox(data_dir, db, readonly=not backfill) as inbox:
                 with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
                     task = progress.add_task("reading /messages", total=None)
                     return await reconcile(

@@ -36,7 +36,7 @@ from .inbox import (
     StoredEvent,
 )
 
-__all__ = ["SQLiteInbox"]
+__all__ = ["SQLiteInbox", "connect_readonly", "readonly_uri"]
 
 T = TypeVar("T")
 
@@ -240,6 +240,36 @@ class _Writer:
                 loop.call_soon_threadsafe(_settle, writes, values)
 
 
+def readonly_uri(path: Path) -> str:
+    """The URI of a connection that can only read ``path`` and creates or changes no
+    file; use it for every connection of one reader (see ``connect_readonly``).
+
+    ``mode=ro`` alone would leave a ``-wal`` and a ``-shm`` file behind next to a
+    WAL database that had none; so when there is no ``-wal`` (no writer is open, and
+    none crashed), it is ``mode=rw``, to be used under ``query_only``: SQLite removes
+    the two side files when the last connection closes, with nothing to checkpoint.
+    When there is a ``-wal``, ``mode=ro`` reads it without checkpointing it."""
+    mode = "ro" if Path(f"{path}-wal").exists() else "rw"
+    # as_uri() percent-encodes, so a path with ? # or % cannot leak into the query.
+    return f"{path.resolve().as_uri()}?mode={mode}"
+
+
+def connect_readonly(path: Path, uri: str | None = None) -> sqlite3.Connection:
+    """A connection that can only read ``path`` (at ``uri``, default ``readonly_uri``).
+    Raises ``sqlite3.Error`` when ``path`` does not exist."""
+    uri = uri or readonly_uri(path)
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only=1")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def _check_inbox(conn: sqlite3.Connection) -> None:
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    if not {"events", "handler_runs", "quarantine"} <= tables:
+        raise sqlite3.DatabaseError("not a cio-webhooks inbox")
+
+
 def _where(where: EventFilter) -> tuple[str, list[Any]]:
     clauses: list[str] = ["seq > ?"]
     params: list[Any] = [where.after_seq]
@@ -290,14 +320,29 @@ def _stored(row: tuple[Any, ...]) -> StoredEvent:
 
 class SQLiteInbox:
     """The embedded ``Inbox``.  ``max_batch`` bounds a group commit; ``max_bytes``
-    caps the file size, past which writes fail and the receiver answers 503."""
+    caps the file size, past which writes fail and the receiver answers 503.
+
+    ``readonly=True`` opens an existing inbox for reading only (the CLI's reports):
+    no writer, no migration, no file created or changed (``connect_readonly``);
+    ``open`` raises ``StoreUnavailable`` when the file is missing or not an inbox,
+    and every write raises ``StoreUnavailable``."""
 
     def __init__(
-        self, path: str | Path, *, max_batch: int = 512, max_bytes: int | None = None
+        self,
+        path: str | Path,
+        *,
+        max_batch: int = 512,
+        max_bytes: int | None = None,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         self._writer = _Writer(self.path, max_batch=max_batch, max_bytes=max_bytes)
+        if readonly:
+            self._writer._closed = True  # never started: writes fail as on a closed inbox
         self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._uri = readonly_uri(self.path) if readonly else ""
         self._opened = False
 
     @property
@@ -309,6 +354,14 @@ class SQLiteInbox:
     async def open(self) -> None:
         if self._opened:
             return
+        if self.readonly:
+            try:
+                await self._read(_check_inbox)
+            except StoreUnavailable as exc:
+                await self.close()
+                raise StoreUnavailable(f"cannot read inbox {self.path}: {exc.__cause__}") from exc
+            self._opened = True
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(self._writer.start)
@@ -318,7 +371,13 @@ class SQLiteInbox:
 
     async def close(self) -> None:
         """Commit everything queued, then stop the writer."""
-        await asyncio.to_thread(self._writer.stop)
+        if not self.readonly:
+            await asyncio.to_thread(self._writer.stop)
+            return
+        # Closed, a read-only connection removes the side files it made (connect_readonly).
+        for conn in self._readers:
+            conn.close()
+        self._readers.clear()
 
     async def __aenter__(self) -> SQLiteInbox:
         await self.open()
@@ -330,9 +389,13 @@ class SQLiteInbox:
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.execute("PRAGMA query_only=1")
+            if self.readonly:
+                conn = connect_readonly(self.path, self._uri)
+                self._readers.append(conn)
+            else:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout=10000")
+                conn.execute("PRAGMA query_only=1")
             self._local.conn = conn
         return conn
 

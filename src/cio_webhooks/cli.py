@@ -7,6 +7,7 @@ refused), 2 bad arguments or configuration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -18,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
@@ -33,7 +34,9 @@ from rich.text import Text
 from ._exceptions import CioWebhooksError, ConfigError, StoreUnavailable
 from ._service import (
     Settings,
+    actions_path,
     build_app,
+    build_router,
     check_storage,
     load_or_create_key,
     run_worker,
@@ -42,7 +45,9 @@ from ._service import (
 from ._sqlite import SQLiteInbox
 from .dispatcher import RetryPolicy
 from .events import NORMALISED_FIELDS, iso, normalise, parse_event
+from .handlers import Route
 from .inbox import EventFilter, JobState, StoredEvent
+from .policies import DEFAULT_RULES, ActionLog, Policies, PolicyConfig, load_policies
 from .signature import signed_headers
 
 __all__ = ["main"]
@@ -116,25 +121,53 @@ def _db(data_dir: Path, db: Path | None) -> Path:
     return db if db is not None else data_dir / "inbox.db"
 
 
-def _existing_inbox(data_dir: Path, db: Path | None) -> SQLiteInbox:
+@contextlib.asynccontextmanager
+async def _existing_inbox(
+    data_dir: Path, db: Path | None, *, readonly: bool
+) -> AsyncIterator[SQLiteInbox]:
+    """The inbox at ``--db``/``--data-dir``, which must exist: a command never creates
+    one, nor writes its tables into a file that is not one (ConfigError, exit 2)."""
     path = _db(data_dir, db)
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(f"no inbox at {path} (pass --db or --data-dir)")
-    return SQLiteInbox(path)
+    reader = SQLiteInbox(path, readonly=True)
+    try:
+        await reader.open()  # checks that it is an inbox
+    except StoreUnavailable as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        if readonly:
+            yield reader
+            return
+    finally:
+        await reader.close()
+    async with SQLiteInbox(path) as inbox:
+        yield inbox
 
 
-def with_inbox(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async command body with the inbox opened from ``--data-dir``/``--db``."""
-
+def _inbox_command(
+    fn: Callable[..., Coroutine[Any, Any, None]], *, readonly: bool
+) -> Callable[..., None]:
     @wraps(fn)
     def command(data_dir: Path, db: Path | None, **kwargs: Any) -> None:
         async def body() -> None:
-            async with _existing_inbox(data_dir, db) as inbox:
+            async with _existing_inbox(data_dir, db, readonly=readonly) as inbox:
                 await fn(inbox, **kwargs)
 
         _run(body())
 
     return command
+
+
+def with_inbox(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async command body with the inbox opened from ``--data-dir``/``--db``."""
+    return _inbox_command(fn, readonly=False)
+
+
+def reading_inbox(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """``with_inbox`` for commands that only read: the inbox is opened read-only,
+    and the command creates and changes no file."""
+    return _inbox_command(fn, readonly=True)
 
 
 def service_options(fn: F) -> F:
@@ -397,11 +430,20 @@ def serve(
 
 @main.command()
 @service_options
-def worker(data_dir: Path, db: Path | None, **options: Any) -> None:
+@click.option(
+    "--create",
+    is_flag=True,
+    envvar=_env("WORKER_CREATE"),
+    help="Create the inbox if there is none (else a missing inbox is an error).",
+)
+def worker(data_dir: Path, db: Path | None, create: bool, **options: Any) -> None:
     """Run the dispatcher and warehouse loader without the HTTP receiver."""
     from ._logging import configure_logging
 
     configure_logging(options["log_level"])
+    # A mistyped --db must not start a worker on a new, empty inbox that nothing feeds.
+    if not create and not _db(data_dir, db).exists():
+        fail(f"no inbox at {_db(data_dir, db)} (start `serve` first, or pass --create)", 2)
     try:
         settings = _settings(data_dir, db, generate_key=False, **options)
         check_storage(settings)
@@ -507,7 +549,7 @@ def export_row(stored: StoredEvent) -> dict[str, Any]:
 @click.option("--since", help="7d, 12h, an ISO date or unix seconds (by receive time).")
 @click.option("--metric", multiple=True, help="email.bounced, *.clicked, bounced ...; repeatable.")
 @click.option("--output", "-o", type=click.File("w"), default="-", help="File to write [stdout].")
-@with_inbox
+@reading_inbox
 async def export(
     inbox: SQLiteInbox, fmt: str, since: str | None, metric: tuple[str, ...], output: TextIO
 ) -> None:
@@ -608,7 +650,7 @@ def dlq() -> None:
 @store_options
 @click.option("--limit", type=int, default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_inbox
+@reading_inbox
 async def dlq_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
     where = EventFilter(states=(JobState.DEAD,), limit=limit)
     rows = [_event_row(e) async for e in inbox.iter_events(where)]
@@ -643,7 +685,7 @@ def _payload(body: bytes) -> dict[str, Any]:
 @dlq.command("show")
 @store_options
 @click.argument("event_id")
-@with_inbox
+@reading_inbox
 async def dlq_show(inbox: SQLiteInbox, event_id: str) -> None:
     """An event with its handler runs, errors and payload (JSON)."""
     await _show(inbox, event_id)
@@ -686,7 +728,7 @@ def quarantine() -> None:
 @store_options
 @click.option("--limit", type=int, default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_inbox
+@reading_inbox
 async def quarantine_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
     rows = [
         {"id": q.id, "received_at": iso(q.received_at), "reason": q.reason, "bytes": len(q.body)}
@@ -698,7 +740,7 @@ async def quarantine_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None
 @quarantine.command("show")
 @store_options
 @click.argument("ident", type=int)
-@with_inbox
+@reading_inbox
 async def quarantine_show(inbox: SQLiteInbox, ident: int) -> None:
     """The reason and the raw body, exactly as received."""
     found = await inbox.quarantined(ident=ident, limit=1)
@@ -709,26 +751,142 @@ async def quarantine_show(inbox: SQLiteInbox, ident: int) -> None:
     sys.stdout.buffer.write(q.body + b"\n")
 
 
+def routing_options(fn: F) -> F:
+    """The options that decide which handlers are registered, read from the same
+    variables as ``serve`` and ``worker``: ``--handlers`` and the policies."""
+    options = [
+        click.option(
+            "--handlers",
+            multiple=True,
+            envvar=_env("HANDLERS"),
+            help="module:attr of a cio_webhooks.Router; repeatable (as for serve).",
+        ),
+        click.option(
+            "--policies",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=_env("POLICIES"),
+            help="TOML policy file (as for serve).",
+        ),
+        click.option(
+            "--track-site-id",
+            envvar=_env("TRACK_SITE_ID"),
+            help="Track API site id: with the key and no --policies, the default policies.",
+        ),
+        click.option(
+            "--track-api-key", envvar=_env("TRACK_API_KEY"), help="Track API key (use the env var)."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def registered_routes(
+    handlers: tuple[str, ...],
+    policies: Path | None,
+    track_site_id: str | None,
+    track_api_key: str | None,
+) -> tuple[Route, ...]:
+    """The handlers ``serve``/``worker`` register with these settings, in order: the
+    ``--handlers`` routers', then the policies'.  Nothing is run: no Track client, no
+    audit file.  Raises ``ConfigError`` for a module that does not load or a bad file."""
+    specs = tuple(h.strip() for spec in handlers for h in spec.split(",") if h.strip())
+    router = build_router(specs)
+    settings = Settings(
+        db=Path(),
+        warehouse=Path(),
+        policies=policies,
+        track_site_id=track_site_id,
+        track_api_key=track_api_key,
+    )
+    audit = actions_path(settings)
+    if audit is not None:
+        config = load_policies(policies) if policies else PolicyConfig(DEFAULT_RULES)
+        # Dry-run, so that no client is needed to build the router: the names are the same.
+        router.include(
+            Policies(PolicyConfig(config.rules, dry_run=True), ActionLog(audit), None).router()
+        )
+    return router.routes
+
+
+def _patterns(route: Route) -> str:
+    return ", ".join(f"{o or '*'}.{m or '*'}" for o, m in route.patterns)
+
+
+@main.command("handlers")
+@routing_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def handlers_command(
+    handlers: tuple[str, ...],
+    policies: Path | None,
+    track_site_id: str | None,
+    track_api_key: str | None,
+    as_json: bool,
+) -> None:
+    """The handlers this setup registers (--handlers, then policies): name and patterns.
+
+    A name is what `replay --handler` and `dlq show` use."""
+    try:
+        routes = registered_routes(handlers, policies, track_site_id, track_api_key)
+    except ConfigError as exc:
+        fail(exc, 2)
+    rows = [{"name": r.name, "patterns": _patterns(r), "async": r.is_async} for r in routes]
+    _print_rows(rows, as_json, "handlers")
+
+
 @main.command()
 @store_options
 @click.option("--since", help="7d, 12h, an ISO date or unix seconds (by receive time).")
 @click.option("--metric", multiple=True, help="email.bounced, *.clicked, bounced ...; repeatable.")
-@click.option("--handler", help="Re-run only this handler (by name); default: all handlers.")
+@click.option(
+    "--handler",
+    help="Re-run only this handler (a name `cio-webhooks handlers` lists); default: all.",
+)
+@routing_options
 @with_inbox
 async def replay(
-    inbox: SQLiteInbox, since: str | None, metric: tuple[str, ...], handler: str | None
+    inbox: SQLiteInbox,
+    since: str | None,
+    metric: tuple[str, ...],
+    handler: str | None,
+    handlers: tuple[str, ...],
+    policies: Path | None,
+    track_site_id: str | None,
+    track_api_key: str | None,
 ) -> None:
-    """Re-run handlers for stored events (the running dispatcher picks them up)."""
+    """Re-run handlers for stored events (the running dispatcher picks them up).
+
+    With --handler, only the events that handler takes are queued, and only it runs
+    again (handlers that succeeded stay done); the name must be one that the same
+    --handlers/policies settings as the service's register."""
     if since is None and not metric:
         raise ConfigError("replay needs --since and/or --metric, so that it is never accidental")
-    n = await inbox.requeue(_filter(since, metric), now=time.time(), rerun=handler or "*")
-    click.echo(f"queued {n} event(s) for replay" + (f" of handler {handler}" if handler else ""))
+    where, now = _filter(since, metric), time.time()
+    if handler is None:
+        n = await inbox.requeue(where, now=now, rerun="*")
+        click.echo(f"queued {n} event(s) for replay")
+        return
+    routes = {
+        r.name: r for r in registered_routes(handlers, policies, track_site_id, track_api_key)
+    }
+    route = routes.get(handler)
+    if route is None:
+        known = ", ".join(routes) or "none (set --handlers and/or the policies as for serve)"
+        raise ConfigError(f"no handler named {handler!r}; registered: {known}")
+    ids = [
+        e.event_id async for e in inbox.iter_events(where) if route.matches(e.object_type, e.metric)
+    ]
+    n = 0
+    for start in range(0, len(ids), 500):
+        chunk = EventFilter(event_ids=tuple(ids[start : start + 500]))
+        n += await inbox.requeue(chunk, now=now, rerun=handler)
+    click.echo(f"queued {n} event(s) for replay of handler {handler}")
 
 
 @main.command()
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@with_inbox
+@reading_inbox
 async def stats(inbox: SQLiteInbox, as_json: bool) -> None:
     """Counts by state and by object_type.metric."""
     data = await inbox.stats()

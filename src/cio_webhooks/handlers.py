@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -113,10 +115,18 @@ class Router:
 
 
 def load_router(spec: str) -> Router:
-    """Import ``module:attr``: a ``Router``, or a callable returning one."""
+    """Import ``module:attr``: a ``Router``, or a callable returning one.
+
+    The module is looked up in the current directory first, as uvicorn and
+    ``python -m`` do: ``--handlers myapp.hooks:router`` works from the project's
+    root without setting ``PYTHONPATH``."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"--handlers {spec!r}: expected module:attribute")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

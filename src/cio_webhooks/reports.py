@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import StoreUnavailable
+from ._sqlite import connect_readonly
 from .events import iso
 
 __all__ = ["COUNTS", "GROUPINGS", "NONE_GROUP", "RATES", "ReportRow", "delivery_report"]
@@ -199,12 +200,10 @@ def delivery_report(
     if by not in GROUPINGS:
         raise ValueError(f"by must be one of {', '.join(GROUPINGS)}")
     path = Path(warehouse)
-    # as_uri() percent-encodes, so a path with ? # or % cannot leak into the query.
-    uri = f"{path.resolve().as_uri()}?mode=ro"
     params = () if since is None else (iso(since),)
     try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-            db.execute("PRAGMA busy_timeout=10000")  # the loader may be committing
+        # Never a side file left behind either; it waits while the loader commits.
+        with contextlib.closing(connect_readonly(path)) as db:
             columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
             if missing := _NEEDED - columns:
                 raise StoreUnavailable(
