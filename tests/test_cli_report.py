@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cio_webhooks.cli import main
+from cio_webhooks.customerio.fake import FakeCustomerIO
 from cio_webhooks.reports import COUNTS, RATES
 
 from .test_cli import table_columns
@@ -225,3 +227,28 @@ def test_table_shows_every_number_whole_at_120_columns(warehouse: Path) -> None:
     assert rows["1"] == [*counts, *rates]
     header, _ = table_columns(result.stdout)
     assert header[-1] == "unsubscribe%"  # folded over lines, but whole
+
+
+async def test_compare_api_shows_na_for_a_group_the_api_does_not_know(warehouse: Path) -> None:
+    async with FakeCustomerIO(app_key="app-secret") as fake:
+        fake.campaign_series["1"] = {"sent": [3, 2], "delivered": [4, 0], "opened": [2, 0]}
+        # Campaigns 2 and 10 are unknown to the API (404), as a deleted campaign is.
+        args = ["--warehouse", str(warehouse), "--compare-api", "--app-url", fake.app_url]
+        env = {"CIO_WEBHOOKS_APP_API_KEY": "app-secret", "COLUMNS": "200"}
+        # The CLI runs its own event loop; the fake serves from this one.
+        table, as_json = [
+            await asyncio.to_thread(report, *args, *more, env=env) for more in ([], ["--json"])
+        ]
+    assert table.exit_code == 0, table.output
+    rows = table_rows(table.stdout)
+    assert rows["1"][:3] == ["5 (api 5)", "4 (api 4)", "2 +2m (api 2)"]
+    assert rows["2"][:2] == ["3 (api n/a)", "2 (api n/a)"]
+    assert rows["(none)"][0] == "4 (api n/a)"
+    assert as_json.exit_code == 0, as_json.output
+    by_group = {row["group"]: row for row in json.loads(as_json.stdout)}
+    assert (by_group["1"]["api_sent"], by_group["10"]["api_sent"]) == (5, None)
+    assert [call.path for call in fake.requests] == [
+        "/v1/campaigns/1/metrics",
+        "/v1/campaigns/2/metrics",
+        "/v1/campaigns/10/metrics",
+    ] * 2

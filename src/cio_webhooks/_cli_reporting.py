@@ -30,10 +30,10 @@ from .cli import (
     print_table,
     store_options,
 )
-from .customerio import AppClient
+from .customerio import AppClient, CustomerIONotFound
 from .events import iso
 from .reconcile import Discrepancy, ReconcileResult, reconcile
-from .reports import COUNTS, GROUPINGS, RATES, ReportRow, delivery_report
+from .reports import COUNTS, GROUPINGS, NONE_GROUP, RATES, ReportRow, delivery_report
 
 __all__ = ["reconcile_command", "report"]
 
@@ -63,6 +63,20 @@ def _app_client(app_api_key: str | None, region: str, app_url: str | None) -> Ap
     if not app_api_key:
         raise ConfigError("this needs an App API key: --app-api-key or CIO_WEBHOOKS_APP_API_KEY")
     return AppClient(app_api_key, region=region, base_url=app_url)
+
+
+#: The counts the table shows (machine opens and clicks go beside the human ones).
+TABLE_COUNTS = (
+    "sent",
+    "delivered",
+    "opened",
+    "clicked",
+    "converted",
+    "bounced",
+    "spammed",
+    "unsubscribed",
+    "failed",
+)
 
 
 def _percent(value: float | None) -> str:
@@ -139,29 +153,27 @@ async def _with_api_metrics(rows: list[ReportRow], by: str, app: AppClient) -> l
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
             task = progress.add_task(f"App API {by} metrics", total=len(rows))
             for row in rows:
-                api = None
-                if row.group != "(none)":
-                    series = await app.metrics(by, row.group)
-                    api = {metric: sum(values) for metric, values in sorted(series.items())}
-                out.append(dataclasses.replace(row, api=api))
+                out.append(dataclasses.replace(row, api=await _api_totals(app, by, row.group)))
                 progress.advance(task)
     finally:
         await app.close()
     return out
 
 
+async def _api_totals(app: AppClient, by: str, group: str) -> dict[str, int | None]:
+    """The App API's totals for ``group``: each metric as None ("n/a") when the API
+    does not know the group (``(none)``, an id it answers 404 for, a deleted campaign)."""
+    if group == NONE_GROUP:
+        return dict.fromkeys(TABLE_COUNTS)
+    try:
+        series = await app.metrics(by, group)
+    except CustomerIONotFound:
+        return dict.fromkeys(TABLE_COUNTS)
+    return {metric: sum(values) for metric, values in sorted(series.items())}
+
+
 def _report_table(rows: list[ReportRow], by: str) -> None:
-    columns = [
-        "sent",
-        "delivered",
-        "opened",
-        "clicked",
-        "converted",
-        "bounced",
-        "spammed",
-        "unsubscribed",
-        "failed",
-    ]
+    columns = TABLE_COUNTS
     header = [by, *columns, *(rate.replace("_rate", " %") for rate in RATES)]
     body = []
     for row in rows:
@@ -172,7 +184,8 @@ def _report_table(rows: list[ReportRow], by: str) -> None:
             if column in ("opened", "clicked"):
                 cell += f" +{data['machine_' + column]}m"
             if row.api is not None and column in row.api:
-                cell += f" (api {row.api[column]})"
+                theirs = row.api[column]
+                cell += f" (api {'n/a' if theirs is None else theirs})"
             cells.append(cell)
         cells.extend(_percent(row.rates[rate]) for rate in RATES)
         body.append(cells)

@@ -120,8 +120,9 @@ class ReportRow:
     spammed: int
     unsubscribed: int
     failed: int
-    #: The App API's own totals for this group (``report --compare-api``), if asked for.
-    api: dict[str, int] | None = field(default=None)
+    #: The App API's own totals for this group (``report --compare-api``), if asked for;
+    #: a total is None when the API does not know the group.
+    api: dict[str, int | None] | None = field(default=None)
 
     @property
     def rates(self) -> dict[str, float | None]:
