@@ -51,6 +51,8 @@ WEBHOOK_PATH = "/webhooks/customerio"
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
 #: How long the inbox remembers an event_id (the service prunes older finished events).
 DEFAULT_DEDUPE_DAYS = 30.0
+#: How the reason of a request signed beyond the dedupe horizon starts.
+STALE_REASON = "stale"
 Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
@@ -196,7 +198,7 @@ class Receiver:
             except Exception:
                 event_id = None
             reason = (
-                f"stale: signed {skew:+.0f}s from receipt,"
+                f"{STALE_REASON}: signed {skew:+.0f}s from receipt,"
                 f" beyond the {self.horizon / 86400:g}-day dedupe horizon"
             )
             return await self._quarantine(body, reason, now, event_id, count=False)
