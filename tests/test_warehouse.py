@@ -202,6 +202,14 @@ async def test_a_reader_finds_every_received_metric_of_the_deliveries_asked_for(
     assert (tmp_path / "warehouse.db").read_bytes() == before
 
 
+async def test_a_reader_of_a_warehouse_never_loaded_finds_nothing(tmp_path: Path) -> None:
+    (tmp_path / "warehouse.db").touch()  # what `serve --no-dispatch` leaves
+    reader = SQLiteWarehouse.reader(tmp_path / "warehouse.db")
+    assert await reader.delivery_metrics(["d1"]) == set()
+    await reader.close()
+    assert (tmp_path / "warehouse.db").read_bytes() == b""
+
+
 async def test_a_reader_never_creates_a_warehouse(tmp_path: Path) -> None:
     reader = SQLiteWarehouse.reader(tmp_path / "nowhere.db")
     with pytest.raises(StoreUnavailable):

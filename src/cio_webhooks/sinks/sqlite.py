@@ -253,13 +253,19 @@ class SQLiteWarehouse:
         await self._call(run)
 
     async def delivery_metrics(self, delivery_ids: Collection[str]) -> set[tuple[str, str]]:
-        """``(delivery_id, metric)`` of every row, real or backfilled, for these deliveries."""
+        """``(delivery_id, metric)`` of every row, real or backfilled, for these deliveries
+        (none while the warehouse has never been loaded)."""
         ids = list(dict.fromkeys(delivery_ids))
 
         def run() -> set[tuple[str, str]]:
             found: set[tuple[str, str]] = set()
             with self._lock:
                 conn = self._connect()
+                # `serve --no-dispatch` leaves an empty file until a worker loads it.
+                if not conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+                ).fetchone():
+                    return found
                 # In slices: SQLite caps the number of parameters of one statement.
                 for start in range(0, len(ids), 500):
                     part = ids[start : start + 500]
