@@ -422,18 +422,24 @@ def authentic_bodies(seed: int, count: int, limit: int) -> Iterator[Body]:
         yield Body(name, MUTATIONS[name][1](rng, event, limit))
 
 
-def readable_event_id(body: bytes) -> str | None:
-    """The ``event_id`` a lenient reader finds in ``body`` (dedupe is by it), or None."""
+def readable_event_ids(body: bytes) -> frozenset[str]:
+    """The ``event_id`` a lenient reader finds in ``body`` (dedupe is by it): every
+    candidate when the key is there twice, since which one wins is the parser's choice."""
+    text = body.decode("utf-8", "replace")
     try:
-        value = json.loads(body.decode("utf-8", "replace"))
+        if not isinstance(json.loads(text), dict):
+            return frozenset()
+        # Read again as (key, value) pairs, to see each event_id of the top-level object.
+        top: list[tuple[str, Json]] = json.loads(text, object_pairs_hook=lambda items: items)
     except (ValueError, RecursionError):
-        return None
-    if isinstance(value, dict):
-        event_id = value.get("event_id")
-        # as the receiver reads it: a string or an integer, as text, stripped
-        if isinstance(event_id, str | int) and not isinstance(event_id, bool):
-            return str(event_id).strip() or None
-    return None
+        return frozenset()
+    found = [value for key, value in top if key == "event_id"]
+    # as the receiver reads it: a string or an integer, as text, stripped
+    return frozenset(
+        str(v).strip()
+        for v in found
+        if isinstance(v, str | int) and not isinstance(v, bool) and str(v).strip()
+    )
 
 
 # -- forged requests ---------------------------------------------------------------------
@@ -582,7 +588,7 @@ class Sent:
     mutation: str
     digest: bytes
     size: int
-    event_id: str | None
+    event_ids: frozenset[str]
     status: int
 
 
@@ -633,7 +639,7 @@ async def send_all(
                         mutation,
                         hashlib.sha256(body).digest(),
                         len(body),
-                        readable_event_id(body),
+                        readable_event_ids(body),
                         status,
                     )
                 )
@@ -729,7 +735,7 @@ def check_authentic(
         if s.status == 200
         and s.digest not in events.digests
         and s.digest not in quarantine.digests
-        and (s.event_id is None or s.event_id not in stored_ids)
+        and not any(event_id in stored_ids for event_id in s.event_ids)
     ]
     culprits.update(s.index for s in lost)
     missing = Counter(s.mutation for s in lost)
