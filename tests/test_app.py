@@ -9,7 +9,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from cio_webhooks import Event, SQLiteInbox, StoreUnavailable, create_app
+from cio_webhooks import Event, JobState, SQLiteInbox, StoreUnavailable, create_app
 from cio_webhooks.inbox import PutResult
 from cio_webhooks.testing import FixedClock, make_event, signed_request
 
@@ -95,26 +95,83 @@ async def test_wrong_key_is_401_and_nothing_is_stored(
     assert await inbox.quarantined() == []
 
 
-async def test_stale_timestamp_is_401_counted_separately(
-    client: httpx2.AsyncClient, app: Any
+@pytest.mark.parametrize("skew", [301, 86400 * 6, -301], ids=["5min", "6days", "future"])
+async def test_late_authentic_request_is_stored_processed_and_counted(
+    client: httpx2.AsyncClient, app: Any, inbox: SQLiteInbox, skew: int
 ) -> None:
-    response = await post_event(client, make_event("e1"), timestamp=NOW - 301)
-    assert response.status_code == 401
-    assert response.json() == {"error": "stale_timestamp"}
-    assert app.receiver.counters.rejected_stale == 1
-    assert app.receiver.counters.rejected_signature == 0
+    response = await post_event(client, make_event("late"), timestamp=NOW - skew)
+    assert response.status_code == 200
+    assert response.json()["status"] == "stored"
+    stored = await inbox.get_event("late")
+    assert stored is not None
+    assert stored.state is JobState.PENDING  # processed like any other event
+    assert app.receiver.counters.late == 1
+    assert 'outcome="late"} 1' in (await client.get("/metrics")).text
+    again = await post_event(client, make_event("late"), timestamp=NOW - skew)
+    assert again.json()["status"] == "duplicate"  # dedupe stops a replay
 
 
-async def test_stale_rejection_logs_the_skew_but_no_secret(
+async def test_late_request_logs_the_skew_but_no_secret(
     client: httpx2.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     body, headers = signed_request(make_event("e1"), key=KEY, timestamp=NOW - 1000)
     await client.post("/webhooks/customerio", content=body, headers=headers)
     text = caplog.text
-    assert "stale_timestamp" in text
+    assert "event=late_request" in text
     assert "skew_s=1000" in text
     assert KEY not in text
     assert headers["X-CIO-Signature"] not in text
+
+
+async def test_request_signed_beyond_the_dedupe_horizon_is_quarantined_stale(
+    client: httpx2.AsyncClient, app: Any, inbox: SQLiteInbox
+) -> None:
+    body = json.dumps(make_event("old", metric="bounced")).encode()
+    response = await post_event(client, body, timestamp=NOW - 31 * 86400)
+    assert response.status_code == 200
+    assert response.json()["status"] == "quarantined"
+    assert await inbox.get_event("old") is None  # never dispatched
+    [kept] = await inbox.quarantined()
+    assert (kept.event_id, kept.body) == ("old", body)
+    assert kept.reason.startswith("stale")
+    assert app.receiver.counters.stale == 1
+    assert app.receiver.counters.late == 0
+
+
+async def test_dedupe_horizon_is_the_services_dedupe_days(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    app = create_app(inbox, [KEY], clock=clock, dedupe_days=7)
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        within = await post_event(c, make_event("six"), timestamp=NOW - 6 * 86400)
+        beyond = await post_event(c, make_event("eight"), timestamp=NOW - 8 * 86400)
+    assert within.json()["status"] == "stored"
+    assert beyond.json()["status"] == "quarantined"
+
+
+@pytest.mark.parametrize("offset", [301, 31 * 86400])
+async def test_forged_request_is_401_however_old(
+    client: httpx2.AsyncClient, app: Any, inbox: SQLiteInbox, offset: int
+) -> None:
+    response = await post_event(client, make_event("e1"), key="forger", timestamp=NOW - offset)
+    assert response.status_code == 401
+    assert response.json() == {"error": "invalid_signature"}
+    stats = await inbox.stats()
+    assert (stats["events"], stats["quarantined"]) == (0, 0)
+    assert app.receiver.counters.rejected_signature == 1
+
+
+@pytest.mark.parametrize("header", ["X-CIO-Signature", "X-CIO-Timestamp"])
+async def test_a_repeated_signature_header_is_401(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox, header: str
+) -> None:
+    body, headers = signed_request(make_event("twice"), key=KEY, timestamp=NOW)
+    repeated = [*headers.items(), (header, headers[header])]  # even the same value twice
+    response = await client.post("/webhooks/customerio", content=body, headers=repeated)
+    assert response.status_code == 401
+    assert await inbox.get_event("twice") is None
 
 
 async def test_key_rotation_accepts_both_keys(inbox: SQLiteInbox, clock: FixedClock) -> None:
@@ -291,3 +348,94 @@ async def test_in_process_dispatcher_gets_only_events_it_has_handlers_for(
     assert loud.state is JobState.PENDING
     assert await dispatcher.run_once() == 1
     assert seen == ["loud"]
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ['"nan"', '"inf"', '"Infinity"', '"-Infinity"', "1e30", "9223372036854775808", "1e308"],
+)
+async def test_authentic_event_with_an_impossible_timestamp_is_stored(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox, timestamp: str
+) -> None:
+    body = json.dumps(make_event("t1")).replace("1700000000", timestamp).encode()
+    response = await post_event(client, body)
+    assert response.status_code == 200
+    assert response.json()["status"] == "stored"
+    stored = await inbox.get_event("t1")
+    assert stored is not None
+    assert (stored.occurred_at, stored.body) == (None, body)
+
+
+@pytest.mark.parametrize("text", [b"caf\xc3", b"\xc0\xaf", b"\xff"], ids=["cut", "overlong", "ff"])
+async def test_authentic_event_with_invalid_utf8_is_stored_with_its_raw_bytes(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox, text: bytes
+) -> None:
+    body = json.dumps(make_event("u1", subject="SUBJECT")).encode().replace(b"SUBJECT", text)
+    response = await post_event(client, body)
+    assert response.status_code == 200
+    stored = await inbox.get_event("u1")
+    assert stored is not None
+    assert stored.body == body
+
+
+@pytest.mark.parametrize("depth", [981, 5000, 100_000])
+async def test_authentic_deeply_nested_body_is_kept_and_acked(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox, depth: int
+) -> None:
+    nested = b"[" * depth + b"]" * depth
+    body = b'{"event_id":"deep","metric":"sent","data":{"content":' + nested + b"}}"
+    response = await post_event(client, body)
+    assert response.status_code == 200
+    stored = await inbox.get_event("deep")
+    kept = [q.body for q in await inbox.quarantined()]
+    assert (stored is not None and stored.body == body) or kept == [body]
+
+
+async def test_authentic_event_with_odd_data_types_is_an_event_not_a_quarantine(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox
+) -> None:
+    event = make_event("odd", metric="bounced", delivery_id=42, failure_message={"code": 550})
+    event["data"]["prefetched"] = "true"
+    response = await post_event(client, event)
+    assert response.json()["status"] == "stored"
+    assert await inbox.quarantined() == []
+
+
+async def test_a_bad_timestamp_does_not_fail_the_valid_events_committed_with_it(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox
+) -> None:
+    import asyncio
+
+    bad = json.dumps(make_event("bad")).replace("1700000000", "1e30").encode()
+    posts = [post_event(client, make_event(f"v{i}")) for i in range(400)]
+    posts.insert(200, post_event(client, bad))
+    responses = await asyncio.gather(*posts)
+    assert [r.status_code for r in responses] == [200] * 401
+    assert (await inbox.stats())["events"] == 401
+
+
+class BuggyInbox(SQLiteInbox):
+    """A store with a bug that is not a store failure: put raises something unexpected."""
+
+    async def put(self, event: Event, *, handled: bool = False) -> PutResult:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+
+async def test_an_unexpected_error_after_the_signature_is_a_quarantine_not_a_5xx(
+    tmp_path: Path, clock: FixedClock
+) -> None:
+    inbox = BuggyInbox(tmp_path / "inbox.db")
+    await inbox.open()
+    app = create_app(inbox, [KEY], clock=clock)
+    body = json.dumps(make_event("e1")).encode()
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        response = await post_event(c, body)
+        again = await post_event(c, body)
+    assert response.status_code == again.status_code == 200
+    assert response.json()["status"] == "quarantined"
+    [kept] = await inbox.quarantined()  # the retry did not add a second copy
+    assert (kept.event_id, kept.body) == ("e1", body)
+    assert "OverflowError" in kept.reason
+    await inbox.close()

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cio_webhooks import Dispatcher, JobState, RetryPolicy, Router, SQLiteInbox, parse_event
+from cio_webhooks import (
+    Dispatcher,
+    EventFilter,
+    JobState,
+    RetryPolicy,
+    Router,
+    SQLiteInbox,
+    parse_event,
+)
 from cio_webhooks.cli import main, parse_since
 from cio_webhooks.handlers import load_router
 from cio_webhooks.policies import ActionLog
@@ -182,6 +190,82 @@ def test_worker_on_unusable_paths_is_a_clear_error(tmp_path: Path) -> None:
     code, _, err = invoke("worker", "--create", "--db", str(blocker / "inbox.db"))
     assert code == 1
     assert f"cannot open {blocker / 'inbox.db'}: a parent is not a directory" in err
+
+
+def _quarantine(data_dir: Path, *bodies: tuple[bytes, str, str | None, float]) -> list[int]:
+    async def run() -> list[int]:
+        async with SQLiteInbox(data_dir / "inbox.db") as inbox:
+            return [
+                await inbox.quarantine(body, reason, received_at=at, event_id=event_id)
+                for body, reason, event_id, at in bodies
+            ]
+
+    return asyncio.run(run())
+
+
+def _inbox_state(data_dir: Path) -> tuple[dict[str, str], list[str]]:
+    async def run() -> tuple[dict[str, str], list[str]]:
+        async with SQLiteInbox(data_dir / "inbox.db") as inbox:
+            events = {e.event_id: e.state.value async for e in inbox.iter_events(EventFilter())}
+            return events, [q.reason for q in await inbox.quarantined(limit=1000)]
+
+    return asyncio.run(run())
+
+
+def test_quarantine_reingest_all_turns_bodies_that_are_events_now_into_pending_events(
+    data_dir: Path,
+) -> None:
+    # Bodies an older parser refused: one is an event now, one duplicates a stored event.
+    odd = json.dumps(make_event("was-odd", metric="bounced", delivery_id=7)).encode()
+    dup = json.dumps(make_event("ok0")).encode()
+    stale = json.dumps(make_event("late-one")).encode()
+    _quarantine(
+        data_dir,
+        (odd, "Expected `str | null`, got `int`", "was-odd", NOW),
+        (dup, "old parser", "ok0", NOW),
+        (stale, "stale: signed +3000000s from receipt", "late-one", NOW),
+    )
+    code, out, _ = invoke("quarantine", "reingest", "--all", "--data-dir", str(data_dir))
+    assert code == 0
+    assert out.split() == ["stored=1", "duplicate=1", "still_invalid=1", "stale_left=1"]
+    events, reasons = _inbox_state(data_dir)
+    assert events["was-odd"] == "pending"  # the dispatcher will run its handlers
+    assert "late-one" not in events
+    assert sorted(reasons) == ["body is not JSON", "stale: signed +3000000s from receipt"]
+    code, out, _ = invoke("quarantine", "reingest", "--all", "--data-dir", str(data_dir))
+    assert out.split() == ["stored=0", "duplicate=0", "still_invalid=1", "stale_left=1"]
+
+
+def test_quarantine_reingest_by_id_takes_a_stale_body_too(data_dir: Path) -> None:
+    stale = json.dumps(make_event("late-one")).encode()
+    [ident] = _quarantine(data_dir, (stale, "stale: signed long ago", "late-one", NOW))
+    code, out, _ = invoke("quarantine", "reingest", str(ident), "--data-dir", str(data_dir))
+    assert code == 0
+    assert "stored=1" in out
+    assert _inbox_state(data_dir)[0]["late-one"] == "pending"
+
+
+@pytest.mark.parametrize("args", [(), ("999",), ("1", "--all")])
+def test_quarantine_reingest_needs_existing_ids_or_all(
+    data_dir: Path, args: tuple[str, ...]
+) -> None:
+    code, _, err = invoke("quarantine", "reingest", *args, "--data-dir", str(data_dir))
+    assert code == 2
+    assert "Traceback" not in err
+    assert _inbox_state(data_dir)[1] == ["body is not JSON"]  # nothing changed
+
+
+def test_quarantine_purge_before_deletes_only_older_bodies(data_dir: Path) -> None:
+    _quarantine(data_dir, (b"newer", "odd", None, NOW + 86400))
+    code, out, _ = invoke(
+        "quarantine", "purge", "--before", str(int(NOW + 3600)), "--data-dir", str(data_dir)
+    )
+    assert code == 0
+    assert "purged 1" in out
+    assert _inbox_state(data_dir)[1] == ["odd"]
+    code, _, err = invoke("quarantine", "purge", "--before", "soon", "--data-dir", str(data_dir))
+    assert code == 2
+    assert "--before 'soon'" in err
 
 
 def insert_raw(db: Path, event_id: str, body: bytes, *, occurred_at: object = None) -> None:

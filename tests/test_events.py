@@ -129,12 +129,16 @@ def test_machine_activity_flags() -> None:
         (b"", "not JSON"),
         (b"not json", "not JSON"),
         (b"\xff\xfe", "not JSON"),
-        (b"[1,2]", "Expected `object`"),
+        (b"[1,2]", "not a JSON object"),
         (b'{"metric":"sent"}', "event_id"),
         (b'{"event_id":""}', "event_id is empty"),
         (b'{"event_id":null}', "event_id"),
-        (b'{"event_id":"e1","data":"text"}', "$.data"),
-        (b'{"event_id":"e1","data":{"identifiers":[1]}}', "$.data.identifiers"),
+        (b'{"event_id":"e1","data":"text"}', "data is not an object"),
+        (b'{"event_id":"e1","metric":5}', "metric is not a string"),
+        (b'{"event_id":"e1","object_type":["email"]}', "object_type is not a string"),
+        (b'{"event_id":[1]}', "event_id"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"event_id":"e1","data":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "too deeply"),
     ],
 )
 def test_bodies_that_are_not_events_raise_invalid_event_with_a_reason(
@@ -150,7 +154,121 @@ def test_integer_event_id_is_accepted_as_text() -> None:
 
 
 def test_decoder_errors_surface_as_invalid_event_not_msgspec_errors() -> None:
-    for body in (b"{", b'{"event_id":"x","timestamp":"soon"}', b'{"event_id":{}}'):
+    for body in (b"{", b'{"event_id":"x","data":7}', b'{"event_id":{}}'):
         with pytest.raises(InvalidEvent) as caught:
             parse_event(body)
         assert not isinstance(caught.value, msgspec.MsgspecError)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event_id":"e1","metric":"sent","data":{}}',
+        b'{"event_id":"e1","object_type":null,"metric":"sent","data":null}',
+    ],
+)
+def test_invalid_event_keeps_the_event_id_it_could_read(body: bytes) -> None:
+    bad = body.replace(b'"metric":"sent"', b'"metric":{"x":1}')
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(bad)
+    assert caught.value.event_id == "e1"
+    assert parse_event(body).event_id == "e1"  # the same envelope, sound, is an event
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        b'"nan"',
+        b'"NaN"',
+        b'"inf"',
+        b'"Infinity"',
+        b'"-Infinity"',
+        b'"soon"',
+        b"1e30",
+        b"9223372036854775808",  # 2**63: past SQLite's INTEGER
+        b"18446744073709551616",  # 2**64
+        b"1e308",
+        b"-1e308",
+        b"253402300800",  # 10000-01-01
+        b"true",
+        b"[1]",
+    ],
+)
+def test_a_timestamp_that_cannot_be_a_time_is_null_and_the_event_kept(timestamp: bytes) -> None:
+    body = b'{"event_id":"e1","object_type":"email","metric":"sent","timestamp":' + timestamp
+    body += b',"data":{"delivery_id":"d1"}}'
+    event = parse_event(body, received_at=1.0)
+    assert event.timestamp is None
+    assert event.raw == body
+    assert event.data.delivery_id == "d1"
+    assert normalise(event)["occurred_at"] is None
+
+
+@pytest.mark.parametrize("timestamp", [253402300799, 0, -62135596800, 1_700_000_000])
+def test_timestamps_of_the_years_1_to_9999_are_kept(timestamp: int) -> None:
+    event = parse_event(f'{{"event_id":"e1","timestamp":{timestamp}}}'.encode())
+    assert event.timestamp == timestamp
+    assert normalise(event)["occurred_at"] is not None
+
+
+def test_data_fields_of_unexpected_types_are_normalised_not_quarantined() -> None:
+    body = json.dumps(
+        {
+            "event_id": "e1",
+            "object_type": "email",
+            "metric": "bounced",
+            "timestamp": 1_700_000_000,
+            "data": {
+                "delivery_id": 12345,
+                "failure_message": {"code": 550, "text": "mailbox full"},
+                "prefetched": "true",
+                "machine": "maybe",
+                "campaign_id": [1],
+                "subject": 3.5,
+                "identifiers": {"id": True, "email": "a@example.com", "cio_id": {"x": 1}},
+                "recipients": [{"device_id": 7, "device_platform": "ios"}, "junk"],
+                "unknown_field": {"kept": "in raw"},
+            },
+        }
+    ).encode()
+    event = parse_event(body)
+    d = event.data
+    assert (event.event_id, event.kind, event.timestamp) == ("e1", "email.bounced", 1_700_000_000)
+    assert d.delivery_id == "12345"  # a number where text is expected becomes text
+    assert d.subject == "3.5"
+    assert d.failure_message is None  # an object cannot be a message: null, raw keeps it
+    assert d.prefetched is True  # a string boolean
+    assert d.machine is None
+    assert d.campaign_id is None
+    assert d.identifiers is not None
+    assert (d.identifiers.id, d.identifiers.email) == (None, "a@example.com")
+    assert d.identifiers.cio_id is None
+    assert d.recipients is not None
+    assert [(r.device_id, r.device_platform) for r in d.recipients] == [("7", "ios")]
+    assert event.payload["data"]["failure_message"] == {"code": 550, "text": "mailbox full"}
+    assert tuple(normalise(event)) == NORMALISED_FIELDS
+    wrong_identifiers = parse_event(b'{"event_id":"e2","data":{"identifiers":[1]}}')
+    assert wrong_identifiers.data.identifiers is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"caf\xc3", b"\xff\xfe", b"\xc0\xaf", b"\xed\xa0\x80"],
+    ids=["cut", "ff", "overlong", "surrogate"],
+)
+def test_invalid_utf8_in_a_string_is_read_as_replacement_characters(text: bytes) -> None:
+    body = b'{"event_id":"e1","object_type":"email","metric":"sent","data":{"subject":"' + text
+    body += b'","delivery_id":"d1"}}'
+    event = parse_event(body)
+    assert event.raw == body
+    assert event.data.subject is not None
+    assert "\ufffd" in event.data.subject
+    assert event.data.delivery_id == "d1"
+    assert event.payload["data"]["delivery_id"] == "d1"
+    normalise(event)
+
+
+def test_invalid_utf8_with_an_odd_field_type_is_still_an_event() -> None:
+    body = b'{"event_id":"e1","metric":"sent","data":{"delivery_id":5,"subject":"\xff"}}'
+    event = parse_event(body)
+    assert (event.data.delivery_id, event.data.subject) == ("5", "\ufffd")

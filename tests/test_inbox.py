@@ -15,6 +15,11 @@ from cio_webhooks.testing import make_event
 
 from .conftest import NOW
 
+_QUARANTINE_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)\n"
+    "    WHERE event_id IS NOT NULL;"
+)
+
 
 def ev(
     event_id: str, received_at: float = NOW, metric: str = "delivered", object_type: str = "email"
@@ -134,9 +139,11 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
             .replace(
                 "CREATE INDEX IF NOT EXISTS events_dead ON events (seq) WHERE state = 'dead';", ""
             )
+            .replace(_QUARANTINE_INDEX, "")
             .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 1;")
         )
         assert "backfilled" not in version_1
+        assert "quarantine_event_id" not in version_1
         assert "user_version = 1" in version_1
         db.executescript(version_1)
         db.execute(
@@ -151,3 +158,103 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert db.execute("SELECT name FROM sqlite_master WHERE name = 'events_dead'").fetchone()
+
+
+async def test_a_value_sqlite_cannot_hold_fails_only_its_own_write_in_a_group_commit(
+    inbox: SQLiteInbox,
+) -> None:
+    import dataclasses
+    import threading
+
+    # Hold the writer so that every put below waits in its queue and lands in ONE commit.
+    gate = threading.Event()
+    held = inbox._writer.submit(lambda conn: gate.wait(10), isolated=True)
+    bad = dataclasses.replace(ev("bad"), timestamp=2**63)  # past SQLite's 64-bit INTEGER
+    goods = [ev(f"ok{i}") for i in range(400)]
+    puts = [asyncio.ensure_future(inbox.put(e)) for e in [*goods[:200], bad, *goods[200:]]]
+    await asyncio.sleep(0)  # each put has queued its write
+    commits_before, _ = inbox.commit_stats
+    gate.set()
+    await held
+    results = await asyncio.gather(*puts, return_exceptions=True)
+    commits, _ = inbox.commit_stats
+    assert commits - commits_before <= 2  # the held write's commit, then all 401 puts
+    failed = results.pop(200)
+    assert isinstance(failed, OverflowError)  # the caller's to handle, not StoreUnavailable
+    assert results == [PutResult.STORED] * 400
+    assert (await inbox.stats())["events"] == 400
+    assert await inbox.put(ev("bad")) is PutResult.STORED  # nothing of it was written
+
+
+async def test_a_quarantined_event_id_is_kept_once(inbox: SQLiteInbox) -> None:
+    first = await inbox.quarantine(b"one", "odd", received_at=NOW, event_id="e1")
+    again = await asyncio.gather(
+        *(inbox.quarantine(b"two", "odd", received_at=NOW + 1, event_id="e1") for _ in range(3))
+    )
+    other = await inbox.quarantine(b"x", "not JSON", received_at=NOW)
+    anonymous = await inbox.quarantine(b"x", "not JSON", received_at=NOW)
+    assert again == [first] * 3
+    assert len({first, other, anonymous}) == 3  # bodies without an event_id are all kept
+    [kept] = await inbox.quarantined(ident=first)
+    assert (kept.body, kept.event_id) == (b"one", "e1")
+    assert (await inbox.stats())["quarantined"] == 3
+
+
+async def test_release_stores_the_event_and_drops_the_quarantined_copy(
+    inbox: SQLiteInbox,
+) -> None:
+    body = json.dumps(make_event("q1")).encode()
+    ident = await inbox.quarantine(body, "old parser", received_at=NOW - 60, event_id="q1")
+    event = parse_event(body, received_at=NOW - 60)
+    assert await inbox.release_quarantined(ident, event) is PutResult.STORED
+    assert await inbox.quarantined() == []
+    stored = await inbox.get_event("q1")
+    assert stored is not None
+    assert (stored.state, stored.received_at, stored.body) == (JobState.PENDING, NOW - 60, body)
+    again = await inbox.quarantine(body, "old parser", received_at=NOW, event_id="q1")
+    assert await inbox.release_quarantined(again, event) is PutResult.DUPLICATE
+    assert await inbox.quarantined() == []
+
+
+async def test_purge_deletes_quarantined_bodies_received_before_the_cutoff(
+    inbox: SQLiteInbox,
+) -> None:
+    for age in (10, 5, 1):
+        await inbox.quarantine(b"x", "odd", received_at=NOW - age * 86400)
+    assert await inbox.purge_quarantined(received_before=NOW - 3 * 86400) == 2
+    [left] = await inbox.quarantined()
+    assert left.received_at == NOW - 86400
+
+
+async def test_quarantined_pages_newest_first_below_an_id(inbox: SQLiteInbox) -> None:
+    ids = [await inbox.quarantine(b"x", "odd", received_at=NOW) for _ in range(5)]
+    page = await inbox.quarantined(limit=2, before_id=ids[3])
+    assert [q.id for q in page] == [ids[2], ids[1]]
+
+
+async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_id(
+    tmp_path: Path,
+) -> None:
+    from cio_webhooks._sqlite import SCHEMA, SCHEMA_VERSION
+
+    path = tmp_path / "v3.db"
+    version_3 = SCHEMA.replace(_QUARANTINE_INDEX, "").replace(
+        f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 3;"
+    )
+    assert "quarantine_event_id" not in version_3
+    with sqlite3.connect(path) as db:
+        db.executescript(version_3)
+        db.executemany(
+            "INSERT INTO quarantine (received_at, event_id, reason, body) VALUES (?, ?, 'r', ?)",
+            [(1, "e1", b"first"), (2, "e1", b"retry"), (3, None, b"a"), (4, None, b"b")],
+        )
+    async with SQLiteInbox(path) as inbox:
+        kept = await inbox.quarantined()
+        assert [(q.event_id, q.body) for q in kept] == [
+            (None, b"b"),
+            (None, b"a"),
+            ("e1", b"first"),
+        ]
+        assert await inbox.quarantine(b"more", "r", received_at=5, event_id="e1") == kept[-1].id
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)

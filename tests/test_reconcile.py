@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from cio_webhooks import Dispatcher, Event, JobState, Router, SQLiteInbox, parse
 from cio_webhooks.cli import main
 from cio_webhooks.customerio import AppClient
 from cio_webhooks.customerio.fake import FakeCustomerIO
-from cio_webhooks.reconcile import reconcile
+from cio_webhooks.reconcile import COMPARED_METRICS, reconcile
 from cio_webhooks.reports import delivery_report
 from cio_webhooks.sinks import SQLiteWarehouse
 from cio_webhooks.testing import FixedClock, make_event
@@ -147,6 +149,66 @@ async def test_backfilled_events_do_not_run_policies_again(
     assert sum(calls.values()) == len(POSTED)
 
 
+async def received_everything_then_pruned(tmp_path: Path) -> SQLiteInbox:
+    """An inbox that got every event ``DELIVERIES`` lists (dlv-1's open from a
+    prefetcher), handed them to the warehouse, then pruned them all: the state a
+    ``--dedupe-days 30`` inbox is in when ``reconcile --since 60d`` looks back."""
+    inbox = SQLiteInbox(tmp_path / "inbox.db")
+    await inbox.open()
+    for d in DELIVERIES:
+        for metric, at in d["metrics"].items():
+            if metric in COMPARED_METRICS:
+                payload = make_event(
+                    f"real-{d['id']}-{metric}",
+                    "email",
+                    metric,
+                    timestamp=at,
+                    delivery_id=d["id"],
+                    campaign_id=7,
+                    prefetched=metric == "opened",
+                )
+                await inbox.put(parse_event(json.dumps(payload).encode(), received_at=T0))
+    dispatcher = Dispatcher(inbox, Router(), clock=FixedClock(T0 + 10), rng=random.Random(0))
+    while await dispatcher.run_once():
+        pass
+    await load_warehouse(tmp_path, inbox)
+    assert await inbox.prune(received_before=T0 + 1) == 7
+    return inbox
+
+
+async def load_warehouse(tmp_path: Path, inbox: SQLiteInbox) -> int:
+    """Load all the inbox holds into the warehouse next to it; the warehouse's row count."""
+    warehouse = SQLiteWarehouse(tmp_path / "warehouse.db", inbox=inbox.path)
+    while await warehouse.load():
+        pass
+    await warehouse.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "warehouse.db")) as db:
+        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+async def test_backfill_never_copies_what_the_inbox_pruned(
+    app_api: AppClient, tmp_path: Path
+) -> None:
+    inbox = await received_everything_then_pruned(tmp_path)
+    try:
+        warehouse = SQLiteWarehouse.reader(tmp_path / "warehouse.db")
+        result = await reconcile(
+            app_api,
+            inbox,
+            since=T0 - 3600,
+            now=T0 + 40 * 86400,
+            backfill=True,
+            warehouse=warehouse,
+        )
+        await warehouse.close()
+        assert (result.missing, result.extra, result.backfilled) == ([], [], 0)
+        assert await load_warehouse(tmp_path, inbox) == 7
+    finally:
+        await inbox.close()
+    [row] = delivery_report(tmp_path / "warehouse.db")
+    assert (row.sent, row.opened, row.machine_opened) == (3, 0, 1)
+
+
 async def invoke(*args: str) -> Result:
     # The CLI runs its own event loop; the fake serves from this one.
     return await asyncio.to_thread(CliRunner().invoke, main, list(args))
@@ -170,6 +232,22 @@ async def test_cli_reconcile_json_then_backfill(
     missing_key = await invoke("reconcile", *common)
     assert missing_key.exit_code == 2
     assert "App API key" in missing_key.stderr
+
+
+async def test_cli_backfill_after_the_inbox_pruned_adds_nothing(
+    fake: FakeCustomerIO, tmp_path: Path
+) -> None:
+    inbox = await received_everything_then_pruned(tmp_path)
+    common = ["--data-dir", str(tmp_path), "--app-url", fake.app_url, "--app-api-key", "app-secret"]
+    try:
+        result = await invoke("reconcile", *common, "--since", str(T0 - 3600), "--backfill")
+        assert result.exit_code == 0, result.output
+        assert "0 missing event(s), 0 extra, 0 backfilled" in result.stdout
+        assert await load_warehouse(tmp_path, inbox) == 7
+    finally:
+        await inbox.close()
+    [row] = delivery_report(tmp_path / "warehouse.db")
+    assert (row.opened, row.machine_opened) == (0, 1)
 
 
 async def test_report_compare_api(fake: FakeCustomerIO, inbox: SQLiteInbox, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from cio_webhooks import StoreUnavailable, parse_event
 from cio_webhooks.events import normalise
+from cio_webhooks.reconcile import backfill_event
 from cio_webhooks.reports import COUNTS, RATES, ReportRow, delivery_report
 from cio_webhooks.sinks import SQLiteWarehouse
 from cio_webhooks.testing import make_event
@@ -335,6 +336,44 @@ def test_a_file_that_is_not_a_warehouse_is_a_clear_error(tmp_path: Path) -> None
     db.close()
     with pytest.raises(StoreUnavailable, match=r"not a warehouse.*lacks .*campaign_id"):
         delivery_report(path)
+
+
+def test_a_real_event_after_its_backfilled_stand_in_counts_once(tmp_path: Path) -> None:
+    """reconcile backfilled k's sent, delivered and open (webhooks down); then the
+    real ones arrive after all: the open was a prefetch, on the next day."""
+    message = {"id": "k", "type": "email", "campaign_id": 1, "customer_id": "p"}
+    message["metrics"] = {"sent": T0, "delivered": T0 + 5, "opened": T0 + 60}
+    stand_ins = [
+        parse_event(backfill_event(message, metric), received_at=T0, backfilled=True)
+        for metric in ("sent", "delivered", "opened")
+    ]
+    real = [
+        parse_event(body, received_at=LATER)
+        for body in (
+            ev("sent", "k"),
+            ev("delivered", "k", at=T0 + 2),  # Customer.io's clocks differ by a few seconds
+            ev("opened", "k", at=LATER, prefetched=True),
+        )
+    ]
+
+    async def run() -> None:
+        sink = SQLiteWarehouse(tmp_path / "warehouse.db")
+        await sink.write(stand_ins, cursor=1, loaded_at=T0)
+        await sink.write(real, cursor=2, loaded_at=LATER)
+        await sink.close()
+
+    asyncio.run(run())
+    path = tmp_path / "warehouse.db"
+    [row] = delivery_report(path)
+    assert counts(row) == ZERO | {"sent": 1, "delivered": 1, "machine_opened": 1}
+    days = {r.group: counts(r) for r in delivery_report(path, by="day")}
+    assert days == {
+        "2023-11-14": ZERO | {"sent": 1, "delivered": 1},  # the stand-in open is gone
+        "2023-11-15": ZERO | {"machine_opened": 1},
+    }
+    # The real delivered is before the window: its stand-in, inside, does not replace it.
+    [window] = delivery_report(path, since=T0 + 3)
+    assert counts(window) == ZERO | {"machine_opened": 1}
 
 
 def test_unknown_grouping_is_refused(tmp_path: Path) -> None:

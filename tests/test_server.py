@@ -322,3 +322,59 @@ def test_unusable_data_path_is_a_clear_error_not_a_traceback(tmp_path: Path) -> 
     assert done.returncode == 1
     assert f"cannot open {blocker / 'inbox.db'}: a parent is not a directory" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_authentic_hostile_requests_are_never_refused_by_the_real_server(
+    tmp_path: Path,
+) -> None:
+    from multidict import CIMultiDict
+
+    server = Server(tmp_path / "data", extra=["--dedupe-days", "10"]).start()
+    now = int(time.time())
+
+    def body(event_id: str, timestamp: str = "1700000000", subject: bytes = b"Hi") -> bytes:
+        raw = json.dumps(make_event(event_id, subject="SUBJECT")).encode()
+        return raw.replace(b"1700000000", timestamp.encode()).replace(b"SUBJECT", subject)
+
+    deep = b"[" * 981 + b"]" * 981
+    cases = {
+        "nan": (body("nan", '"nan"'), now),
+        "inf": (body("inf", '"Infinity"'), now),
+        "huge": (body("huge", "1e308"), now),
+        "int64": (body("int64", "9223372036854775808"), now),
+        "utf8": (body("utf8", subject=b"\xc0\xaf\xff"), now),
+        "deep": (body("deep").replace(b'"Hi"', deep).replace(b'"SUBJECT"', deep), now),
+        "late": (body("late"), now - 3 * 86400),
+        "stale": (body("stale"), now - 12 * 86400),  # beyond --dedupe-days 10
+    }
+
+    async def scenario() -> tuple[dict[str, int], int, str]:
+        statuses: dict[str, int] = {}
+        async with aiohttp.ClientSession() as session:
+            for name, (raw, ts) in cases.items():
+                _, headers = signed_request(raw, key=KEY, timestamp=ts)
+                async with session.post(server.url, data=raw, headers=headers) as response:
+                    statuses[name] = response.status
+            raw = body("twice")
+            _, headers = signed_request(raw, key=KEY, timestamp=now)
+            repeated = CIMultiDict(headers)
+            repeated.add("X-CIO-Signature", headers["X-CIO-Signature"])
+            async with session.post(server.url, data=raw, headers=repeated) as response:
+                twice = response.status
+            metrics_url = server.url.replace("/webhooks/customerio", "/metrics")
+            async with session.get(metrics_url) as response:
+                metrics = await response.text()
+        return statuses, twice, metrics
+
+    try:
+        statuses, twice, metrics = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert statuses == dict.fromkeys(cases, 200)
+    assert twice == 401
+    assert 'outcome="late"} 1' in metrics
+    assert 'outcome="stale"} 1' in metrics
+    stored = server.inbox_ids()
+    assert {"nan", "inf", "huge", "int64", "utf8", "late"} <= stored
+    assert "stale" not in stored
+    assert "twice" not in stored

@@ -87,15 +87,59 @@ def test_missing_or_malformed_headers(headers: dict[str, str]) -> None:
         verify(BODY, headers, [KEY], tolerance=0, now=TS)
 
 
-def test_non_hex_signature_is_a_mismatch_not_a_crash() -> None:
-    headers = {**HEADERS, "X-CIO-Signature": "zz\u00e9" * 21}
-    with pytest.raises(SignatureMismatch):
-        verify(BODY, headers, [KEY], tolerance=0, now=TS)
+def _signed_at(raw_timestamp: str) -> dict[str, str]:
+    """Headers whose signature is right for ``raw_timestamp`` taken byte for byte."""
+    import hashlib
+    import hmac
+
+    message = b"v0:" + raw_timestamp.encode("utf-8") + b":" + BODY
+    digest = hmac.new(KEY.encode(), message, hashlib.sha256).hexdigest()
+    return {"X-CIO-Timestamp": raw_timestamp, "X-CIO-Signature": digest}
 
 
-def test_uppercase_hex_signature_is_accepted() -> None:
-    headers = {**HEADERS, "X-CIO-Signature": VECTOR["x_cio_signature"].upper()}
-    assert verify(BODY, headers, [KEY], tolerance=0, now=TS) == TS
+@pytest.mark.parametrize(
+    "signature",
+    [
+        VECTOR["x_cio_signature"].upper(),
+        " " + VECTOR["x_cio_signature"],
+        VECTOR["x_cio_signature"] + "\n",
+        VECTOR["x_cio_signature"][:63],
+        VECTOR["x_cio_signature"] + "0",
+        "zz\u00e9" * 21 + "z",
+    ],
+    ids=["uppercase", "leading-space", "trailing-newline", "63-chars", "65-chars", "not-hex"],
+)
+def test_signature_must_be_exactly_64_lowercase_hex(signature: str) -> None:
+    with pytest.raises(MissingSignature):
+        verify(BODY, {**HEADERS, "X-CIO-Signature": signature}, [KEY], tolerance=0, now=TS)
+
+
+@pytest.mark.parametrize(
+    "raw_timestamp",
+    [
+        "+" + VECTOR["x_cio_timestamp"],
+        "-" + VECTOR["x_cio_timestamp"],
+        " " + VECTOR["x_cio_timestamp"],
+        VECTOR["x_cio_timestamp"] + " ",
+        VECTOR["x_cio_timestamp"][:4] + "_" + VECTOR["x_cio_timestamp"][4:],
+        "\u0661\u0667\u0660\u0660",  # Arabic-Indic digits: int() reads them, we do not
+        "\uff11\uff17\uff10\uff10",  # fullwidth digits
+        "1" * 21,
+    ],
+    ids=[
+        "plus",
+        "minus",
+        "leading-space",
+        "trailing-space",
+        "underscore",
+        "arabic",
+        "fullwidth",
+        "21-digits",
+    ],
+)
+def test_timestamp_must_be_ascii_digits_even_when_signed(raw_timestamp: str) -> None:
+    with pytest.raises(MissingSignature):
+        verify(BODY, _signed_at(raw_timestamp), [KEY], tolerance=0, now=TS)
 
 
 def test_rotation_accepts_old_and_new_key() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cio_webhooks import SQLiteInbox, normalise, parse_event
+from cio_webhooks import SQLiteInbox, StoreUnavailable, normalise, parse_event
 from cio_webhooks.events import NORMALISED_FIELDS
 from cio_webhooks.sinks import SQLiteWarehouse
 from cio_webhooks.testing import FixedClock, make_event
@@ -177,3 +177,42 @@ async def test_an_older_warehouse_gains_new_columns(
     await warehouse.close()
     [row] = rows(path)
     assert set(row) == {*NORMALISED_FIELDS, "loaded_at"}
+
+
+async def test_a_reader_finds_every_received_metric_of_the_deliveries_asked_for(
+    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
+) -> None:
+    for event_id, delivery, metric, backfilled in [
+        ("e1", "d1", "sent", False),
+        ("e2", "d2", "opened", False),
+        ("backfill:d1:delivered", "d1", "delivered", True),
+        ("e3", "other", "sent", False),
+    ]:
+        body = json.dumps(make_event(event_id, "email", metric, delivery_id=delivery)).encode()
+        await inbox.put(parse_event(body, received_at=NOW, backfilled=backfilled))
+    warehouse = warehouse_for(inbox, tmp_path, clock)
+    await warehouse.load()
+    await warehouse.close()
+    before = (tmp_path / "warehouse.db").read_bytes()
+
+    reader = SQLiteWarehouse.reader(tmp_path / "warehouse.db")
+    found = await reader.delivery_metrics(["d1", "d2", "never"])
+    await reader.close()
+    assert found == {("d1", "sent"), ("d1", "delivered"), ("d2", "opened")}
+    assert (tmp_path / "warehouse.db").read_bytes() == before
+
+
+async def test_a_reader_of_a_warehouse_never_loaded_finds_nothing(tmp_path: Path) -> None:
+    (tmp_path / "warehouse.db").touch()  # what `serve --no-dispatch` leaves
+    reader = SQLiteWarehouse.reader(tmp_path / "warehouse.db")
+    assert await reader.delivery_metrics(["d1"]) == set()
+    await reader.close()
+    assert (tmp_path / "warehouse.db").read_bytes() == b""
+
+
+async def test_a_reader_never_creates_a_warehouse(tmp_path: Path) -> None:
+    reader = SQLiteWarehouse.reader(tmp_path / "nowhere.db")
+    with pytest.raises(StoreUnavailable):
+        await reader.delivery_metrics(["d1"])
+    await reader.close()
+    assert list(tmp_path.iterdir()) == []

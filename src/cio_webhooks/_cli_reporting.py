@@ -25,6 +25,8 @@ from .cli import (
     _print_rows,
     _run,
     err,
+    fail,
+    inbox_path,
     main,
     parse_since,
     print_table,
@@ -34,6 +36,7 @@ from .customerio import AppClient, CustomerIONotFound
 from .events import iso
 from .reconcile import Discrepancy, ReconcileResult, reconcile
 from .reports import COUNTS, GROUPINGS, NONE_GROUP, RATES, ReportRow, delivery_report
+from .sinks import SQLiteWarehouse
 
 __all__ = ["reconcile_command", "report"]
 
@@ -197,6 +200,26 @@ def _report_table(rows: list[ReportRow], by: str) -> None:
     )
 
 
+def _received(warehouse: Path | None, default: Path) -> SQLiteWarehouse | None:
+    """The warehouse to look up received events in, read-only; None when there is none.
+
+    Without it only the inbox is compared, and an event it has pruned looks missing.
+    """
+    if warehouse is not None and not warehouse.exists():
+        err.print(f"[red]error:[/] no warehouse at {warehouse}", highlight=False)
+        sys.exit(2)
+    path = warehouse or default
+    if not path.exists():
+        err.print(
+            f"note: no warehouse at {path}: comparing with the inbox only, where events"
+            " older than --dedupe-days are no longer kept",
+            highlight=False,
+            markup=False,
+        )
+        return None
+    return SQLiteWarehouse.reader(path)
+
+
 @main.command("reconcile")
 @store_options
 @click.option(
@@ -210,6 +233,13 @@ def _report_table(rows: list[ReportRow], by: str) -> None:
     is_flag=True,
     help="Store the missing events (marked backfilled; policies do not run).",
 )
+@click.option(
+    "--warehouse",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=_env("WAREHOUSE"),
+    help="Warehouse SQLite file: events the inbox has pruned count as received."
+    " [default: next to --db]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @app_api_options
 def reconcile_command(
@@ -217,12 +247,18 @@ def reconcile_command(
     db: Path | None,
     since: str,
     backfill: bool,
+    warehouse: Path | None,
     as_json: bool,
     app_api_key: str | None,
     region: str,
     app_url: str | None,
 ) -> None:
     """Compare Customer.io's deliveries (App API /messages) with the events we stored."""
+    try:
+        inbox_path(data_dir, db)  # before any note about the warehouse
+    except ConfigError as exc:
+        fail(exc, 2)
+    received = _received(warehouse, _db(data_dir, db).parent / "warehouse.db")
 
     async def body() -> ReconcileResult:
         cutoff = parse_since(since, time.time())
@@ -238,9 +274,12 @@ def reconcile_command(
                         now=time.time(),
                         backfill=backfill,
                         progress=lambda n: progress.update(task, completed=n),
+                        warehouse=received,
                     )
         finally:
             await app.close()
+            if received is not None:
+                await received.close()
 
     result = _run(body())
 

@@ -1,10 +1,13 @@
 """The exceptions cio-webhooks raises.
 
 CioWebhooksError
-├── SignatureError            a request is not authentic (answered 401)
-│   ├── MissingSignature      header absent or malformed
+├── SignatureError            a request is not authentic (the receiver answers 401)
+│   ├── MissingSignature      header absent, repeated or malformed
 │   ├── SignatureMismatch     no configured key produced the signature
-│   └── StaleTimestamp        authentic, but outside the timestamp tolerance
+│   └── StaleTimestamp        authentic, but outside the tolerance given to ``verify``;
+│                             raised for library users only: the receiver verifies with
+│                             tolerance 0 and judges the timestamp itself (late -> stored,
+│                             older than the dedupe horizon -> quarantined), never 401
 ├── InvalidEvent              an authentic body that is not a Customer.io event (quarantined)
 ├── StoreUnavailable          the store could not durably take a write (answered 503)
 └── ConfigError               bad configuration or arguments (CLI exit code 2)
@@ -50,7 +53,14 @@ class StaleTimestamp(SignatureError):
 
 
 class InvalidEvent(CioWebhooksError):
-    """An authentic body that cannot be read as a Customer.io event."""
+    """An authentic body that cannot be read as a Customer.io event.
+
+    ``event_id`` is the body's event id when one could be read, else None.
+    """
+
+    def __init__(self, reason: str, *, event_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.event_id = event_id
 
 
 class StoreUnavailable(CioWebhooksError):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ._exceptions import ConfigError, StoreUnavailable
 from ._sqlite import SQLiteInbox
-from .app import Background, WebhookApp, create_app
+from .app import DEFAULT_DEDUPE_DAYS, Background, WebhookApp, create_app
 from .customerio import TrackClient
 from .dispatcher import Clock, Dispatcher, RetryPolicy
 from .handlers import Router, load_router
@@ -36,7 +36,7 @@ class Settings:
     max_body: int = 2 * 1024 * 1024
     handlers: tuple[str, ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    dedupe_days: float = 30.0
+    dedupe_days: float = DEFAULT_DEDUPE_DAYS
     dispatch: bool = True
     max_db_bytes: int | None = None
     # policies (Track API)
@@ -193,6 +193,7 @@ def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
         inbox,
         settings.signing_keys,
         tolerance=settings.tolerance,
+        dedupe_days=settings.dedupe_days,
         max_body=settings.max_body,
         clock=clock,
         background=tasks if settings.dispatch else (),

@@ -76,14 +76,23 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason      TEXT NOT NULL,
     body        BLOB NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
+    WHERE event_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;
 """
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: What turns a file of version N into N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
     2: "CREATE INDEX IF NOT EXISTS events_dead ON events (seq) WHERE state = 'dead';",
+    # A quarantined event_id is kept once: drop the later copies of Customer.io's retries.
+    3: """
+DELETE FROM quarantine WHERE event_id IS NOT NULL AND id NOT IN (
+    SELECT min(id) FROM quarantine WHERE event_id IS NOT NULL GROUP BY event_id);
+CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
+    WHERE event_id IS NOT NULL;
+""",
 }
 
 
@@ -113,11 +122,29 @@ _EVENT_COLUMNS = (
 )
 
 
+def _put_params(event: Event, state: str) -> tuple[Any, ...]:
+    received = event.received_at if event.received_at is not None else 0.0
+    return (
+        event.event_id,
+        event.object_type,
+        event.metric,
+        event.timestamp,
+        received,
+        event.raw,
+        received,
+        received,
+        state,
+        int(event.backfilled),
+    )
+
+
 @dataclass(slots=True)
 class _Write:
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     # Run inside a SAVEPOINT, so that its failure does not undo the rest of the batch.
+    # A write that is not isolated must be ONE statement: SQLite undoes a failed
+    # statement on its own, which isolates it without the cost of a savepoint.
     isolated: bool
 
 
@@ -208,7 +235,10 @@ class _Writer:
             conn.execute("BEGIN IMMEDIATE")
             for write in batch:
                 if not write.isolated:
-                    results.append((True, write.fn(conn)))
+                    try:
+                        results.append((True, write.fn(conn)))
+                    except Exception as exc:
+                        results.append((False, _write_error(conn, exc)))
                     continue
                 conn.execute("SAVEPOINT op")
                 try:
@@ -238,6 +268,23 @@ class _Writer:
             # One wake-up per loop per batch, not one per request.
             with contextlib.suppress(RuntimeError):  # that loop has closed
                 loop.call_soon_threadsafe(_settle, writes, values)
+
+
+def _write_error(conn: sqlite3.Connection, exc: Exception) -> Exception:
+    """What one failed single-statement write reports; raises if the batch is lost.
+
+    Values SQLite cannot take (an int past 64 bits, text it cannot encode, a
+    constraint) fail that statement alone: the error goes to that write's caller.
+    A failure of the store itself (disk full, I/O) is StoreUnavailable for it; if
+    SQLite rolled the whole transaction back, the batch fails (re-raised).
+    """
+    if not conn.in_transaction:
+        raise exc
+    if isinstance(exc, sqlite3.OperationalError):
+        error = StoreUnavailable(f"inbox write failed: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 def readonly_uri(path: Path) -> str:
@@ -423,22 +470,12 @@ class SQLiteInbox:
         return True
 
     async def put(self, event: Event, *, handled: bool = False) -> PutResult:
-        received = event.received_at if event.received_at is not None else 0.0
-        params = (
-            event.event_id,
-            event.object_type,
-            event.metric,
-            event.timestamp,
-            received,
-            event.raw,
-            received,
-            received,
-            # A backfilled event is recorded, not handled: its actions were taken (or
-            # deliberately not taken) when it was missed.
-            "done" if handled or event.backfilled else "pending",
-            int(event.backfilled),
-        )
+        # A backfilled event is recorded, not handled: its actions were taken (or
+        # deliberately not taken) when it was missed.
+        params = _put_params(event, "done" if handled or event.backfilled else "pending")
 
+        # One statement (see _Write.isolated): a value SQLite cannot take fails this
+        # put alone, never the others in its group commit.
         def insert(conn: sqlite3.Connection) -> PutResult:
             stored = conn.execute(_INSERT, params).rowcount == 1
             return PutResult.STORED if stored else PutResult.DUPLICATE
@@ -448,14 +485,39 @@ class SQLiteInbox:
     async def quarantine(
         self, body: bytes, reason: str, *, received_at: float, event_id: str | None = None
     ) -> int:
+        # One statement (see _Write.isolated): a repeated event_id keeps the first copy
+        # and returns its id.
         def insert(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "INSERT INTO quarantine (received_at, event_id, reason, body) VALUES (?, ?, ?, ?)",
+            (ident,) = conn.execute(
+                "INSERT INTO quarantine (received_at, event_id, reason, body) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (event_id) WHERE event_id IS NOT NULL"
+                " DO UPDATE SET event_id = excluded.event_id RETURNING id",
                 (received_at, event_id, reason, body),
-            )
-            return int(cur.lastrowid or 0)
+            ).fetchone()
+            return int(ident)
 
         return await self._writer.submit(insert, isolated=False)
+
+    async def release_quarantined(self, ident: int, event: Event) -> PutResult:
+        """Store ``event``, read again from quarantined body ``ident``, as a pending
+        event (or find it already stored) and drop the quarantined copy, atomically."""
+
+        def release(conn: sqlite3.Connection) -> PutResult:
+            stored = conn.execute(_INSERT, _put_params(event, "pending")).rowcount == 1
+            conn.execute("DELETE FROM quarantine WHERE id = ?", (ident,))
+            return PutResult.STORED if stored else PutResult.DUPLICATE
+
+        return await self._writer.submit(release, isolated=True)
+
+    async def purge_quarantined(self, *, received_before: float) -> int:
+        """Delete quarantined bodies received before the cutoff; returns how many."""
+
+        def purge(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM quarantine WHERE received_at < ?", (received_before,)
+            ).rowcount
+
+        return await self._writer.submit(purge, isolated=True)
 
     # -- dispatcher --------------------------------------------------------------------
     async def claim(self, *, now: float, limit: int, lease: float) -> list[Job]:
@@ -629,9 +691,13 @@ class SQLiteInbox:
         keys = ("handler", "status", "attempts", "last_error", "updated_at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    async def quarantined(self, *, limit: int = 100, ident: int | None = None) -> list[Quarantined]:
+    async def quarantined(
+        self, *, limit: int = 100, ident: int | None = None, before_id: int | None = None
+    ) -> list[Quarantined]:
         if ident is not None:
             sql, params = "WHERE id = ?", [ident]
+        elif before_id is not None:
+            sql, params = "WHERE id < ?", [before_id]
         else:
             sql, params = "", []
         rows = await self._read(

@@ -1,15 +1,21 @@
 """The HTTP service: ``POST /webhooks/customerio``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 Answers follow Customer.io's delivery rules (FACTS.md §3), where any 4xx/5xx
-other than 503 stalls the whole stream for an hour:
+other than 503 stalls the whole stream for an hour, so an authentic request is
+never refused for what it contains:
 
-====================================================  ======
-authentic event, stored (or already stored)            200
-authentic body that is not a valid event (quarantined) 200
-missing/invalid signature, stale timestamp             401
-body over the limit                                    413
-the store could not take it (Customer.io retries)      503
-====================================================  ======
+=========================================================  ======
+authentic event, stored (or already stored)                 200
+authentic, signed outside the tolerance but within the      200
+dedupe horizon: stored and processed, counted ``late``
+authentic, signed beyond the dedupe horizon: quarantined    200
+(reason ``stale``), never dispatched
+authentic body that is not a valid event, or any            200
+unexpected error after the signature checked: quarantined
+missing, malformed, repeated or invalid signature headers   401
+body over the limit                                         413
+the store could not take it (Customer.io retries)           503
+=========================================================  ======
 
 The webhook path is served by a plain ASGI callable, outside Starlette's
 routing and middleware, because it is the hot path; everything else is Starlette.
@@ -31,9 +37,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ._exceptions import InvalidEvent, SignatureError, StaleTimestamp
+from ._exceptions import InvalidEvent, SignatureError, StoreUnavailable
 from .dispatcher import Dispatcher
-from .events import parse_event
+from .events import Event, parse_event
 from .inbox import Inbox, PutResult
 from .signature import DEFAULT_TOLERANCE, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
@@ -43,6 +49,10 @@ log = logging.getLogger("cio_webhooks.receiver")
 
 WEBHOOK_PATH = "/webhooks/customerio"
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
+#: How long the inbox remembers an event_id (the service prunes older finished events).
+DEFAULT_DEDUPE_DAYS = 30.0
+#: How the reason of a request signed beyond the dedupe horizon starts.
+STALE_REASON = "stale"
 Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
@@ -53,8 +63,11 @@ class Counters:
     stored: int = 0
     duplicate: int = 0
     quarantined: int = 0
+    #: Authentic but signed beyond the dedupe horizon: quarantined, never dispatched.
+    stale: int = 0
+    #: Authentic but signed outside the tolerance (also counted as stored or duplicate).
+    late: int = 0
     rejected_signature: int = 0
-    rejected_stale: int = 0
     too_large: int = 0
     store_unavailable: int = 0
 
@@ -63,7 +76,6 @@ _STORED = (200, b'{"ok":true,"status":"stored"}')
 _DUPLICATE = (200, b'{"ok":true,"status":"duplicate"}')
 _QUARANTINED = (200, b'{"ok":true,"status":"quarantined"}')
 _BAD_SIGNATURE = (401, b'{"error":"invalid_signature"}')
-_STALE = (401, b'{"error":"stale_timestamp"}')
 _TOO_LARGE = (413, b'{"error":"body_too_large"}')
 _UNAVAILABLE = (503, b'{"error":"store_unavailable","retry":true}')
 _NOT_ALLOWED = (405, b'{"error":"method_not_allowed"}')
@@ -88,7 +100,15 @@ async def _send(
 
 
 class Receiver:
-    """ASGI app for the webhook endpoint: verify, store durably, then answer."""
+    """ASGI app for the webhook endpoint: verify, store durably, then answer.
+
+    The signature decides authenticity; the request timestamp only decides how an
+    authentic request is kept.  Outside ``tolerance`` seconds it is *late*: stored
+    and processed as usual (dedupe stops a replay), counted and logged with its
+    skew.  Beyond ``dedupe_days`` the inbox may have forgotten the event_id, so a
+    replay could act twice: it is quarantined as *stale* instead.  A ``tolerance``
+    of 0 turns both checks off.
+    """
 
     def __init__(
         self,
@@ -96,6 +116,7 @@ class Receiver:
         keys: Sequence[str],
         *,
         tolerance: float = DEFAULT_TOLERANCE,
+        dedupe_days: float = DEFAULT_DEDUPE_DAYS,
         max_body: int = DEFAULT_MAX_BODY,
         clock: Callable[[], float] = time.time,
         dispatcher: Dispatcher | None = None,
@@ -105,6 +126,7 @@ class Receiver:
         self.inbox = inbox
         self.keys = tuple(keys)
         self.tolerance = tolerance
+        self.horizon = dedupe_days * 86400
         self.max_body = max_body
         self.clock = clock
         self.dispatcher = dispatcher
@@ -114,16 +136,25 @@ class Receiver:
         if scope["method"] != "POST":
             await _send(send, _NOT_ALLOWED, [(b"allow", b"POST")])
             return
-        signature = timestamp = ""
+        signature: str | None = None
+        timestamp: str | None = None
+        repeated = False
         for name, value in scope["headers"]:
             if name == b"x-cio-signature":
+                repeated |= signature is not None
                 signature = value.decode("latin-1")
             elif name == b"x-cio-timestamp":
+                repeated |= timestamp is not None
                 timestamp = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit() and int(value) > self.max_body:
                 self.counters.too_large += 1
                 await _send(send, _TOO_LARGE)
                 return
+        if repeated:
+            # Which of two signatures would we check?  Neither: refuse.
+            self._reject("repeated X-CIO-Signature or X-CIO-Timestamp header")
+            await _send(send, _BAD_SIGNATURE)
+            return
         body = await self._read_body(receive)
         if body is None:
             self.counters.too_large += 1
@@ -131,28 +162,53 @@ class Receiver:
             return
         now = self.clock()
         try:
-            verify(
+            # Tolerance 0: verify only authenticates; the timestamp is judged below.
+            sent_at = verify(
                 body,
-                {SIGNATURE_HEADER: signature, TIMESTAMP_HEADER: timestamp},
+                {SIGNATURE_HEADER: signature or "", TIMESTAMP_HEADER: timestamp or ""},
                 self.keys,
-                tolerance=self.tolerance,
+                tolerance=0,
                 now=now,
             )
-        except StaleTimestamp as exc:
-            self.counters.rejected_stale += 1
-            log.warning(
-                "event=request_rejected reason=stale_timestamp skew_s=%.0f tolerance_s=%.0f",
-                exc.skew,
-                exc.tolerance,
-            )
-            await _send(send, _STALE)
-            return
         except SignatureError as exc:
-            self.counters.rejected_signature += 1
-            log.warning("event=request_rejected reason=invalid_signature detail=%r", str(exc))
+            self._reject(str(exc))
             await _send(send, _BAD_SIGNATURE)
             return
+        if self.tolerance > 0 and abs(now - sent_at) > self.tolerance:
+            await _send(send, await self._late(body, now, now - sent_at))
+            return
         await _send(send, await self._store(body, now))
+
+    def _reject(self, detail: str) -> None:
+        self.counters.rejected_signature += 1
+        log.warning('event=request_rejected reason=invalid_signature detail="%s"', detail)
+
+    async def _late(self, body: bytes, now: float, skew: float) -> tuple[int, bytes]:
+        if abs(skew) > self.horizon:
+            self.counters.stale += 1
+            log.warning(
+                "event=stale_request skew_s=%.0f dedupe_horizon_s=%.0f action=quarantined",
+                skew,
+                self.horizon,
+            )
+            try:
+                event_id: str | None = parse_event(body).event_id
+            except InvalidEvent as exc:
+                event_id = exc.event_id
+            except Exception:
+                event_id = None
+            reason = (
+                f"{STALE_REASON}: signed {skew:+.0f}s from receipt,"
+                f" beyond the {self.horizon / 86400:g}-day dedupe horizon"
+            )
+            return await self._quarantine(body, reason, now, event_id, count=False)
+        self.counters.late += 1
+        log.warning(
+            "event=late_request skew_s=%.0f tolerance_s=%.0f action=stored",
+            skew,
+            self.tolerance,
+        )
+        return await self._store(body, now)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it exceeds ``max_body``."""
@@ -172,27 +228,27 @@ class Receiver:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _store(self, body: bytes, now: float) -> tuple[int, bytes]:
+        """Store an authentic body as an event, else quarantine it.  Only a failing
+        store answers non-2xx (503); any other error keeps the body in quarantine."""
+        event: Event | None = None
         try:
             event = parse_event(body, received_at=now)
-        except InvalidEvent as exc:
-            try:
-                await self.inbox.quarantine(body, str(exc), received_at=now)
-            except Exception as store_exc:
-                return self._unavailable(store_exc)
-            self.counters.quarantined += 1
-            log.warning("event=quarantined reason=%r", str(exc))
-            return _QUARANTINED
-        # With the dispatcher in this process, an event no handler wants is stored as
-        # done: the dispatcher never has to claim it (the common case, and it keeps
-        # claim and finish writes off the writer thread that acks requests).
-        dispatcher = self.dispatcher
-        handled = dispatcher is not None and not dispatcher.router.match(
-            event.object_type, event.metric
-        )
-        try:
+            # With the dispatcher in this process, an event no handler wants is stored
+            # as done: the dispatcher never has to claim it (the common case, and it
+            # keeps claim and finish writes off the writer thread that acks requests).
+            dispatcher = self.dispatcher
+            handled = dispatcher is not None and not dispatcher.router.match(
+                event.object_type, event.metric
+            )
             result = await self.inbox.put(event, handled=handled)
-        except Exception as exc:
+        except StoreUnavailable as exc:
             return self._unavailable(exc)
+        except InvalidEvent as exc:
+            return await self._quarantine(body, str(exc), now, exc.event_id)
+        except Exception as exc:
+            # Whatever it is, it must not cost Customer.io's stream a 5xx: keep the body.
+            reason = f"could not store the event: {type(exc).__name__}: {exc}"
+            return await self._quarantine(body, reason, now, event.event_id if event else None)
         if result is PutResult.DUPLICATE:
             self.counters.duplicate += 1
             return _DUPLICATE
@@ -201,10 +257,29 @@ class Receiver:
             dispatcher.wake()
         return _STORED
 
+    async def _quarantine(
+        self, body: bytes, reason: str, now: float, event_id: str | None, *, count: bool = True
+    ) -> tuple[int, bytes]:
+        # Surrogates cannot be stored as text: escape them, the raw body keeps the rest.
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+        try:
+            await self.inbox.quarantine(body, reason, received_at=now, event_id=event_id)
+        except StoreUnavailable as exc:
+            return self._unavailable(exc)
+        except Exception as exc:
+            if event_id is None:
+                return self._unavailable(exc)
+            # The event_id was the trouble (text SQLite refuses): keep the body without it.
+            return await self._quarantine(body, reason, now, None, count=count)
+        if count:
+            self.counters.quarantined += 1
+        log.warning('event=quarantined reason="%s"', reason.replace('"', "'")[:500])
+        return _QUARANTINED
+
     def _unavailable(self, exc: Exception) -> tuple[int, bytes]:
         # Not stored: a 503 makes Customer.io keep the event and retry it.
         self.counters.store_unavailable += 1
-        log.error("event=store_unavailable error=%r", str(exc))
+        log.error('event=store_unavailable error="%s"', str(exc).replace('"', "'"))
         return _UNAVAILABLE
 
 
@@ -213,17 +288,25 @@ def create_app(
     keys: Sequence[str],
     *,
     tolerance: float = DEFAULT_TOLERANCE,
+    dedupe_days: float = DEFAULT_DEDUPE_DAYS,
     max_body: int = DEFAULT_MAX_BODY,
     clock: Callable[[], float] = time.time,
     background: Sequence[Background] = (),
     dispatcher: Dispatcher | None = None,
     path: str = WEBHOOK_PATH,
 ) -> WebhookApp:
-    """The ASGI application.  Its lifespan opens ``inbox``, runs each ``background``
+    """The ASGI application.  ``dedupe_days`` is the inbox's dedupe horizon (see
+    ``Receiver``).  Its lifespan opens ``inbox``, runs each ``background``
     task (dispatcher, warehouse loader) until shutdown, then closes the inbox after
     the in-flight requests have been answered."""
     receiver = Receiver(
-        inbox, keys, tolerance=tolerance, max_body=max_body, clock=clock, dispatcher=dispatcher
+        inbox,
+        keys,
+        tolerance=tolerance,
+        dedupe_days=dedupe_days,
+        max_body=max_body,
+        clock=clock,
+        dispatcher=dispatcher,
     )
 
     @contextlib.asynccontextmanager

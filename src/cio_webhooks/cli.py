@@ -31,7 +31,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from ._exceptions import CioWebhooksError, ConfigError, StoreUnavailable
+from ._exceptions import CioWebhooksError, ConfigError, InvalidEvent, StoreUnavailable
 from ._service import (
     Settings,
     actions_path,
@@ -43,10 +43,11 @@ from ._service import (
     split_keys,
 )
 from ._sqlite import SQLiteInbox
+from .app import STALE_REASON
 from .dispatcher import RetryPolicy
 from .events import NORMALISED_FIELDS, iso, normalise, parse_event
 from .handlers import Route
-from .inbox import EventFilter, JobState, StoredEvent
+from .inbox import EventFilter, JobState, Quarantined, StoredEvent
 from .policies import DEFAULT_RULES, ActionLog, Policies, PolicyConfig, load_policies
 from .signature import signed_headers
 
@@ -121,15 +122,21 @@ def _db(data_dir: Path, db: Path | None) -> Path:
     return db if db is not None else data_dir / "inbox.db"
 
 
+def inbox_path(data_dir: Path, db: Path | None) -> Path:
+    """The inbox file of ``--db``/``--data-dir``; ConfigError when there is none."""
+    path = _db(data_dir, db)
+    if not path.is_file():
+        raise ConfigError(f"no inbox at {path} (pass --db or --data-dir)")
+    return path
+
+
 @contextlib.asynccontextmanager
 async def _existing_inbox(
     data_dir: Path, db: Path | None, *, readonly: bool
 ) -> AsyncIterator[SQLiteInbox]:
     """The inbox at ``--db``/``--data-dir``, which must exist: a command never creates
     one, nor writes its tables into a file that is not one (ConfigError, exit 2)."""
-    path = _db(data_dir, db)
-    if not path.is_file():
-        raise ConfigError(f"no inbox at {path} (pass --db or --data-dir)")
+    path = inbox_path(data_dir, db)
     reader = SQLiteInbox(path, readonly=True)
     try:
         await reader.open()  # checks that it is an inbox
@@ -721,7 +728,8 @@ async def dlq_discard(inbox: SQLiteInbox, event_ids: tuple[str, ...], all_: bool
 
 @main.group()
 def quarantine() -> None:
-    """Authentic bodies that were not valid events, kept with the reason."""
+    """Authentic bodies that were not valid events (or signed too long ago), kept with
+    the reason."""
 
 
 @quarantine.command("list")
@@ -731,7 +739,13 @@ def quarantine() -> None:
 @reading_inbox
 async def quarantine_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
     rows = [
-        {"id": q.id, "received_at": iso(q.received_at), "reason": q.reason, "bytes": len(q.body)}
+        {
+            "id": q.id,
+            "received_at": iso(q.received_at),
+            "event_id": q.event_id,
+            "reason": q.reason,
+            "bytes": len(q.body),
+        }
         for q in await inbox.quarantined(limit=limit)
     ]
     _print_rows(rows, as_json, "quarantine")
@@ -749,6 +763,70 @@ async def quarantine_show(inbox: SQLiteInbox, ident: int) -> None:
     q = found[0]
     err.print(f"id={q.id} received_at={iso(q.received_at)} reason={q.reason!r}", highlight=False)
     sys.stdout.buffer.write(q.body + b"\n")
+
+
+async def _quarantined_bodies(
+    inbox: SQLiteInbox, idents: tuple[int, ...]
+) -> AsyncIterator[Quarantined]:
+    """The named bodies (all must exist), or every one, newest first, page by page."""
+    if idents:
+        named = [await inbox.quarantined(ident=i, limit=1) for i in idents]
+        missing = [str(i) for i, found in zip(idents, named, strict=True) if not found]
+        if missing:
+            raise ConfigError(f"no quarantined body {', '.join(missing)}")
+        for found in named:
+            yield found[0]
+        return
+    before: int | None = None
+    while page := await inbox.quarantined(limit=500, before_id=before):
+        for q in page:
+            yield q
+        before = page[-1].id
+
+
+@quarantine.command("reingest")
+@store_options
+@click.argument("idents", nargs=-1, type=int)
+@click.option("--all", "all_", is_flag=True, help="Every quarantined body except stale ones.")
+@with_inbox
+async def quarantine_reingest(inbox: SQLiteInbox, idents: tuple[int, ...], all_: bool) -> None:
+    """Read quarantined bodies again (say, after an upgrade).  Those that are events now
+    are stored, deduplicated, and dispatched like any event; they leave the quarantine.
+
+    Stale bodies (signed beyond the dedupe horizon) are reingested only when named."""
+    if bool(idents) == all_:
+        raise ConfigError("name quarantine IDs or pass --all")
+    counts = dict.fromkeys(("stored", "duplicate", "still_invalid", "stale_left"), 0)
+    async for q in _quarantined_bodies(inbox, idents):
+        if all_ and q.reason.startswith(STALE_REASON):
+            counts["stale_left"] += 1
+            continue
+        try:
+            event = parse_event(q.body, received_at=q.received_at)
+        except InvalidEvent:
+            counts["still_invalid"] += 1
+            continue
+        result = await inbox.release_quarantined(q.id, event)
+        counts[result.value] += 1
+    click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@quarantine.command("purge")
+@store_options
+@click.option(
+    "--before", required=True, help="7d, 12h, an ISO date or unix seconds (by receive time)."
+)
+@with_inbox
+async def quarantine_purge(inbox: SQLiteInbox, before: str) -> None:
+    """Delete quarantined bodies received before a time."""
+    try:
+        cutoff = parse_since(before, time.time())
+    except ConfigError:
+        raise ConfigError(
+            f"--before {before!r}: use 7d, 12h, 30m, an ISO date or unix seconds"
+        ) from None
+    n = await inbox.purge_quarantined(received_before=cutoff)
+    click.echo(f"purged {n} quarantined body(ies) received before {before}")
 
 
 def routing_options(fn: F) -> F:

@@ -5,8 +5,18 @@ is tolerant by design, because Customer.io adds fields, object types and
 metrics over time: unknown fields are ignored (the raw bytes are kept on the
 event), unknown object types and metrics are ordinary strings, any field of
 ``data`` may be missing or null, the spec's ``object_type_type`` typo is read
-as ``object_type``, and ids may arrive as numbers or strings.  Only a body that
-is not a JSON object with an ``event_id`` raises ``InvalidEvent``.
+as ``object_type``, and ids may arrive as numbers or strings.
+
+An authentic event is never lost to one odd field.  When the envelope is sound
+(a JSON object with an ``event_id``, string or absent ``object_type``/
+``object_type_type``/``metric``, an object or null ``data``) but a field has an
+unexpected type, the event is still an event: each field is read on its own,
+numbers become text where text is expected, and what cannot be read is None
+(the raw bytes keep it).  A ``timestamp`` that is not a finite number of unix
+seconds within the years 1-9999 (``"nan"``, ``1e30``, ``2**63``) is None too, so
+every parsed event can be stored and shown.  Invalid UTF-8 inside a string is
+read as U+FFFD.  Only a body without a sound envelope, or nested too deeply to
+read, raises ``InvalidEvent`` (carrying the ``event_id`` when one was read).
 
 ``normalise(event)`` gives the flat row the warehouse and ``events export`` use
 (``NORMALISED_FIELDS``, in order).
@@ -15,6 +25,7 @@ is not a JSON object with an ``event_id`` raises ``InvalidEvent``.
 from __future__ import annotations
 
 import datetime as dt
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +186,107 @@ class _Envelope(msgspec.Struct, frozen=True, kw_only=True):
 
 _EMPTY_DATA = EventData()
 _decoder = msgspec.json.Decoder(_Envelope, strict=False)
+#: The unix seconds a stored event may carry: 0001-01-01 to 9999-12-31T23:59:59Z
+#: (``datetime`` and SQLite's INTEGER both hold these; 1e30 or 2**63 fit neither).
+MIN_TIMESTAMP = -62_135_596_800
+MAX_TIMESTAMP = 253_402_300_799
+
+
+def _timestamp(value: float | None) -> int | None:
+    # One chained comparison rejects NaN (every comparison is False), the infinities
+    # and anything outside the years 1-9999.
+    if value is not None and MIN_TIMESTAMP <= value <= MAX_TIMESTAMP:
+        return int(value)
+    return None
+
+
+def _event_id(value: str | int) -> str:
+    event_id = str(value).strip()
+    if not event_id:
+        raise InvalidEvent("not a Customer.io event: event_id is empty")
+    if len(event_id) > 255:
+        raise InvalidEvent("not a Customer.io event: event_id is longer than 255 characters")
+    return event_id
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """``value`` as ``kind`` (a field's type), or the nearest thing, or None."""
+    try:
+        return msgspec.convert(value, kind, strict=False)
+    except msgspec.ValidationError:
+        pass
+    options = typing.get_args(kind)
+    if isinstance(value, dict):
+        for option in options:
+            if isinstance(option, type) and issubclass(option, msgspec.Struct):
+                return _lenient_struct(option, value)
+    if isinstance(value, list) and list[PushRecipient] in options:
+        return [_lenient_struct(PushRecipient, v) for v in value if isinstance(v, dict)]
+    if isinstance(value, int | float) and not isinstance(value, bool) and str in options:
+        return str(value)  # an id or a text sent as a number
+    return None
+
+
+def _lenient_struct(cls: type[Any], raw: dict[str, Any]) -> Any:
+    """``cls`` from ``raw``, each known field read on its own (None when unreadable)."""
+    kinds = _FIELD_TYPES[cls]
+    return cls(**{k: _coerce(v, kinds[k]) for k, v in raw.items() if k in kinds})
+
+
+_FIELD_TYPES: dict[type[Any], dict[str, Any]] = {
+    cls: {f.name: f.type for f in msgspec.structs.fields(cls)}
+    for cls in (EventData, Identifiers, PushRecipient)
+}
+
+
+def _lenient_envelope(body: bytes) -> _Envelope:
+    """The envelope of a body the typed decoder refused, when the envelope is sound."""
+    raw = msgspec.json.decode(body)
+    if not isinstance(raw, dict):
+        raise InvalidEvent("not a Customer.io event: the body is not a JSON object")
+    event_id = raw.get("event_id")
+    if isinstance(event_id, bool) or not isinstance(event_id, str | int):
+        raise InvalidEvent("not a Customer.io event: no event_id string")
+    ident = _event_id(event_id)
+    for name in ("object_type", "object_type_type", "metric"):
+        if not isinstance(raw.get(name), str | None):
+            raise InvalidEvent(f"not a Customer.io event: {name} is not a string", event_id=ident)
+    data = raw.get("data")
+    if not isinstance(data, dict | None):
+        raise InvalidEvent("not a Customer.io event: data is not an object", event_id=ident)
+    timestamp = _coerce(raw.get("timestamp"), int | float | None)
+    return _Envelope(
+        event_id=ident,
+        object_type=raw.get("object_type"),
+        object_type_type=raw.get("object_type_type"),
+        metric=raw.get("metric"),
+        timestamp=timestamp,
+        data=None if data is None else _lenient_struct(EventData, data),
+    )
+
+
+def _envelope(body: bytes) -> _Envelope:
+    try:
+        try:
+            return _decoder.decode(body)
+        except msgspec.ValidationError:
+            pass  # the slow path below, for the rare body with an unexpected field type
+        try:
+            return _lenient_envelope(body)
+        except UnicodeDecodeError:
+            return _lenient_envelope(_valid_utf8(body))
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"body is not JSON: {exc}") from None
+    except UnicodeDecodeError:
+        # Invalid or overlong UTF-8 inside a string: read it as U+FFFD; ``raw`` keeps
+        # the bytes as sent.
+        return _envelope(_valid_utf8(body))
+    except RecursionError:
+        raise InvalidEvent("body is nested too deeply to read") from None
+
+
+def _valid_utf8(body: bytes) -> bytes:
+    return body.decode("utf-8", "replace").encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +312,10 @@ class Event:
     @property
     def payload(self) -> dict[str, Any]:
         """The raw payload as a dict, including fields this model does not know."""
-        value: dict[str, Any] = msgspec.json.decode(self.raw)
+        try:
+            value: dict[str, Any] = msgspec.json.decode(self.raw)
+        except UnicodeDecodeError:
+            value = msgspec.json.decode(_valid_utf8(self.raw))
         return value
 
     @property
@@ -228,23 +343,13 @@ def parse_event(
     body: bytes, *, received_at: float | None = None, backfilled: bool = False
 ) -> Event:
     """Parse one request body.  Raises ``InvalidEvent`` with a readable reason."""
-    try:
-        env = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidEvent(f"not a Customer.io event: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidEvent(f"body is not JSON: {exc}") from None
-    event_id = str(env.event_id).strip()
-    if not event_id:
-        raise InvalidEvent("not a Customer.io event: event_id is empty")
-    if len(event_id) > 255:
-        raise InvalidEvent("not a Customer.io event: event_id is longer than 255 characters")
-    timestamp = int(env.timestamp) if env.timestamp is not None else None
+    env = _envelope(body)
+    event_id = _event_id(env.event_id)
     return Event(
         event_id=event_id,
         object_type=env.object_type or env.object_type_type or "unknown",
         metric=env.metric or "unknown",
-        timestamp=timestamp,
+        timestamp=_timestamp(env.timestamp),
         data=env.data or _EMPTY_DATA,
         raw=body,
         received_at=received_at,

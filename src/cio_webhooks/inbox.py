@@ -149,7 +149,18 @@ class Inbox(Protocol):
     async def quarantine(
         self, body: bytes, reason: str, *, received_at: float, event_id: str | None = None
     ) -> int:
-        """Keep an authentic body that is not a valid event; returns its quarantine id."""
+        """Keep an authentic body that is not a valid event (or not one to process);
+        returns its quarantine id.  An ``event_id`` already quarantined is kept once:
+        the first copy stays and its id is returned."""
+        ...
+
+    async def release_quarantined(self, ident: int, event: Event) -> PutResult:
+        """Store ``event``, read again from quarantined body ``ident``, as a pending
+        event (deduplicated like ``put``) and drop the quarantined copy, atomically."""
+        ...
+
+    async def purge_quarantined(self, *, received_before: float) -> int:
+        """Delete quarantined bodies received before the cutoff; returns how many."""
         ...
 
     async def claim(self, *, now: float, limit: int, lease: float) -> list[Job]:
@@ -176,8 +187,10 @@ class Inbox(Protocol):
     async def handler_runs(self, seq: int) -> list[dict[str, Any]]: ...
 
     async def quarantined(
-        self, *, limit: int = 100, ident: int | None = None
-    ) -> list[Quarantined]: ...
+        self, *, limit: int = 100, ident: int | None = None, before_id: int | None = None
+    ) -> list[Quarantined]:
+        """Quarantined bodies, newest first: one by ``ident``, or those below ``before_id``."""
+        ...
 
     async def stats(self) -> dict[str, Any]: ...
 

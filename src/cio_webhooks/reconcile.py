@@ -8,6 +8,12 @@ for a listed delivery that Customer.io does not report (extra).  With
 reaches the warehouse and the reports, and is stored as already handled, so
 policies do not act on it a second time.  Its ``event_id`` is derived from the
 delivery and metric, so a second run finds nothing missing and stores nothing.
+
+"Stored" is what the inbox holds *or* the warehouse holds.  The inbox forgets
+events once their dedupe window ends (``--dedupe-days``); the warehouse keeps
+them for good.  Comparing with the inbox alone would take every pruned event for
+a missing one and backfill a second copy of it (a stand-in without the real
+event's machine flags), so pass the ``warehouse`` whenever there is one.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 from .customerio import AppClient
 from .events import parse_event
 from .inbox import Inbox, PutResult
+from .sinks import SQLiteWarehouse
 
 __all__ = ["COMPARED_METRICS", "Discrepancy", "ReconcileResult", "backfill_event", "reconcile"]
 
@@ -42,6 +49,8 @@ COMPARED_METRICS = frozenset(
 #: How far before ``since`` our own events are looked up (a delivery sent before the
 #: window can have an open inside it; its ``sent`` event happened earlier).
 LOOKBACK = 7 * 86400
+#: Deliveries looked up in the warehouse at a time.
+CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -100,20 +109,51 @@ async def reconcile(
     now: float,
     backfill: bool = False,
     progress: Callable[[int], None] | None = None,
+    warehouse: SQLiteWarehouse | None = None,
 ) -> ReconcileResult:
-    """Compare ``/messages`` since ``since`` with the inbox; optionally store what is missing."""
+    """Compare ``/messages`` since ``since`` with what we stored; optionally store what is missing.
+
+    What we stored is the inbox's events (since ``since - LOOKBACK``) and, when
+    ``warehouse`` is given, every row it holds for the listed deliveries, however old.
+    """
     ours: dict[str, set[str]] = {}
     for delivery_id, metric in await inbox.delivery_metrics(occurred_since=since - LOOKBACK):
         ours.setdefault(delivery_id, set()).add(metric)
     result = ReconcileResult()
+    chunk: list[dict[str, Any]] = []
     async for message in app.messages(start_ts=int(since)):
         result.deliveries += 1
         if progress is not None:
             progress(result.deliveries)
+        chunk.append(message)
+        if len(chunk) >= CHUNK:
+            await _compare(chunk, ours, result, inbox, warehouse, backfill=backfill, now=now)
+            chunk = []
+    await _compare(chunk, ours, result, inbox, warehouse, backfill=backfill, now=now)
+    return result
+
+
+async def _compare(
+    messages: list[dict[str, Any]],
+    ours: dict[str, set[str]],
+    result: ReconcileResult,
+    inbox: Inbox,
+    warehouse: SQLiteWarehouse | None,
+    *,
+    backfill: bool,
+    now: float,
+) -> None:
+    """Compare one chunk of deliveries; add to ``result``."""
+    received: dict[str, set[str]] = {}
+    if warehouse is not None and messages:
+        ids = [str(message["id"]) for message in messages]
+        for delivery_id, metric in await warehouse.delivery_metrics(ids):
+            received.setdefault(delivery_id, set()).add(metric)
+    for message in messages:
         delivery = str(message["id"])
         object_type = str(message.get("type") or "email")
         theirs = {m for m in (message.get("metrics") or {}) if m in COMPARED_METRICS}
-        stored = ours.get(delivery, set())
+        stored = ours.get(delivery, set()) | received.get(delivery, set())
         for metric in sorted(theirs - stored):
             occurred = message["metrics"][metric]
             result.missing.append(Discrepancy(delivery, metric, object_type, occurred))
@@ -125,4 +165,3 @@ async def reconcile(
                     result.backfilled += 1
         for metric in sorted((stored & COMPARED_METRICS) - theirs):
             result.extra.append(Discrepancy(delivery, metric, object_type, None))
-    return result

@@ -11,6 +11,13 @@ Events without a ``delivery_id`` count once each, by ``event_id``.  Person-level
 events (``object_type = customer``, e.g. an unsubscribe from the preference
 centre with no message behind it) are not deliveries and are left out.
 
+Backfilled events (``reconcile --backfill``, stand-ins built from the App API)
+count only for a (delivery, metric) that has no real event: when the real one
+arrives after all, the warehouse keeps both rows and the report counts the pair
+once, with the real event's time and machine flags (a stand-in open has none, so
+it would otherwise count a prefetch as a human open).  This holds whatever the
+window or grouping: a real event outside ``since`` still hides its stand-in.
+
 Groups (``by``):
 
 - ``campaign``, ``broadcast``, ``newsletter``: the delivery's ``campaign_id``,
@@ -85,7 +92,7 @@ RATES = (
 _PLAIN = ("sent", "delivered", "converted", "bounced", "spammed", "unsubscribed", "failed")
 _MACHINE_OPEN = "coalesce(prefetched, 0) OR coalesce(proxied, 0) OR coalesce(synthetic, 0)"
 _MACHINE_CLICK = "coalesce(machine, 0)"
-_NEEDED = {"event_id", "object_type", "metric", "occurred_at", "delivery_id"} | {
+_NEEDED = {"event_id", "object_type", "metric", "occurred_at", "delivery_id", "backfilled"} | {
     "campaign_id",
     "broadcast_id",
     "newsletter_id",
@@ -168,6 +175,12 @@ def _sql(by: str, filtered: bool) -> str:
         # One group per delivery, even if only some of its events carry the id.
         grp, group_by = f"max(NULLIF({key}, '')) AS grp", delivery
     where = "object_type != 'customer'" + (" AND occurred_at >= ?" if filtered else "")
+    # A stand-in is ignored once the real event for its (delivery, metric) is there.
+    where += """
+              AND NOT (coalesce(backfilled, 0) AND EXISTS (
+                  SELECT 1 FROM events AS r
+                  WHERE r.delivery_id = events.delivery_id AND r.metric = events.metric
+                    AND NOT coalesce(r.backfilled, 0)))"""
     return f"""
         WITH deliveries AS (
             SELECT {grp},

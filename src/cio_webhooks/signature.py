@@ -57,6 +57,9 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value
 
 
+_HEX = "0123456789abcdef"
+
+
 def verify(
     body: bytes,
     headers: Mapping[str, str],
@@ -72,20 +75,28 @@ def verify(
     ``SignatureMismatch`` when no key produces the signature, and
     ``StaleTimestamp`` (carrying ``skew``) when the signature is valid but the
     timestamp is more than ``tolerance`` seconds from ``now``.  A ``tolerance``
-    of 0 disables the timestamp check.  The signature is checked before the
-    timestamp so that an unauthenticated caller learns nothing about our clock.
-    ``headers`` may be any mapping; lookups try the canonical and the lowercase name.
+    of 0 disables the timestamp check: the caller gets the timestamp and judges
+    it (the receiver does, so that an authentic late retry is never refused).
+    The signature is checked before the timestamp so that an unauthenticated
+    caller learns nothing about our clock.
+
+    Parsing is strict: the signature is exactly 64 lowercase hex characters
+    (nothing stripped, no uppercase) and the timestamp is 1 to 20 ASCII digits (no
+    sign, spaces, underscores or other digits).  ``headers`` may be any mapping;
+    lookups try the canonical and the lowercase name.  A mapping cannot carry a
+    header twice: callers holding raw header lists refuse repeated headers first.
     """
     signature = _header(headers, SIGNATURE_HEADER)
     raw_timestamp = _header(headers, TIMESTAMP_HEADER)
     if not signature or not raw_timestamp:
         raise MissingSignature("missing X-CIO-Signature or X-CIO-Timestamp header")
-    try:
-        timestamp = int(raw_timestamp)
-    except ValueError:
-        raise MissingSignature("X-CIO-Timestamp is not an integer") from None
-    expected = signature.strip().lower().encode("ascii", "replace")
-    message = b"v0:" + raw_timestamp.encode("ascii", "replace") + b":" + body
+    if not (len(raw_timestamp) <= 20 and raw_timestamp.isascii() and raw_timestamp.isdigit()):
+        raise MissingSignature("X-CIO-Timestamp is not unix seconds in ASCII digits")
+    # strip(_HEX) leaves nothing exactly when every character is lowercase hex.
+    if len(signature) != 64 or signature.strip(_HEX):
+        raise MissingSignature("X-CIO-Signature is not 64 lowercase hex characters")
+    expected = signature.encode("ascii")
+    message = b"v0:" + raw_timestamp.encode("ascii") + b":" + body
     matched = False
     for key in keys:
         digest = hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
@@ -93,6 +104,7 @@ def verify(
         matched |= hmac.compare_digest(digest.encode("ascii"), expected)
     if not matched:
         raise SignatureMismatch("signature does not match any configured signing key")
+    timestamp = int(raw_timestamp)
     if tolerance > 0:
         skew = now - timestamp
         if abs(skew) > tolerance:

@@ -6,6 +6,13 @@ runs in C without holding the GIL: the receiver in the same process keeps
 its CPU.  ``_SELECT`` must give exactly what ``events.normalise`` gives; a test
 checks it on every sample.  ``write`` takes already parsed events, for feeds
 that are not a SQLite inbox.
+
+The warehouse keeps every event for good, long after the inbox has pruned it, so it
+is the record of what was received: ``delivery_metrics`` answers "did we ever get
+this (delivery, metric)?" for ``reconcile``.  A real event that arrives after
+``reconcile --backfill`` stored a stand-in for the same (delivery, metric) gets its
+own row: both are kept, told apart by ``backfilled``, and the reports count the
+pair once, from the real event (see ``reports``).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -110,6 +117,7 @@ class SQLiteWarehouse:
     """Normalised events in SQLite.  ``received_at``/``loaded_at`` give the ingest lag.
 
     ``inbox`` is the SQLite inbox file that ``load`` and ``run`` copy from.
+    ``reader`` makes one for lookups only (``delivery_metrics``).
     """
 
     def __init__(
@@ -122,6 +130,7 @@ class SQLiteWarehouse:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
+        self.read_only = False
         self.inbox = Path(inbox) if inbox is not None else None
         self.batch_size = batch_size
         self.poll_interval = poll_interval
@@ -129,7 +138,21 @@ class SQLiteWarehouse:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
+    @classmethod
+    def reader(cls, path: str | Path) -> SQLiteWarehouse:
+        """The existing warehouse ``path``, opened read-only: nothing is created, upgraded
+        or written, and a missing file is ``StoreUnavailable`` on first use."""
+        warehouse = cls(path)
+        warehouse.read_only = True
+        return warehouse
+
     def _connect(self) -> sqlite3.Connection:
+        if self._conn is None and self.read_only:
+            # as_uri() percent-encodes, so a path with ? # or % cannot leak into the query.
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=10000")  # the loader may be committing
+            self._conn = conn
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -228,6 +251,35 @@ class SQLiteWarehouse:
                     raise
 
         await self._call(run)
+
+    async def delivery_metrics(self, delivery_ids: Collection[str]) -> set[tuple[str, str]]:
+        """``(delivery_id, metric)`` of every row, real or backfilled, for these deliveries
+        (none while the warehouse has never been loaded)."""
+        ids = list(dict.fromkeys(delivery_ids))
+
+        def run() -> set[tuple[str, str]]:
+            found: set[tuple[str, str]] = set()
+            with self._lock:
+                conn = self._connect()
+                # `serve --no-dispatch` leaves an empty file until a worker loads it.
+                if not conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+                ).fetchone():
+                    return found
+                # In slices: SQLite caps the number of parameters of one statement.
+                for start in range(0, len(ids), 500):
+                    part = ids[start : start + 500]
+                    found.update(
+                        (str(delivery), str(metric))
+                        for delivery, metric in conn.execute(
+                            "SELECT DISTINCT delivery_id, metric FROM events"
+                            f" WHERE delivery_id IN ({','.join('?' * len(part))})",
+                            part,
+                        )
+                    )
+            return found
+
+        return await self._call(run)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
