@@ -426,8 +426,8 @@ def test_handlers_lists_what_a_setup_registers(hooks: str) -> None:
     code, out, err = invoke("handlers", "--handlers", hooks, "--json")
     assert (code, err) == (0, "")
     assert json.loads(out) == [
-        {"name": "mark", "patterns": "*.bounced", "async": False},
-        {"name": "notify", "patterns": "email.bounced, sms.*", "async": False},
+        {"name": "mark", "patterns": "*.bounced", "backfilled": False, "async": False},
+        {"name": "notify", "patterns": "email.bounced, sms.*", "backfilled": False, "async": False},
     ]
     env = {"CIO_WEBHOOKS_TRACK_SITE_ID": "site", "CIO_WEBHOOKS_TRACK_API_KEY": "key"}
     result = CliRunner().invoke(main, ["handlers", "--handlers", hooks, "--json"], env=env)
@@ -483,6 +483,12 @@ def test_replay_of_one_handler_runs_only_that_handler(data_dir: Path, hooks: str
     assert sorted(Path("runs.txt").read_text().split("\n")) == ["", "mark ok2", "notify ok2"]
     Path("runs.txt").unlink()
 
+    async def backfill() -> None:  # recovered by reconcile: no handler asked for those
+        async with SQLiteInbox(data_dir / "inbox.db") as inbox:
+            body = json.dumps(make_event("recovered", metric="bounced")).encode()
+            await inbox.put(parse_event(body, received_at=NOW, backfilled=True))
+
+    asyncio.run(backfill())
     code, out, err = invoke(
         "replay",
         "--data-dir",

@@ -891,6 +891,11 @@ def _patterns(route: Route) -> str:
     return ", ".join(f"{o or '*'}.{m or '*'}" for o, m in route.patterns)
 
 
+def _takes_backfilled(route: Route) -> bool:
+    """Does ``route`` run for backfilled events too?  (Policies never do.)"""
+    return bool(getattr(route, "backfilled", False))  # Route.backfilled: the dispatch branch
+
+
 @main.command("handlers")
 @routing_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -901,14 +906,23 @@ def handlers_command(
     track_api_key: str | None,
     as_json: bool,
 ) -> None:
-    """The handlers this setup registers (--handlers, then policies): name and patterns.
+    """The handlers this setup registers (--handlers, then policies): name, patterns,
+    whether backfilled events reach it.
 
     A name is what `replay --handler` and `dlq show` use."""
     try:
         routes = registered_routes(handlers, policies, track_site_id, track_api_key)
     except ConfigError as exc:
         fail(exc, 2)
-    rows = [{"name": r.name, "patterns": _patterns(r), "async": r.is_async} for r in routes]
+    rows = [
+        {
+            "name": r.name,
+            "patterns": _patterns(r),
+            "backfilled": _takes_backfilled(r),
+            "async": r.is_async,
+        }
+        for r in routes
+    ]
     _print_rows(rows, as_json, "handlers")
 
 
@@ -934,7 +948,8 @@ async def replay(
 ) -> None:
     """Re-run handlers for stored events (the running dispatcher picks them up).
 
-    With --handler, only the events that handler takes are queued, and only it runs
+    With --handler, only the events that handler takes are queued (backfilled ones only
+    if it asked for them), and only it runs
     again (handlers that succeeded stay done); the name must be one that the same
     --handlers/policies settings as the service's register."""
     if since is None and not metric:
@@ -951,8 +966,11 @@ async def replay(
     if route is None:
         known = ", ".join(routes) or "none (set --handlers and/or the policies as for serve)"
         raise ConfigError(f"no handler named {handler!r}; registered: {known}")
+    backfilled_too = _takes_backfilled(route)
     ids = [
-        e.event_id async for e in inbox.iter_events(where) if route.matches(e.object_type, e.metric)
+        e.event_id
+        async for e in inbox.iter_events(where)
+        if route.matches(e.object_type, e.metric) and (backfilled_too or not e.backfilled)
     ]
     n = 0
     for start in range(0, len(ids), 500):
