@@ -624,3 +624,14 @@ def test_worker_refuses_a_missing_inbox_unless_told_to_create_it(tmp_path: Path)
         "(start `serve` first, or pass --create)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quarantine_show_a_reason_with_brackets(data_dir: Path) -> None:
+    with sqlite3.connect(data_dir / "inbox.db") as conn:
+        conn.execute(
+            "INSERT INTO quarantine (id, received_at, reason, body) VALUES (9, ?, ?, ?)",
+            (NOW, "bad [/] body", b"{[}"),
+        )
+    code, out, err = invoke("quarantine", "show", "9", "--data-dir", str(data_dir))
+    assert (code, out) == (0, "{[}\n")
+    assert "reason='bad [/] body'" in err

@@ -761,7 +761,11 @@ async def quarantine_show(inbox: SQLiteInbox, ident: int) -> None:
     if not found:
         raise ConfigError(f"no quarantined body {ident}")
     q = found[0]
-    err.print(f"id={q.id} received_at={iso(q.received_at)} reason={q.reason!r}", highlight=False)
+    err.print(
+        f"id={q.id} received_at={iso(q.received_at)} reason={q.reason!r}",
+        highlight=False,
+        markup=False,
+    )
     sys.stdout.buffer.write(q.body + b"\n")
 
 
