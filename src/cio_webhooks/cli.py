@@ -927,6 +927,9 @@ def handlers_command(
         }
         for r in routes
     ]
+    if not rows and not as_json:
+        err.print("no handlers: pass --handlers module:attr, or set the policies as for serve")
+        return
     _print_rows(rows, as_json, "handlers")
 
 
