@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cio_webhooks import Event, EventFilter, JobState, PutResult, SQLiteInbox, parse_event
+from cio_webhooks._exceptions import StoreUnavailable
 from cio_webhooks.inbox import Outcome
 from cio_webhooks.testing import make_event
 
@@ -258,3 +259,32 @@ async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_i
         assert await inbox.quarantine(b"more", "r", received_at=5, event_id="e1") == kept[-1].id
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_a_read_only_inbox_reads_and_changes_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "inbox.db"
+    async with SQLiteInbox(path) as inbox:
+        await inbox.put(ev("a"))
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()}
+    async with SQLiteInbox(path, readonly=True) as reader:
+        assert [e.event_id async for e in reader.iter_events(EventFilter())] == ["a"]
+        assert (await reader.stats())["events"] == 1
+        with pytest.raises(StoreUnavailable):
+            await reader.put(ev("b"))
+        assert not await reader.ready()
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()}
+    assert after == before  # not even a -wal or -shm left behind
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not sqlite at all"])
+async def test_a_read_only_inbox_refuses_what_is_not_an_inbox(
+    tmp_path: Path, content: bytes | None
+) -> None:
+    path = tmp_path / "inbox.db"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(StoreUnavailable, match=f"cannot read inbox {path}"):
+        await SQLiteInbox(path, readonly=True).open()
+    assert [p.name for p in tmp_path.iterdir()] == ([] if content is None else ["inbox.db"])
+    if content is not None:
+        assert path.read_bytes() == content
