@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
+import socket
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import aiohttp
 import httpx2
@@ -36,14 +40,18 @@ from cio_webhooks import (
 )
 from cio_webhooks._service import Settings, build_policies, check_storage
 from cio_webhooks.customerio import TRACK_URLS, CustomerIOAuthError, TrackClient
-from cio_webhooks.customerio.fake import FakeCustomerIO
+from cio_webhooks.customerio.fake import FakeCustomerIO, Recorded
 from cio_webhooks.policies import (
     DEFAULT_RULES,
+    IN_FLIGHT_LEASE,
     POLICY_HTTP,
+    ActionInFlight,
     ActionLog,
     Policies,
     PolicyConfig,
     Rule,
+    Threshold,
+    Verdict,
     dedupe_id,
     load_policies,
     render,
@@ -277,6 +285,197 @@ async def test_threshold_counts_survive_a_restart(tmp_path: Path, fake: FakeCust
     assert len([c for c in fake.calls() if c.body.get("unsubscribed")]) == 1
 
 
+def unsubscribes(fake: FakeCustomerIO) -> list[Recorded]:
+    return [c for c in fake.calls() if c.body.get("unsubscribed")]
+
+
+async def test_bounces_arriving_newest_first_unsubscribe_once(defaults: Pipeline) -> None:
+    for i, at in enumerate([NOW, NOW - 10 * DAY, NOW - 20 * DAY, NOW - 25 * DAY]):
+        await defaults.post(bounce(f"b{i}", at=at))
+        await defaults.drain()
+    assert len(unsubscribes(defaults.fake)) == 1
+    [acted] = [a for a in await defaults.log.recent() if a["rule"].startswith("repeated")]
+    assert acted["event_id"] == "b2"  # the third hit inside the window, whichever it is
+
+
+async def test_four_bounces_in_one_batch_unsubscribe_once(defaults: Pipeline) -> None:
+    for i in range(4):  # handled concurrently by one dispatcher batch
+        await defaults.post(bounce(f"b{i}", at=NOW - i * DAY))
+    await defaults.drain()
+    assert len(unsubscribes(defaults.fake)) == 1
+    assert len(defaults.fake.calls()) == 4 + 1
+
+
+async def test_a_replay_a_month_later_does_not_act_again(defaults: Pipeline) -> None:
+    for i in range(4):
+        await defaults.post(bounce(f"b{i}", at=NOW - i * DAY))
+        await defaults.drain()
+    defaults.clock.advance(31 * DAY)
+    await defaults.inbox.requeue(EventFilter(kinds=("*",)), now=defaults.clock(), rerun="*")
+    await defaults.drain()
+    assert len(unsubscribes(defaults.fake)) == 1
+    assert len(defaults.fake.calls()) == 4 + 1
+
+
+THREE_IN_30_DAYS = Threshold(count=3, within_days=30)
+
+
+async def acting_hits(log: ActionLog, hits: Sequence[tuple[str, float]]) -> list[str]:
+    """Record ``(event_id, occurred_at)`` hits in this order; the ids reserved to act."""
+    acted = []
+    for event_id, at in hits:
+        with contextlib.suppress(ActionInFlight):  # the one that acted holds it
+            verdict = await log.reserve(
+                rule="r",
+                event_id=event_id,
+                person="42",
+                dry_run=False,
+                now=NOW,
+                threshold=THREE_IN_30_DAYS,
+                occurred_at=at,
+            )
+            if verdict is Verdict.ACT:
+                acted.append(event_id)
+    return acted
+
+
+@pytest.mark.parametrize(
+    "order", list(itertools.permutations(range(5))), ids=lambda o: "".join(map(str, o))
+)
+async def test_any_order_of_hits_in_one_window_acts_exactly_once(
+    tmp_path: Path, order: tuple[int, ...]
+) -> None:
+    days = [0, 3, 11, 20, 29]  # five hits, all within 30 days of each other
+    log = ActionLog(tmp_path / "actions.db")
+    acted = await acting_hits(log, [(f"b{i}", NOW + days[i] * DAY) for i in order])
+    assert acted == [f"b{order[2]}"]  # the third hit to arrive, whatever its time
+    await log.close()
+
+
+async def test_a_new_window_needs_count_new_hits_after_the_last_one(tmp_path: Path) -> None:
+    """Once per window: an action covers ``within_days`` from the first hit it counted;
+    hits inside never count again, and ``count`` hits beyond it act again."""
+    log = ActionLog(tmp_path / "actions.db")
+    hits = [("d0", 0), ("d10", 10), ("d20", 20), ("d25", 25), ("d29", 29)]
+    hits += [("d30", 30), ("d40", 40), ("d50", 50)]
+    acted = await acting_hits(log, [(e, NOW + d * DAY) for e, d in hits])
+    assert acted == ["d20", "d50"]  # windows [0, 30) and [30, 60)
+    await log.close()
+
+
+async def test_concurrent_logs_on_one_file_act_once(tmp_path: Path) -> None:
+    """Several workers tomorrow: two logs (two connections) race over the same hits."""
+    first, second = ActionLog(tmp_path / "actions.db"), ActionLog(tmp_path / "actions.db")
+    hits = [(f"b{i}", NOW + i * DAY) for i in range(6)]
+    results = await asyncio.gather(
+        acting_hits(first, hits), acting_hits(second, hits[::-1]), acting_hits(first, hits[2:])
+    )
+    assert sum(len(r) for r in results) == 1
+    await first.close()
+    await second.close()
+
+
+RACE = """
+import asyncio, sys
+from cio_webhooks.policies import ActionInFlight, ActionLog, Threshold, Verdict
+
+async def main():
+    log = ActionLog(sys.argv[1])
+    start = float(sys.argv[2])
+    acted = 0
+    for i in [int(x) for x in sys.argv[3].split(",")]:
+        try:
+            verdict = await log.reserve(
+                rule="r", event_id=f"b{i}", person="42", dry_run=False, now=start,
+                threshold=Threshold(count=3, within_days=30), occurred_at=start + i * 3600,
+            )
+        except ActionInFlight:
+            continue
+        if verdict is Verdict.ACT:
+            acted += 1
+            await log.finish(
+                rule="r", event_id=f"b{i}", person="42", action="unsubscribe", request={},
+                status="ok", detail=None, dry_run=False, at=start,
+            )
+    print(acted)
+
+asyncio.run(main())
+"""
+
+
+def test_two_processes_on_one_file_act_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "actions.db")
+    ActionLog(path)  # nothing is created until first use: the processes race on creating it
+    orders = ["0,1,2,3,4,5,6,7", "7,6,5,4,3,2,1,0", "3,5,1,7,0,2,4,6"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, path, str(NOW), order], stdout=subprocess.PIPE, text=True
+        )
+        for order in orders
+    ]
+    counts = [int(proc.communicate(timeout=60)[0]) for proc in procs]
+    assert sum(counts) == 1
+
+
+async def test_backfilled_events_never_reach_a_policy(defaults: Pipeline) -> None:
+    """Defence in depth: even a dispatcher that hands one over gets no action."""
+    for body in (spam("s1"), bounce("b1")):
+        event = parse_event(json.dumps(body).encode(), backfilled=True)
+        for rule in DEFAULT_RULES:
+            await defaults.policies.apply(rule, event)
+    assert defaults.fake.requests == []
+    assert await defaults.log.recent() == []
+
+
+OLD_SCHEMA = """
+CREATE TABLE actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL NOT NULL, event_id TEXT NOT NULL,
+    rule TEXT NOT NULL, person TEXT, action TEXT NOT NULL, request TEXT NOT NULL,
+    status TEXT NOT NULL, detail TEXT, dry_run INTEGER NOT NULL
+);
+CREATE INDEX actions_event ON actions (event_id, rule);
+CREATE INDEX actions_person ON actions (rule, person, created_at);
+CREATE TABLE rule_hits (
+    rule TEXT NOT NULL, person TEXT NOT NULL, event_id TEXT NOT NULL,
+    occurred_at REAL NOT NULL, PRIMARY KEY (rule, event_id)
+);
+CREATE INDEX rule_hits_person ON rule_hits (rule, person, occurred_at);
+"""
+
+
+async def test_an_audit_file_of_the_first_release_is_migrated(
+    tmp_path: Path, fake: FakeCustomerIO
+) -> None:
+    """What the old file says was done stays done: no repeat, no second unsubscribe."""
+    path = tmp_path / "actions.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(OLD_SCHEMA)
+        rule = "repeated-bounces-unsubscribe"
+        for i in range(3):
+            db.execute("INSERT INTO rule_hits VALUES (?, '42', ?, ?)", (rule, f"b{i}", NOW + i))
+            db.execute(
+                "INSERT INTO actions (created_at, event_id, rule, person, action, request,"
+                " status, dry_run) VALUES (?, ?, 'bounce-mark', '42', 'identify', '{}', 'ok', 0)",
+                (NOW, f"b{i}"),
+            )
+        db.execute(
+            "INSERT INTO actions (created_at, event_id, rule, person, action, request, status,"
+            " dry_run) VALUES (?, 'b2', ?, '42', 'unsubscribe', '{}', 'ok', 0)",
+            (NOW, rule),
+        )
+    async with pipeline(settings_for(tmp_path, fake), fake) as p:
+        for i in range(4):  # three replays and one new bounce in the same window
+            await p.post(bounce(f"b{i}", at=NOW + i))
+        await p.drain()
+        assert await p.log.decision(rule, "b2") == "ok"
+        assert len(await p.log.recent()) == 4 + 1
+    assert [c.body for c in fake.calls()] == [
+        {"email_bounced": True, "email_bounced_at": NOW + 3, "email_bounced_reason": ANY}
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+
+
 async def test_an_event_without_a_person_is_skipped_not_retried(defaults: Pipeline) -> None:
     event = spam("anon")
     event["data"]["identifiers"] = {"id": None, "email": None, "cio_id": None}
@@ -352,21 +551,56 @@ async def test_after_a_partial_failure_only_the_failed_rule_calls_again(
     assert fake.people == {"42": {"last_bounce": "550 5.1.1 no such user"}}
 
 
-async def test_a_lost_audit_row_cannot_make_customerio_count_an_event_twice(
+def dead_owner() -> str:
+    """The owner name of a process that has exited (as after a SIGKILL)."""
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    return f"{socket.gethostname()}:{gone.pid}:killed"
+
+
+async def test_a_call_left_in_flight_by_a_dead_process_is_repeated_once(
     tmp_path: Path, fake: FakeCustomerIO
 ) -> None:
     """The window exactly-once cannot close: the call went through, the process died
-    before the audit row.  The retried track call carries the same ULID ``id``."""
+    before marking it.  The next attempt repeats that call only, and the repeated
+    track call carries the same ULID ``id``, so Customer.io counts it once."""
     settings = settings_for(tmp_path, fake, policies=write(tmp_path, TWO_RULES))
     async with pipeline(settings, fake) as p:
         await p.post(bounce("b1"))
         await p.drain()
         with sqlite3.connect(tmp_path / "actions.db") as db:
-            db.execute("DELETE FROM actions WHERE rule = 'bounce-event'")
+            db.execute(
+                "UPDATE decisions SET state = 'in_flight', owner = ?, lease_until = ?"
+                " WHERE rule = 'bounce-event'",
+                (dead_owner(), NOW + 3600),
+            )
         await p.inbox.requeue(EventFilter(kinds=("*",)), now=p.clock(), rerun="*")
         await p.drain()
+        assert await p.log.decision("bounce-event", "b1") == "ok"
+    assert len(fake.calls("PUT")) == 1  # the settled rule is not repeated
     assert len(fake.calls("POST")) == 2  # sent twice ...
     assert len(fake.tracked_events) == 1  # ... counted once
+
+
+async def test_a_call_in_flight_in_a_live_process_is_waited_for(
+    tmp_path: Path, fake: FakeCustomerIO
+) -> None:
+    settings = settings_for(tmp_path, fake, policies=write(tmp_path, TWO_RULES))
+    other = ActionLog(tmp_path / "actions.db")  # another worker on the same file
+    assert (
+        await other.reserve(rule="mark", event_id="b1", person="42", dry_run=False, now=NOW)
+        is Verdict.ACT
+    )
+    async with pipeline(settings, fake) as p:
+        await p.post(bounce("b1"))
+        await p.drain()
+        assert await p.state("b1") is JobState.RETRYING  # the other call may still succeed
+        assert [c.path for c in fake.calls()] == ["/api/v1/customers/42/events"]
+        p.clock.advance(IN_FLIGHT_LEASE + 1)  # it never finished: its lease runs out
+        await p.drain()
+        assert await p.state("b1") is JobState.DONE
+    assert len(fake.calls("PUT")) == 1
+    await other.close()
 
 
 def test_dedupe_ids_are_stable_ulids() -> None:
