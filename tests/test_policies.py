@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -31,6 +32,7 @@ import pytest
 from cio_webhooks import (
     ConfigError,
     Dispatcher,
+    Event,
     EventFilter,
     JobState,
     RetryPolicy,
@@ -38,7 +40,13 @@ from cio_webhooks import (
     create_app,
     parse_event,
 )
-from cio_webhooks._service import Settings, build_policies, check_storage
+from cio_webhooks._service import (
+    Settings,
+    build_policies,
+    check_storage,
+    check_track_credentials,
+    dispatch_then_close,
+)
 from cio_webhooks.customerio import TRACK_URLS, CustomerIOAuthError, TrackClient
 from cio_webhooks.customerio.fake import FakeCustomerIO, Recorded
 from cio_webhooks.policies import (
@@ -833,13 +841,14 @@ async def test_served_process_unsubscribes_a_spam_complaint_once(tmp_path: Path)
                     async with session.post(srv.url, data=body, headers=headers) as response:
                         assert response.status == 200
             for _ in range(200):
-                if fake.calls():
+                if fake.calls("PUT"):
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)  # room for a wrong second call to show up
         finally:
             _, err = await asyncio.to_thread(srv.stop)
-        [call] = fake.calls()
+        assert [c.path for c in fake.calls("GET")] == ["/api/v1/accounts/region"]
+        [call] = fake.calls("PUT")
         assert call.path == "/api/v1/customers/42"
         assert call.body["unsubscribed"] is True
         assert TRACK_KEY not in err
@@ -862,6 +871,142 @@ async def test_served_process_unsubscribes_a_spam_complaint_once(tmp_path: Path)
     assert "spam-complaint-unsubscribe" in table.stdout
     assert json.loads(actions("--status", "failed", "--json").stdout) == []
     assert TRACK_KEY not in listed.stdout + table.stdout
+
+
+def inbox_states(data: Path) -> dict[str, str]:
+    with contextlib.closing(sqlite3.connect(data / "inbox.db")) as db:
+        return dict(db.execute("SELECT event_id, state FROM events").fetchall())
+
+
+async def test_sigterm_lets_track_calls_in_flight_finish(tmp_path: Path) -> None:
+    """A graceful restart while Track calls are stalled: each event gets one call."""
+    data = tmp_path / "data"
+    ids = [f"term-{i}" for i in range(12)]
+    async with FakeCustomerIO(site_id="site", track_key=TRACK_KEY) as fake:
+        env = {
+            "CIO_WEBHOOKS_TRACK_SITE_ID": "site",
+            "CIO_WEBHOOKS_TRACK_API_KEY": TRACK_KEY,
+            "CIO_WEBHOOKS_TRACK_URL": fake.track_url,
+            "CIO_WEBHOOKS_RETRY_BASE": "1",
+        }
+        srv = Server(data, env=env)
+        await asyncio.to_thread(srv.start)
+        fake.delay = 1.0  # every Track answer stalls: SIGTERM lands mid-call
+        try:
+            async with aiohttp.ClientSession() as session:
+                for i, event_id in enumerate(ids):
+                    body, headers = signed_request(spam(event_id, person=f"p{i}"), key=KEY)
+                    async with session.post(srv.url, data=body, headers=headers) as response:
+                        assert response.status == 200
+            while fake.in_flight == 0:
+                await asyncio.sleep(0.01)
+        finally:
+            code, first_err = await asyncio.to_thread(srv.stop)
+        assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+        fake.delay = 0.0
+        srv = Server(data, env=env, port=srv.port)
+        await asyncio.to_thread(srv.start)
+        try:
+            for _ in range(600):
+                if set(inbox_states(data).values()) == {"done"}:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            _, second_err = await asyncio.to_thread(srv.stop)
+        assert set(inbox_states(data).values()) == {"done"}
+        calls = [c.path for c in fake.requests if c.method == "PUT"]
+        assert sorted(calls) == sorted(f"/api/v1/customers/p{i}" for i in range(len(ids)))
+    assert "Session is closed" not in first_err + second_err
+    with contextlib.closing(sqlite3.connect(data / "actions.db")) as db:
+        details = [row[0] or "" for row in db.execute("SELECT detail FROM actions")]
+        assert db.execute("SELECT DISTINCT status FROM actions").fetchall() == [("ok",)]
+    assert not [d for d in details if "Session is closed" in d]
+
+
+async def test_a_handler_that_never_ends_is_cancelled_after_the_drain_timeout(
+    tmp_path: Path, fake: FakeCustomerIO
+) -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def stuck(event: Event) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    policies = build_policies(settings_for(tmp_path, fake))
+    assert policies is not None
+    router = policies.router()
+    router.add(stuck, "email.spammed", name="stuck")  # runs after the policy
+    async with pipeline(settings_for(tmp_path, fake), fake) as p:
+        await p.post(spam("s1"))
+        dispatcher = Dispatcher(p.inbox, router, clock=p.clock)
+        stop = asyncio.Event()
+        running = asyncio.create_task(
+            dispatch_then_close(dispatcher, policies, stop, drain_timeout=0.2)
+        )
+        await started.wait()
+        stop.set()
+        await running
+        assert cancelled.is_set()
+        assert await p.state("s1") is JobState.PENDING  # claimed: retried after its lease
+    assert len(unsubscribes(fake)) == 1  # the policy beside it finished before the close
+
+
+async def test_served_process_checks_the_track_credentials_and_still_starts(
+    tmp_path: Path,
+) -> None:
+    async with FakeCustomerIO(site_id="site", track_key=TRACK_KEY) as fake:
+        srv = Server(
+            tmp_path / "data",
+            env={
+                "CIO_WEBHOOKS_TRACK_SITE_ID": "site",
+                "CIO_WEBHOOKS_TRACK_API_KEY": "a-wrong-key-9d2e",
+                "CIO_WEBHOOKS_TRACK_URL": fake.track_url,
+            },
+        )
+        await asyncio.to_thread(srv.start)
+        try:
+            while not fake.requests:
+                await asyncio.sleep(0.02)
+            async with aiohttp.ClientSession() as session:
+                body, headers = signed_request(make_event("d1"), key=KEY)
+                async with session.post(srv.url, data=body, headers=headers) as response:
+                    assert response.status == 200  # the service runs on
+        finally:
+            _, err = await asyncio.to_thread(srv.stop)
+    [check] = fake.requests
+    assert (check.method, check.path, check.status) == ("GET", "/api/v1/accounts/region", 401)
+    assert "event=track_credentials_refused" in err
+    assert "a-wrong-key-9d2e" not in err
+
+
+async def test_good_credentials_pass_the_check(fake: FakeCustomerIO) -> None:
+    async with TrackClient("site", TRACK_KEY, base_url=fake.track_url) as track:
+        assert await check_track_credentials(track, "us") is True
+        assert await check_track_credentials(track, "eu") is False  # the other region
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [({"track_site_id": "site"}, "--track-api-key"), ({"track_api_key": "k"}, "--track-site-id")],
+)
+def test_half_the_track_credentials_is_said_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, given: dict[str, str], missing: str
+) -> None:
+    base = Settings(db=tmp_path / "inbox.db", warehouse=tmp_path / "w.db", **given)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="cio_webhooks.service"):
+        assert build_policies(base) is None
+    assert f"event=track_credentials_incomplete missing={missing}" in caplog.text
+    live = replace(base, policies=write(tmp_path, TWO_RULES))
+    with pytest.raises(ConfigError, match=f"{missing} is not set"):
+        build_policies(live)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cio_webhooks.service"):
+        assert build_policies(replace(live, dry_run=True)) is not None
+    assert f"missing={missing}" in caplog.text
 
 
 def test_actions_list_without_an_audit_file(tmp_path: Path) -> None:
