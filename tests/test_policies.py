@@ -383,6 +383,33 @@ async def test_concurrent_logs_on_one_file_act_once(tmp_path: Path) -> None:
     await second.close()
 
 
+async def test_a_cancelled_call_of_this_process_is_taken_up_again(tmp_path: Path) -> None:
+    """The dispatcher's handler timeout cancels a call: the next attempt reserves it."""
+    log = ActionLog(tmp_path / "actions.db")
+
+    async def reserve() -> Verdict:
+        return await log.reserve(rule="r", event_id="e1", person="42", dry_run=False, now=NOW)
+
+    assert await reserve() is Verdict.ACT
+    with pytest.raises(ActionInFlight):  # still calling
+        await reserve()
+    log.release(rule="r", event_id="e1", dry_run=False)  # as Policies.apply on a cancel
+    assert await reserve() is Verdict.ACT
+    assert await log.decision("r", "e1") == "in_flight"
+    await log.close()
+
+
+async def test_a_read_only_log_never_migrates_or_writes(tmp_path: Path) -> None:
+    path = tmp_path / "actions.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(OLD_SCHEMA)
+    before = path.read_bytes()
+    log = ActionLog(path, read_only=True)
+    assert await log.recent() == []
+    await log.close()
+    assert path.read_bytes() == before
+
+
 RACE = """
 import asyncio, sys
 from cio_webhooks.policies import ActionInFlight, ActionLog, Threshold, Verdict

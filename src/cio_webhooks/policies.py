@@ -567,14 +567,23 @@ class ActionLog:
     thread under one lock; ``synchronous=FULL``.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only  # for commands that only look: never creates or migrates
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._calling: set[Reservation] = set()  # reserved by this instance, call running
 
     def _db(self) -> sqlite3.Connection:
+        if self._conn is None and self.read_only:
+            self._conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._conn.execute("PRAGMA busy_timeout=10000")
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
