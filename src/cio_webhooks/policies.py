@@ -828,7 +828,8 @@ class Policies:
     """Turns a ``PolicyConfig`` into handlers that call the Track API (or only record).
 
     ``track`` may be None only when every rule is dry-run.  ``clock`` stamps the
-    audit rows and bounds the threshold windows.
+    audit rows and times the in-flight leases; threshold windows are measured on
+    the events' own times, not on it.
     """
 
     def __init__(
