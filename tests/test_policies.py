@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
+import signal
+import socket
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import aiohttp
 import httpx2
@@ -27,6 +32,7 @@ import pytest
 from cio_webhooks import (
     ConfigError,
     Dispatcher,
+    Event,
     EventFilter,
     JobState,
     RetryPolicy,
@@ -34,16 +40,26 @@ from cio_webhooks import (
     create_app,
     parse_event,
 )
-from cio_webhooks._service import Settings, build_policies, check_storage
+from cio_webhooks._service import (
+    Settings,
+    build_policies,
+    check_storage,
+    check_track_credentials,
+    dispatch_then_close,
+)
 from cio_webhooks.customerio import TRACK_URLS, CustomerIOAuthError, TrackClient
-from cio_webhooks.customerio.fake import FakeCustomerIO
+from cio_webhooks.customerio.fake import FakeCustomerIO, Recorded
 from cio_webhooks.policies import (
     DEFAULT_RULES,
+    IN_FLIGHT_LEASE,
     POLICY_HTTP,
+    ActionInFlight,
     ActionLog,
     Policies,
     PolicyConfig,
     Rule,
+    Threshold,
+    Verdict,
     dedupe_id,
     load_policies,
     render,
@@ -277,6 +293,224 @@ async def test_threshold_counts_survive_a_restart(tmp_path: Path, fake: FakeCust
     assert len([c for c in fake.calls() if c.body.get("unsubscribed")]) == 1
 
 
+def unsubscribes(fake: FakeCustomerIO) -> list[Recorded]:
+    return [c for c in fake.calls() if c.body.get("unsubscribed")]
+
+
+async def test_bounces_arriving_newest_first_unsubscribe_once(defaults: Pipeline) -> None:
+    for i, at in enumerate([NOW, NOW - 10 * DAY, NOW - 20 * DAY, NOW - 25 * DAY]):
+        await defaults.post(bounce(f"b{i}", at=at))
+        await defaults.drain()
+    assert len(unsubscribes(defaults.fake)) == 1
+    [acted] = [a for a in await defaults.log.recent() if a["rule"].startswith("repeated")]
+    assert acted["event_id"] == "b2"  # the third hit inside the window, whichever it is
+
+
+async def test_four_bounces_in_one_batch_unsubscribe_once(defaults: Pipeline) -> None:
+    for i in range(4):  # handled concurrently by one dispatcher batch
+        await defaults.post(bounce(f"b{i}", at=NOW - i * DAY))
+    await defaults.drain()
+    assert len(unsubscribes(defaults.fake)) == 1
+    assert len(defaults.fake.calls()) == 4 + 1
+
+
+async def test_a_replay_a_month_later_does_not_act_again(defaults: Pipeline) -> None:
+    for i in range(4):
+        await defaults.post(bounce(f"b{i}", at=NOW - i * DAY))
+        await defaults.drain()
+    defaults.clock.advance(31 * DAY)
+    await defaults.inbox.requeue(EventFilter(kinds=("*",)), now=defaults.clock(), rerun="*")
+    await defaults.drain()
+    assert len(unsubscribes(defaults.fake)) == 1
+    assert len(defaults.fake.calls()) == 4 + 1
+
+
+THREE_IN_30_DAYS = Threshold(count=3, within_days=30)
+
+
+async def acting_hits(log: ActionLog, hits: Sequence[tuple[str, float]]) -> list[str]:
+    """Record ``(event_id, occurred_at)`` hits in this order; the ids reserved to act."""
+    acted = []
+    for event_id, at in hits:
+        with contextlib.suppress(ActionInFlight):  # the one that acted holds it
+            verdict = await log.reserve(
+                rule="r",
+                event_id=event_id,
+                person="42",
+                dry_run=False,
+                now=NOW,
+                threshold=THREE_IN_30_DAYS,
+                occurred_at=at,
+            )
+            if verdict is Verdict.ACT:
+                acted.append(event_id)
+    return acted
+
+
+@pytest.mark.parametrize(
+    "order", list(itertools.permutations(range(5))), ids=lambda o: "".join(map(str, o))
+)
+async def test_any_order_of_hits_in_one_window_acts_exactly_once(
+    tmp_path: Path, order: tuple[int, ...]
+) -> None:
+    days = [0, 3, 11, 20, 29]  # five hits, all within 30 days of each other
+    log = ActionLog(tmp_path / "actions.db")
+    acted = await acting_hits(log, [(f"b{i}", NOW + days[i] * DAY) for i in order])
+    assert acted == [f"b{order[2]}"]  # the third hit to arrive, whatever its time
+    await log.close()
+
+
+async def test_a_new_window_needs_count_new_hits_after_the_last_one(tmp_path: Path) -> None:
+    """Once per window: an action covers ``within_days`` from the first hit it counted;
+    hits inside never count again, and ``count`` hits beyond it act again."""
+    log = ActionLog(tmp_path / "actions.db")
+    hits = [("d0", 0), ("d10", 10), ("d20", 20), ("d25", 25), ("d29", 29)]
+    hits += [("d30", 30), ("d40", 40), ("d50", 50)]
+    acted = await acting_hits(log, [(e, NOW + d * DAY) for e, d in hits])
+    assert acted == ["d20", "d50"]  # windows [0, 30) and [30, 60)
+    await log.close()
+
+
+async def test_concurrent_logs_on_one_file_act_once(tmp_path: Path) -> None:
+    """Several workers tomorrow: two logs (two connections) race over the same hits."""
+    first, second = ActionLog(tmp_path / "actions.db"), ActionLog(tmp_path / "actions.db")
+    hits = [(f"b{i}", NOW + i * DAY) for i in range(6)]
+    results = await asyncio.gather(
+        acting_hits(first, hits), acting_hits(second, hits[::-1]), acting_hits(first, hits[2:])
+    )
+    assert sum(len(r) for r in results) == 1
+    await first.close()
+    await second.close()
+
+
+async def test_a_cancelled_call_of_this_process_is_taken_up_again(tmp_path: Path) -> None:
+    """The dispatcher's handler timeout cancels a call: the next attempt reserves it."""
+    log = ActionLog(tmp_path / "actions.db")
+
+    async def reserve() -> Verdict:
+        return await log.reserve(rule="r", event_id="e1", person="42", dry_run=False, now=NOW)
+
+    assert await reserve() is Verdict.ACT
+    with pytest.raises(ActionInFlight):  # still calling
+        await reserve()
+    log.release(rule="r", event_id="e1", dry_run=False)  # as Policies.apply on a cancel
+    assert await reserve() is Verdict.ACT
+    assert await log.decision("r", "e1") == "in_flight"
+    await log.close()
+
+
+async def test_a_read_only_log_never_migrates_or_writes(tmp_path: Path) -> None:
+    path = tmp_path / "actions.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(OLD_SCHEMA)
+    before = path.read_bytes()
+    log = ActionLog(path, read_only=True)
+    assert await log.recent() == []
+    await log.close()
+    assert path.read_bytes() == before
+
+
+RACE = """
+import asyncio, sys
+from cio_webhooks.policies import ActionInFlight, ActionLog, Threshold, Verdict
+
+async def main():
+    log = ActionLog(sys.argv[1])
+    start = float(sys.argv[2])
+    acted = 0
+    for i in [int(x) for x in sys.argv[3].split(",")]:
+        try:
+            verdict = await log.reserve(
+                rule="r", event_id=f"b{i}", person="42", dry_run=False, now=start,
+                threshold=Threshold(count=3, within_days=30), occurred_at=start + i * 3600,
+            )
+        except ActionInFlight:
+            continue
+        if verdict is Verdict.ACT:
+            acted += 1
+            await log.finish(
+                rule="r", event_id=f"b{i}", person="42", action="unsubscribe", request={},
+                status="ok", detail=None, dry_run=False, at=start,
+            )
+    print(acted)
+
+asyncio.run(main())
+"""
+
+
+def test_two_processes_on_one_file_act_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "actions.db")
+    ActionLog(path)  # nothing is created until first use: the processes race on creating it
+    orders = ["0,1,2,3,4,5,6,7", "7,6,5,4,3,2,1,0", "3,5,1,7,0,2,4,6"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, path, str(NOW), order], stdout=subprocess.PIPE, text=True
+        )
+        for order in orders
+    ]
+    counts = [int(proc.communicate(timeout=60)[0]) for proc in procs]
+    assert sum(counts) == 1
+
+
+async def test_backfilled_events_never_reach_a_policy(defaults: Pipeline) -> None:
+    """Defence in depth: even a dispatcher that hands one over gets no action."""
+    for body in (spam("s1"), bounce("b1")):
+        event = parse_event(json.dumps(body).encode(), backfilled=True)
+        for rule in DEFAULT_RULES:
+            await defaults.policies.apply(rule, event)
+    assert defaults.fake.requests == []
+    assert await defaults.log.recent() == []
+
+
+OLD_SCHEMA = """
+CREATE TABLE actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL NOT NULL, event_id TEXT NOT NULL,
+    rule TEXT NOT NULL, person TEXT, action TEXT NOT NULL, request TEXT NOT NULL,
+    status TEXT NOT NULL, detail TEXT, dry_run INTEGER NOT NULL
+);
+CREATE INDEX actions_event ON actions (event_id, rule);
+CREATE INDEX actions_person ON actions (rule, person, created_at);
+CREATE TABLE rule_hits (
+    rule TEXT NOT NULL, person TEXT NOT NULL, event_id TEXT NOT NULL,
+    occurred_at REAL NOT NULL, PRIMARY KEY (rule, event_id)
+);
+CREATE INDEX rule_hits_person ON rule_hits (rule, person, occurred_at);
+"""
+
+
+async def test_an_audit_file_of_the_first_release_is_migrated(
+    tmp_path: Path, fake: FakeCustomerIO
+) -> None:
+    """What the old file says was done stays done: no repeat, no second unsubscribe."""
+    path = tmp_path / "actions.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(OLD_SCHEMA)
+        rule = "repeated-bounces-unsubscribe"
+        for i in range(3):
+            db.execute("INSERT INTO rule_hits VALUES (?, '42', ?, ?)", (rule, f"b{i}", NOW + i))
+            db.execute(
+                "INSERT INTO actions (created_at, event_id, rule, person, action, request,"
+                " status, dry_run) VALUES (?, ?, 'bounce-mark', '42', 'identify', '{}', 'ok', 0)",
+                (NOW, f"b{i}"),
+            )
+        db.execute(
+            "INSERT INTO actions (created_at, event_id, rule, person, action, request, status,"
+            " dry_run) VALUES (?, 'b2', ?, '42', 'unsubscribe', '{}', 'ok', 0)",
+            (NOW, rule),
+        )
+    async with pipeline(settings_for(tmp_path, fake), fake) as p:
+        for i in range(4):  # three replays and one new bounce in the same window
+            await p.post(bounce(f"b{i}", at=NOW + i))
+        await p.drain()
+        assert await p.log.decision(rule, "b2") == "ok"
+        assert len(await p.log.recent()) == 4 + 1
+    assert [c.body for c in fake.calls()] == [
+        {"email_bounced": True, "email_bounced_at": NOW + 3, "email_bounced_reason": ANY}
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+
+
 async def test_an_event_without_a_person_is_skipped_not_retried(defaults: Pipeline) -> None:
     event = spam("anon")
     event["data"]["identifiers"] = {"id": None, "email": None, "cio_id": None}
@@ -352,21 +586,56 @@ async def test_after_a_partial_failure_only_the_failed_rule_calls_again(
     assert fake.people == {"42": {"last_bounce": "550 5.1.1 no such user"}}
 
 
-async def test_a_lost_audit_row_cannot_make_customerio_count_an_event_twice(
+def dead_owner() -> str:
+    """The owner name of a process that has exited (as after a SIGKILL)."""
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    return f"{socket.gethostname()}:{gone.pid}:killed"
+
+
+async def test_a_call_left_in_flight_by_a_dead_process_is_repeated_once(
     tmp_path: Path, fake: FakeCustomerIO
 ) -> None:
     """The window exactly-once cannot close: the call went through, the process died
-    before the audit row.  The retried track call carries the same ULID ``id``."""
+    before marking it.  The next attempt repeats that call only, and the repeated
+    track call carries the same ULID ``id``, so Customer.io counts it once."""
     settings = settings_for(tmp_path, fake, policies=write(tmp_path, TWO_RULES))
     async with pipeline(settings, fake) as p:
         await p.post(bounce("b1"))
         await p.drain()
         with sqlite3.connect(tmp_path / "actions.db") as db:
-            db.execute("DELETE FROM actions WHERE rule = 'bounce-event'")
+            db.execute(
+                "UPDATE decisions SET state = 'in_flight', owner = ?, lease_until = ?"
+                " WHERE rule = 'bounce-event'",
+                (dead_owner(), NOW + 3600),
+            )
         await p.inbox.requeue(EventFilter(kinds=("*",)), now=p.clock(), rerun="*")
         await p.drain()
+        assert await p.log.decision("bounce-event", "b1") == "ok"
+    assert len(fake.calls("PUT")) == 1  # the settled rule is not repeated
     assert len(fake.calls("POST")) == 2  # sent twice ...
     assert len(fake.tracked_events) == 1  # ... counted once
+
+
+async def test_a_call_in_flight_in_a_live_process_is_waited_for(
+    tmp_path: Path, fake: FakeCustomerIO
+) -> None:
+    settings = settings_for(tmp_path, fake, policies=write(tmp_path, TWO_RULES))
+    other = ActionLog(tmp_path / "actions.db")  # another worker on the same file
+    assert (
+        await other.reserve(rule="mark", event_id="b1", person="42", dry_run=False, now=NOW)
+        is Verdict.ACT
+    )
+    async with pipeline(settings, fake) as p:
+        await p.post(bounce("b1"))
+        await p.drain()
+        assert await p.state("b1") is JobState.RETRYING  # the other call may still succeed
+        assert [c.path for c in fake.calls()] == ["/api/v1/customers/42/events"]
+        p.clock.advance(IN_FLIGHT_LEASE + 1)  # it never finished: its lease runs out
+        await p.drain()
+        assert await p.state("b1") is JobState.DONE
+    assert len(fake.calls("PUT")) == 1
+    await other.close()
 
 
 def test_dedupe_ids_are_stable_ulids() -> None:
@@ -599,13 +868,14 @@ async def test_served_process_unsubscribes_a_spam_complaint_once(tmp_path: Path)
                     async with session.post(srv.url, data=body, headers=headers) as response:
                         assert response.status == 200
             for _ in range(200):
-                if fake.calls():
+                if fake.calls("PUT"):
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)  # room for a wrong second call to show up
         finally:
             _, err = await asyncio.to_thread(srv.stop)
-        [call] = fake.calls()
+        assert [c.path for c in fake.calls("GET")] == ["/api/v1/accounts/region"]
+        [call] = fake.calls("PUT")
         assert call.path == "/api/v1/customers/42"
         assert call.body["unsubscribed"] is True
         assert TRACK_KEY not in err
@@ -628,6 +898,142 @@ async def test_served_process_unsubscribes_a_spam_complaint_once(tmp_path: Path)
     assert "spam-complaint-unsubscribe" in table.stdout
     assert json.loads(actions("--status", "failed", "--json").stdout) == []
     assert TRACK_KEY not in listed.stdout + table.stdout
+
+
+def inbox_states(data: Path) -> dict[str, str]:
+    with contextlib.closing(sqlite3.connect(data / "inbox.db")) as db:
+        return dict(db.execute("SELECT event_id, state FROM events").fetchall())
+
+
+async def test_sigterm_lets_track_calls_in_flight_finish(tmp_path: Path) -> None:
+    """A graceful restart while Track calls are stalled: each event gets one call."""
+    data = tmp_path / "data"
+    ids = [f"term-{i}" for i in range(12)]
+    async with FakeCustomerIO(site_id="site", track_key=TRACK_KEY) as fake:
+        env = {
+            "CIO_WEBHOOKS_TRACK_SITE_ID": "site",
+            "CIO_WEBHOOKS_TRACK_API_KEY": TRACK_KEY,
+            "CIO_WEBHOOKS_TRACK_URL": fake.track_url,
+            "CIO_WEBHOOKS_RETRY_BASE": "1",
+        }
+        srv = Server(data, env=env)
+        await asyncio.to_thread(srv.start)
+        fake.delay = 1.0  # every Track answer stalls: SIGTERM lands mid-call
+        try:
+            async with aiohttp.ClientSession() as session:
+                for i, event_id in enumerate(ids):
+                    body, headers = signed_request(spam(event_id, person=f"p{i}"), key=KEY)
+                    async with session.post(srv.url, data=body, headers=headers) as response:
+                        assert response.status == 200
+            while fake.in_flight == 0:
+                await asyncio.sleep(0.01)
+        finally:
+            code, first_err = await asyncio.to_thread(srv.stop)
+        assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+        fake.delay = 0.0
+        srv = Server(data, env=env, port=srv.port)
+        await asyncio.to_thread(srv.start)
+        try:
+            for _ in range(600):
+                if set(inbox_states(data).values()) == {"done"}:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            _, second_err = await asyncio.to_thread(srv.stop)
+        assert set(inbox_states(data).values()) == {"done"}
+        calls = [c.path for c in fake.requests if c.method == "PUT"]
+        assert sorted(calls) == sorted(f"/api/v1/customers/p{i}" for i in range(len(ids)))
+    assert "Session is closed" not in first_err + second_err
+    with contextlib.closing(sqlite3.connect(data / "actions.db")) as db:
+        details = [row[0] or "" for row in db.execute("SELECT detail FROM actions")]
+        assert db.execute("SELECT DISTINCT status FROM actions").fetchall() == [("ok",)]
+    assert not [d for d in details if "Session is closed" in d]
+
+
+async def test_a_handler_that_never_ends_is_cancelled_after_the_drain_timeout(
+    tmp_path: Path, fake: FakeCustomerIO
+) -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def stuck(event: Event) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    policies = build_policies(settings_for(tmp_path, fake))
+    assert policies is not None
+    router = policies.router()
+    router.add(stuck, "email.spammed", name="stuck")  # runs after the policy
+    async with pipeline(settings_for(tmp_path, fake), fake) as p:
+        await p.post(spam("s1"))
+        dispatcher = Dispatcher(p.inbox, router, clock=p.clock)
+        stop = asyncio.Event()
+        running = asyncio.create_task(
+            dispatch_then_close(dispatcher, policies, stop, drain_timeout=0.2)
+        )
+        await started.wait()
+        stop.set()
+        await running
+        assert cancelled.is_set()
+        assert await p.state("s1") is JobState.PENDING  # claimed: retried after its lease
+    assert len(unsubscribes(fake)) == 1  # the policy beside it finished before the close
+
+
+async def test_served_process_checks_the_track_credentials_and_still_starts(
+    tmp_path: Path,
+) -> None:
+    async with FakeCustomerIO(site_id="site", track_key=TRACK_KEY) as fake:
+        srv = Server(
+            tmp_path / "data",
+            env={
+                "CIO_WEBHOOKS_TRACK_SITE_ID": "site",
+                "CIO_WEBHOOKS_TRACK_API_KEY": "a-wrong-key-9d2e",
+                "CIO_WEBHOOKS_TRACK_URL": fake.track_url,
+            },
+        )
+        await asyncio.to_thread(srv.start)
+        try:
+            while not fake.requests:
+                await asyncio.sleep(0.02)
+            async with aiohttp.ClientSession() as session:
+                body, headers = signed_request(make_event("d1"), key=KEY)
+                async with session.post(srv.url, data=body, headers=headers) as response:
+                    assert response.status == 200  # the service runs on
+        finally:
+            _, err = await asyncio.to_thread(srv.stop)
+    [check] = fake.requests
+    assert (check.method, check.path, check.status) == ("GET", "/api/v1/accounts/region", 401)
+    assert "event=track_credentials_refused" in err
+    assert "a-wrong-key-9d2e" not in err
+
+
+async def test_good_credentials_pass_the_check(fake: FakeCustomerIO) -> None:
+    async with TrackClient("site", TRACK_KEY, base_url=fake.track_url) as track:
+        assert await check_track_credentials(track, "us") is True
+        assert await check_track_credentials(track, "eu") is False  # the other region
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [({"track_site_id": "site"}, "--track-api-key"), ({"track_api_key": "k"}, "--track-site-id")],
+)
+def test_half_the_track_credentials_is_said_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, given: dict[str, str], missing: str
+) -> None:
+    base = Settings(db=tmp_path / "inbox.db", warehouse=tmp_path / "w.db", **given)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="cio_webhooks.service"):
+        assert build_policies(base) is None
+    assert f"event=track_credentials_incomplete missing={missing}" in caplog.text
+    live = replace(base, policies=write(tmp_path, TWO_RULES))
+    with pytest.raises(ConfigError, match=f"{missing} is not set"):
+        build_policies(live)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cio_webhooks.service"):
+        assert build_policies(replace(live, dry_run=True)) is not None
+    assert f"missing={missing}" in caplog.text
 
 
 def test_actions_list_without_an_audit_file(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ._exceptions import ConfigError, StoreUnavailable
 from ._sqlite import SQLiteInbox
 from .app import DEFAULT_DEDUPE_DAYS, Background, WebhookApp, create_app
-from .customerio import TrackClient
+from .customerio import CustomerIOAuthError, CustomerIOError, TrackClient
 from .dispatcher import Clock, Dispatcher, RetryPolicy
 from .handlers import Router, load_router
 from .inbox import Inbox
@@ -25,6 +25,10 @@ from .sinks import SQLiteWarehouse
 log = logging.getLogger("cio_webhooks.service")
 
 KEY_FILE = "signing-key"
+#: Seconds a stopping service lets the dispatcher finish the batch in progress (its
+#: handlers and Track calls) before cancelling it: a whole Track call with its
+#: retries (``POLICY_HTTP``) fits.  Cancelled events are retried after their lease.
+DRAIN_TIMEOUT = 25.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Settings:
     track_rate: float = 100.0  # requests/s; Customer.io's soft limit is about 1000
     dry_run: bool = False
     actions_db: Path | None = None  # default: actions.db next to db
+    drain_timeout: float = DRAIN_TIMEOUT
 
 
 def split_keys(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -125,12 +130,26 @@ async def prune_periodically(
             await asyncio.wait_for(stop.wait(), every)
 
 
+def _partial_credentials(settings: Settings) -> str | None:
+    """Which Track credential is missing when only one is set, else None."""
+    if bool(settings.track_site_id) == bool(settings.track_api_key):
+        return None
+    return "--track-api-key" if settings.track_site_id else "--track-site-id"
+
+
 def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies | None:
     """The configured policies: the file's, else the defaults when Track credentials
     are set, else none.  Raises ``ConfigError`` for a bad file, or live rules without
-    credentials."""
+    credentials; warns when only half of the credentials is set."""
+    missing = _partial_credentials(settings)
     actions = actions_path(settings)
     if actions is None:
+        if missing:
+            log.warning(
+                "event=track_credentials_incomplete missing=%s policies=off detail=%r",
+                missing,
+                "only one Track credential is set: no policy runs",
+            )
         return None
     if settings.policies is not None:
         config = load_policies(settings.policies)
@@ -138,6 +157,18 @@ def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies 
         config = PolicyConfig(DEFAULT_RULES)
     if settings.dry_run:
         config = PolicyConfig(config.rules, dry_run=True)
+    live = [r.name for r in config.rules if not (config.dry_run or r.dry_run)]
+    if missing and live:
+        raise ConfigError(
+            f"policies {settings.policies} make live Track API calls, but {missing} is not"
+            " set (set both --track-site-id and --track-api-key, or use --dry-run)"
+        )
+    if missing:
+        log.warning(
+            "event=track_credentials_incomplete missing=%s detail=%r",
+            missing,
+            "only one Track credential is set; every rule is a dry run",
+        )
     track = None
     if settings.track_site_id and settings.track_api_key:
         track = TrackClient(
@@ -148,7 +179,6 @@ def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies 
             rate=settings.track_rate,
             **POLICY_HTTP,
         )
-    live = [r.name for r in config.rules if not (config.dry_run or r.dry_run)]
     log.info(
         "event=policies_configured rules=%d live=%d source=%s audit=%s",
         len(config.rules),
@@ -157,6 +187,83 @@ def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies 
         actions,
     )
     return Policies(config, ActionLog(actions), track, clock=clock)
+
+
+async def check_track_credentials(track: TrackClient, region: str) -> bool:
+    """Ask Customer.io whether the Track credentials work (``GET /accounts/region``);
+    log a warning saying what is wrong when they do not.  Never raises: the service
+    runs on, and the policies' calls fail (and are retried) until it is fixed."""
+    try:
+        answer = await track.account_region()
+    except CustomerIOAuthError as exc:
+        log.warning(
+            "event=track_credentials_refused status=%s detail=%r",
+            exc.status,
+            "Customer.io refused the Track site id / API key (or they belong to a"
+            " workspace in the other region): policy calls will fail until fixed",
+        )
+        return False
+    except CustomerIOError as exc:
+        log.warning(
+            "event=track_credentials_unchecked status=%s detail=%r",
+            exc.status,
+            f"could not reach the Track API to check the credentials: {exc}",
+        )
+        return False
+    data_center = answer.get("data_center")
+    if isinstance(data_center, str) and data_center.lower() != region:
+        log.warning(
+            "event=track_region_mismatch configured=%s workspace=%s",
+            region,
+            data_center.lower(),
+        )
+        return False
+    log.info("event=track_credentials_ok region=%s", region)
+    return True
+
+
+async def dispatch_then_close(
+    dispatcher: Dispatcher,
+    policies: Policies | None,
+    stop: asyncio.Event,
+    *,
+    drain_timeout: float = DRAIN_TIMEOUT,
+    check_region: str | None = None,
+) -> None:
+    """Run the dispatcher until ``stop``; then let the batch in progress finish (its
+    handlers and Track calls), for at most ``drain_timeout`` seconds before cancelling
+    it, and only then close the policies (their Track client and audit file).
+
+    With ``check_region``, the Track credentials are checked once at start, beside."""
+    track = policies.track if policies is not None else None
+    checking = (
+        asyncio.create_task(check_track_credentials(track, check_region))
+        if track is not None and check_region is not None
+        else None
+    )
+    running = asyncio.create_task(dispatcher.run(stop))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            done, _ = await asyncio.wait({running}, timeout=drain_timeout)
+            if not done:
+                log.warning(
+                    "event=drain_timeout seconds=%g detail=%r",
+                    drain_timeout,
+                    "handlers still running were cancelled; their events are retried",
+                )
+    finally:
+        for task in (running, stopping, checking):
+            if task is not None and not task.done():
+                task.cancel()
+        results = await asyncio.gather(
+            *(t for t in (running, stopping, checking) if t is not None), return_exceptions=True
+        )
+        if isinstance(results[0], Exception):
+            log.error("event=dispatcher_failed error=%r", str(results[0]))
+        if policies is not None:
+            await policies.close()
 
 
 def background_tasks(
@@ -172,16 +279,19 @@ def background_tasks(
     async def pruner(stop: asyncio.Event) -> None:
         await prune_periodically(inbox, settings.dedupe_days, stop, clock=clock)
 
-    tasks: list[Background] = [dispatcher.run, warehouse.run, pruner]
-    if policies is not None:
-        active = policies
+    async def dispatch(stop: asyncio.Event) -> None:
+        # The policies close only after the dispatcher returned: closing the Track
+        # client under in-flight calls failed them ("Session is closed") and made
+        # the retry after a restart a second call.
+        await dispatch_then_close(
+            dispatcher,
+            policies,
+            stop,
+            drain_timeout=settings.drain_timeout,
+            check_region=settings.region,
+        )
 
-        async def close_policies(stop: asyncio.Event) -> None:
-            await stop.wait()
-            await active.close()
-
-        tasks.append(close_policies)
-    return tasks, dispatcher
+    return [dispatch, warehouse.run, pruner], dispatcher
 
 
 def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:

@@ -242,6 +242,22 @@ async def test_wrong_credentials_fail_at_once_without_showing_the_key(
     assert sleeps.backoffs() == []  # auth errors are not retried
 
 
+async def test_the_credentials_check_names_the_workspace_region(
+    fake: FakeCustomerIO, track: TrackClient, sleeps: Sleeps
+) -> None:
+    assert await track.account_region() == {
+        "url": "https://track.customer.io",
+        "data_center": "us",
+        "environment_id": 1,
+    }
+    [check] = fake.calls("GET", "/api/v1/accounts/region")
+    assert check.status == 200
+    async with TrackClient("site-1", "wrong-key-value", base_url=fake.track_url, sleep=sleeps) as c:
+        with pytest.raises(CustomerIOAuthError, match=r"GET /accounts/region: HTTP 401") as caught:
+            await c.account_region()
+    assert "wrong-key-value" not in str(caught.value)
+
+
 async def test_app_api_wants_the_bearer_key(fake: FakeCustomerIO, sleeps: Sleeps) -> None:
     async with AppClient("not-the-app-key", base_url=fake.app_url, sleep=sleeps) as client:
         with pytest.raises(CustomerIOAuthError, match="GET /reporting_webhooks: HTTP 401") as e:

@@ -95,6 +95,14 @@ class TrackClient:
     async def close(self) -> None:
         await self.http.close()
 
+    async def account_region(self) -> dict[str, Any]:
+        """Check the credentials: ``GET /accounts/region`` answers, for a valid site id
+        and API key, the workspace's ``url``, ``data_center`` (``us``/``eu``) and
+        ``environment_id``.  Raises ``CustomerIOAuthError`` for credentials Customer.io
+        refuses (or a workspace of the other region)."""
+        answer = await self.http.request("GET", "/accounts/region")
+        return dict(answer) if isinstance(answer, Mapping) else {}
+
     async def identify(self, person: str, /, **attributes: Any) -> None:
         """Create or update ``person`` with ``attributes`` (``PUT /customers/{id}``).
 

@@ -16,6 +16,7 @@ What it does:
 - checks credentials on every request (401 when wrong), like one workspace;
 - records every request (method, decoded and raw path, query, JSON body, the
   status answered; never the Authorization header) in ``requests``;
+- answers ``GET /api/v1/accounts/region`` (the credentials check) with its ``region``;
 - keeps Track API state: ``people`` (identify merges attributes; suppress
   deletes the person and adds the identifier to ``suppressed``) and
   ``tracked_events`` (deduplicated on the event ``id``, as Customer.io does);
@@ -116,6 +117,8 @@ class FakeCustomerIO:
     tracked_events: list[dict[str, Any]] = field(default_factory=list)
     #: Seconds to stall before answering (to exercise client timeouts).
     delay: float = 0.0
+    #: Requests received and not yet answered (e.g. stalled by ``delay``).
+    in_flight: int = 0
     port: int = 0
     _failures: list[_Failure] = field(default_factory=list)
     _runner: web.AppRunner | None = None
@@ -174,6 +177,7 @@ class FakeCustomerIO:
         app.router.add_post(track + "/suppress", self._suppress)
         app.router.add_post(track + "/unsuppress", self._unsuppress)
         app.router.add_post(track + "/events", self._track)
+        app.router.add_get("/api/v1/accounts/region", self._account_region)
         app.router.add_get("/v1/messages", self._messages)
         app.router.add_get("/v1/messages/{id}", self._message)
         app.router.add_get("/v1/{path:.+}/metrics", self._metrics)
@@ -209,6 +213,13 @@ class FakeCustomerIO:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            return await self._answer(request, handler)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         raw = await request.read()
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -294,6 +305,12 @@ class FakeCustomerIO:
                 }
             )
         return web.json_response({})
+
+    async def _account_region(self, request: web.Request) -> web.Response:
+        host = "track.customer.io" if self.region == "us" else f"track-{self.region}.customer.io"
+        return web.json_response(
+            {"url": f"https://{host}", "data_center": self.region, "environment_id": 1}
+        )
 
     # -- App API -------------------------------------------------------------------
     async def _messages(self, request: web.Request) -> web.Response:
