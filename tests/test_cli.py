@@ -349,7 +349,7 @@ def squeezed(value: object) -> str:
 def test_tables_show_every_column_whole_at_120_columns(tmp_path: Path) -> None:
     async def record() -> None:
         log = ActionLog(tmp_path / "actions.db")
-        await log.record(
+        await log.finish(
             event_id="01HF8YJ3Q6ZK2W7V9X4B5N8M2P",
             rule="repeated-bounces-unsubscribe",
             person="id:person-12345",
@@ -567,7 +567,7 @@ def test_read_only_commands_create_nothing_for_a_wrong_path(
 def test_read_only_commands_change_no_file(data_dir: Path, command: tuple[str, ...]) -> None:
     async def record_an_action() -> None:
         log = ActionLog(data_dir / "actions.db")
-        await log.record(
+        await log.finish(
             event_id="ok2",
             rule="bounce-mark",
             person="id:person-1",
