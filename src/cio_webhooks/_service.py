@@ -120,7 +120,7 @@ async def prune_periodically(
             if removed:
                 log.info("event=pruned events=%d older_than_days=%g", removed, days)
         except Exception as exc:
-            log.error("event=prune_failed error=%r", str(exc))
+            log.error("event=prune_failed error=%s", str(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
 

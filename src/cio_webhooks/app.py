@@ -149,7 +149,7 @@ class Receiver:
             return
         except SignatureError as exc:
             self.counters.rejected_signature += 1
-            log.warning("event=request_rejected reason=invalid_signature detail=%r", str(exc))
+            log.warning("event=request_rejected reason=invalid_signature detail=%s", str(exc))
             await _send(send, _BAD_SIGNATURE)
             return
         await _send(send, await self._store(body, now))
@@ -180,7 +180,7 @@ class Receiver:
             except Exception as store_exc:
                 return self._unavailable(store_exc)
             self.counters.quarantined += 1
-            log.warning("event=quarantined reason=%r", str(exc))
+            log.warning("event=quarantined reason=%s", str(exc))
             return _QUARANTINED
         # With the dispatcher in this process, an event no handler wants is stored as
         # done: the dispatcher never has to claim it (the common case, and it keeps
@@ -204,7 +204,7 @@ class Receiver:
     def _unavailable(self, exc: Exception) -> tuple[int, bytes]:
         # Not stored: a 503 makes Customer.io keep the event and retry it.
         self.counters.store_unavailable += 1
-        log.error("event=store_unavailable error=%r", str(exc))
+        log.error("event=store_unavailable error=%s", str(exc))
         return _UNAVAILABLE
 
 
@@ -254,7 +254,7 @@ def create_app(
         try:
             gauges = await inbox.gauges(now=clock())
         except Exception as exc:  # metrics must not fail because the store is sick
-            log.error("event=metrics_store_error error=%r", str(exc))
+            log.error("event=metrics_store_error error=%s", str(exc))
             gauges = {}
         for name, number in gauges.items():
             lines.append(f"# TYPE cio_webhooks_inbox_{name} gauge")
