@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import select
 import signal
 import socket
 import sqlite3
@@ -322,3 +324,179 @@ def test_unusable_data_path_is_a_clear_error_not_a_traceback(tmp_path: Path) -> 
     assert done.returncode == 1
     assert f"cannot open {blocker / 'inbox.db'}: a parent is not a directory" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- Connection limits: slow or oversized requests cannot take the service offline ---
+
+HALF_HEAD = b"POST /webhooks/customerio HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1\r\n"
+
+
+def _connect(srv: Server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _signed_post(srv: Server, event_id: str) -> int:
+    body, headers = signed_request(make_event(event_id), key=KEY)
+    return asyncio.run(_post(srv.url, body, headers))
+
+
+def test_half_sent_requests_are_closed_after_the_read_timeout(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data", extra=["--read-timeout", "0.5"]).start()
+    try:
+        silent, half_head, half_body = (_connect(srv) for _ in range(3))
+        half_head.sendall(HALF_HEAD)
+        half_body.sendall(HALF_HEAD + b"Content-Length: 1000\r\n\r\n{")
+        assert _answer(silent) == b""  # nothing asked: closed without an answer
+        assert _answer(half_head).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert _answer(half_body) == b""  # the handler waiting for the body sees a disconnect
+        assert _signed_post(srv, "after-slow-clients") == 200
+    finally:
+        _, err = srv.stop()
+    assert "event=connection_closed reason=read_timeout phase=head" in err
+    assert "event=connection_closed reason=read_timeout phase=body" in err
+    assert srv.inbox_ids() == {"after-slow-clients"}
+
+
+def test_an_oversized_request_head_is_answered_431(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data", extra=["--max-header-size", "4096"]).start()
+    try:
+        whole = _connect(srv)  # a complete head, in one piece
+        whole.sendall(HALF_HEAD + b"X-Big: " + b"a" * 5000 + b"\r\nContent-Length: 2\r\n\r\n{}")
+        endless = _connect(srv)  # a head that never ends
+        endless.sendall(HALF_HEAD + b"X-Big: " + b"a" * 5000)
+        for sock in (whole, endless):
+            assert _answer(sock).startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+        assert _signed_post(srv, "normal-head") == 200
+    finally:
+        srv.stop()
+
+
+def test_a_signed_post_succeeds_while_hundreds_of_slowloris_connections_are_open(
+    tmp_path: Path,
+) -> None:
+    srv = Server(tmp_path / "data", extra=["--read-timeout", "120"]).start()
+    attackers: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = _connect(srv)
+            sock.sendall(HALF_HEAD)
+            attackers.append(sock)
+        for sock in attackers:  # each trickles one more header line, as slowloris does
+            sock.sendall(b"X-More: 1\r\n")
+        assert _signed_post(srv, "during-slowloris") == 200
+        for sock in attackers:  # ...and they were all still open meanwhile
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+    finally:
+        for sock in attackers:
+            sock.close()
+        srv.stop()
+    assert srv.inbox_ids() == {"during-slowloris"}
+
+
+def test_connections_past_the_cap_are_answered_503_and_closed(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data", extra=["--max-connections", "20"]).start()
+    held = [_connect(srv) for _ in range(20)]
+    try:
+        one_more = _connect(srv)
+        assert _answer(one_more).startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    finally:
+        for sock in held:
+            sock.close()
+    try:
+        # Once the held connections are gone, requests are served again.
+        deadline = time.monotonic() + 30
+        status = 0
+        while status != 200 and time.monotonic() < deadline:
+            status = _signed_post(srv, "after-the-cap")
+        assert status == 200
+    finally:
+        _, err = srv.stop()
+    assert "event=connection_refused reason=max_connections limit=20" in err
+
+
+# --- serve's first run, its port and its key ---
+
+
+def _stderr_until(proc: subprocess.Popen[bytes], text: str, timeout: float = 30) -> str:
+    """What ``proc`` wrote to stderr up to the line holding ``text``."""
+    assert proc.stderr is not None
+    out = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.1)
+        if ready:
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            out += chunk
+    return out.decode()
+
+
+def test_first_run_prints_the_real_port_and_send_uses_the_generated_key(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIO_WEBHOOKS_")}
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--port", "0", "--data-dir", str(data)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        banner = _stderr_until(proc, "listening on")
+        listening = re.search(
+            r"listening on (http://127\.0\.0\.1:(\d+)/webhooks/customerio)", banner
+        )
+        assert listening, banner
+        url, port = listening.group(1), int(listening.group(2))
+        assert port != 0
+        assert f"send examples/email_delivered.json --url {url} --data-dir {data}" in banner
+        sample = tmp_path / "event.json"
+        sample.write_text(json.dumps(make_event("first-run")))
+        sent = subprocess.run(
+            [str(BIN), "send", str(sample), "--url", url, "--data-dir", str(data)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert '200 {"ok":true,"status":"stored"}' in sent.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                str(BIN),
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path),
+                "--signing-key",
+                KEY,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )

@@ -25,6 +25,8 @@ from .sinks import SQLiteWarehouse
 log = logging.getLogger("cio_webhooks.service")
 
 KEY_FILE = "signing-key"
+# Customer.io retries a failed delivery for 7 days: dedupe must remember at least that long.
+CUSTOMERIO_RETRY_DAYS = 7.0
 
 
 @dataclass(frozen=True)
@@ -58,21 +60,42 @@ def split_keys(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+def stored_key(data_dir: Path) -> str | None:
+    """The key ``serve`` generated in ``data_dir``, or None when it has not generated one."""
+    path = data_dir / KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreUnavailable(f"cannot read {path}: {_reason(exc)}") from exc
+    if not key:
+        raise ConfigError(f"{path} is empty: delete it or configure a signing key")
+    return key
+
+
 def load_or_create_key(data_dir: Path) -> tuple[str, bool]:
     """The key stored in ``data_dir``, generating it (mode 0600) on first use.
-    Returns ``(key, created)``."""
-    path = data_dir / KEY_FILE
-    if path.exists():
-        key = path.read_text().strip()
-        if not key:
-            raise ConfigError(f"{path} is empty: delete it or configure a signing key")
+    Returns ``(key, created)``; raises ``StoreUnavailable`` when ``data_dir`` is unusable."""
+    key = stored_key(data_dir)
+    if key is not None:
         return key, False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / KEY_FILE
     key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot create {path}: {_reason(exc)}") from exc
     return key, True
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return "a parent is not a directory"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def actions_path(settings: Settings) -> Path | None:
@@ -91,11 +114,8 @@ def check_storage(settings: Settings) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.closing(sqlite3.connect(path)) as conn:
                 conn.execute("PRAGMA schema_version").fetchone()
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise StoreUnavailable(f"cannot open {path}: a parent is not a directory") from exc
         except (OSError, sqlite3.Error) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise StoreUnavailable(f"cannot open {path}: {reason}") from exc
+            raise StoreUnavailable(f"cannot open {path}: {_reason(exc)}") from exc
 
 
 def build_router(specs: tuple[str, ...]) -> Router:
