@@ -3,7 +3,8 @@
 uvicorn alone lets one client hold resources for ever: it has no limit on the size of a
 request head with httptools (a 10 MB header is buffered), no deadline for receiving a
 request (a connection that sends one header line every few seconds stays open), and
-``limit_concurrency`` answers 503 to requests but still keeps idle connections open.
+``limit_concurrency`` answers 503 to requests but still keeps idle connections open, so
+a flood of idle connections locks real requests out.
 ``LimitedHttpProtocol`` adds the three limits of ``ConnectionLimits`` to uvicorn's
 httptools protocol; everything else (keep-alive, pipelining, graceful shutdown) is
 uvicorn's.
@@ -35,7 +36,8 @@ class ConnectionLimits:
     # Seconds from a request's first byte (or the connection's opening) until its body is
     # complete.  Customer.io gives up after 4 s, so nothing slower is a real delivery.
     read_timeout: float = 10.0
-    # Open connections; one more is answered 503 (Customer.io retries it) and closed.
+    # Open connections.  One more closes the oldest idle one (waiting for a head or kept
+    # alive); when none is idle it is answered 503 (Customer.io retries it) and closed.
     max_connections: int = 1000
 
 
@@ -44,12 +46,15 @@ class PortUnavailable(CioWebhooksError):
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (port 0: any free port), for uvicorn to serve on."""
+    """A listening socket on ``host:port`` (port 0: any free port), for uvicorn to serve on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        # Listening now makes "listening on" true when printed: connections wait in the
+        # backlog until uvicorn accepts them, instead of being refused while it starts.
+        sock.listen()
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)
@@ -61,6 +66,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus ``limits`` (set on a subclass by ``protocol_for``)."""
 
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    # The server's connections that are not in the middle of a request (waiting for a
+    # head, or kept alive between requests), oldest first: the ones to close for room.
+    idle: ClassVar[dict[LimitedHttpProtocol, None]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -72,17 +80,19 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
+        if len(self.connections) > self.limits.max_connections and not self._make_room():
             log.warning(
                 "event=connection_refused reason=max_connections limit=%d",
                 self.limits.max_connections,
             )
             self._answer_and_close(503, b"Too many connections")
             return
+        self.idle[self] = None
         self._arm_deadline()  # a connection that never sends a byte is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_deadline()
+        self.idle.pop(self, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -100,6 +110,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self.idle.pop(self, None)
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.limits.max_header_size:
             self._refuse_head()
@@ -116,7 +127,32 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)
+        super().on_response_complete()
+        if not pipelined and not self.transport.is_closing():
+            self.idle.pop(self, None)
+            self.idle[self] = None  # idle again, and now the newest
+
     # Limits
+
+    def _make_room(self) -> bool:
+        """Close the oldest idle connection (a slow client's, most likely: a real request
+        sends its head at once) so that this one can be served; False when none is idle."""
+        victim = next(iter(self.idle), None)
+        if victim is None:
+            return False
+        del self.idle[victim]
+        log.info("event=connection_closed reason=max_connections phase=idle")
+        victim._close_idle()
+        return True
+
+    def _close_idle(self) -> None:
+        if self._head_bytes:
+            self._answer_and_close(503, b"Too many connections")
+        else:
+            self._disarm_deadline()
+            self.transport.close()
 
     def _arm_deadline(self) -> None:
         self._disarm_deadline()
@@ -171,5 +207,5 @@ def protocol_for(limits: ConnectionLimits) -> type[LimitedHttpProtocol]:
     """The protocol class for uvicorn's ``Config(http=...)``, holding ``limits``."""
     return cast(
         "type[LimitedHttpProtocol]",
-        type("LimitedHttpProtocol", (LimitedHttpProtocol,), {"limits": limits}),
+        type("LimitedHttpProtocol", (LimitedHttpProtocol,), {"limits": limits, "idle": {}}),
     )
