@@ -241,9 +241,23 @@ def test_region_is_accepted_in_any_case(tmp_path: Path, region: str) -> None:
 
 
 def test_serve_port_out_of_range_is_an_error(tmp_path: Path) -> None:
-    code, _, err = invoke("serve", "--port", "99999", "--data-dir", str(tmp_path))
-    assert code == 2
-    assert "'--port': 99999 is not in the range 0<=x<=65535" in err
+    done = subprocess.run(  # a subprocess: were the port taken as valid, serve would run
+        [
+            sys.executable,
+            "-m",
+            "cio_webhooks",
+            "serve",
+            "--port",
+            "99999",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "'--port': 99999 is not in the range 0<=x<=65535" in done.stderr
     assert not (tmp_path / "signing-key").exists()
 
 
