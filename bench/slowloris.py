@@ -4,7 +4,8 @@ Starts ``cio-webhooks serve --port 0`` in a temporary directory (or attacks ``--
 must be a loopback address), then for ``--duration`` seconds:
 
 - keeps ``--connections`` connections open that each send half a request head and then one
-  more header line every ``--trickle`` seconds, never finishing it; a connection the server
+  more header line every ``--trickle`` seconds, never finishing it (``--slow body``: a whole
+  head announcing a 1 MB body, then one body byte at a time); a connection the server
   closes is opened again after ``--reconnect-delay`` seconds (so the pressure stays on);
 - meanwhile sends ``--rate`` correctly signed POSTs per second, each on a new connection.
 
@@ -64,8 +65,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def slow_client(host: str, port: int, args: argparse.Namespace, attack: Attack) -> None:
-    """One attacker: a never-finished head, reopened each time the server closes it."""
+    """One attacker: a never-finished head (or body), reopened each time the server closes it."""
     head = f"POST /webhooks/customerio HTTP/1.1\r\nHost: {host}\r\n".encode()
+    if args.slow == "body":
+        head += b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{"
     while True:
         try:
             reader, writer = await asyncio.open_connection(host, port)
@@ -83,7 +86,7 @@ async def slow_client(host: str, port: int, args: argparse.Namespace, attack: At
                 await asyncio.wait([answer], timeout=args.trickle)
                 if not answer.done():
                     line += 1
-                    writer.write(f"X-Slow-{line}: 1\r\n".encode())
+                    writer.write(b" " if args.slow == "body" else f"X-Slow-{line}: 1\r\n".encode())
             try:
                 first = answer.result().split(b"\r\n", 1)[0].decode(errors="replace")
             except OSError:
@@ -163,8 +166,9 @@ def served(serve_args: list[str]) -> Iterator[tuple[str, str]]:
 
 def report(attack: Attack, legit: Legit, args: argparse.Namespace) -> list[str]:
     lines = [
-        f"attack: {args.connections} slow clients for {args.duration:g} s, one header line "
-        f"every {args.trickle:g} s, reopening {args.reconnect_delay:g} s after each close",
+        f"attack: {args.connections} slow clients for {args.duration:g} s, one "
+        f"{'body byte' if args.slow == 'body' else 'header line'} every {args.trickle:g} s, "
+        f"reopening {args.reconnect_delay:g} s after each close",
         f"connections opened: {attack.opened}, connect failures: "
         + (", ".join(f"{e} x{n}" for e, n in attack.connect_failures.most_common()) or "none"),
     ]
@@ -207,6 +211,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trickle", type=bounded(float, 0.1, 60), default=2.0)
     parser.add_argument("--reconnect-delay", type=bounded(float, 0.05, 60), default=0.5)
     parser.add_argument("--rate", type=bounded(float, 0.1, 200), default=20.0)
+    parser.add_argument("--slow", choices=["head", "body"], default="head", help="what trickles")
     parser.add_argument("--url", help="attack this loopback server instead of starting one")
     parser.add_argument("--signing-key", help="its signing key (with --url)")
     args, serve_args = parser.parse_known_args(argv)
