@@ -416,7 +416,7 @@ def main() -> None:
     default=ConnectionLimits.max_connections,
     show_default=True,
     envvar=_env("MAX_CONNECTIONS"),
-    help="Open connections; one more is answered 503 and closed.",
+    help="Open connections; one more closes the oldest idle one (503 when none is idle).",
 )
 @service_options
 def serve(
