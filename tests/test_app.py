@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx2
 import pytest
 
 from cio_webhooks import Event, JobState, SQLiteInbox, StoreUnavailable, create_app
+from cio_webhooks.app import WebhookApp
 from cio_webhooks.inbox import PutResult
 from cio_webhooks.testing import FixedClock, make_event, signed_request
 
@@ -439,3 +441,32 @@ async def test_an_unexpected_error_after_the_signature_is_a_quarantine_not_a_5xx
     assert (kept.event_id, kept.body) == ("e1", body)
     assert "OverflowError" in kept.reason
     await inbox.close()
+
+
+async def test_a_body_cut_short_by_the_client_is_not_counted_as_a_forgery(
+    app: WebhookApp, inbox: SQLiteInbox
+) -> None:
+    body, headers = signed_request(make_event("cut-short"), key=KEY, timestamp=NOW)
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/webhooks/customerio",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    await app(scope, receive, send)
+    assert sent == []  # nobody is left to answer
+    assert app.receiver.counters.rejected_signature == 0
+    assert app.receiver.counters.incomplete == 1
+    assert await inbox.get_event("cut-short") is None

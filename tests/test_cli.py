@@ -635,3 +635,119 @@ def test_quarantine_show_a_reason_with_brackets(data_dir: Path) -> None:
     code, out, err = invoke("quarantine", "show", "9", "--data-dir", str(data_dir))
     assert (code, out) == (0, "{[}\n")
     assert "reason='bad [/] body'" in err
+
+
+def _blocked_db(tmp_path: Path) -> str:
+    """A --db that cannot be opened: past option checks, the command fails with exit 1."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    return str(blocker / "inbox.db")
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--signing-key", ""], {}),
+        (["--signing-key", " , "], {}),
+        ([], {"CIO_WEBHOOKS_SIGNING_KEYS": " , "}),
+        ([], {"CIO_WEBHOOKS_SIGNING_KEYS": ""}),
+    ],
+)
+def test_a_blank_signing_key_setting_is_an_error_not_a_generated_key(
+    tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    data = tmp_path / "data"
+    result = CliRunner(env=env).invoke(
+        main,
+        ["serve", "--port", "0", "--data-dir", str(data), "--db", _blocked_db(tmp_path), *args],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 2
+    assert "signing key setting (--signing-key / CIO_WEBHOOKS_SIGNING_KEYS) is blank" in (
+        result.stderr
+    )
+    assert not (data / "signing-key").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--tolerance", "-1"], "--tolerance"),
+        (["--dedupe-days", "6.5"], "--dedupe-days"),
+        (["--retry-base", "0"], "--retry-base"),
+        (["--retry-max-delay", "-5"], "--retry-max-delay"),
+        (["--retry-base", "10", "--retry-max-delay", "5"], "--retry-max-delay 5 is shorter"),
+        (["--max-attempts", "0"], "--max-attempts"),
+        (["--max-body", "0"], "--max-body"),
+    ],
+)
+def test_out_of_range_service_options_are_errors(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    code, _, err = invoke("worker", "--db", _blocked_db(tmp_path), *args)
+    assert code == 2
+    assert named in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("region", ["eu", "EU", "Eu", "US"])
+def test_region_is_accepted_in_any_case(tmp_path: Path, region: str) -> None:
+    code, _, err = invoke("worker", "--create", "--db", _blocked_db(tmp_path), "--region", region)
+    assert code == 1, err  # past the options: only the blocked --db fails
+    assert "cannot open" in err
+
+
+def test_serve_port_out_of_range_is_an_error(tmp_path: Path) -> None:
+    done = subprocess.run(  # a subprocess: were the port taken as valid, serve would run
+        [
+            sys.executable,
+            "-m",
+            "cio_webhooks",
+            "serve",
+            "--port",
+            "99999",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "'--port': 99999 is not in the range 0<=x<=65535" in done.stderr
+    assert not (tmp_path / "signing-key").exists()
+
+
+def test_serve_on_an_unusable_data_dir_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = invoke("serve", "--port", "0", "--data-dir", str(blocker / "data"))
+    assert code == 1
+    assert err.strip() == (
+        f"error: cannot read {blocker / 'data' / 'signing-key'}: a parent is not a directory"
+    )
+
+
+def test_send_without_a_key_uses_the_generated_one_or_says_how_to_get_one(tmp_path: Path) -> None:
+    sample = tmp_path / "event.json"
+    sample.write_text("{}")
+    code, _, err = invoke("send", str(sample), "--data-dir", str(tmp_path))
+    assert code == 2
+    assert (
+        f"no signing key: pass --signing-key, or run serve once to generate one in {tmp_path}"
+        in (err)
+    )
+    code, _, err = invoke("send", str(sample), "--signing-key", " ")
+    assert code == 2
+    assert "is blank" in err
+
+
+def test_python_dash_m_runs_the_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cio_webhooks", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("python -m cio_webhooks, version ")

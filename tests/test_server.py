@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import select
 import signal
 import socket
 import sqlite3
@@ -378,3 +380,197 @@ def test_authentic_hostile_requests_are_never_refused_by_the_real_server(
     assert {"nan", "inf", "huge", "int64", "utf8", "late"} <= stored
     assert "stale" not in stored
     assert "twice" not in stored
+
+
+HALF_HEAD = b"POST /webhooks/customerio HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1\r\n"
+
+
+def _connect(srv: Server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _signed_post(srv: Server, event_id: str) -> int:
+    body, headers = signed_request(make_event(event_id), key=KEY)
+    return asyncio.run(_post(srv.url, body, headers))
+
+
+def test_half_sent_requests_are_closed_after_the_read_timeout(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data", extra=["--read-timeout", "0.5"]).start()
+    try:
+        silent, half_head, half_body = (_connect(srv) for _ in range(3))
+        half_head.sendall(HALF_HEAD)
+        half_body.sendall(HALF_HEAD + b"Content-Length: 1000\r\n\r\n{")
+        assert _answer(silent) == b""  # nothing asked: closed without an answer
+        assert _answer(half_head).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert _answer(half_body) == b""  # the handler waiting for the body sees a disconnect
+        assert _signed_post(srv, "after-slow-clients") == 200
+    finally:
+        _, err = srv.stop()
+    assert "event=connection_closed reason=read_timeout phase=head" in err
+    assert "event=connection_closed reason=read_timeout phase=body" in err
+    assert srv.inbox_ids() == {"after-slow-clients"}
+
+
+def test_an_oversized_request_head_is_answered_431(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data", extra=["--max-header-size", "4096"]).start()
+    try:
+        whole = _connect(srv)  # a complete head, in one piece
+        whole.sendall(HALF_HEAD + b"X-Big: " + b"a" * 5000 + b"\r\nContent-Length: 2\r\n\r\n{}")
+        endless = _connect(srv)  # a head that never ends
+        endless.sendall(HALF_HEAD + b"X-Big: " + b"a" * 5000)
+        for sock in (whole, endless):
+            assert _answer(sock).startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+        assert _signed_post(srv, "normal-head") == 200
+    finally:
+        srv.stop()
+
+
+def test_a_signed_post_succeeds_while_hundreds_of_slowloris_connections_are_open(
+    tmp_path: Path,
+) -> None:
+    srv = Server(tmp_path / "data", extra=["--read-timeout", "120"]).start()
+    attackers: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = _connect(srv)
+            sock.sendall(HALF_HEAD)
+            attackers.append(sock)
+        for sock in attackers:  # each trickles one more header line, as slowloris does
+            sock.sendall(b"X-More: 1\r\n")
+        assert _signed_post(srv, "during-slowloris") == 200
+        for sock in attackers:  # ...and they were all still open meanwhile
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+    finally:
+        for sock in attackers:
+            sock.close()
+        srv.stop()
+    assert srv.inbox_ids() == {"during-slowloris"}
+
+
+def _raw_signed_post(sock: socket.socket, event_id: str) -> bytes:
+    body, headers = signed_request(make_event(event_id), key=KEY)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    sock.sendall(
+        b"POST /webhooks/customerio HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        + f"{head}Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return _answer(sock)
+
+
+def test_past_the_connection_cap_the_oldest_idle_connection_makes_room(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data", extra=["--max-connections", "20"]).start()
+    try:
+        held = [_connect(srv) for _ in range(20)]
+        held[-1].sendall(HALF_HEAD)  # the newest is slow: it is not the one closed
+        answer = _raw_signed_post(_connect(srv), "past-the-cap")
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert _answer(held[0]) == b""  # the oldest idle connection was closed for it
+        held[-1].setblocking(False)
+        with pytest.raises(BlockingIOError):
+            held[-1].recv(1)
+    finally:
+        srv.stop()
+    assert srv.inbox_ids() == {"past-the-cap"}
+
+
+def test_past_the_connection_cap_with_none_idle_a_connection_gets_503(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data", extra=["--max-connections", "20"]).start()
+    busy = [_connect(srv) for _ in range(20)]
+    try:
+        for sock in busy:  # each in the middle of a body: none can be closed for room
+            sock.sendall(HALF_HEAD + b"Expect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n")  # head was read
+            sock.sendall(b"{")
+        one_more = _connect(srv)
+        assert _answer(one_more).startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    finally:
+        for sock in busy:
+            sock.close()
+        _, err = srv.stop()
+    assert "event=connection_refused reason=max_connections limit=20" in err
+
+
+def _stderr_until(proc: subprocess.Popen[bytes], text: str, timeout: float = 30) -> str:
+    """What ``proc`` wrote to stderr up to the line holding ``text``."""
+    assert proc.stderr is not None
+    out = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.1)
+        if ready:
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            out += chunk
+    return out.decode()
+
+
+def test_first_run_prints_the_real_port_and_send_uses_the_generated_key(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIO_WEBHOOKS_")}
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--port", "0", "--data-dir", str(data)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        banner = _stderr_until(proc, "listening on")
+        listening = re.search(
+            r"listening on (http://127\.0\.0\.1:(\d+)/webhooks/customerio)", banner
+        )
+        assert listening, banner
+        url, port = listening.group(1), int(listening.group(2))
+        assert port != 0
+        assert f"send examples/email_delivered.json --url {url} --data-dir {data}" in banner
+        sample = tmp_path / "event.json"
+        sample.write_text(json.dumps(make_event("first-run")))
+        sent = subprocess.run(
+            [str(BIN), "send", str(sample), "--url", url, "--data-dir", str(data)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert '200 {"ok":true,"status":"stored"}' in sent.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                str(BIN),
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path),
+                "--signing-key",
+                KEY,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )

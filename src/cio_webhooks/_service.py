@@ -29,6 +29,8 @@ KEY_FILE = "signing-key"
 #: handlers and Track calls) before cancelling it: a whole Track call with its
 #: retries (``POLICY_HTTP``) fits.  Cancelled events are retried after their lease.
 DRAIN_TIMEOUT = 25.0
+# Customer.io retries a failed delivery for 7 days: dedupe must remember at least that long.
+CUSTOMERIO_RETRY_DAYS = 7.0
 
 
 @dataclass(frozen=True)
@@ -63,21 +65,42 @@ def split_keys(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+def stored_key(data_dir: Path) -> str | None:
+    """The key ``serve`` generated in ``data_dir``, or None when it has not generated one."""
+    path = data_dir / KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreUnavailable(f"cannot read {path}: {_reason(exc)}") from exc
+    if not key:
+        raise ConfigError(f"{path} is empty: delete it or configure a signing key")
+    return key
+
+
 def load_or_create_key(data_dir: Path) -> tuple[str, bool]:
     """The key stored in ``data_dir``, generating it (mode 0600) on first use.
-    Returns ``(key, created)``."""
-    path = data_dir / KEY_FILE
-    if path.exists():
-        key = path.read_text().strip()
-        if not key:
-            raise ConfigError(f"{path} is empty: delete it or configure a signing key")
+    Returns ``(key, created)``; raises ``StoreUnavailable`` when ``data_dir`` is unusable."""
+    key = stored_key(data_dir)
+    if key is not None:
         return key, False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / KEY_FILE
     key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot create {path}: {_reason(exc)}") from exc
     return key, True
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return "a parent is not a directory"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def actions_path(settings: Settings) -> Path | None:
@@ -96,11 +119,8 @@ def check_storage(settings: Settings) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.closing(sqlite3.connect(path)) as conn:
                 conn.execute("PRAGMA schema_version").fetchone()
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise StoreUnavailable(f"cannot open {path}: a parent is not a directory") from exc
         except (OSError, sqlite3.Error) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise StoreUnavailable(f"cannot open {path}: {reason}") from exc
+            raise StoreUnavailable(f"cannot open {path}: {_reason(exc)}") from exc
 
 
 def build_router(specs: tuple[str, ...]) -> Router:
@@ -125,7 +145,7 @@ async def prune_periodically(
             if removed:
                 log.info("event=pruned events=%d older_than_days=%g", removed, days)
         except Exception as exc:
-            log.error("event=prune_failed error=%r", str(exc))
+            log.error("event=prune_failed error=%s", str(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
 
@@ -146,7 +166,7 @@ def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies 
     if actions is None:
         if missing:
             log.warning(
-                "event=track_credentials_incomplete missing=%s policies=off detail=%r",
+                "event=track_credentials_incomplete missing=%s policies=off detail=%s",
                 missing,
                 "only one Track credential is set: no policy runs",
             )
@@ -165,7 +185,7 @@ def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies 
         )
     if missing:
         log.warning(
-            "event=track_credentials_incomplete missing=%s detail=%r",
+            "event=track_credentials_incomplete missing=%s detail=%s",
             missing,
             "only one Track credential is set; every rule is a dry run",
         )
@@ -197,7 +217,7 @@ async def check_track_credentials(track: TrackClient, region: str) -> bool:
         answer = await track.account_region()
     except CustomerIOAuthError as exc:
         log.warning(
-            "event=track_credentials_refused status=%s detail=%r",
+            "event=track_credentials_refused status=%s detail=%s",
             exc.status,
             "Customer.io refused the Track site id / API key (or they belong to a"
             " workspace in the other region): policy calls will fail until fixed",
@@ -205,7 +225,7 @@ async def check_track_credentials(track: TrackClient, region: str) -> bool:
         return False
     except CustomerIOError as exc:
         log.warning(
-            "event=track_credentials_unchecked status=%s detail=%r",
+            "event=track_credentials_unchecked status=%s detail=%s",
             exc.status,
             f"could not reach the Track API to check the credentials: {exc}",
         )
@@ -249,7 +269,7 @@ async def dispatch_then_close(
             done, _ = await asyncio.wait({running}, timeout=drain_timeout)
             if not done:
                 log.warning(
-                    "event=drain_timeout seconds=%g detail=%r",
+                    "event=drain_timeout seconds=%g detail=%s",
                     drain_timeout,
                     "handlers still running were cancelled; their events are retried",
                 )
@@ -261,7 +281,7 @@ async def dispatch_then_close(
             *(t for t in (running, stopping, checking) if t is not None), return_exceptions=True
         )
         if isinstance(results[0], Exception):
-            log.error("event=dispatcher_failed error=%r", str(results[0]))
+            log.error("event=dispatcher_failed error=%s", str(results[0]))
         if policies is not None:
             await policies.close()
 

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -32,7 +33,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ._exceptions import CioWebhooksError, ConfigError, InvalidEvent, StoreUnavailable
+from ._server import ConnectionLimits, PortUnavailable, listen, protocol_for
 from ._service import (
+    CUSTOMERIO_RETRY_DAYS,
     Settings,
     actions_path,
     build_app,
@@ -41,6 +44,7 @@ from ._service import (
     load_or_create_key,
     run_worker,
     split_keys,
+    stored_key,
 )
 from ._sqlite import SQLiteInbox
 from .app import STALE_REASON
@@ -57,6 +61,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 err = Console(stderr=True, soft_wrap=True)  # errors stay on one line, greppable
 DEFAULT_DATA_DIR = ".cio-webhooks"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+WEBHOOK_PATH = "/webhooks/customerio"
 
 
 def _env(name: str) -> str:
@@ -177,6 +184,9 @@ def reading_inbox(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[...,
     return _inbox_command(fn, readonly=True)
 
 
+_RETRY = RetryPolicy()  # its defaults are the options' defaults
+
+
 def service_options(fn: F) -> F:
     options = [
         click.option(
@@ -188,16 +198,16 @@ def service_options(fn: F) -> F:
         ),
         click.option(
             "--tolerance",
-            type=float,
-            default=300.0,
+            type=click.FloatRange(min=0),
+            default=Settings.tolerance,
             show_default=True,
             envvar=_env("TOLERANCE"),
             help="Timestamp tolerance in seconds; 0 disables.",
         ),
         click.option(
             "--max-body",
-            type=int,
-            default=2 * 1024 * 1024,
+            type=click.IntRange(min=1),
+            default=Settings.max_body,
             show_default=True,
             envvar=_env("MAX_BODY"),
             help="Largest accepted body in bytes (413 above).",
@@ -217,38 +227,39 @@ def service_options(fn: F) -> F:
         click.option(
             "--max-attempts",
             type=click.IntRange(min=1),
-            default=10,
+            default=_RETRY.max_attempts,
             show_default=True,
             envvar=_env("MAX_ATTEMPTS"),
             help="Handler attempts before dead-lettering.",
         ),
         click.option(
             "--retry-base",
-            type=float,
-            default=5.0,
+            type=click.FloatRange(min=0, min_open=True),
+            default=_RETRY.base,
             show_default=True,
             envvar=_env("RETRY_BASE"),
             help="First retry delay in seconds (doubles).",
         ),
         click.option(
             "--retry-max-delay",
-            type=float,
-            default=3600.0,
+            type=click.FloatRange(min=0, min_open=True),
+            default=_RETRY.max_delay,
             show_default=True,
             envvar=_env("RETRY_MAX_DELAY"),
             help="Longest retry delay in seconds.",
         ),
         click.option(
             "--dedupe-days",
-            type=float,
-            default=30.0,
+            # Shorter, and a retry of Customer.io's could be taken for a new event.
+            type=click.FloatRange(min=CUSTOMERIO_RETRY_DAYS),
+            default=Settings.dedupe_days,
             show_default=True,
             envvar=_env("DEDUPE_DAYS"),
-            help="Keep finished events (and dedupe) this long.",
+            help="Keep finished events (and dedupe) this long; at least Customer.io's 7 days.",
         ),
         click.option(
             "--max-db-size",
-            type=int,
+            type=click.IntRange(min=1),
             envvar=_env("MAX_DB_SIZE"),
             help="Cap the inbox file at this many bytes; past it, answer 503.",
         ),
@@ -266,8 +277,8 @@ def service_options(fn: F) -> F:
         ),
         click.option(
             "--region",
-            type=click.Choice(["us", "eu"]),
-            default="us",
+            type=click.Choice(["us", "eu"], case_sensitive=False),
+            default=Settings.region,
             show_default=True,
             envvar=_env("REGION"),
             help="Customer.io data center.",
@@ -276,7 +287,7 @@ def service_options(fn: F) -> F:
         click.option(
             "--track-rate",
             type=click.FloatRange(min=0, min_open=True),
-            default=100.0,
+            default=Settings.track_rate,
             show_default=True,
             envvar=_env("TRACK_RATE"),
             help="Most Track API requests per second (Customer.io's limit is about 1000).",
@@ -292,7 +303,7 @@ def service_options(fn: F) -> F:
             default="info",
             show_default=True,
             envvar=_env("LOG_LEVEL"),
-            type=click.Choice(["debug", "info", "warning", "error"]),
+            type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
         ),
     ]
     for option in reversed(options):
@@ -300,15 +311,38 @@ def service_options(fn: F) -> F:
     return store_options(fn)
 
 
-def _settings(data_dir: Path, db: Path | None, *, generate_key: bool, **o: Any) -> Settings:
-    keys = split_keys(o["signing_keys"])
+def _signing_keys(values: tuple[str, ...]) -> tuple[str, ...]:
+    """The configured keys; a setting that is present but holds no key is an error, so
+    that a blank variable never turns into a generated key Customer.io does not know."""
+    keys = split_keys(values)
+    if not keys and (values or _env("SIGNING_KEYS") in os.environ):
+        raise ConfigError(
+            "the signing key setting (--signing-key / CIO_WEBHOOKS_SIGNING_KEYS) is blank: "
+            "set the key Customer.io shows for the webhook, or leave it unset to generate one"
+        )
+    return keys
+
+
+def _settings(
+    data_dir: Path, db: Path | None, *, generate_key: bool, url: str = "", **o: Any
+) -> Settings:
+    """Settings from the service options.  With ``generate_key`` and no key configured at
+    all, the key stored in ``data_dir`` is used (generated and announced, with how to send
+    to ``url``, on first use)."""
+    keys = _signing_keys(o["signing_keys"])
     if not keys and generate_key:
         key, created = load_or_create_key(data_dir)
         keys = (key,)
         if created:
-            _announce_key(key, data_dir)
+            _announce_key(key, data_dir, url)
         else:
-            err.print(f"Using the signing key stored in {data_dir / 'signing-key'}.")
+            stored = data_dir / "signing-key"
+            err.print(f"Using the signing key stored in {stored}.", highlight=False, markup=False)
+    if o["retry_max_delay"] < o["retry_base"]:
+        raise ConfigError(
+            f"--retry-max-delay {o['retry_max_delay']:g} is shorter than "
+            f"--retry-base {o['retry_base']:g}"
+        )
     db_path = _db(data_dir, db)
     handlers = tuple(h for spec in o["handlers"] for h in spec.split(",") if h.strip())
     return Settings(
@@ -326,7 +360,7 @@ def _settings(data_dir: Path, db: Path | None, *, generate_key: bool, **o: Any) 
         policies=o["policies"],
         track_site_id=o["track_site_id"],
         track_api_key=o["track_api_key"],
-        region=o["region"],
+        region=o["region"].lower(),
         track_url=o["track_url"],
         track_rate=o["track_rate"],
         dry_run=o["dry_run"],
@@ -336,25 +370,38 @@ def _settings(data_dir: Path, db: Path | None, *, generate_key: bool, **o: Any) 
 def _program() -> str:
     """How the user can run this command again from here (e.g. ``.venv/bin/cio-webhooks``)."""
     program = Path(sys.argv[0])
+    if program.name == "__main__.py":
+        return f"{Path(sys.executable).name} -m cio_webhooks"
     try:
-        return str(program.resolve().relative_to(Path.cwd()))
+        return shlex.quote(str(program.resolve().relative_to(Path.cwd())))
     except ValueError:
         return program.name
 
 
-def _announce_key(key: str, data_dir: Path) -> None:
+def _url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{WEBHOOK_PATH}"
+
+
+def _announce_key(key: str, data_dir: Path, url: str) -> None:
     # Shown once, on the terminal, when the key is created; never logged.
+    send = [f"{_program()} send examples/email_delivered.json --url {shlex.quote(url)}"]
+    if data_dir != Path(DEFAULT_DATA_DIR):
+        send.append(f"--data-dir {shlex.quote(str(data_dir))}")
     err.print(
         "\n[bold]No signing key was configured, so one was generated[/] and stored in "
-        f"{data_dir / 'signing-key'} (mode 0600):\n\n    {key}\n\n"
-        "Send a signed test event with:\n\n"
-        f"    {_program()} send examples/email_delivered.json "
-        f'--signing-key "$(cat {data_dir / "signing-key"})"\n\n'
+        f"{escape(str(data_dir / 'signing-key'))} (mode 0600):\n\n    {key}\n\n"
+        "Send a signed test event with (send uses this key by default):\n\n"
+        f"    {escape(' '.join(send))}\n\n"
         "For real traffic, set CIO_WEBHOOKS_SIGNING_KEYS to the key Customer.io shows for "
         "your reporting webhook.\n",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _fail(exc: CioWebhooksError) -> NoReturn:
+    """One line on stderr; exit 1 when the operation failed, 2 for bad configuration."""
+    fail(exc, 1 if isinstance(exc, StoreUnavailable | PortUnavailable) else 2)
 
 
 @click.group(
@@ -371,8 +418,15 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, envvar=_env("HOST"))
-@click.option("--port", type=int, default=8000, show_default=True, envvar=_env("PORT"))
+@click.option("--host", default=DEFAULT_HOST, show_default=True, envvar=_env("HOST"))
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    envvar=_env("PORT"),
+    help="0: any free port (the one taken is printed).",
+)
 @click.option(
     "--no-dispatch",
     is_flag=True,
@@ -387,12 +441,39 @@ def main() -> None:
     envvar=_env("SHUTDOWN_TIMEOUT"),
     help="Seconds to drain requests on SIGTERM.",
 )
+@click.option(
+    "--max-header-size",
+    type=click.IntRange(min=1024),
+    default=ConnectionLimits.max_header_size,
+    show_default=True,
+    envvar=_env("MAX_HEADER_SIZE"),
+    help="Largest request line + headers in bytes (431 above).",
+)
+@click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=ConnectionLimits.read_timeout,
+    show_default=True,
+    envvar=_env("READ_TIMEOUT"),
+    help="Seconds a client has to send a whole request; slower connections are closed.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=ConnectionLimits.max_connections,
+    show_default=True,
+    envvar=_env("MAX_CONNECTIONS"),
+    help="Open connections; one more closes the oldest idle one (503 when none is idle).",
+)
 @service_options
 def serve(
     host: str,
     port: int,
     no_dispatch: bool,
     shutdown_timeout: int,
+    max_header_size: int,
+    read_timeout: float,
+    max_connections: int,
     data_dir: Path,
     db: Path | None,
     **options: Any,
@@ -403,28 +484,37 @@ def serve(
     from ._logging import configure_logging
 
     configure_logging(options["log_level"])
+    limits = ConnectionLimits(
+        max_header_size=max_header_size, read_timeout=read_timeout, max_connections=max_connections
+    )
     try:
-        settings = _settings(data_dir, db, generate_key=True, **options)
+        # Bound first: a busy port fails before anything is created, and port 0 becomes
+        # the real port in everything printed below.
+        sock = listen(host, port)
+    except PortUnavailable as exc:
+        _fail(exc)
+    url = _url(host, sock.getsockname()[1])
+    try:
+        settings = _settings(data_dir, db, generate_key=True, url=url, **options)
         if no_dispatch:
             settings = Settings(**{**settings.__dict__, "dispatch": False})
         check_storage(settings)
         app = build_app(settings)
     except CioWebhooksError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(1 if isinstance(exc, StoreUnavailable) else 2)
+        sock.close()
+        _fail(exc)
     err.print(
-        f"cio-webhooks listening on http://{host}:{port}/webhooks/customerio "
+        f"cio-webhooks listening on {url} "
         f"(inbox {settings.db}, warehouse {settings.warehouse}, "
         f"{len(settings.signing_keys)} signing key(s), handlers: {len(settings.handlers)})",
         highlight=False,
         soft_wrap=True,
+        markup=False,
     )
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         loop="auto",
-        http="auto",
+        http=protocol_for(limits),
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -432,7 +522,7 @@ def serve(
         timeout_graceful_shutdown=shutdown_timeout,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @main.command()
@@ -448,15 +538,17 @@ def worker(data_dir: Path, db: Path | None, create: bool, **options: Any) -> Non
     from ._logging import configure_logging
 
     configure_logging(options["log_level"])
-    # A mistyped --db must not start a worker on a new, empty inbox that nothing feeds.
-    if not create and not _db(data_dir, db).exists():
-        fail(f"no inbox at {_db(data_dir, db)} (start `serve` first, or pass --create)", 2)
     try:
         settings = _settings(data_dir, db, generate_key=False, **options)
+    except CioWebhooksError as exc:
+        _fail(exc)
+    # A mistyped --db must not start a worker on a new, empty inbox that nothing feeds.
+    if not create and not settings.db.exists():
+        fail(f"no inbox at {settings.db} (start `serve` first, or pass --create)", 2)
+    try:
         check_storage(settings)
     except CioWebhooksError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(1 if isinstance(exc, StoreUnavailable) else 2)
+        _fail(exc)
 
     async def body() -> None:
         stop = asyncio.Event()
@@ -475,18 +567,40 @@ def worker(data_dir: Path, db: Path | None, create: bool, **options: Any) -> Non
 )
 @click.option(
     "--url",
-    default="http://127.0.0.1:8000/webhooks/customerio",
+    default=_url(DEFAULT_HOST, DEFAULT_PORT),
     show_default=True,
     envvar=_env("URL"),
 )
-@click.option("--signing-key", required=True, envvar=_env("SIGNING_KEY"))
+@click.option(
+    "--signing-key",
+    envvar=[_env("SIGNING_KEY"), _env("SIGNING_KEYS")],
+    help="[default: the first of CIO_WEBHOOKS_SIGNING_KEYS, else the key serve generated]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    envvar=_env("DATA_DIR"),
+    help="Where serve keeps the key it generated.",
+)
 @click.option("--timestamp", type=int, help="Sign with this timestamp instead of now.")
-def send(files: tuple[Path, ...], url: str, signing_key: str, timestamp: int | None) -> None:
+def send(
+    files: tuple[Path, ...],
+    url: str,
+    signing_key: str | None,
+    data_dir: Path,
+    timestamp: int | None,
+) -> None:
     """Sign FILES (one event each, sent byte for byte) and POST them to --url."""
+    try:
+        key = _send_key(signing_key, data_dir)
+    except CioWebhooksError as exc:
+        _fail(exc)
     failures = 0
     for path in files:
         body = path.read_bytes()
-        headers = signed_headers(body, signing_key, timestamp=timestamp or int(time.time()))
+        headers = signed_headers(body, key, timestamp=timestamp or int(time.time()))
         if not url.startswith(("http://", "https://")):
             raise click.BadParameter("must be an http(s) URL", param_hint="--url")
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
@@ -502,6 +616,17 @@ def send(files: tuple[Path, ...], url: str, signing_key: str, timestamp: int | N
         failures += not ok
         click.echo(f"{path}: {status} {answer.strip()}")
     sys.exit(1 if failures else 0)
+
+
+def _send_key(signing_key: str | None, data_dir: Path) -> str:
+    if signing_key is not None:
+        return _signing_keys((signing_key,))[0]
+    key = stored_key(data_dir)
+    if key is None:
+        raise ConfigError(
+            f"no signing key: pass --signing-key, or run serve once to generate one in {data_dir}"
+        )
+    return key
 
 
 @main.group()

@@ -120,7 +120,7 @@ class Dispatcher:
             try:
                 claimed = await self.run_once()
             except StoreUnavailable as exc:
-                log.error("event=dispatch_store_error error=%r", str(exc))
+                log.error("event=dispatch_store_error error=%s", str(exc))
                 claimed = 0
             if claimed:
                 continue
@@ -164,7 +164,7 @@ class Dispatcher:
         last_error = "; ".join(f"{r.handler}: {r.error}" for r in failures)
         if attempts >= self.retry.max_attempts:
             log.warning(
-                "event=dead_letter event_id=%s attempts=%d error=%r",
+                "event=dead_letter event_id=%s attempts=%d error=%s",
                 event.event_id,
                 attempts,
                 last_error,
@@ -179,7 +179,7 @@ class Dispatcher:
             )
         delay = self.retry.delay(attempts, self.rng)
         log.info(
-            "event=handler_retry event_id=%s attempts=%d delay_s=%.1f error=%r",
+            "event=handler_retry event_id=%s attempts=%d delay_s=%.1f error=%s",
             event.event_id,
             attempts,
             delay,

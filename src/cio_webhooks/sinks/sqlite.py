@@ -224,7 +224,7 @@ class SQLiteWarehouse:
                 try:
                     loaded = await self.load()
                 except StoreUnavailable as exc:
-                    log.error("event=warehouse_error error=%r", str(exc))
+                    log.error("event=warehouse_error error=%s", str(exc))
                     loaded = 0
                 if loaded < self.batch_size:
                     with contextlib.suppress(TimeoutError):

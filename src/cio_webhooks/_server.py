@@ -1,0 +1,211 @@
+"""The HTTP server: the listening socket, and uvicorn with limits on every connection.
+
+uvicorn alone lets one client hold resources for ever: it has no limit on the size of a
+request head with httptools (a 10 MB header is buffered), no deadline for receiving a
+request (a connection that sends one header line every few seconds stays open), and
+``limit_concurrency`` answers 503 to requests but still keeps idle connections open, so
+a flood of idle connections locks real requests out.
+``LimitedHttpProtocol`` adds the three limits of ``ConnectionLimits`` to uvicorn's
+httptools protocol; everything else (keep-alive, pipelining, graceful shutdown) is
+uvicorn's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from ._exceptions import CioWebhooksError
+
+__all__ = ["ConnectionLimits", "LimitedHttpProtocol", "PortUnavailable", "listen", "protocol_for"]
+
+log = logging.getLogger("cio_webhooks.server")
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client may take from the server."""
+
+    # Request line and headers, in bytes (431 above).  Customer.io sends well under 2 KiB.
+    max_header_size: int = 16 * 1024
+    # Seconds from a request's first byte (or the connection's opening) until its body is
+    # complete.  Customer.io gives up after 4 s, so nothing slower is a real delivery.
+    read_timeout: float = 10.0
+    # Open connections.  One more closes the oldest idle one (waiting for a head or kept
+    # alive); when none is idle it is answered 503 (Customer.io retries it) and closed.
+    max_connections: int = 1000
+
+
+class PortUnavailable(CioWebhooksError):
+    """The address to listen on cannot be bound (in use, not ours, not an address)."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free port), for uvicorn to serve on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        # Listening now makes "listening on" true when printed: connections wait in the
+        # backlog until uvicorn accepts them, instead of being refused while it starts.
+        sock.listen()
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {reason}") from exc
+    return sock
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus ``limits`` (set on a subclass by ``protocol_for``)."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    # The server's connections that are not in the middle of a request (waiting for a
+    # head, or kept alive between requests), oldest first: the ones to close for room.
+    idle: ClassVar[dict[LimitedHttpProtocol, None]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._reading_head = True  # the next bytes belong to a request head
+        self._head_bytes = 0  # bytes received since that head began
+
+    # Connection events
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections and not self._make_room():
+            log.warning(
+                "event=connection_refused reason=max_connections limit=%d",
+                self.limits.max_connections,
+            )
+            self._answer_and_close(503, b"Too many connections")
+            return
+        self.idle[self] = None
+        self._arm_deadline()  # a connection that never sends a byte is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_deadline()
+        self.idle.pop(self, None)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None:  # a new request on a kept-alive connection
+            self._arm_deadline()
+        if self._reading_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # A head that never ends: refuse it before it is buffered any further.  (A head
+        # completed within this data is measured exactly in on_headers_complete.)
+        if self._reading_head and self._head_bytes > self.limits.max_header_size:
+            self._refuse_head()
+
+    # Parser callbacks
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self.idle.pop(self, None)
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_header_size:
+            self._refuse_head()
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():  # nothing to deliver on a refused request
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm_deadline()
+        self._reading_head, self._head_bytes = True, 0
+        if not self.transport.is_closing():
+            super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)
+        super().on_response_complete()
+        if not pipelined and not self.transport.is_closing():
+            self.idle.pop(self, None)
+            self.idle[self] = None  # idle again, and now the newest
+
+    # Limits
+
+    def _make_room(self) -> bool:
+        """Close the oldest idle connection (a slow client's, most likely: a real request
+        sends its head at once) so that this one can be served; False when none is idle."""
+        victim = next(iter(self.idle), None)
+        if victim is None:
+            return False
+        del self.idle[victim]
+        log.info("event=connection_closed reason=max_connections phase=idle")
+        victim._close_idle()
+        return True
+
+    def _close_idle(self) -> None:
+        if self._head_bytes:
+            self._answer_and_close(503, b"Too many connections")
+        else:
+            self._disarm_deadline()
+            self.transport.close()
+
+    def _arm_deadline(self) -> None:
+        self._disarm_deadline()
+        self._deadline = self.loop.call_later(self.limits.read_timeout, self._read_timed_out)
+
+    def _disarm_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _read_timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        phase = "head" if self._reading_head else "body"
+        log.info(
+            "event=connection_closed reason=read_timeout phase=%s timeout_s=%g",
+            phase,
+            self.limits.read_timeout,
+        )
+        if self._reading_head and self._head_bytes:
+            self._answer_and_close(408, b"Request Timeout")
+        else:  # nothing was asked, or the handler waits for the body: it sees a disconnect
+            self.transport.close()
+
+    def _refuse_head(self) -> None:
+        if self.transport.is_closing():
+            return
+        log.warning(
+            "event=request_refused reason=header_too_large limit_bytes=%d",
+            self.limits.max_header_size,
+        )
+        self._answer_and_close(431, b"Request Header Fields Too Large")
+
+    def _answer_and_close(self, status: int, text: bytes) -> None:
+        self._disarm_deadline()
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[status],
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: %d\r\n" % len(text),
+                    b"connection: close\r\n\r\n",
+                    text,
+                ]
+            )
+        )
+        self.transport.close()
+
+
+def protocol_for(limits: ConnectionLimits) -> type[LimitedHttpProtocol]:
+    """The protocol class for uvicorn's ``Config(http=...)``, holding ``limits``."""
+    return cast(
+        "type[LimitedHttpProtocol]",
+        type("LimitedHttpProtocol", (LimitedHttpProtocol,), {"limits": limits, "idle": {}}),
+    )
