@@ -47,11 +47,11 @@ async def test_concurrent_puts_share_commits(inbox: SQLiteInbox) -> None:
 
 
 async def test_dedupe_holds_whatever_the_state(inbox: SQLiteInbox) -> None:
-    await inbox.put(ev("a"))
-    [job] = await inbox.claim(now=NOW, limit=1, lease=60)
     for state in (JobState.RETRYING, JobState.DEAD, JobState.DONE):
-        await inbox.finish([Outcome(job.seq, state, 1, NOW, None)], now=NOW)
-        assert await inbox.put(ev("a")) is PutResult.DUPLICATE
+        await inbox.put(ev(state.value))
+        [job] = await inbox.claim(now=NOW, limit=1, lease=60)
+        assert await inbox.finish([Outcome(job.seq, state, 1, NOW, None, job.token)], now=NOW)
+        assert await inbox.put(ev(state.value)) is PutResult.DUPLICATE
 
 
 async def test_prune_ends_dedupe_only_for_old_finished_events(inbox: SQLiteInbox) -> None:
@@ -61,9 +61,9 @@ async def test_prune_ends_dedupe_only_for_old_finished_events(inbox: SQLiteInbox
     jobs = {j.event_id: j for j in await inbox.claim(now=NOW, limit=10, lease=60)}
     await inbox.finish(
         [
-            Outcome(jobs["old-done"].seq, JobState.DONE, 1, NOW, None),
-            Outcome(jobs["old-dead"].seq, JobState.DEAD, 3, NOW, "boom"),
-            Outcome(jobs["new-done"].seq, JobState.DONE, 1, NOW, None),
+            Outcome(jobs["old-done"].seq, JobState.DONE, 1, NOW, None, jobs["old-done"].token),
+            Outcome(jobs["old-dead"].seq, JobState.DEAD, 3, NOW, "boom", jobs["old-dead"].token),
+            Outcome(jobs["new-done"].seq, JobState.DONE, 1, NOW, None, jobs["new-done"].token),
         ],
         now=NOW,
     )
@@ -131,12 +131,14 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
 
         version_1 = (
             SCHEMA.replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "")
+            .replace(SCHEMA[SCHEMA.index(",\n    claim_token") : SCHEMA.index("\n);")], "")
             .replace(
                 "CREATE INDEX IF NOT EXISTS events_dead ON events (seq) WHERE state = 'dead';", ""
             )
             .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 1;")
         )
         assert "backfilled" not in version_1
+        assert "claim_token" not in version_1
         assert "user_version = 1" in version_1
         db.executescript(version_1)
         db.execute(

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import queue
+import secrets
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -54,7 +55,8 @@ CREATE TABLE IF NOT EXISTS events (
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,
     updated_at      REAL NOT NULL,
-    backfilled      INTEGER NOT NULL DEFAULT 0
+    backfilled      INTEGER NOT NULL DEFAULT 0,
+    claim_token     TEXT -- the dispatcher's claim on the event; NULL when none is held
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
     WHERE state IN ('pending', 'retrying');
@@ -77,13 +79,15 @@ CREATE TABLE IF NOT EXISTS quarantine (
     body        BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;
 """
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: What turns a file of version N into N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
     2: "CREATE INDEX IF NOT EXISTS events_dead ON events (seq) WHERE state = 'dead';",
+    # Claim tokens: an outcome is recorded only while its claim holds.
+    3: "ALTER TABLE events ADD COLUMN claim_token TEXT;",
 }
 
 
@@ -396,21 +400,30 @@ class SQLiteInbox:
 
     # -- dispatcher --------------------------------------------------------------------
     async def claim(self, *, now: float, limit: int, lease: float) -> list[Job]:
+        token = secrets.token_hex(8)
+
         def take(conn: sqlite3.Connection) -> list[Job]:
+            # One writer, so nothing comes between this read and the update below.
             rows = conn.execute(
-                "UPDATE events SET next_attempt_at = ? WHERE seq IN ("
-                " SELECT seq FROM events WHERE state IN ('pending', 'retrying')"
-                " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-                " RETURNING seq, event_id, object_type, metric, body, received_at, attempts",
-                (now + lease, now, limit),
+                "SELECT seq, event_id, object_type, metric, body, received_at, attempts,"
+                " backfilled, claim_token IS NOT NULL FROM events"
+                " WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (now, limit),
             ).fetchall()
             if not rows:
                 return []
             seqs = [r[0] for r in rows]
+            marks = ",".join("?" * len(seqs))
+            # The claim is the attempt: a handler that kills the process still uses one.
+            conn.execute(
+                "UPDATE events SET next_attempt_at = ?, attempts = attempts + 1,"
+                f" claim_token = ? WHERE seq IN ({marks})",
+                [now + lease, token, *seqs],
+            )
             done: dict[int, set[str]] = {}
             for seq, handler in conn.execute(
-                f"SELECT seq, handler FROM handler_runs WHERE status = 'ok'"
-                f" AND seq IN ({','.join('?' * len(seqs))})",
+                f"SELECT seq, handler FROM handler_runs WHERE status = 'ok' AND seq IN ({marks})",
                 seqs,
             ):
                 done.setdefault(seq, set()).add(handler)
@@ -423,38 +436,52 @@ class SQLiteInbox:
                     metric=r[3],
                     body=bytes(r[4]),
                     received_at=r[5],
-                    attempts=r[6],
+                    attempts=r[6] + 1,
+                    token=token,
                     succeeded=frozenset(done.get(r[0], ())),
+                    backfilled=bool(r[7]),
+                    interrupted=bool(r[8]),
                 )
                 for r in rows
             ]
 
         return await self._writer.submit(take, isolated=True)
 
-    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
-        def record(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE events SET state = ?, attempts = ?, next_attempt_at = ?,"
-                " last_error = ?, updated_at = ? WHERE seq = ?",
-                [
-                    (o.state.value, o.attempts, o.next_attempt_at, o.last_error, now, o.seq)
-                    for o in outcomes
-                ],
-            )
-            conn.executemany(
-                "INSERT INTO handler_runs (seq, handler, status, attempts, last_error,"
-                " updated_at) VALUES (?, ?, ?, 1, ?, ?)"
-                " ON CONFLICT (seq, handler) DO UPDATE SET status = excluded.status,"
-                " attempts = handler_runs.attempts + 1, last_error = excluded.last_error,"
-                " updated_at = excluded.updated_at",
-                [
-                    (o.seq, r.handler, "ok" if r.ok else "failed", r.error, now)
-                    for o in outcomes
-                    for r in o.results
-                ],
-            )
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
+        def record(conn: sqlite3.Connection) -> int:
+            applied = 0
+            for o in outcomes:
+                held = conn.execute(
+                    "UPDATE events SET state = ?, attempts = ?, next_attempt_at = ?,"
+                    " last_error = ?, updated_at = ?, claim_token = NULL"
+                    " WHERE seq = ? AND claim_token = ?",
+                    (
+                        o.state.value,
+                        o.attempts,
+                        o.next_attempt_at,
+                        o.last_error,
+                        now,
+                        o.seq,
+                        o.token,
+                    ),
+                ).rowcount
+                if not held:  # replayed, discarded or claimed again meanwhile: that wins
+                    continue
+                applied += 1
+                conn.executemany(
+                    "INSERT INTO handler_runs (seq, handler, status, attempts, last_error,"
+                    " updated_at) VALUES (?, ?, ?, 1, ?, ?)"
+                    " ON CONFLICT (seq, handler) DO UPDATE SET status = excluded.status,"
+                    " attempts = handler_runs.attempts + 1, last_error = excluded.last_error,"
+                    " updated_at = excluded.updated_at",
+                    [
+                        (o.seq, r.handler, "ok" if r.ok else "failed", r.error, now)
+                        for r in o.results
+                    ],
+                )
+            return applied
 
-        await self._writer.submit(record, isolated=True)
+        return await self._writer.submit(record, isolated=True)
 
     # -- operations --------------------------------------------------------------------
     async def requeue(self, where: EventFilter, *, now: float, rerun: str | None = None) -> int:
@@ -469,7 +496,8 @@ class SQLiteInbox:
             def run(conn: sqlite3.Connection) -> None:
                 conn.execute(
                     "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                    f" last_error = NULL, updated_at = ? WHERE seq IN ({marks})",
+                    " last_error = NULL, updated_at = ?, claim_token = NULL"
+                    f" WHERE seq IN ({marks})",
                     [now, now, *chunk],
                 )
                 if rerun == "*":
@@ -492,7 +520,8 @@ class SQLiteInbox:
 
         def run(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                f"UPDATE events SET state = 'discarded', updated_at = ? WHERE {sql}",
+                "UPDATE events SET state = 'discarded', updated_at = ?, claim_token = NULL"
+                f" WHERE {sql}",
                 [now, *params],
             )
             return cur.rowcount
