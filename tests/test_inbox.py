@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cio_webhooks import Event, EventFilter, JobState, PutResult, SQLiteInbox, parse_event
-from cio_webhooks.inbox import Outcome
+from cio_webhooks.inbox import HandlerResult, Job, Outcome
 from cio_webhooks.testing import make_event
 
 from .conftest import NOW
@@ -153,3 +153,65 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert db.execute("SELECT name FROM sqlite_master WHERE name = 'events_dead'").fetchone()
+
+
+async def test_a_claim_counts_an_attempt_and_says_when_the_previous_one_never_finished(
+    inbox: SQLiteInbox,
+) -> None:
+    await inbox.put(ev("a"))
+    [first] = await inbox.claim(now=NOW, limit=1, lease=60)
+    assert (first.attempts, first.interrupted) == (1, False)
+    stored = await inbox.get_event("a")
+    assert stored is not None
+    assert stored.attempts == 1  # counted before any handler runs: a crash cannot undo it
+    # The process died: nothing was finished, and the lease expires.
+    [second] = await inbox.claim(now=NOW + 61, limit=1, lease=60)
+    assert (second.attempts, second.interrupted) == (2, True)
+    assert second.token != first.token
+
+
+def done(job: Job) -> Outcome:
+    ok = (HandlerResult("h"),)
+    return Outcome(job.seq, JobState.DONE, job.attempts, NOW, None, job.token, results=ok)
+
+
+async def test_a_replay_made_while_handlers_run_wins_over_their_outcome(
+    inbox: SQLiteInbox,
+) -> None:
+    await inbox.put(ev("a"))
+    [job] = await inbox.claim(now=NOW, limit=1, lease=60)
+    assert await inbox.requeue(EventFilter(event_ids=("a",)), now=NOW, rerun="*") == 1
+    assert await inbox.finish([done(job)], now=NOW + 1) == 0
+    stored = await inbox.get_event("a")
+    assert stored is not None
+    assert (stored.state, stored.attempts, stored.next_attempt_at) == (JobState.PENDING, 0, NOW)
+    assert await inbox.handler_runs(job.seq) == []  # the replay re-runs every handler
+    [again] = await inbox.claim(now=NOW, limit=1, lease=60)
+    assert await inbox.finish([done(again)], now=NOW + 2) == 1
+    assert [r["status"] for r in await inbox.handler_runs(job.seq)] == ["ok"]
+
+
+async def test_a_discard_made_while_handlers_run_wins_over_their_outcome(
+    inbox: SQLiteInbox,
+) -> None:
+    await inbox.put(ev("a"))
+    [job] = await inbox.claim(now=NOW, limit=1, lease=60)
+    assert await inbox.discard(EventFilter(event_ids=("a",)), now=NOW) == 1
+    assert await inbox.finish([done(job)], now=NOW + 1) == 0
+    stored = await inbox.get_event("a")
+    assert stored is not None
+    assert stored.state is JobState.DISCARDED
+
+
+async def test_an_outcome_after_the_lease_expired_and_another_claim_is_dropped(
+    inbox: SQLiteInbox,
+) -> None:
+    await inbox.put(ev("a"))
+    [stale] = await inbox.claim(now=NOW, limit=1, lease=60)
+    [current] = await inbox.claim(now=NOW + 61, limit=1, lease=60)
+    assert await inbox.finish([done(stale)], now=NOW + 62) == 0
+    stored = await inbox.get_event("a")
+    assert stored is not None
+    assert stored.state is JobState.PENDING  # still the current claim's
+    assert await inbox.finish([done(current)], now=NOW + 63) == 1
+    assert await inbox.finish([done(current)], now=NOW + 64) == 0  # a claim finishes once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -17,9 +18,11 @@ class KeyValueFormatter(logging.Formatter):
             f"logger={record.name} {record.getMessage()}"
         )
         if record.exc_info and record.levelno >= logging.ERROR:
-            # One line, not a stack trace: the type and message are enough to act on.
             exc = record.exc_info[1]
             line += f" exc_type={type(exc).__name__} exc={str(exc)!r}"
+            # The traceback says where a handler failed; newlines escaped, so that a
+            # record stays one line for log collectors.
+            line += f" traceback={json.dumps(self.formatException(record.exc_info))}"
         return line
 
 
