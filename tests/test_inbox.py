@@ -215,3 +215,25 @@ async def test_an_outcome_after_the_lease_expired_and_another_claim_is_dropped(
     assert stored.state is JobState.PENDING  # still the current claim's
     assert await inbox.finish([done(current)], now=NOW + 63) == 1
     assert await inbox.finish([done(current)], now=NOW + 64) == 0  # a claim finishes once
+
+
+async def test_a_claim_records_events_no_handler_wants_as_done_without_counting_them(
+    inbox: SQLiteInbox,
+) -> None:
+    for i in range(5):
+        await inbox.put(ev(f"quiet{i}"))
+    await inbox.put(ev("loud", metric="bounced"))
+    await inbox.put(ev("loud2", metric="bounced"))
+
+    def wanted(object_type: str, metric: str, backfilled: bool) -> bool:
+        return metric == "bounced"
+
+    [job] = await inbox.claim(now=NOW, limit=1, lease=60, wanted=wanted)
+    assert job.event_id == "loud"
+    for i in range(5):
+        quiet = await inbox.get_event(f"quiet{i}")
+        assert quiet is not None
+        assert (quiet.state, quiet.attempts) == (JobState.DONE, 0)
+    later = await inbox.get_event("loud2")
+    assert later is not None
+    assert (later.state, later.attempts) == (JobState.PENDING, 0)  # beyond the limit: untouched

@@ -35,6 +35,7 @@ from .inbox import (
     PutResult,
     Quarantined,
     StoredEvent,
+    Wanted,
 )
 
 __all__ = ["SQLiteInbox"]
@@ -111,6 +112,9 @@ _INSERT = (
     " next_attempt_at, updated_at, state, backfilled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (event_id) DO NOTHING"
 )
+#: Due events one claim looks at when it may skip those no handler wants: bounds the
+#: time one claim holds the writer.
+CLAIM_SCAN = 1000
 _EVENT_COLUMNS = (
     "seq, event_id, object_type, metric, occurred_at, received_at, state, attempts,"
     " next_attempt_at, last_error, body, backfilled"
@@ -399,21 +403,38 @@ class SQLiteInbox:
         return await self._writer.submit(insert, isolated=False)
 
     # -- dispatcher --------------------------------------------------------------------
-    async def claim(self, *, now: float, limit: int, lease: float) -> list[Job]:
+    async def claim(
+        self, *, now: float, limit: int, lease: float, wanted: Wanted | None = None
+    ) -> list[Job]:
         token = secrets.token_hex(8)
+        scan = limit if wanted is None else max(limit, CLAIM_SCAN)
 
         def take(conn: sqlite3.Connection) -> list[Job]:
-            # One writer, so nothing comes between this read and the update below.
+            # One writer, so nothing comes between these reads and the updates below.
             rows = conn.execute(
-                "SELECT seq, event_id, object_type, metric, body, received_at, attempts,"
-                " backfilled, claim_token IS NOT NULL FROM events"
+                "SELECT seq, event_id, object_type, metric, received_at, attempts, backfilled,"
+                " claim_token IS NOT NULL FROM events"
                 " WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at LIMIT ?",
-                (now, limit),
+                (now, scan),
             ).fetchall()
-            if not rows:
+            claimed: list[Any] = []
+            unwanted: list[int] = []
+            for row in rows:
+                if wanted is not None and not wanted(row[2], row[3], bool(row[6])):
+                    unwanted.append(row[0])
+                elif len(claimed) < limit:
+                    claimed.append(row)
+            if unwanted:
+                conn.execute(
+                    "UPDATE events SET state = 'done', next_attempt_at = ?, last_error = NULL,"
+                    " updated_at = ?, claim_token = NULL"
+                    f" WHERE seq IN ({','.join('?' * len(unwanted))})",
+                    [now, now, *unwanted],
+                )
+            if not claimed:
                 return []
-            seqs = [r[0] for r in rows]
+            seqs = [r[0] for r in claimed]
             marks = ",".join("?" * len(seqs))
             # The claim is the attempt: a handler that kills the process still uses one.
             conn.execute(
@@ -421,28 +442,31 @@ class SQLiteInbox:
                 f" claim_token = ? WHERE seq IN ({marks})",
                 [now + lease, token, *seqs],
             )
+            bodies = dict(
+                conn.execute(f"SELECT seq, body FROM events WHERE seq IN ({marks})", seqs)
+            )
             done: dict[int, set[str]] = {}
             for seq, handler in conn.execute(
                 f"SELECT seq, handler FROM handler_runs WHERE status = 'ok' AND seq IN ({marks})",
                 seqs,
             ):
                 done.setdefault(seq, set()).add(handler)
-            rows.sort(key=lambda r: r[0])
+            claimed.sort(key=lambda r: r[0])
             return [
                 Job(
                     seq=r[0],
                     event_id=r[1],
                     object_type=r[2],
                     metric=r[3],
-                    body=bytes(r[4]),
-                    received_at=r[5],
-                    attempts=r[6] + 1,
+                    body=bytes(bodies[r[0]]),
+                    received_at=r[4],
+                    attempts=r[5] + 1,
                     token=token,
                     succeeded=frozenset(done.get(r[0], ())),
-                    backfilled=bool(r[7]),
-                    interrupted=bool(r[8]),
+                    backfilled=bool(r[6]),
+                    interrupted=bool(r[7]),
                 )
-                for r in rows
+                for r in claimed
             ]
 
         return await self._writer.submit(take, isolated=True)

@@ -253,19 +253,25 @@ class Dispatcher:
         for task in pending:
             task.cancel()
 
+    def _wanted(self, object_type: str, metric: str, backfilled: bool) -> bool:
+        return bool(self.router.match(object_type, metric, backfilled=backfilled))
+
     async def _claim(self) -> tuple[int, list[asyncio.Task[None]]]:
-        """Claim what the free slots allow; finish at once the events no handler
-        wants and start a task for each of the others."""
+        """Claim what the free slots allow and start a task for each event.  The
+        inbox records the events no handler wants as done in the same write (most
+        events, when the receiver runs in another process): they need no slot."""
         limit = min(self.batch_size, self._free_slots())
         if limit <= 0:
             return 0, []
-        jobs = await self.inbox.claim(now=self.clock(), limit=limit, lease=self.lease)
+        jobs = await self.inbox.claim(
+            now=self.clock(), limit=limit, lease=self.lease, wanted=self._wanted
+        )
         idle: list[Outcome] = []
         started: list[asyncio.Task[None]] = []
         for job in jobs:
             if self.router.match(job.object_type, job.metric, backfilled=job.backfilled):
                 started.append(self._start(job))
-            else:  # most events: nothing to run, nothing to parse
+            else:  # the router changed since the claim: nothing to run
                 idle.append(self._done(job, ran=False))
         if idle:
             await self.inbox.finish(idle, now=self.clock())

@@ -17,7 +17,7 @@ State of an event::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -34,7 +34,11 @@ __all__ = [
     "PutResult",
     "Quarantined",
     "StoredEvent",
+    "Wanted",
 ]
+
+#: Whether some handler wants an event of ``(object_type, metric, backfilled)``.
+Wanted = Callable[[str, str, bool], bool]
 
 
 class JobState(StrEnum):
@@ -163,10 +167,15 @@ class Inbox(Protocol):
         """Keep an authentic body that is not a valid event; returns its quarantine id."""
         ...
 
-    async def claim(self, *, now: float, limit: int, lease: float) -> list[Job]:
+    async def claim(
+        self, *, now: float, limit: int, lease: float, wanted: Wanted | None = None
+    ) -> list[Job]:
         """Take up to ``limit`` due events, hiding them from other claims for ``lease`` s.
 
-        Each claim counts one attempt and gives the event a new claim token."""
+        Each claim counts one attempt and gives the event a new claim token.  With
+        ``wanted``, the due events it refuses are recorded done in the same write
+        instead of being claimed: they are not returned and do not count toward
+        ``limit`` (one claim looks at a bounded number of due events)."""
         ...
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
