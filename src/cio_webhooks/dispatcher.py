@@ -198,8 +198,9 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """Claim one batch of due events (as many as there are free slots) and
-        process it to the end; return how many were claimed.  For tests and tools:
-        ``run`` is the service's loop."""
+        process it to the end; return how many due events it took care of (those
+        no handler wants included).  For tests and tools: ``run`` is the service's
+        loop."""
         claimed, started = await self._claim()
         if started:
             await asyncio.gather(*started)
@@ -253,9 +254,6 @@ class Dispatcher:
         for task in pending:
             task.cancel()
 
-    def _wanted(self, object_type: str, metric: str, backfilled: bool) -> bool:
-        return bool(self.router.match(object_type, metric, backfilled=backfilled))
-
     async def _claim(self) -> tuple[int, list[asyncio.Task[None]]]:
         """Claim what the free slots allow and start a task for each event.  The
         inbox records the events no handler wants as done in the same write (most
@@ -263,8 +261,17 @@ class Dispatcher:
         limit = min(self.batch_size, self._free_slots())
         if limit <= 0:
             return 0, []
+        skipped = 0
+
+        def wanted(object_type: str, metric: str, backfilled: bool) -> bool:
+            nonlocal skipped
+            if self.router.match(object_type, metric, backfilled=backfilled):
+                return True
+            skipped += 1
+            return False
+
         jobs = await self.inbox.claim(
-            now=self.clock(), limit=limit, lease=self.lease, wanted=self._wanted
+            now=self.clock(), limit=limit, lease=self.lease, wanted=wanted
         )
         idle: list[Outcome] = []
         started: list[asyncio.Task[None]] = []
@@ -275,7 +282,7 @@ class Dispatcher:
                 idle.append(self._done(job, ran=False))
         if idle:
             await self.inbox.finish(idle, now=self.clock())
-        return len(jobs), started
+        return len(jobs) + skipped, started
 
     def _start(self, job: Job) -> asyncio.Task[None]:
         # An event replayed while it runs is claimed again: its new run waits for
@@ -434,10 +441,11 @@ class Dispatcher:
                 await self._within_timeout(result)
         except _TimedOut:
             log.warning(
-                "event=handler_timeout handler=%s event_id=%s timeout_s=%g",
+                "event=handler_timeout handler=%s event_id=%s timeout_s=%g stuck_threads=%d",
                 route.name,
                 event.event_id,
                 self.handler_timeout,
+                self._stuck_threads,  # sync handlers still running after their timeout
             )
             return HandlerResult(route.name, f"timed out after {self.handler_timeout:g}s")
         except Exception as exc:
