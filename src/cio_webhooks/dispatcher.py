@@ -279,7 +279,7 @@ class Dispatcher:
             if self.router.match(job.object_type, job.metric, backfilled=job.backfilled):
                 started.append(self._start(job))
             else:  # the router changed since the claim: nothing to run
-                idle.append(self._done(job, ran=False))
+                idle.append(self._nothing_to_run(job))
         if idle:
             await self.inbox.finish(idle, now=self.clock())
         return len(jobs) + skipped, started
@@ -321,12 +321,11 @@ class Dispatcher:
                 job.event_id,
             )
 
-    def _done(self, job: Job, *, ran: bool) -> Outcome:
+    def _nothing_to_run(self, job: Job) -> Outcome:
         return Outcome(
             seq=job.seq,
             state=JobState.DONE,
-            # The claim counted an attempt; when nothing ran, it was not one.
-            attempts=job.attempts if ran else job.attempts - 1,
+            attempts=job.attempts - 1,  # the claim counted an attempt; nothing ran
             next_attempt_at=self.clock(),
             last_error=None,
             token=job.token,
@@ -359,7 +358,7 @@ class Dispatcher:
             if r.name not in job.succeeded
         ]
         if not routes:
-            return self._done(job, ran=False)
+            return self._nothing_to_run(job)
         if job.attempts > self.retry.max_attempts:
             # Only claims that never finished get here: every one of them counted.
             used = job.attempts - 1
