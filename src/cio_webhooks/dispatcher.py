@@ -96,8 +96,10 @@ class HandlerThreads:
     Not ``concurrent.futures.ThreadPoolExecutor``: that one joins its threads when
     the interpreter exits, so one handler stuck past the drain timeout would keep
     the process from stopping.  A thread is started only when none is idle, up to
-    ``size``.
+    ``size``, and ends after ``idle_exit`` seconds without work.
     """
+
+    idle_exit = 60.0
 
     def __init__(self, size: int) -> None:
         if size < 1:
@@ -120,7 +122,15 @@ class HandlerThreads:
 
     def _work(self) -> None:
         while True:
-            future, fn = self._calls.get()
+            try:
+                future, fn = self._calls.get(timeout=self.idle_exit)
+            except queue.Empty:
+                with self._lock:
+                    # Still counted idle: no submit is counting on this thread.
+                    if self._idle.acquire(blocking=False):
+                        self._threads -= 1
+                        return
+                continue
             if future.set_running_or_notify_cancel():
                 try:
                     result = fn()
