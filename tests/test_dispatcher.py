@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
+import os
 import random
+import subprocess
+import sys
+import threading
+import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,16 +27,22 @@ from cio_webhooks import (
     SQLiteInbox,
     parse_event,
 )
+from cio_webhooks._logging import KeyValueFormatter
+from cio_webhooks._service import Settings, build_policies
+from cio_webhooks.customerio.fake import FakeCustomerIO
 from cio_webhooks.testing import FixedClock, make_event
 
-from .conftest import NOW
+from .conftest import KEY, NOW
+from .test_server import BIN
 
 
-def event(event_id: str, object_type: str = "email", metric: str = "bounced") -> Event:
+def event(
+    event_id: str, object_type: str = "email", metric: str = "bounced", received_at: float = NOW
+) -> Event:
     import json
 
     body = json.dumps(make_event(event_id, object_type, metric)).encode()
-    return parse_event(body, received_at=NOW)
+    return parse_event(body, received_at=received_at)
 
 
 class Flaky:
@@ -88,7 +102,7 @@ async def test_routes_by_pattern_and_marks_done(inbox: SQLiteInbox, clock: Fixed
 
     await inbox.put(event("b1"))
     await inbox.put(event("o1", "push", "opened"))
-    await inbox.put(event("s1", "sms", "sent"))  # no handler: done at once
+    await inbox.put(event("s1", "sms", "sent"))  # no handler: done by the claim, no slot used
     assert await dispatcher(inbox, router, clock).run_once() == 3
     assert sorted(seen) == [("bounces", "b1"), ("opens", "o1")]
     for event_id in ("b1", "o1", "s1"):
@@ -229,7 +243,6 @@ async def test_backfilled_events_are_stored_done_without_handlers(
     router = Router()
     handler = Flaky()
     router.add(handler, "*", name="h")
-    import dataclasses
 
     await inbox.put(dataclasses.replace(event("bf"), backfilled=True))
     assert await dispatcher(inbox, router, clock).run_once() == 0
@@ -264,3 +277,427 @@ def test_bad_patterns_are_refused(bad: str) -> None:
 
     with pytest.raises(ConfigError):
         Router().add(Flaky(), bad)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check`` holds.  A guard against hanging, not a timing assertion."""
+    for _ in range(1000):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+def is_state(inbox: SQLiteInbox, event_id: str, wanted: JobState) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        stored = await inbox.get_event(event_id)
+        return stored is not None and stored.state is wanted
+
+    return check
+
+
+class Blocking:
+    """A sync handler that blocks its thread until ``release``; records who started."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, ev: Event) -> None:
+        with self._lock:
+            self.started.add(ev.event_id)
+        self.gate.wait()
+
+    def has_started(self, count: int = 1) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return len(self.started) >= count
+
+        return check
+
+
+CRASHING_WORKER = """
+import asyncio, os, sys
+from cio_webhooks import Dispatcher, RetryPolicy, Router, SQLiteInbox
+
+def crash(event):
+    with open(sys.argv[2], "a") as runs:
+        runs.write(event.event_id + "\\n")
+    os._exit(3)  # the process dies mid-handler: nothing is finished
+
+async def main():
+    router = Router()
+    router.add(crash, "*", name="crash")
+    async with SQLiteInbox(sys.argv[1]) as inbox:
+        dispatcher = Dispatcher(inbox, router, retry=RetryPolicy(max_attempts=3), lease=0.2)
+        for _ in range(600):  # until the event is due again (its lease expired)
+            if await dispatcher.run_once():
+                return
+            await asyncio.sleep(0.05)
+    sys.exit(2)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_handler_that_kills_the_process_is_dead_lettered_after_max_attempts(
+    tmp_path: Path,
+) -> None:
+    db, runs = tmp_path / "inbox.db", tmp_path / "runs.txt"
+    async with SQLiteInbox(db) as inbox:
+        await inbox.put(event("killer"))
+    exits = []
+    for _ in range(6):  # a worker restarted after every crash, as systemd would
+        proc = subprocess.run(
+            [sys.executable, "-c", CRASHING_WORKER, str(db), str(runs)],
+            capture_output=True,
+            timeout=120,
+        )
+        exits.append(proc.returncode)
+        if proc.returncode != 3:
+            break
+    assert exits == [3, 3, 3, 0], proc.stderr.decode()
+    assert runs.read_text().split() == ["killer"] * 3
+    async with SQLiteInbox(db) as inbox:
+        stored = await inbox.get_event("killer")
+    assert stored is not None
+    assert (stored.state, stored.attempts) == (JobState.DEAD, 3)
+    assert stored.last_error is not None
+    assert "did not finish" in stored.last_error
+
+
+async def test_a_replay_made_while_handlers_run_is_not_overwritten(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    router = Router()
+    gate = asyncio.Event()
+    calls: Counter[str] = Counter()
+
+    @router.on("*", name="h")
+    async def handler(ev: Event) -> None:
+        calls[ev.event_id] += 1
+        if calls[ev.event_id] == 1:
+            await gate.wait()
+
+    await inbox.put(event("e1"))
+    d = dispatcher(inbox, router, clock)
+    first = asyncio.create_task(d.run_once())
+
+    async def running() -> bool:
+        return calls["e1"] == 1
+
+    await eventually(running, "the handler started")
+    assert await inbox.requeue(EventFilter(event_ids=("e1",)), now=clock(), rerun="*") == 1
+    gate.set()
+    assert await first == 1
+    stored = await inbox.get_event("e1")
+    assert stored is not None
+    assert (stored.state, stored.attempts) == (JobState.PENDING, 0)  # the replay's, not DONE
+    assert await d.run_once() == 1
+    assert calls["e1"] == 2
+    assert await state(inbox, "e1") is JobState.DONE
+
+
+async def test_an_event_replayed_while_it_runs_runs_again_after_never_twice_at_once(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    router = Router()
+    blocking = Blocking()
+    router.add(blocking, "*", name="h")
+    await inbox.put(event("e1"))
+    d = dispatcher(inbox, router, clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        await eventually(blocking.has_started(), "the handler started")
+        await inbox.requeue(EventFilter(event_ids=("e1",)), now=clock(), rerun="*")
+        d.wake()
+
+        async def claimed_again() -> bool:
+            stored = await inbox.get_event("e1")
+            return stored is not None and stored.attempts == 1
+
+        await eventually(claimed_again, "the replayed event was claimed again")
+        assert d.in_flight == 2  # the new run waits for the old one
+    finally:
+        blocking.gate.set()
+    await eventually(is_state(inbox, "e1", JobState.DONE), "the replay ran")
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_a_blocked_handler_does_not_hold_up_other_events(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    router = Router()
+    blocking = Blocking()
+    router.add(blocking, "email.bounced", name="slow")
+    spam = Flaky()
+    router.add(spam, "*.spammed", name="spam")
+    d = dispatcher(inbox, router, clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        await inbox.put(event("slow"))
+        d.wake()
+        await eventually(blocking.has_started(), "the slow handler started")
+        for i in range(5):
+            await inbox.put(event(f"spam{i}", metric="spammed"))
+            d.wake()
+        for i in range(5):
+            await eventually(is_state(inbox, f"spam{i}", JobState.DONE), f"spam{i} done")
+        assert await state(inbox, "slow") is JobState.PENDING  # still running, still claimed
+    finally:
+        blocking.gate.set()
+    await eventually(is_state(inbox, "slow", JobState.DONE), "the slow event finished")
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_retries_come_due_on_schedule_while_another_event_is_blocked(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    router = Router()
+    blocking = Blocking()
+    router.add(blocking, "email.bounced", name="slow")
+    flaky = Flaky(failures=1)
+    router.add(flaky, "*.spammed", name="flaky")
+    d = dispatcher(inbox, router, clock)  # base 10 s, jitter 25 %
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        await inbox.put(event("slow"))
+        await eventually(blocking.has_started(), "the slow handler started")
+        await inbox.put(event("f1", metric="spammed"))
+        d.wake()
+        await eventually(is_state(inbox, "f1", JobState.RETRYING), "the first attempt failed")
+        stored = await inbox.get_event("f1")
+        assert stored is not None
+        delay = stored.next_attempt_at - clock()
+        assert 7.5 <= delay <= 12.5
+        clock.advance(delay)
+        await eventually(is_state(inbox, "f1", JobState.DONE), "the retry ran when due")
+        assert flaky.calls["f1"] == 2
+        assert await state(inbox, "slow") is JobState.PENDING
+    finally:
+        blocking.gate.set()
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+# More sync handlers at once than asyncio's default executor ever has threads (32).
+MANY = 40
+DEFAULT_POOL = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
+
+
+async def test_every_sync_handler_starts_at_once_on_the_dispatchers_own_threads(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    router = Router()
+    blocking = Blocking()
+    router.add(blocking, "*", name="h")
+    for i in range(MANY):
+        await inbox.put(event(f"e{i}"))
+    d = Dispatcher(inbox, router, clock=clock, concurrency=MANY)
+    batch = asyncio.create_task(d.run_once())
+    try:
+        # None waits for a thread, so each one's timeout counts from its start.
+        await eventually(blocking.has_started(MANY), "every handler started")
+    finally:
+        blocking.gate.set()
+    assert await asyncio.wait_for(batch, 10) == MANY
+
+
+async def test_store_reads_never_wait_behind_blocked_sync_handlers(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    router = Router()
+    blocking = Blocking()
+    router.add(blocking, "*", name="h")
+    for i in range(MANY):
+        await inbox.put(event(f"e{i}"))
+    d = Dispatcher(inbox, router, clock=clock, concurrency=MANY)
+    batch = asyncio.create_task(d.run_once())
+    try:
+        # Enough to take every thread of asyncio's default executor, were they on it.
+        await eventually(blocking.has_started(DEFAULT_POOL), "the handlers started")
+        # Reads run on asyncio's default executor; a hang here is the failure.
+        stored = await asyncio.wait_for(inbox.get_event("e0"), 10)
+        assert stored is not None
+    finally:
+        blocking.gate.set()
+    await asyncio.wait_for(batch, 10)
+
+
+async def test_a_timed_out_sync_handler_keeps_its_slot_until_it_returns(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    router = Router()
+    blocking = Blocking()
+    router.add(blocking, "email.bounced", name="stuck")
+    quick = Flaky()
+    router.add(quick, "email.spammed", name="quick")
+    d = Dispatcher(
+        inbox, router, clock=clock, rng=random.Random(1), concurrency=1, handler_timeout=0.05
+    )
+    await inbox.put(event("stuck"))
+    try:
+        assert await d.run_once() == 1
+        stored = await inbox.get_event("stuck")
+        assert stored is not None
+        assert stored.state is JobState.RETRYING
+        assert stored.last_error == "stuck: timed out after 0.05s"
+        await inbox.put(event("q", metric="spammed"))
+        # Its thread still runs: no thread for another handler, so nothing is claimed.
+        assert await d.run_once() == 0
+    finally:
+        blocking.gate.set()
+
+    async def claimed() -> bool:
+        return await d.run_once() == 1
+
+    await eventually(claimed, "the slot came back")
+    assert await state(inbox, "q") is JobState.DONE
+
+
+async def test_backfilled_events_reach_only_handlers_that_ask_for_them(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    router = Router()
+    seen: list[tuple[str, str, bool]] = []
+
+    @router.on("*", name="plain")
+    async def plain(ev: Event) -> None:
+        seen.append(("plain", ev.event_id, ev.backfilled))
+
+    @router.on("*", name="wants", backfilled=True)
+    def wants(ev: Event) -> None:
+        seen.append(("wants", ev.event_id, ev.backfilled))
+
+    await inbox.put(dataclasses.replace(event("bf"), backfilled=True))
+    await inbox.put(event("live"))
+    # What `replay --since` does: every stored event is due again, backfilled ones too.
+    assert await inbox.requeue(EventFilter(), now=clock(), rerun="*") == 2
+    d = dispatcher(inbox, router, clock)
+    while await d.run_once():
+        pass
+    assert sorted(seen) == [
+        ("plain", "live", False),
+        ("wants", "bf", True),
+        ("wants", "live", False),
+    ]
+    assert await state(inbox, "bf") is JobState.DONE
+
+
+async def test_replay_never_runs_policies_for_backfilled_events(tmp_path: Path) -> None:
+    async with FakeCustomerIO(site_id="site", track_key="track-key") as fake:
+        settings = Settings(
+            db=tmp_path / "inbox.db",
+            warehouse=tmp_path / "warehouse.db",
+            signing_keys=(KEY,),
+            track_site_id="site",
+            track_api_key="track-key",
+            track_url=fake.track_url,
+        )
+        now = time.time()
+        async with SQLiteInbox(settings.db) as inbox:
+            complaint = event("bf", metric="spammed", received_at=now)
+            await inbox.put(dataclasses.replace(complaint, backfilled=True))
+        replay = subprocess.run(
+            [str(BIN), "replay", "--since", "1d", "--db", str(settings.db)],
+            capture_output=True,
+            timeout=60,
+        )
+        assert replay.returncode == 0, replay.stderr.decode()
+        assert b"queued 1 event" in replay.stdout
+        policies = build_policies(settings)
+        assert policies is not None
+        try:
+            async with SQLiteInbox(settings.db) as inbox:
+                d = Dispatcher(inbox, policies.router())
+                assert await d.run_once() == 1
+                assert await state(inbox, "bf") is JobState.DONE
+        finally:
+            await policies.close()
+        assert fake.calls() == []
+
+
+async def test_a_handler_failure_logs_its_traceback_and_stores_the_short_error(
+    inbox: SQLiteInbox, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    router = Router()
+
+    @router.on("*", name="h")
+    def look_up_person(ev: Event) -> None:
+        raise LookupError("no such person")
+
+    await inbox.put(event("e1"))
+    with caplog.at_level(logging.INFO, logger="cio_webhooks.dispatcher"):
+        await dispatcher(inbox, router, clock).run_once()
+    [record] = [r for r in caplog.records if "event=handler_failed" in r.getMessage()]
+    line = KeyValueFormatter().format(record)
+    assert "Traceback (most recent call last)" in line
+    assert "in look_up_person" in line
+    assert "\n" not in line  # one record, one line
+    stored = await inbox.get_event("e1")
+    assert stored is not None
+    assert stored.last_error == "h: LookupError: no such person"
+
+
+async def test_stop_drains_the_events_in_flight_and_claims_no_more(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    router = Router()
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    @router.on("email.bounced", name="slow")
+    async def slow(ev: Event) -> None:
+        started.set()
+        await gate.wait()
+
+    late = Flaky()
+    router.add(late, "email.spammed", name="late")
+    await inbox.put(event("e1"))
+    d = dispatcher(inbox, router, clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    await asyncio.wait_for(started.wait(), 10)
+    stop.set()
+    await inbox.put(event("after", metric="spammed"))
+    d.wake()
+    await asyncio.sleep(0.2)  # room to claim it, if the dispatcher (wrongly) still claimed
+    assert not task.done()  # draining: e1's handler is still running
+    gate.set()
+    await asyncio.wait_for(task, 10)
+    assert await state(inbox, "e1") is JobState.DONE
+    after = await inbox.get_event("after")
+    assert after is not None
+    assert (after.state, after.attempts) == (JobState.PENDING, 0)
+    assert late.calls["after"] == 0
+
+
+async def test_a_drain_that_times_out_leaves_the_event_claimed_for_a_retry(
+    inbox: SQLiteInbox, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    router = Router()
+    blocking = Blocking()
+    router.add(blocking, "*", name="stuck")
+    await inbox.put(event("e1"))
+    d = Dispatcher(inbox, router, clock=clock, drain_timeout=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        await eventually(blocking.has_started(), "the handler started")
+        with caplog.at_level(logging.WARNING, logger="cio_webhooks.dispatcher"):
+            stop.set()
+            await asyncio.wait_for(task, 10)  # returns although the handler has not
+        assert any("event=drain_timeout in_flight=1" in r.getMessage() for r in caplog.records)
+        stored = await inbox.get_event("e1")
+        assert stored is not None
+        # Nothing recorded: still claimed, due again when the lease expires.
+        assert (stored.state, stored.attempts) == (JobState.PENDING, 1)
+        assert stored.next_attempt_at == clock() + d.lease
+    finally:
+        blocking.gate.set()
+    [job] = await inbox.claim(now=clock() + d.lease, limit=1, lease=60)
+    assert job.interrupted

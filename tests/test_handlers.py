@@ -73,3 +73,14 @@ def test_load_router_from_module_attribute_or_factory(
     with pytest.raises(ConfigError, match="expected module:attribute"):
         load_router("user_hooks")
     sys.modules.pop("user_hooks", None)
+
+
+def test_backfilled_events_match_only_routes_that_ask_for_them() -> None:
+    router = Router()
+    router.add(noop, "email.*", name="plain")
+    router.on("email.*", name="wants", backfilled=True)(noop)
+    assert [r.name for r in router.match("email", "opened")] == ["plain", "wants"]
+    assert [r.name for r in router.match("email", "opened", backfilled=True)] == ["wants"]
+    merged = Router()
+    merged.include(router)  # the choice travels with the route
+    assert [r.name for r in merged.match("email", "opened", backfilled=True)] == ["wants"]

@@ -11,7 +11,7 @@ import pytest
 
 from cio_webhooks import Event, EventFilter, JobState, PutResult, SQLiteInbox, parse_event
 from cio_webhooks._exceptions import StoreUnavailable
-from cio_webhooks.inbox import Outcome
+from cio_webhooks.inbox import HandlerResult, Job, Outcome
 from cio_webhooks.testing import make_event
 
 from .conftest import NOW
@@ -53,11 +53,11 @@ async def test_concurrent_puts_share_commits(inbox: SQLiteInbox) -> None:
 
 
 async def test_dedupe_holds_whatever_the_state(inbox: SQLiteInbox) -> None:
-    await inbox.put(ev("a"))
-    [job] = await inbox.claim(now=NOW, limit=1, lease=60)
     for state in (JobState.RETRYING, JobState.DEAD, JobState.DONE):
-        await inbox.finish([Outcome(job.seq, state, 1, NOW, None)], now=NOW)
-        assert await inbox.put(ev("a")) is PutResult.DUPLICATE
+        await inbox.put(ev(state.value))
+        [job] = await inbox.claim(now=NOW, limit=1, lease=60)
+        assert await inbox.finish([Outcome(job.seq, state, 1, NOW, None, job.token)], now=NOW)
+        assert await inbox.put(ev(state.value)) is PutResult.DUPLICATE
 
 
 async def test_prune_ends_dedupe_only_for_old_finished_events(inbox: SQLiteInbox) -> None:
@@ -67,9 +67,9 @@ async def test_prune_ends_dedupe_only_for_old_finished_events(inbox: SQLiteInbox
     jobs = {j.event_id: j for j in await inbox.claim(now=NOW, limit=10, lease=60)}
     await inbox.finish(
         [
-            Outcome(jobs["old-done"].seq, JobState.DONE, 1, NOW, None),
-            Outcome(jobs["old-dead"].seq, JobState.DEAD, 3, NOW, "boom"),
-            Outcome(jobs["new-done"].seq, JobState.DONE, 1, NOW, None),
+            Outcome(jobs["old-done"].seq, JobState.DONE, 1, NOW, None, jobs["old-done"].token),
+            Outcome(jobs["old-dead"].seq, JobState.DEAD, 3, NOW, "boom", jobs["old-dead"].token),
+            Outcome(jobs["new-done"].seq, JobState.DONE, 1, NOW, None, jobs["new-done"].token),
         ],
         now=NOW,
     )
@@ -137,6 +137,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
 
         version_1 = (
             SCHEMA.replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "")
+            .replace(SCHEMA[SCHEMA.index(",\n    claim_token") : SCHEMA.index("\n);")], "")
             .replace(
                 "CREATE INDEX IF NOT EXISTS events_dead ON events (seq) WHERE state = 'dead';", ""
             )
@@ -145,6 +146,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
         )
         assert "backfilled" not in version_1
         assert "quarantine_event_id" not in version_1
+        assert "claim_token" not in version_1
         assert "user_version = 1" in version_1
         db.executescript(version_1)
         db.execute(
@@ -239,10 +241,13 @@ async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_i
     from cio_webhooks._sqlite import SCHEMA, SCHEMA_VERSION
 
     path = tmp_path / "v3.db"
-    version_3 = SCHEMA.replace(_QUARANTINE_INDEX, "").replace(
-        f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 3;"
+    version_3 = (
+        SCHEMA.replace(_QUARANTINE_INDEX, "")
+        .replace(SCHEMA[SCHEMA.index(",\n    claim_token") : SCHEMA.index("\n);")], "")
+        .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 3;")
     )
     assert "quarantine_event_id" not in version_3
+    assert "claim_token" not in version_3
     with sqlite3.connect(path) as db:
         db.executescript(version_3)
         db.executemany(
@@ -288,3 +293,87 @@ async def test_a_read_only_inbox_refuses_what_is_not_an_inbox(
     assert [p.name for p in tmp_path.iterdir()] == ([] if content is None else ["inbox.db"])
     if content is not None:
         assert path.read_bytes() == content
+
+
+async def test_a_claim_counts_an_attempt_and_says_when_the_previous_one_never_finished(
+    inbox: SQLiteInbox,
+) -> None:
+    await inbox.put(ev("a"))
+    [first] = await inbox.claim(now=NOW, limit=1, lease=60)
+    assert (first.attempts, first.interrupted) == (1, False)
+    stored = await inbox.get_event("a")
+    assert stored is not None
+    assert stored.attempts == 1  # counted before any handler runs: a crash cannot undo it
+    # The process died: nothing was finished, and the lease expires.
+    [second] = await inbox.claim(now=NOW + 61, limit=1, lease=60)
+    assert (second.attempts, second.interrupted) == (2, True)
+    assert second.token != first.token
+
+
+def done(job: Job) -> Outcome:
+    ok = (HandlerResult("h"),)
+    return Outcome(job.seq, JobState.DONE, job.attempts, NOW, None, job.token, results=ok)
+
+
+async def test_a_replay_made_while_handlers_run_wins_over_their_outcome(
+    inbox: SQLiteInbox,
+) -> None:
+    await inbox.put(ev("a"))
+    [job] = await inbox.claim(now=NOW, limit=1, lease=60)
+    assert await inbox.requeue(EventFilter(event_ids=("a",)), now=NOW, rerun="*") == 1
+    assert await inbox.finish([done(job)], now=NOW + 1) == 0
+    stored = await inbox.get_event("a")
+    assert stored is not None
+    assert (stored.state, stored.attempts, stored.next_attempt_at) == (JobState.PENDING, 0, NOW)
+    assert await inbox.handler_runs(job.seq) == []  # the replay re-runs every handler
+    [again] = await inbox.claim(now=NOW, limit=1, lease=60)
+    assert await inbox.finish([done(again)], now=NOW + 2) == 1
+    assert [r["status"] for r in await inbox.handler_runs(job.seq)] == ["ok"]
+
+
+async def test_a_discard_made_while_handlers_run_wins_over_their_outcome(
+    inbox: SQLiteInbox,
+) -> None:
+    await inbox.put(ev("a"))
+    [job] = await inbox.claim(now=NOW, limit=1, lease=60)
+    assert await inbox.discard(EventFilter(event_ids=("a",)), now=NOW) == 1
+    assert await inbox.finish([done(job)], now=NOW + 1) == 0
+    stored = await inbox.get_event("a")
+    assert stored is not None
+    assert stored.state is JobState.DISCARDED
+
+
+async def test_an_outcome_after_the_lease_expired_and_another_claim_is_dropped(
+    inbox: SQLiteInbox,
+) -> None:
+    await inbox.put(ev("a"))
+    [stale] = await inbox.claim(now=NOW, limit=1, lease=60)
+    [current] = await inbox.claim(now=NOW + 61, limit=1, lease=60)
+    assert await inbox.finish([done(stale)], now=NOW + 62) == 0
+    stored = await inbox.get_event("a")
+    assert stored is not None
+    assert stored.state is JobState.PENDING  # still the current claim's
+    assert await inbox.finish([done(current)], now=NOW + 63) == 1
+    assert await inbox.finish([done(current)], now=NOW + 64) == 0  # a claim finishes once
+
+
+async def test_a_claim_records_events_no_handler_wants_as_done_without_counting_them(
+    inbox: SQLiteInbox,
+) -> None:
+    for i in range(5):
+        await inbox.put(ev(f"quiet{i}"))
+    await inbox.put(ev("loud", metric="bounced"))
+    await inbox.put(ev("loud2", metric="bounced"))
+
+    def wanted(object_type: str, metric: str, backfilled: bool) -> bool:
+        return metric == "bounced"
+
+    [job] = await inbox.claim(now=NOW, limit=1, lease=60, wanted=wanted)
+    assert job.event_id == "loud"
+    for i in range(5):
+        quiet = await inbox.get_event(f"quiet{i}")
+        assert quiet is not None
+        assert (quiet.state, quiet.attempts) == (JobState.DONE, 0)
+    later = await inbox.get_event("loud2")
+    assert later is not None
+    assert (later.state, later.attempts) == (JobState.PENDING, 0)  # beyond the limit: untouched

@@ -969,11 +969,9 @@ async def test_a_handler_that_never_ends_is_cancelled_after_the_drain_timeout(
     router.add(stuck, "email.spammed", name="stuck")  # runs after the policy
     async with pipeline(settings_for(tmp_path, fake), fake) as p:
         await p.post(spam("s1"))
-        dispatcher = Dispatcher(p.inbox, router, clock=p.clock)
+        dispatcher = Dispatcher(p.inbox, router, clock=p.clock, drain_timeout=0.2)
         stop = asyncio.Event()
-        running = asyncio.create_task(
-            dispatch_then_close(dispatcher, policies, stop, drain_timeout=0.2)
-        )
+        running = asyncio.create_task(dispatch_then_close(dispatcher, policies, stop))
         await started.wait()
         stop.set()
         await running

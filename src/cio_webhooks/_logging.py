@@ -45,9 +45,11 @@ class KeyValueFormatter(logging.Formatter):
             f"logger={record.name} {message}"
         )
         if record.exc_info and record.levelno >= logging.ERROR:
-            # One line, not a stack trace: the type and message are enough to act on.
             exc = record.exc_info[1]
             line += f" exc_type={type(exc).__name__} exc={quote(str(exc))}"
+            # The traceback says where a handler failed; newlines escaped, so that a
+            # record stays one line for log collectors.
+            line += f" traceback={quote(self.formatException(record.exc_info))}"
         return line
 
 

@@ -16,7 +16,7 @@ from ._exceptions import ConfigError, StoreUnavailable
 from ._sqlite import SQLiteInbox
 from .app import DEFAULT_DEDUPE_DAYS, Background, WebhookApp, create_app
 from .customerio import CustomerIOAuthError, CustomerIOError, TrackClient
-from .dispatcher import Clock, Dispatcher, RetryPolicy
+from .dispatcher import DEFAULT_DRAIN_TIMEOUT, Clock, Dispatcher, RetryPolicy
 from .handlers import Router, load_router
 from .inbox import Inbox
 from .policies import DEFAULT_RULES, POLICY_HTTP, ActionLog, Policies, PolicyConfig, load_policies
@@ -25,10 +25,6 @@ from .sinks import SQLiteWarehouse
 log = logging.getLogger("cio_webhooks.service")
 
 KEY_FILE = "signing-key"
-#: Seconds a stopping service lets the dispatcher finish the batch in progress (its
-#: handlers and Track calls) before cancelling it: a whole Track call with its
-#: retries (``POLICY_HTTP``) fits.  Cancelled events are retried after their lease.
-DRAIN_TIMEOUT = 25.0
 # Customer.io retries a failed delivery for 7 days: dedupe must remember at least that long.
 CUSTOMERIO_RETRY_DAYS = 7.0
 
@@ -54,7 +50,7 @@ class Settings:
     track_rate: float = 100.0  # requests/s; Customer.io's soft limit is about 1000
     dry_run: bool = False
     actions_db: Path | None = None  # default: actions.db next to db
-    drain_timeout: float = DRAIN_TIMEOUT
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
 
 
 def split_keys(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -247,12 +243,12 @@ async def dispatch_then_close(
     policies: Policies | None,
     stop: asyncio.Event,
     *,
-    drain_timeout: float = DRAIN_TIMEOUT,
     check_region: str | None = None,
 ) -> None:
-    """Run the dispatcher until ``stop``; then let the batch in progress finish (its
-    handlers and Track calls), for at most ``drain_timeout`` seconds before cancelling
-    it, and only then close the policies (their Track client and audit file).
+    """Run the dispatcher until ``stop`` and its drain (bounded by the dispatcher's
+    ``drain_timeout``: in-flight handlers and Track calls finish, or are cancelled
+    and retried after their lease); only then close the policies (their Track client
+    and audit file).
 
     With ``check_region``, the Track credentials are checked once at start, beside."""
     track = policies.track if policies is not None else None
@@ -261,27 +257,14 @@ async def dispatch_then_close(
         if track is not None and check_region is not None
         else None
     )
-    running = asyncio.create_task(dispatcher.run(stop))
-    stopping = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not running.done():
-            done, _ = await asyncio.wait({running}, timeout=drain_timeout)
-            if not done:
-                log.warning(
-                    "event=drain_timeout seconds=%g detail=%s",
-                    drain_timeout,
-                    "handlers still running were cancelled; their events are retried",
-                )
+        await dispatcher.run(stop)
+    except Exception as exc:
+        log.error("event=dispatcher_failed error=%s", str(exc))
     finally:
-        for task in (running, stopping, checking):
-            if task is not None and not task.done():
-                task.cancel()
-        results = await asyncio.gather(
-            *(t for t in (running, stopping, checking) if t is not None), return_exceptions=True
-        )
-        if isinstance(results[0], Exception):
-            log.error("event=dispatcher_failed error=%s", str(results[0]))
+        if checking is not None and not checking.done():
+            checking.cancel()
+            await asyncio.gather(checking, return_exceptions=True)
         if policies is not None:
             await policies.close()
 
@@ -293,7 +276,9 @@ def background_tasks(
     policies = build_policies(settings, clock=clock)
     if policies is not None:
         router.include(policies.router())
-    dispatcher = Dispatcher(inbox, router, retry=settings.retry, clock=clock)
+    dispatcher = Dispatcher(
+        inbox, router, retry=settings.retry, clock=clock, drain_timeout=settings.drain_timeout
+    )
     warehouse = SQLiteWarehouse(settings.warehouse, inbox=settings.db, clock=clock)
 
     async def pruner(stop: asyncio.Event) -> None:
@@ -307,7 +292,6 @@ def background_tasks(
             dispatcher,
             policies,
             stop,
-            drain_timeout=settings.drain_timeout,
             check_region=settings.region,
         )
 

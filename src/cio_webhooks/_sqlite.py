@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import queue
+import secrets
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -34,6 +35,7 @@ from .inbox import (
     PutResult,
     Quarantined,
     StoredEvent,
+    Wanted,
 )
 
 __all__ = ["SQLiteInbox", "connect_readonly", "readonly_uri"]
@@ -54,7 +56,8 @@ CREATE TABLE IF NOT EXISTS events (
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,
     updated_at      REAL NOT NULL,
-    backfilled      INTEGER NOT NULL DEFAULT 0
+    backfilled      INTEGER NOT NULL DEFAULT 0,
+    claim_token     TEXT -- the dispatcher's claim on the event; NULL when none is held
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
     WHERE state IN ('pending', 'retrying');
@@ -79,9 +82,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
     WHERE event_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-PRAGMA user_version = 4;
+PRAGMA user_version = 5;
 """
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: What turns a file of version N into N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
@@ -93,6 +96,8 @@ DELETE FROM quarantine WHERE event_id IS NOT NULL AND id NOT IN (
 CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
     WHERE event_id IS NOT NULL;
 """,
+    # Claim tokens: an outcome is recorded only while its claim holds.
+    4: "ALTER TABLE events ADD COLUMN claim_token TEXT;",
 }
 
 
@@ -116,6 +121,9 @@ _INSERT = (
     " next_attempt_at, updated_at, state, backfilled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (event_id) DO NOTHING"
 )
+#: Due events one claim looks at when it may skip those no handler wants: bounds the
+#: time one claim holds the writer.
+CLAIM_SCAN = 1000
 _EVENT_COLUMNS = (
     "seq, event_id, object_type, metric, occurred_at, received_at, state, attempts,"
     " next_attempt_at, last_error, body, backfilled"
@@ -520,66 +528,109 @@ class SQLiteInbox:
         return await self._writer.submit(purge, isolated=True)
 
     # -- dispatcher --------------------------------------------------------------------
-    async def claim(self, *, now: float, limit: int, lease: float) -> list[Job]:
+    async def claim(
+        self, *, now: float, limit: int, lease: float, wanted: Wanted | None = None
+    ) -> list[Job]:
+        token = secrets.token_hex(8)
+        scan = limit if wanted is None else max(limit, CLAIM_SCAN)
+
         def take(conn: sqlite3.Connection) -> list[Job]:
+            # One writer, so nothing comes between these reads and the updates below.
             rows = conn.execute(
-                "UPDATE events SET next_attempt_at = ? WHERE seq IN ("
-                " SELECT seq FROM events WHERE state IN ('pending', 'retrying')"
-                " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-                " RETURNING seq, event_id, object_type, metric, body, received_at, attempts",
-                (now + lease, now, limit),
+                "SELECT seq, event_id, object_type, metric, received_at, attempts, backfilled,"
+                " claim_token IS NOT NULL FROM events"
+                " WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (now, scan),
             ).fetchall()
-            if not rows:
+            claimed: list[Any] = []
+            unwanted: list[int] = []
+            for row in rows:
+                if wanted is not None and not wanted(row[2], row[3], bool(row[6])):
+                    unwanted.append(row[0])
+                elif len(claimed) < limit:
+                    claimed.append(row)
+            if unwanted:
+                conn.execute(
+                    "UPDATE events SET state = 'done', next_attempt_at = ?, last_error = NULL,"
+                    " updated_at = ?, claim_token = NULL"
+                    f" WHERE seq IN ({','.join('?' * len(unwanted))})",
+                    [now, now, *unwanted],
+                )
+            if not claimed:
                 return []
-            seqs = [r[0] for r in rows]
+            seqs = [r[0] for r in claimed]
+            marks = ",".join("?" * len(seqs))
+            # The claim is the attempt: a handler that kills the process still uses one.
+            conn.execute(
+                "UPDATE events SET next_attempt_at = ?, attempts = attempts + 1,"
+                f" claim_token = ? WHERE seq IN ({marks})",
+                [now + lease, token, *seqs],
+            )
+            bodies = dict(
+                conn.execute(f"SELECT seq, body FROM events WHERE seq IN ({marks})", seqs)
+            )
             done: dict[int, set[str]] = {}
             for seq, handler in conn.execute(
-                f"SELECT seq, handler FROM handler_runs WHERE status = 'ok'"
-                f" AND seq IN ({','.join('?' * len(seqs))})",
+                f"SELECT seq, handler FROM handler_runs WHERE status = 'ok' AND seq IN ({marks})",
                 seqs,
             ):
                 done.setdefault(seq, set()).add(handler)
-            rows.sort(key=lambda r: r[0])
+            claimed.sort(key=lambda r: r[0])
             return [
                 Job(
                     seq=r[0],
                     event_id=r[1],
                     object_type=r[2],
                     metric=r[3],
-                    body=bytes(r[4]),
-                    received_at=r[5],
-                    attempts=r[6],
+                    body=bytes(bodies[r[0]]),
+                    received_at=r[4],
+                    attempts=r[5] + 1,
+                    token=token,
                     succeeded=frozenset(done.get(r[0], ())),
+                    backfilled=bool(r[6]),
+                    interrupted=bool(r[7]),
                 )
-                for r in rows
+                for r in claimed
             ]
 
         return await self._writer.submit(take, isolated=True)
 
-    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
-        def record(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE events SET state = ?, attempts = ?, next_attempt_at = ?,"
-                " last_error = ?, updated_at = ? WHERE seq = ?",
-                [
-                    (o.state.value, o.attempts, o.next_attempt_at, o.last_error, now, o.seq)
-                    for o in outcomes
-                ],
-            )
-            conn.executemany(
-                "INSERT INTO handler_runs (seq, handler, status, attempts, last_error,"
-                " updated_at) VALUES (?, ?, ?, 1, ?, ?)"
-                " ON CONFLICT (seq, handler) DO UPDATE SET status = excluded.status,"
-                " attempts = handler_runs.attempts + 1, last_error = excluded.last_error,"
-                " updated_at = excluded.updated_at",
-                [
-                    (o.seq, r.handler, "ok" if r.ok else "failed", r.error, now)
-                    for o in outcomes
-                    for r in o.results
-                ],
-            )
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
+        def record(conn: sqlite3.Connection) -> int:
+            applied = 0
+            for o in outcomes:
+                held = conn.execute(
+                    "UPDATE events SET state = ?, attempts = ?, next_attempt_at = ?,"
+                    " last_error = ?, updated_at = ?, claim_token = NULL"
+                    " WHERE seq = ? AND claim_token = ?",
+                    (
+                        o.state.value,
+                        o.attempts,
+                        o.next_attempt_at,
+                        o.last_error,
+                        now,
+                        o.seq,
+                        o.token,
+                    ),
+                ).rowcount
+                if not held:  # replayed, discarded or claimed again meanwhile: that wins
+                    continue
+                applied += 1
+                conn.executemany(
+                    "INSERT INTO handler_runs (seq, handler, status, attempts, last_error,"
+                    " updated_at) VALUES (?, ?, ?, 1, ?, ?)"
+                    " ON CONFLICT (seq, handler) DO UPDATE SET status = excluded.status,"
+                    " attempts = handler_runs.attempts + 1, last_error = excluded.last_error,"
+                    " updated_at = excluded.updated_at",
+                    [
+                        (o.seq, r.handler, "ok" if r.ok else "failed", r.error, now)
+                        for r in o.results
+                    ],
+                )
+            return applied
 
-        await self._writer.submit(record, isolated=True)
+        return await self._writer.submit(record, isolated=True)
 
     # -- operations --------------------------------------------------------------------
     async def requeue(self, where: EventFilter, *, now: float, rerun: str | None = None) -> int:
@@ -594,7 +645,8 @@ class SQLiteInbox:
             def run(conn: sqlite3.Connection) -> None:
                 conn.execute(
                     "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                    f" last_error = NULL, updated_at = ? WHERE seq IN ({marks})",
+                    " last_error = NULL, updated_at = ?, claim_token = NULL"
+                    f" WHERE seq IN ({marks})",
                     [now, now, *chunk],
                 )
                 if rerun == "*":
@@ -617,7 +669,8 @@ class SQLiteInbox:
 
         def run(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                f"UPDATE events SET state = 'discarded', updated_at = ? WHERE {sql}",
+                "UPDATE events SET state = 'discarded', updated_at = ?, claim_token = NULL"
+                f" WHERE {sql}",
                 [now, *params],
             )
             return cur.rowcount

@@ -1020,11 +1020,6 @@ def _patterns(route: Route) -> str:
     return ", ".join(f"{o or '*'}.{m or '*'}" for o, m in route.patterns)
 
 
-def _takes_backfilled(route: Route) -> bool:
-    """Does ``route`` run for backfilled events too?  (Policies never do.)"""
-    return bool(getattr(route, "backfilled", False))  # Route.backfilled: the dispatch branch
-
-
 @main.command("handlers")
 @routing_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -1047,7 +1042,7 @@ def handlers_command(
         {
             "name": r.name,
             "patterns": _patterns(r),
-            "backfilled": _takes_backfilled(r),
+            "backfilled": r.backfilled,
             "async": r.is_async,
         }
         for r in routes
@@ -1098,7 +1093,7 @@ async def replay(
     if route is None:
         known = ", ".join(routes) or "none (set --handlers and/or the policies as for serve)"
         raise ConfigError(f"no handler named {handler!r}; registered: {known}")
-    backfilled_too = _takes_backfilled(route)
+    backfilled_too = route.backfilled
     ids = [
         e.event_id
         async for e in inbox.iter_events(where)

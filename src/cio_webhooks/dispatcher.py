@@ -1,33 +1,67 @@
 """Running handlers for stored events, with durable retries and a dead-letter state.
 
-The dispatcher claims due events from the inbox in batches, runs every handler
-whose pattern matches and that has not yet succeeded for that event, and
-records the outcome in the inbox.  Nothing about a retry lives in memory: a
-failed event gets ``next_attempt_at`` in the store, so retries survive restarts.
-After ``RetryPolicy.max_attempts`` the event becomes ``DEAD`` with its last error
+The dispatcher claims due events from the inbox and processes each one on its
+own: it runs every handler whose pattern matches and that has not yet succeeded
+for that event, and records that event's outcome as soon as its handlers are
+done, while it goes on claiming others (at most ``concurrency`` events in
+flight).  A slow handler delays only its own event, and retries come due on
+schedule.  Nothing about a retry lives in memory: a failed event gets
+``next_attempt_at`` in the store, so retries survive restarts.  After
+``RetryPolicy.max_attempts`` the event becomes ``DEAD`` with its last error
 (``cio-webhooks dlq`` lists, retries or discards it).
+
+A claim counts as an attempt, so an event whose handler kills the process is
+dead-lettered after ``max_attempts`` claims rather than retried every lease
+forever.  A claim carries a token and its outcome is recorded only while the
+claim holds: an operator's ``replay``, ``dlq retry`` or ``dlq discard`` made
+while the handlers run wins over their result.
+
+Sync handlers run on the dispatcher's own bounded pool of threads, never on
+asyncio's default executor, which the inbox's reads use: handlers that block
+cannot delay a read.  A handler's timeout counts from when it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ._exceptions import InvalidEvent, StoreUnavailable
 from .events import Event, parse_event
 from .handlers import Route, Router
 from .inbox import HandlerResult, Inbox, Job, JobState, Outcome
 
-__all__ = ["Clock", "Dispatcher", "RetryPolicy"]
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_HANDLER_TIMEOUT",
+    "Clock",
+    "Dispatcher",
+    "HandlerThreads",
+    "RetryPolicy",
+]
 
 log = logging.getLogger("cio_webhooks.dispatcher")
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+
+#: Events processed at once; also the number of threads for sync handlers.
+DEFAULT_CONCURRENCY = 32
+#: Seconds one handler may run for one event.
+DEFAULT_HANDLER_TIMEOUT = 30.0
+#: Seconds ``Dispatcher.run`` waits for the events in flight once told to stop.
+DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +85,78 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {text}"[:2000] if text else name
 
 
+class _TimedOut(Exception):
+    """The dispatcher's own deadline for a handler passed (not a TimeoutError the
+    handler raised itself)."""
+
+
+class HandlerThreads:
+    """A bounded pool of daemon threads for sync handlers.
+
+    Not ``concurrent.futures.ThreadPoolExecutor``: that one joins its threads when
+    the interpreter exits, so one handler stuck past the drain timeout would keep
+    the process from stopping.  A thread is started only when none is idle, up to
+    ``size``, and ends after ``idle_exit`` seconds without work.
+    """
+
+    idle_exit = 60.0
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("a handler pool needs at least one thread")
+        self.size = size
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._threads = 0
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._calls.put((future, fn))
+        with self._lock:
+            if not self._idle.acquire(blocking=False) and self._threads < self.size:
+                self._threads += 1
+                name = f"cio-handler-{self._threads}"
+                threading.Thread(target=self._work, name=name, daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            try:
+                future, fn = self._calls.get(timeout=self.idle_exit)
+            except queue.Empty:
+                with self._lock:
+                    # Still counted idle: no submit is counting on this thread.
+                    if self._idle.acquire(blocking=False):
+                        self._threads -= 1
+                        return
+                continue
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn()
+                except BaseException as exc:  # SystemExit too: the future must settle
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, fn  # do not keep the last event alive while idle
+            self._idle.release()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Dispatcher:
     """Runs the ``router``'s handlers for events in ``inbox``.
 
-    ``clock`` and ``rng`` are injected so tests can drive time and jitter.
-    ``lease`` is how long a claimed event stays hidden from other dispatchers;
-    it must exceed ``handler_timeout``.
+    ``clock`` and ``rng`` are injected so tests can drive time and jitter.  At most
+    ``concurrency`` events are in flight; each of its handlers gets
+    ``handler_timeout`` seconds from when it starts.  ``lease`` is how long a
+    claimed event stays hidden from other claims (default: twice the handler
+    timeout plus 30 s; it must exceed the time all of an event's handlers take).
+    ``drain_timeout`` bounds how long ``run`` waits for the events in flight once
+    told to stop.
     """
 
     def __init__(
@@ -68,9 +168,11 @@ class Dispatcher:
         clock: Clock = time.time,
         rng: random.Random | None = None,
         batch_size: int = 200,
-        concurrency: int = 32,
-        handler_timeout: float = 30.0,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
+        lease: float | None = None,
         poll_interval: float = 0.05,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
         self.inbox = inbox
         self.router = router
@@ -78,76 +180,216 @@ class Dispatcher:
         self.clock = clock
         self.rng = rng or random.Random()
         self.batch_size = batch_size
+        self.concurrency = concurrency
         self.handler_timeout = handler_timeout
-        self.lease = handler_timeout * 2 + 30
+        self.lease = handler_timeout * 2 + 30 if lease is None else lease
         self.poll_interval = poll_interval
-        self._limit = asyncio.Semaphore(concurrency)
+        self.drain_timeout = drain_timeout
+        self._threads = HandlerThreads(concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._latest: dict[int, asyncio.Task[None]] = {}  # seq -> its newest task
+        # Threads of sync handlers that timed out but are still running: each keeps
+        # a slot, so that a sync handler always finds a free thread when it starts.
+        self._stuck_threads = 0
         self._wake = asyncio.Event()
+        self._freed = asyncio.Event()
 
     def wake(self) -> None:
         """Tell an idle dispatcher that new events were stored."""
         self._wake.set()
 
+    @property
+    def in_flight(self) -> int:
+        """Events being processed right now."""
+        return len(self._in_flight)
+
+    def _free_slots(self) -> int:
+        return self.concurrency - len(self._in_flight) - self._stuck_threads
+
     async def run_once(self) -> int:
-        """Claim one batch of due events and process it; return how many were claimed."""
-        jobs = await self.inbox.claim(now=self.clock(), limit=self.batch_size, lease=self.lease)
-        if not jobs:
-            return 0
-        now = self.clock()
-        outcomes: list[Outcome] = []
-        routed: list[Job] = []
-        for job in jobs:
-            if self.router.match(job.object_type, job.metric):
-                routed.append(job)
-            else:  # most events: nothing to run, nothing to parse
-                outcomes.append(
-                    Outcome(
-                        seq=job.seq,
-                        state=JobState.DONE,
-                        attempts=job.attempts,
-                        next_attempt_at=now,
-                        last_error=None,
-                    )
-                )
-        if routed:
-            outcomes.extend(await asyncio.gather(*(self._process(job) for job in routed)))
-        await self.inbox.finish(outcomes, now=self.clock())
-        return len(jobs)
+        """Claim one batch of due events (as many as there are free slots) and
+        process it to the end; return how many due events it took care of (those
+        no handler wants included).  For tests and tools: ``run`` is the service's
+        loop."""
+        claimed, started = await self._claim()
+        if started:
+            await asyncio.gather(*started)
+        return claimed
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process until ``stop`` is set; the batch in progress is finished first."""
-        while not stop.is_set():
-            try:
-                claimed = await self.run_once()
-            except StoreUnavailable as exc:
-                log.error("event=dispatch_store_error error=%s", str(exc))
-                claimed = 0
-            if claimed:
-                continue
-            self._wake.clear()
-            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        """Process until ``stop`` is set, then drain: claim nothing more and return
+        once the events in flight are finished, or after ``drain_timeout``.  Events
+        still running then are left claimed: nothing is recorded for them, and they
+        are retried when their lease expires."""
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                self._freed.clear()
+                try:
+                    claimed, _ = await self._claim()
+                except StoreUnavailable as exc:
+                    log.error("event=dispatch_store_error error=%s", str(exc))
+                    claimed = 0
+                if not claimed:
+                    await self._idle(stop)
+        finally:
+            await self._drain()
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Wait for new events, a freed slot, ``stop`` or the poll interval."""
+        signals = (self._wake, self._freed, stop)
+        waiters = [asyncio.ensure_future(signal.wait()) for signal in signals]
+        try:
             await asyncio.wait(
                 waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
             )
+        finally:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _process(self, job: Job) -> Outcome:
+    async def _drain(self) -> None:
+        if not self._in_flight:
+            return
+        log.info("event=dispatch_draining in_flight=%d", len(self._in_flight))
+        _, pending = await asyncio.wait(set(self._in_flight), timeout=self.drain_timeout)
+        if not pending:
+            log.info("event=dispatch_drained")
+            return
+        log.warning(
+            "event=drain_timeout in_flight=%d drain_timeout_s=%g"
+            " note='left claimed: retried when their lease expires'",
+            len(pending),
+            self.drain_timeout,
+        )
+        for task in pending:
+            task.cancel()
+
+    async def _claim(self) -> tuple[int, list[asyncio.Task[None]]]:
+        """Claim what the free slots allow and start a task for each event.  The
+        inbox records the events no handler wants as done in the same write (most
+        events, when the receiver runs in another process): they need no slot."""
+        limit = min(self.batch_size, self._free_slots())
+        if limit <= 0:
+            return 0, []
+        skipped = 0
+
+        def wanted(object_type: str, metric: str, backfilled: bool) -> bool:
+            nonlocal skipped
+            if self.router.match(object_type, metric, backfilled=backfilled):
+                return True
+            skipped += 1
+            return False
+
+        jobs = await self.inbox.claim(
+            now=self.clock(), limit=limit, lease=self.lease, wanted=wanted
+        )
+        idle: list[Outcome] = []
+        started: list[asyncio.Task[None]] = []
+        for job in jobs:
+            if self.router.match(job.object_type, job.metric, backfilled=job.backfilled):
+                started.append(self._start(job))
+            else:  # the router changed since the claim: nothing to run
+                idle.append(self._nothing_to_run(job))
+        if idle:
+            await self.inbox.finish(idle, now=self.clock())
+        return len(jobs) + skipped, started
+
+    def _start(self, job: Job) -> asyncio.Task[None]:
+        # An event replayed while it runs is claimed again: its new run waits for
+        # the old one, so that one process never runs one event's handlers twice at once.
+        previous = self._latest.get(job.seq)
+        task = asyncio.create_task(self._handle(job, previous), name=f"event-{job.event_id}")
+        self._latest[job.seq] = task
+        self._in_flight.add(task)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._in_flight.discard(task)
+            if self._latest.get(job.seq) is task:
+                del self._latest[job.seq]
+            self._freed.set()
+
+        task.add_done_callback(finished)
+        return task
+
+    async def _handle(self, job: Job, previous: asyncio.Task[None] | None) -> None:
+        """Process one job and record its outcome; never raises (but may be cancelled)."""
+        if previous is not None:
+            await asyncio.wait([previous])
         try:
-            event = parse_event(job.body, received_at=job.received_at)
+            outcome = await self._process(job)
+            recorded = await self.inbox.finish([outcome], now=self.clock())
+        except StoreUnavailable as exc:
+            log.error("event=dispatch_store_error event_id=%s error=%s", job.event_id, str(exc))
+            return  # still claimed: retried when the lease expires
+        except Exception:
+            log.exception("event=dispatch_failed event_id=%s", job.event_id)
+            return
+        if not recorded:
+            log.info(
+                "event=outcome_superseded event_id=%s"
+                " note='replayed, discarded or claimed again while its handlers ran'",
+                job.event_id,
+            )
+
+    def _nothing_to_run(self, job: Job) -> Outcome:
+        return Outcome(
+            seq=job.seq,
+            state=JobState.DONE,
+            attempts=job.attempts - 1,  # the claim counted an attempt; nothing ran
+            next_attempt_at=self.clock(),
+            last_error=None,
+            token=job.token,
+        )
+
+    async def _process(self, job: Job) -> Outcome:
+        if job.interrupted:
+            log.warning(
+                "event=claim_expired event_id=%s attempts=%d lease_s=%g"
+                " note='the previous attempt did not finish: the process stopped or the"
+                " lease expired'",
+                job.event_id,
+                job.attempts - 1,
+                self.lease,
+            )
+        try:
+            event = parse_event(job.body, received_at=job.received_at, backfilled=job.backfilled)
         except InvalidEvent as exc:  # stored by an older version with looser checks
             return Outcome(
                 seq=job.seq,
                 state=JobState.DEAD,
-                attempts=job.attempts + 1,
+                attempts=job.attempts,
                 next_attempt_at=self.clock(),
                 last_error=str(exc),
+                token=job.token,
             )
         routes = [
             r
-            for r in self.router.match(event.object_type, event.metric)
+            for r in self.router.match(event.object_type, event.metric, backfilled=event.backfilled)
             if r.name not in job.succeeded
         ]
+        if not routes:
+            return self._nothing_to_run(job)
+        if job.attempts > self.retry.max_attempts:
+            # Only claims that never finished get here: every one of them counted.
+            used = job.attempts - 1
+            last_error = (
+                f"gave up after {used} attempts: the last did not finish"
+                " (the process stopped or its lease expired)"
+            )
+            log.warning(
+                "event=dead_letter event_id=%s attempts=%d error=%s",
+                event.event_id,
+                used,
+                last_error,
+            )
+            return Outcome(
+                seq=job.seq,
+                state=JobState.DEAD,
+                attempts=used,
+                next_attempt_at=self.clock(),
+                last_error=last_error,
+                token=job.token,
+            )
         results = tuple([await self._run(route, event) for route in routes])
         failures = [r for r in results if not r.ok]
         now = self.clock()
@@ -155,12 +397,13 @@ class Dispatcher:
             return Outcome(
                 seq=job.seq,
                 state=JobState.DONE,
-                attempts=job.attempts + int(bool(routes)),
+                attempts=job.attempts,
                 next_attempt_at=now,
                 last_error=None,
+                token=job.token,
                 results=results,
             )
-        attempts = job.attempts + 1
+        attempts = job.attempts
         last_error = "; ".join(f"{r.handler}: {r.error}" for r in failures)
         if attempts >= self.retry.max_attempts:
             log.warning(
@@ -175,6 +418,7 @@ class Dispatcher:
                 attempts=attempts,
                 next_attempt_at=now,
                 last_error=last_error,
+                token=job.token,
                 results=results,
             )
         delay = self.retry.delay(attempts, self.rng)
@@ -191,22 +435,78 @@ class Dispatcher:
             attempts=attempts,
             next_attempt_at=now + delay,
             last_error=last_error,
+            token=job.token,
             results=results,
         )
 
     async def _run(self, route: Route, event: Event) -> HandlerResult:
-        async with self._limit:
-            try:
-                if route.is_async:
-                    result = route.handler(event)
-                else:
-                    result = await asyncio.wait_for(
-                        asyncio.to_thread(route.handler, event), self.handler_timeout
-                    )
-                if inspect.isawaitable(result):  # also catches async handlers wrapped oddly
-                    await asyncio.wait_for(result, self.handler_timeout)
-            except TimeoutError:
-                return HandlerResult(route.name, f"timed out after {self.handler_timeout:g}s")
-            except Exception as exc:
-                return HandlerResult(route.name, _describe(exc))
+        try:
+            result: object
+            if route.is_async:
+                result = route.handler(event)
+            else:
+                result = await self._call_in_thread(route, event)
+            if inspect.isawaitable(result):  # also catches async handlers wrapped oddly
+                await self._within_timeout(result)
+        except _TimedOut:
+            log.warning(
+                "event=handler_timeout handler=%s event_id=%s timeout_s=%g stuck_threads=%d",
+                route.name,
+                event.event_id,
+                self.handler_timeout,
+                self._stuck_threads,  # sync handlers still running after their timeout
+            )
+            return HandlerResult(route.name, f"timed out after {self.handler_timeout:g}s")
+        except Exception as exc:
+            # The traceback goes to the log; the short error is the event's last_error.
+            log.error(
+                "event=handler_failed handler=%s event_id=%s error=%s",
+                route.name,
+                event.event_id,
+                _describe(exc),
+                exc_info=exc,
+            )
+            return HandlerResult(route.name, _describe(exc))
         return HandlerResult(route.name)
+
+    async def _within_timeout(self, awaitable: Any) -> Any:
+        deadline = asyncio.timeout(self.handler_timeout)
+        try:
+            async with deadline:
+                return await awaitable
+        except TimeoutError:
+            if deadline.expired():
+                raise _TimedOut from None
+            raise
+
+    async def _call_in_thread(self, route: Route, event: Event) -> object:
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+
+        def call() -> object:
+            loop.call_soon_threadsafe(_resolve, started)
+            return route.handler(event)
+
+        future = self._threads.submit(call)
+        # At once: a slot is only free when a thread is (see _stuck_threads).  The
+        # timeout counts from here, not from the submission.
+        await started
+        try:
+            return await self._within_timeout(asyncio.wrap_future(future))
+        except _TimedOut:
+            self._hold_slot_until_done(future, loop)
+            raise
+
+    def _hold_slot_until_done(self, future: Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        """A timed-out sync handler cannot be stopped: its thread keeps a slot until it returns."""
+        self._stuck_threads += 1
+
+        def release() -> None:
+            self._stuck_threads -= 1
+            self._freed.set()
+
+        def returned(_: Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(release)
+
+        future.add_done_callback(returned)

@@ -13,6 +13,10 @@ matches everything and a bare metric (``bounced``) means ``*.bounced``.  A
 handler is identified by its name (default ``module.qualname``): the dispatcher
 records success per (event, handler name), so a retry re-runs only the handlers
 that failed.  Keep names stable across deploys.
+
+Events that ``reconcile --backfill`` recovered happened long ago and were acted on
+(or deliberately not) back then: a handler sees them only if it asks, with
+``backfilled=True``; policies never do.
 """
 
 from __future__ import annotations
@@ -54,8 +58,11 @@ class Route:
     handler: Handler
     patterns: tuple[tuple[str | None, str | None], ...]
     is_async: bool
+    backfilled: bool = False  # also run for backfilled events (default: never)
 
-    def matches(self, object_type: str, metric: str) -> bool:
+    def matches(self, object_type: str, metric: str, *, backfilled: bool = False) -> bool:
+        if backfilled and not self.backfilled:
+            return False
         return any(
             (o is None or o == object_type) and (m is None or m == metric) for o, m in self.patterns
         )
@@ -66,9 +73,13 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
-        self._cache: dict[tuple[str, str], tuple[Route, ...]] = {}
+        self._cache: dict[tuple[str, str, bool], tuple[Route, ...]] = {}
 
-    def add(self, handler: Handler, *patterns: str, name: str | None = None) -> None:
+    def add(
+        self, handler: Handler, *patterns: str, name: str | None = None, backfilled: bool = False
+    ) -> None:
+        """Run ``handler`` for events matching any of ``patterns``; for backfilled
+        events too only when ``backfilled`` is true."""
         if not patterns:
             raise ConfigError("a handler needs at least one event pattern")
         qualname = getattr(handler, "__qualname__", type(handler).__qualname__)
@@ -82,14 +93,17 @@ class Router:
             # A callable object with ``async def __call__`` is async too.
             is_async=inspect.iscoroutinefunction(handler)
             or inspect.iscoroutinefunction(type(handler).__call__),
+            backfilled=backfilled,
         )
         self._cache.clear()
 
-    def on(self, *patterns: str, name: str | None = None) -> Callable[[H], H]:
+    def on(
+        self, *patterns: str, name: str | None = None, backfilled: bool = False
+    ) -> Callable[[H], H]:
         """Decorator form of ``add``."""
 
         def register(handler: H) -> H:
-            self.add(handler, *patterns, name=name)
+            self.add(handler, *patterns, name=name, backfilled=backfilled)
             return handler
 
         return register
@@ -105,11 +119,19 @@ class Router:
     def routes(self) -> tuple[Route, ...]:
         return tuple(self._routes.values())
 
-    def match(self, object_type: str, metric: str) -> tuple[Route, ...]:
-        key = (object_type, metric)
+    def match(
+        self, object_type: str, metric: str, *, backfilled: bool = False
+    ) -> tuple[Route, ...]:
+        """The routes to run for an event of this kind (a ``backfilled`` one: only
+        those registered with ``backfilled=True``)."""
+        key = (object_type, metric, backfilled)
         found = self._cache.get(key)
         if found is None:
-            found = tuple(r for r in self._routes.values() if r.matches(object_type, metric))
+            found = tuple(
+                r
+                for r in self._routes.values()
+                if r.matches(object_type, metric, backfilled=backfilled)
+            )
             self._cache[key] = found
         return found
 

@@ -17,7 +17,7 @@ State of an event::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -34,7 +34,11 @@ __all__ = [
     "PutResult",
     "Quarantined",
     "StoredEvent",
+    "Wanted",
 ]
+
+#: Whether some handler wants an event of ``(object_type, metric, backfilled)``.
+Wanted = Callable[[str, str, bool], bool]
 
 
 class JobState(StrEnum):
@@ -52,7 +56,14 @@ class PutResult(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A stored event claimed for dispatch.  ``succeeded`` names handlers that already ran ok."""
+    """A stored event claimed for dispatch.
+
+    ``attempts`` counts this claim: a claim is an attempt, so an event whose handler
+    kills the process still runs out of attempts.  ``token`` identifies the claim;
+    ``finish`` records an outcome only while the event still carries it.
+    ``interrupted`` says the previous claim ended without an outcome (the process
+    stopped, or its lease expired).  ``succeeded`` names handlers that already ran ok.
+    """
 
     seq: int
     event_id: str
@@ -61,7 +72,10 @@ class Job:
     body: bytes
     received_at: float
     attempts: int
+    token: str
     succeeded: frozenset[str] = frozenset()
+    backfilled: bool = False
+    interrupted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +97,7 @@ class Outcome:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+    token: str  # the claim's (``Job.token``): no longer held, the outcome is dropped
     results: tuple[HandlerResult, ...] = ()
 
 
@@ -163,20 +178,33 @@ class Inbox(Protocol):
         """Delete quarantined bodies received before the cutoff; returns how many."""
         ...
 
-    async def claim(self, *, now: float, limit: int, lease: float) -> list[Job]:
-        """Take up to ``limit`` due events, hiding them from other claims for ``lease`` s."""
+    async def claim(
+        self, *, now: float, limit: int, lease: float, wanted: Wanted | None = None
+    ) -> list[Job]:
+        """Take up to ``limit`` due events, hiding them from other claims for ``lease`` s.
+
+        Each claim counts one attempt and gives the event a new claim token.  With
+        ``wanted``, the due events it refuses are recorded done in the same write
+        instead of being claimed: they are not returned and do not count toward
+        ``limit`` (one claim looks at a bounded number of due events)."""
         ...
 
-    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
-        """Record handler results and each event's next state."""
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
+        """Record handler results and each event's next state, for each outcome whose
+        claim still holds (the event still carries its token); return how many did.
+        An outcome whose claim was replaced (``requeue``, ``discard``, a new claim
+        after the lease) is dropped whole, handler results included."""
         ...
 
     async def requeue(self, where: EventFilter, *, now: float, rerun: str | None = None) -> int:
         """Make matching events due now.  Handlers that succeeded stay done, except
-        ``rerun``: a handler name, or ``"*"`` for all of them (replay)."""
+        ``rerun``: a handler name, or ``"*"`` for all of them (replay).  Ends any claim
+        on them: an outcome still being computed for one is not recorded."""
         ...
 
-    async def discard(self, where: EventFilter, *, now: float) -> int: ...
+    async def discard(self, where: EventFilter, *, now: float) -> int:
+        """Give up on matching events; ends any claim on them, as ``requeue`` does."""
+        ...
 
     def iter_events(self, where: EventFilter, *, batch: int = 1000) -> AsyncIterator[StoredEvent]:
         """Matching events in ``seq`` (arrival) order."""
