@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -45,6 +46,8 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: Soft and hard open-files limit of the server process (as ``ulimit -n``).
+    open_files: int | None = None
 
     @property
     def url(self) -> str:
@@ -65,6 +68,7 @@ class Server:
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=self._limit_open_files if self.open_files else None,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -76,6 +80,10 @@ class Server:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("server did not start")
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
         assert self.proc is not None
@@ -455,6 +463,25 @@ def test_a_signed_post_succeeds_while_hundreds_of_slowloris_connections_are_open
             sock.close()
         srv.stop()
     assert srv.inbox_ids() == {"during-slowloris"}
+
+
+def test_a_connection_cap_above_the_open_files_limit_is_lowered_to_fit(tmp_path: Path) -> None:
+    # With 1000 connections allowed but only 256 files, accept() failed past ~250
+    # and every new connection, Customer.io's included, was dropped.
+    srv = Server(tmp_path / "data", extra=["--read-timeout", "120"], open_files=256).start()
+    attackers: list[socket.socket] = []
+    try:
+        for _ in range(400):
+            sock = _connect(srv)
+            sock.sendall(HALF_HEAD)
+            attackers.append(sock)
+        assert _signed_post(srv, "past-the-open-files-limit") == 200
+    finally:
+        for sock in attackers:
+            sock.close()
+        _, err = srv.stop()
+    assert "event=max_connections_lowered configured=1000 max_connections=192" in err
+    assert srv.inbox_ids() == {"past-the-open-files-limit"}
 
 
 def _raw_signed_post(sock: socket.socket, event_id: str) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -22,7 +23,14 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from ._exceptions import CioWebhooksError
 
-__all__ = ["ConnectionLimits", "LimitedHttpProtocol", "PortUnavailable", "listen", "protocol_for"]
+__all__ = [
+    "ConnectionLimits",
+    "LimitedHttpProtocol",
+    "PortUnavailable",
+    "fit_open_files",
+    "listen",
+    "protocol_for",
+]
 
 log = logging.getLogger("cio_webhooks.server")
 
@@ -39,6 +47,42 @@ class ConnectionLimits:
     # Open connections.  One more closes the oldest idle one (waiting for a head or kept
     # alive); when none is idle it is answered 503 (Customer.io retries it) and closed.
     max_connections: int = 1000
+
+
+#: File descriptors kept for everything but client connections: the listening socket,
+#: the SQLite files and their WAL/SHM, the Track client's sockets, logs.
+RESERVED_FILES = 64
+
+
+def fit_open_files(limits: ConnectionLimits) -> ConnectionLimits:
+    """``limits`` with a connection cap this process can keep: the soft open-files
+    limit is raised to the hard one when the cap needs it, and the cap is lowered
+    (with a warning) when even that is too few.  Past the open-files limit accept()
+    fails, and every new connection, Customer.io's included, is dropped; under the
+    cap, the oldest idle connection is closed to make room instead."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = limits.max_connections + RESERVED_FILES
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return limits
+    cap = max(1, soft - RESERVED_FILES)
+    log.warning(
+        "event=max_connections_lowered configured=%d max_connections=%d open_files_limit=%d",
+        limits.max_connections,
+        cap,
+        soft,
+    )
+    return ConnectionLimits(
+        max_header_size=limits.max_header_size,
+        read_timeout=limits.read_timeout,
+        max_connections=cap,
+    )
 
 
 class PortUnavailable(CioWebhooksError):

@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._exceptions import CioWebhooksError, ConfigError, InvalidEvent, StoreUnavailable
-from ._server import ConnectionLimits, PortUnavailable, listen, protocol_for
+from ._server import ConnectionLimits, PortUnavailable, fit_open_files, listen, protocol_for
 from ._service import (
     CUSTOMERIO_RETRY_DAYS,
     Settings,
@@ -484,8 +484,12 @@ def serve(
     from ._logging import configure_logging
 
     configure_logging(options["log_level"])
-    limits = ConnectionLimits(
-        max_header_size=max_header_size, read_timeout=read_timeout, max_connections=max_connections
+    limits = fit_open_files(
+        ConnectionLimits(
+            max_header_size=max_header_size,
+            read_timeout=read_timeout,
+            max_connections=max_connections,
+        )
     )
     try:
         # Bound first: a busy port fails before anything is created, and port 0 becomes
