@@ -679,6 +679,7 @@ def test_a_blank_signing_key_setting_is_an_error_not_a_generated_key(
         (["--retry-base", "10", "--retry-max-delay", "5"], "--retry-max-delay 5 is shorter"),
         (["--max-attempts", "0"], "--max-attempts"),
         (["--max-body", "0"], "--max-body"),
+        (["--drain-timeout", "-1"], "--drain-timeout"),
     ],
 )
 def test_out_of_range_service_options_are_errors(

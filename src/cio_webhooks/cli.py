@@ -249,6 +249,15 @@ def service_options(fn: F) -> F:
             help="Longest retry delay in seconds.",
         ),
         click.option(
+            "--drain-timeout",
+            type=click.FloatRange(min=0),
+            default=Settings.drain_timeout,
+            show_default=True,
+            envvar=_env("DRAIN_TIMEOUT"),
+            help="On SIGTERM, seconds in-flight handlers and Track calls get to finish"
+            " before they are cancelled (and retried after their lease).",
+        ),
+        click.option(
             "--dedupe-days",
             # Shorter, and a retry of Customer.io's could be taken for a new event.
             type=click.FloatRange(min=CUSTOMERIO_RETRY_DAYS),
@@ -356,6 +365,7 @@ def _settings(
             max_attempts=o["max_attempts"], base=o["retry_base"], max_delay=o["retry_max_delay"]
         ),
         dedupe_days=o["dedupe_days"],
+        drain_timeout=o["drain_timeout"],
         max_db_bytes=o["max_db_size"],
         policies=o["policies"],
         track_site_id=o["track_site_id"],
