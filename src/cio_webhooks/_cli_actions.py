@@ -16,6 +16,7 @@ import click
 from ._sqlite import connect_readonly
 from .cli import _db, _print_rows, fail, store_options
 from .events import iso
+from .policies import AUDIT_COLUMNS
 
 __all__ = ["actions"]
 
@@ -29,21 +30,6 @@ actions: click.Group = click.Group(
 )
 
 
-#: The audit columns ``actions list`` shows, in order.
-COLUMNS = (
-    "id",
-    "created_at",
-    "event_id",
-    "rule",
-    "person",
-    "action",
-    "request",
-    "status",
-    "detail",
-    "dry_run",
-)
-
-
 def _recent(
     path: Path, *, limit: int, event_id: str | None, status: str | None
 ) -> list[dict[str, Any]]:
@@ -54,10 +40,11 @@ def _recent(
     where = " AND ".join(f"{column} = ?" for column in chosen) or "1"
     with contextlib.closing(connect_readonly(path)) as conn:
         found = conn.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM actions WHERE {where} ORDER BY id DESC LIMIT ?",
+            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM actions WHERE {where}"
+            " ORDER BY id DESC LIMIT ?",
             [*chosen.values(), limit],
         ).fetchall()
-    return [dict(zip(COLUMNS, row, strict=True)) for row in found]
+    return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in found]
 
 
 @actions.command("list")

@@ -187,6 +187,30 @@ def reading_inbox(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[...,
 _RETRY = RetryPolicy()  # its defaults are the options' defaults
 
 
+# The options that decide which handlers are registered: the same for the service
+# (serve, worker) and for the commands that must know its handlers (replay, handlers).
+_handlers_option = click.option(
+    "--handlers",
+    multiple=True,
+    envvar=_env("HANDLERS"),
+    help="module:attr of a cio_webhooks.Router; repeatable.",
+)
+_policies_option = click.option(
+    "--policies",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=_env("POLICIES"),
+    help="TOML policy file. [default: the safe defaults, if Track credentials are set]",
+)
+_track_site_id_option = click.option(
+    "--track-site-id", envvar=_env("TRACK_SITE_ID"), help="Track API site id."
+)
+_track_api_key_option = click.option(
+    "--track-api-key",
+    envvar=_env("TRACK_API_KEY"),
+    help="Track API key (prefer the env var: flags show in ps).",
+)
+
+
 def service_options(fn: F) -> F:
     options = [
         click.option(
@@ -212,12 +236,7 @@ def service_options(fn: F) -> F:
             envvar=_env("MAX_BODY"),
             help="Largest accepted body in bytes (413 above).",
         ),
-        click.option(
-            "--handlers",
-            multiple=True,
-            envvar=_env("HANDLERS"),
-            help="module:attr of a cio_webhooks.Router; repeatable.",
-        ),
+        _handlers_option,
         click.option(
             "--warehouse",
             type=click.Path(dir_okay=False, path_type=Path),
@@ -272,18 +291,9 @@ def service_options(fn: F) -> F:
             envvar=_env("MAX_DB_SIZE"),
             help="Cap the inbox file at this many bytes; past it, answer 503.",
         ),
-        click.option(
-            "--policies",
-            type=click.Path(dir_okay=False, path_type=Path),
-            envvar=_env("POLICIES"),
-            help="TOML policy file. [default: the safe defaults, if Track credentials are set]",
-        ),
-        click.option("--track-site-id", envvar=_env("TRACK_SITE_ID"), help="Track API site id."),
-        click.option(
-            "--track-api-key",
-            envvar=_env("TRACK_API_KEY"),
-            help="Track API key (prefer the env var: flags show in ps).",
-        ),
+        _policies_option,
+        _track_site_id_option,
+        _track_api_key_option,
         click.option(
             "--region",
             type=click.Choice(["us", "eu"], case_sensitive=False),
@@ -976,26 +986,10 @@ def routing_options(fn: F) -> F:
     """The options that decide which handlers are registered, read from the same
     variables as ``serve`` and ``worker``: ``--handlers`` and the policies."""
     options = [
-        click.option(
-            "--handlers",
-            multiple=True,
-            envvar=_env("HANDLERS"),
-            help="module:attr of a cio_webhooks.Router; repeatable (as for serve).",
-        ),
-        click.option(
-            "--policies",
-            type=click.Path(dir_okay=False, path_type=Path),
-            envvar=_env("POLICIES"),
-            help="TOML policy file (as for serve).",
-        ),
-        click.option(
-            "--track-site-id",
-            envvar=_env("TRACK_SITE_ID"),
-            help="Track API site id: with the key and no --policies, the default policies.",
-        ),
-        click.option(
-            "--track-api-key", envvar=_env("TRACK_API_KEY"), help="Track API key (use the env var)."
-        ),
+        _handlers_option,
+        _policies_option,
+        _track_site_id_option,
+        _track_api_key_option,
     ]
     for option in reversed(options):
         fn = option(fn)

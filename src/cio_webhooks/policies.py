@@ -105,6 +105,7 @@ from .handlers import Router, parse_pattern
 
 __all__ = [
     "ACTIONS",
+    "AUDIT_COLUMNS",
     "DEFAULT_RULES",
     "IN_FLIGHT_LEASE",
     "POLICY_HTTP",
@@ -557,6 +558,22 @@ def _window_start(
     return None
 
 
+#: The columns of an audit row (``actions``), in the order ``recent`` and
+#: ``cio-webhooks actions list`` give them.
+AUDIT_COLUMNS = (
+    "id",
+    "created_at",
+    "event_id",
+    "rule",
+    "person",
+    "action",
+    "request",
+    "status",
+    "detail",
+    "dry_run",
+)
+
+
 class ActionLog:
     """The audit table, the decisions (idempotency record) and the threshold hits,
     in one SQLite file that several processes may share.
@@ -785,24 +802,11 @@ class ActionLog:
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = await self.call(
             lambda c: c.execute(
-                "SELECT id, created_at, event_id, rule, person, action, request, status, detail,"
-                f" dry_run FROM actions {where} ORDER BY id DESC LIMIT ?",
+                f"SELECT {', '.join(AUDIT_COLUMNS)} FROM actions {where} ORDER BY id DESC LIMIT ?",
                 [*params, limit],
             ).fetchall()
         )
-        keys = (
-            "id",
-            "created_at",
-            "event_id",
-            "rule",
-            "person",
-            "action",
-            "request",
-            "status",
-            "detail",
-            "dry_run",
-        )
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]
 
     async def close(self) -> None:
         with self._lock:
