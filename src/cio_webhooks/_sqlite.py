@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS events (
     last_error      TEXT,
     updated_at      REAL NOT NULL,
     backfilled      INTEGER NOT NULL DEFAULT 0,
-    claim_token     TEXT -- the dispatcher's claim on the event; NULL when none is held
+    claim_token     TEXT, -- the dispatcher's claim on the event; NULL when none is held
+    only_handler    TEXT  -- set by `replay --handler`: the one handler to run
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
     WHERE state IN ('pending', 'retrying');
@@ -82,9 +83,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
     WHERE event_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-PRAGMA user_version = 5;
+PRAGMA user_version = 6;
 """
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: What turns a file of version N into N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
@@ -98,6 +99,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
 """,
     # Claim tokens: an outcome is recorded only while its claim holds.
     4: "ALTER TABLE events ADD COLUMN claim_token TEXT;",
+    # `replay --handler NAME` runs that handler alone, not every handler still due.
+    5: "ALTER TABLE events ADD COLUMN only_handler TEXT;",
 }
 
 
@@ -538,7 +541,7 @@ class SQLiteInbox:
             # One writer, so nothing comes between these reads and the updates below.
             rows = conn.execute(
                 "SELECT seq, event_id, object_type, metric, received_at, attempts, backfilled,"
-                " claim_token IS NOT NULL FROM events"
+                " claim_token IS NOT NULL, only_handler FROM events"
                 " WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at LIMIT ?",
                 (now, scan),
@@ -590,6 +593,7 @@ class SQLiteInbox:
                     succeeded=frozenset(done.get(r[0], ())),
                     backfilled=bool(r[6]),
                     interrupted=bool(r[7]),
+                    only=r[8],
                 )
                 for r in claimed
             ]
@@ -639,15 +643,17 @@ class SQLiteInbox:
             lambda c: [seq for (seq,) in c.execute(f"SELECT seq FROM events WHERE {sql}", params)]
         )
 
+        only = rerun if rerun not in (None, "*") else None
+
         def requeue_chunk(chunk: list[int]) -> Callable[[sqlite3.Connection], None]:
             marks = ",".join("?" * len(chunk))
 
             def run(conn: sqlite3.Connection) -> None:
                 conn.execute(
                     "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                    " last_error = NULL, updated_at = ?, claim_token = NULL"
+                    " last_error = NULL, updated_at = ?, claim_token = NULL, only_handler = ?"
                     f" WHERE seq IN ({marks})",
-                    [now, now, *chunk],
+                    [now, now, only, *chunk],
                 )
                 if rerun == "*":
                     conn.execute(f"DELETE FROM handler_runs WHERE seq IN ({marks})", chunk)
