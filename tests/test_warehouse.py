@@ -194,12 +194,14 @@ async def test_a_reader_finds_every_received_metric_of_the_deliveries_asked_for(
     await warehouse.load()
     await warehouse.close()
     before = (tmp_path / "warehouse.db").read_bytes()
+    files = {p.name for p in tmp_path.iterdir()}
 
     reader = SQLiteWarehouse.reader(tmp_path / "warehouse.db")
     found = await reader.delivery_metrics(["d1", "d2", "never"])
     await reader.close()
     assert found == {("d1", "sent"), ("d1", "delivered"), ("d2", "opened")}
     assert (tmp_path / "warehouse.db").read_bytes() == before
+    assert {p.name for p in tmp_path.iterdir()} == files  # no -wal or -shm left behind
 
 
 async def test_a_reader_of_a_warehouse_never_loaded_finds_nothing(tmp_path: Path) -> None:

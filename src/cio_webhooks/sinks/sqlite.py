@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .._exceptions import StoreUnavailable
+from .._sqlite import connect_readonly
 from ..events import NORMALISED_FIELDS, Event, iso, normalise
 
 __all__ = ["SQLiteWarehouse"]
@@ -148,11 +149,8 @@ class SQLiteWarehouse:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None and self.read_only:
-            # as_uri() percent-encodes, so a path with ? # or % cannot leak into the query.
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=10000")  # the loader may be committing
-            self._conn = conn
+            # Creates no file, not even a -wal or -shm beside it (see connect_readonly).
+            self._conn = connect_readonly(self.path)
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
