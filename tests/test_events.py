@@ -272,3 +272,25 @@ def test_invalid_utf8_with_an_odd_field_type_is_still_an_event() -> None:
     body = b'{"event_id":"e1","metric":"sent","data":{"delivery_id":5,"subject":"\xff"}}'
     event = parse_event(body)
     assert (event.data.delivery_id, event.data.subject) == ("5", "\ufffd")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event_id":"\\u00ff\xffSFX","metric":"opened"}',  # invalid byte after a valid char
+        b'{"event_id":"\xfeSFX","metric":"clicked","data":{"delivery_id":1}}',  # slow path too
+    ],
+)
+def test_an_event_id_that_is_not_valid_utf8_is_not_an_event_id(body: bytes) -> None:
+    # Read with U+FFFD, "\xffSFX" and "\xfeSFX" would be one id: a different event
+    # would be answered "duplicate" and dropped.
+    with pytest.raises(InvalidEvent, match="event_id is not valid UTF-8") as caught:
+        parse_event(body)
+    assert caught.value.event_id is None
+
+
+def test_an_event_id_is_kept_exactly_as_sent() -> None:
+    padded = parse_event(b'{"event_id":" 12345 ","metric":"sent"}')
+    assert padded.event_id == " 12345 "  # not the same event as "12345"
+    with pytest.raises(InvalidEvent, match="event_id is empty"):
+        parse_event(b'{"event_id":"   ","metric":"sent"}')

@@ -201,8 +201,9 @@ def _timestamp(value: float | None) -> int | None:
 
 
 def _event_id(value: str | int) -> str:
-    event_id = str(value).strip()
-    if not event_id:
+    # Kept exactly as sent (no trimming): it is the dedupe key, and " 1 " is not "1".
+    event_id = str(value)
+    if not event_id.strip():
         raise InvalidEvent("not a Customer.io event: event_id is empty")
     if len(event_id) > 255:
         raise InvalidEvent("not a Customer.io event: event_id is longer than 255 characters")
@@ -274,19 +275,28 @@ def _envelope(body: bytes) -> _Envelope:
         try:
             return _lenient_envelope(body)
         except UnicodeDecodeError:
-            return _lenient_envelope(_valid_utf8(body))
+            return _replaced_utf8(_lenient_envelope(_valid_utf8(body)))
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"body is not JSON: {exc}") from None
     except UnicodeDecodeError:
         # Invalid or overlong UTF-8 inside a string: read it as U+FFFD; ``raw`` keeps
         # the bytes as sent.
-        return _envelope(_valid_utf8(body))
+        return _replaced_utf8(_envelope(_valid_utf8(body)))
     except RecursionError:
         raise InvalidEvent("body is nested too deeply to read") from None
 
 
 def _valid_utf8(body: bytes) -> bytes:
     return body.decode("utf-8", "replace").encode("utf-8")
+
+
+def _replaced_utf8(env: _Envelope) -> _Envelope:
+    """``env`` read from a body whose invalid UTF-8 became U+FFFD, unless that hit the
+    event_id: two different ids would then read the same, and one event would be
+    taken for a duplicate of the other and dropped."""
+    if "\ufffd" in str(env.event_id):
+        raise InvalidEvent("not a Customer.io event: event_id is not valid UTF-8")
+    return env
 
 
 @dataclass(frozen=True, slots=True)
