@@ -634,7 +634,7 @@ def test_quarantine_show_a_reason_with_brackets(data_dir: Path) -> None:
         )
     code, out, err = invoke("quarantine", "show", "9", "--data-dir", str(data_dir))
     assert (code, out) == (0, "{[}\n")
-    assert "reason='bad [/] body'" in err
+    assert 'reason="bad [/] body"' in err
 
 
 def _blocked_db(tmp_path: Path) -> str:
@@ -680,6 +680,12 @@ def test_a_blank_signing_key_setting_is_an_error_not_a_generated_key(
         (["--max-attempts", "0"], "--max-attempts"),
         (["--max-body", "0"], "--max-body"),
         (["--drain-timeout", "-1"], "--drain-timeout"),
+        # Python reads these as floats, and NaN passes every range check by failing it.
+        (["--retry-base", "nan", "--retry-max-delay", "nan"], "--retry-base"),
+        (["--dedupe-days", "nan"], "--dedupe-days"),
+        (["--tolerance", "inf"], "--tolerance"),
+        (["--drain-timeout", "nan"], "--drain-timeout"),
+        (["--track-rate", "nan"], "--track-rate"),
     ],
 )
 def test_out_of_range_service_options_are_errors(
@@ -752,3 +758,60 @@ def test_python_dash_m_runs_the_command() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("python -m cio_webhooks, version ")
+
+
+@pytest.mark.parametrize("option", ["--read-timeout", "--shutdown-timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-5"])
+def test_serve_refuses_a_time_limit_that_is_not_a_finite_number(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    code, _, err = invoke("serve", "--data-dir", str(tmp_path), "--signing-key", "k", option, value)
+    assert code == 2
+    assert option in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("since", ["nan", "inf", "-inf", "1e3", "+5", "1_000"])
+def test_a_time_argument_is_7d_an_iso_date_or_plain_unix_seconds(
+    data_dir: Path, since: str
+) -> None:
+    code, _, err = invoke("events", "export", "--data-dir", str(data_dir), "--since", since)
+    assert code == 2
+    assert "use 7d, 12h, 30m, an ISO date or unix seconds" in err
+
+
+def test_quarantine_purge_refuses_a_time_of_infinity(data_dir: Path) -> None:
+    code, _, _ = invoke("quarantine", "purge", "--data-dir", str(data_dir), "--before", "inf")
+    assert code == 2
+    code, out, _ = invoke("quarantine", "list", "--data-dir", str(data_dir), "--json")
+    assert (code, len(json.loads(out))) == (0, 1)  # nothing was purged
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("dlq", "list", "--limit", "0"),
+        ("dlq", "list", "--limit", "-1"),
+        ("quarantine", "list", "--limit", "99999999999999999999"),
+        ("quarantine", "show", "99999999999999999999"),
+        ("quarantine", "reingest", "99999999999999999999"),
+    ],
+)
+def test_out_of_range_numbers_are_one_line_errors(data_dir: Path, command: tuple[str, ...]) -> None:
+    code, _, err = invoke(*command, "--data-dir", str(data_dir))
+    assert code == 2
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["show", "retry", "discard"])
+def test_an_event_id_argument_that_is_not_utf8_is_looked_up_not_a_crash(
+    data_dir: Path, command: str
+) -> None:
+    not_utf8 = b"\xff\xfeabc".decode("utf-8", "surrogateescape")  # as Python reads argv
+    code, _, err = invoke("dlq", command, not_utf8, "--data-dir", str(data_dir))
+    assert "Traceback" not in err
+    if command == "show":  # no such event: one line, as for any unknown id
+        assert (code, err.count("\n")) == (2, 1)
+        assert err.startswith("error: no stored event '\ufffd\ufffdabc'")
+    else:
+        assert code == 0

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import re
 import shlex
@@ -33,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._exceptions import CioWebhooksError, ConfigError, InvalidEvent, StoreUnavailable
+from ._logging import quote
 from ._server import ConnectionLimits, PortUnavailable, fit_open_files, listen, protocol_for
 from ._service import (
     CUSTOMERIO_RETRY_DAYS,
@@ -70,16 +72,46 @@ def _env(name: str) -> str:
     return f"CIO_WEBHOOKS_{name}"
 
 
+class FiniteRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and the infinities: Python reads
+    them as floats, and every range check is false for NaN, so ``--retry-base nan``
+    passed and later wrote NULL retry times."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+#: How many rows a listing may ask for (SQLite's integers stop at 2**63 - 1).
+LIMIT = click.IntRange(min=1, max=1_000_000)
+#: A quarantine id.
+QUARANTINE_ID = click.IntRange(min=1, max=2**63 - 1)
+
+
+def _event_id_arguments(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...] | str
+) -> Any:
+    """Event ids as the receiver stores them: argv bytes that are not UTF-8 (Python
+    reads them as surrogates, which SQLite refuses) become U+FFFD."""
+
+    def text(ident: str) -> str:
+        return ident.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+    return text(value) if isinstance(value, str) else tuple(map(text, value))
+
+
 def parse_since(text: str, now: float) -> float:
     """``7d``, ``12h``, ``30m``, ``90s``, an ISO date/time (UTC if naive) or unix seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if m:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
         return now - float(m.group(1)) * unit
-    try:
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):  # unix seconds: not nan, inf, 1e3 or +5
         return float(text)
-    except ValueError:
-        pass
     try:
         stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -222,7 +254,7 @@ def service_options(fn: F) -> F:
         ),
         click.option(
             "--tolerance",
-            type=click.FloatRange(min=0),
+            type=FiniteRange(min=0),
             default=Settings.tolerance,
             show_default=True,
             envvar=_env("TOLERANCE"),
@@ -253,7 +285,7 @@ def service_options(fn: F) -> F:
         ),
         click.option(
             "--retry-base",
-            type=click.FloatRange(min=0, min_open=True),
+            type=FiniteRange(min=0, min_open=True),
             default=_RETRY.base,
             show_default=True,
             envvar=_env("RETRY_BASE"),
@@ -261,7 +293,7 @@ def service_options(fn: F) -> F:
         ),
         click.option(
             "--retry-max-delay",
-            type=click.FloatRange(min=0, min_open=True),
+            type=FiniteRange(min=0, min_open=True),
             default=_RETRY.max_delay,
             show_default=True,
             envvar=_env("RETRY_MAX_DELAY"),
@@ -269,7 +301,7 @@ def service_options(fn: F) -> F:
         ),
         click.option(
             "--drain-timeout",
-            type=click.FloatRange(min=0),
+            type=FiniteRange(min=0),
             default=Settings.drain_timeout,
             show_default=True,
             envvar=_env("DRAIN_TIMEOUT"),
@@ -279,7 +311,7 @@ def service_options(fn: F) -> F:
         click.option(
             "--dedupe-days",
             # Shorter, and a retry of Customer.io's could be taken for a new event.
-            type=click.FloatRange(min=CUSTOMERIO_RETRY_DAYS),
+            type=FiniteRange(min=CUSTOMERIO_RETRY_DAYS),
             default=Settings.dedupe_days,
             show_default=True,
             envvar=_env("DEDUPE_DAYS"),
@@ -305,7 +337,7 @@ def service_options(fn: F) -> F:
         click.option("--track-url", envvar=_env("TRACK_URL"), help="Override the Track API URL."),
         click.option(
             "--track-rate",
-            type=click.FloatRange(min=0, min_open=True),
+            type=FiniteRange(min=0, min_open=True),
             default=Settings.track_rate,
             show_default=True,
             envvar=_env("TRACK_RATE"),
@@ -455,7 +487,7 @@ def main() -> None:
 )
 @click.option(
     "--shutdown-timeout",
-    type=float,
+    type=FiniteRange(min=0),
     default=10.0,
     show_default=True,
     envvar=_env("SHUTDOWN_TIMEOUT"),
@@ -471,7 +503,7 @@ def main() -> None:
 )
 @click.option(
     "--read-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteRange(min=0, min_open=True),
     default=ConnectionLimits.read_timeout,
     show_default=True,
     envvar=_env("READ_TIMEOUT"),
@@ -490,7 +522,7 @@ def serve(
     host: str,
     port: int,
     no_dispatch: bool,
-    shutdown_timeout: int,
+    shutdown_timeout: float,
     max_header_size: int,
     read_timeout: float,
     max_connections: int,
@@ -543,7 +575,7 @@ def serve(
         access_log=False,
         log_config=None,
         log_level="warning",
-        timeout_graceful_shutdown=shutdown_timeout,
+        timeout_graceful_shutdown=math.ceil(shutdown_timeout),
         server_header=False,
     )
     uvicorn.Server(config).run(sockets=[sock])
@@ -804,7 +836,7 @@ def dlq() -> None:
 
 @dlq.command("list")
 @store_options
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=LIMIT, default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reading_inbox
 async def dlq_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
@@ -840,7 +872,7 @@ def _payload(body: bytes) -> dict[str, Any]:
 
 @dlq.command("show")
 @store_options
-@click.argument("event_id")
+@click.argument("event_id", callback=_event_id_arguments)
 @reading_inbox
 async def dlq_show(inbox: SQLiteInbox, event_id: str) -> None:
     """An event with its handler runs, errors and payload (JSON)."""
@@ -855,7 +887,7 @@ def _ids_or_all(event_ids: tuple[str, ...], all_: bool) -> EventFilter:
 
 @dlq.command("retry")
 @store_options
-@click.argument("event_ids", nargs=-1)
+@click.argument("event_ids", nargs=-1, callback=_event_id_arguments)
 @click.option("--all", "all_", is_flag=True, help="Every dead letter.")
 @with_inbox
 async def dlq_retry(inbox: SQLiteInbox, event_ids: tuple[str, ...], all_: bool) -> None:
@@ -866,7 +898,7 @@ async def dlq_retry(inbox: SQLiteInbox, event_ids: tuple[str, ...], all_: bool) 
 
 @dlq.command("discard")
 @store_options
-@click.argument("event_ids", nargs=-1)
+@click.argument("event_ids", nargs=-1, callback=_event_id_arguments)
 @click.option("--all", "all_", is_flag=True, help="Every dead letter.")
 @with_inbox
 async def dlq_discard(inbox: SQLiteInbox, event_ids: tuple[str, ...], all_: bool) -> None:
@@ -883,7 +915,7 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @store_options
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=LIMIT, default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reading_inbox
 async def quarantine_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
@@ -902,7 +934,7 @@ async def quarantine_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None
 
 @quarantine.command("show")
 @store_options
-@click.argument("ident", type=int)
+@click.argument("ident", type=QUARANTINE_ID)
 @reading_inbox
 async def quarantine_show(inbox: SQLiteInbox, ident: int) -> None:
     """The reason and the raw body, exactly as received."""
@@ -911,7 +943,7 @@ async def quarantine_show(inbox: SQLiteInbox, ident: int) -> None:
         raise ConfigError(f"no quarantined body {ident}")
     q = found[0]
     err.print(
-        f"id={q.id} received_at={iso(q.received_at)} reason={q.reason!r}",
+        f"id={q.id} received_at={iso(q.received_at)} reason={quote(q.reason)}",
         highlight=False,
         markup=False,
     )
@@ -939,7 +971,7 @@ async def _quarantined_bodies(
 
 @quarantine.command("reingest")
 @store_options
-@click.argument("idents", nargs=-1, type=int)
+@click.argument("idents", nargs=-1, type=QUARANTINE_ID)
 @click.option("--all", "all_", is_flag=True, help="Every quarantined body except stale ones.")
 @with_inbox
 async def quarantine_reingest(inbox: SQLiteInbox, idents: tuple[int, ...], all_: bool) -> None:
