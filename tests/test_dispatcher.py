@@ -701,28 +701,3 @@ async def test_a_drain_that_times_out_leaves_the_event_claimed_for_a_retry(
         blocking.gate.set()
     [job] = await inbox.claim(now=clock() + d.lease, limit=1, lease=60)
     assert job.interrupted
-
-
-async def test_replay_of_one_handler_runs_that_handler_alone(
-    inbox: SQLiteInbox, clock: FixedClock
-) -> None:
-    marker, notifier = Flaky(), Flaky(failures=100)
-    router = Router()
-    router.add(marker, "email.bounced", name="marker")
-    router.add(notifier, "email.bounced", name="notifier")
-    d = dispatcher(inbox, router, clock)
-    await inbox.put(event("e1"))
-    for _ in range(3):  # marker succeeds once; notifier fails until the event is dead
-        await d.run_once()
-        clock.advance(10_000)
-    assert await state(inbox, "e1") is JobState.DEAD
-    assert (marker.calls["e1"], notifier.calls["e1"]) == (1, 3)
-
-    await inbox.requeue(EventFilter(event_ids=("e1",)), now=clock(), rerun="marker")
-    await d.run_once()
-    assert (marker.calls["e1"], notifier.calls["e1"]) == (2, 3)  # the dead one stays put
-    assert await state(inbox, "e1") is JobState.DONE
-
-    await inbox.requeue(EventFilter(event_ids=("e1",)), now=clock())  # dlq retry: all due
-    await d.run_once()
-    assert notifier.calls["e1"] == 4

@@ -57,8 +57,7 @@ CREATE TABLE IF NOT EXISTS events (
     last_error      TEXT,
     updated_at      REAL NOT NULL,
     backfilled      INTEGER NOT NULL DEFAULT 0,
-    claim_token     TEXT, -- the dispatcher's claim on the event; NULL when none is held
-    only_handler    TEXT  -- set by `replay --handler`: the one handler to run
+    claim_token     TEXT -- the dispatcher's claim on the event; NULL when none is held
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (next_attempt_at)
     WHERE state IN ('pending', 'retrying');
@@ -83,9 +82,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
     WHERE event_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-PRAGMA user_version = 6;
+PRAGMA user_version = 5;
 """
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 5
 #: What turns a file of version N into N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
@@ -99,8 +98,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
 """,
     # Claim tokens: an outcome is recorded only while its claim holds.
     4: "ALTER TABLE events ADD COLUMN claim_token TEXT;",
-    # `replay --handler NAME` runs that handler alone, not every handler still due.
-    5: "ALTER TABLE events ADD COLUMN only_handler TEXT;",
 }
 
 
@@ -541,7 +538,7 @@ class SQLiteInbox:
             # One writer, so nothing comes between these reads and the updates below.
             rows = conn.execute(
                 "SELECT seq, event_id, object_type, metric, received_at, attempts, backfilled,"
-                " claim_token IS NOT NULL, only_handler FROM events"
+                " claim_token IS NOT NULL FROM events"
                 " WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at LIMIT ?",
                 (now, scan),
@@ -593,7 +590,6 @@ class SQLiteInbox:
                     succeeded=frozenset(done.get(r[0], ())),
                     backfilled=bool(r[6]),
                     interrupted=bool(r[7]),
-                    only=r[8],
                 )
                 for r in claimed
             ]
@@ -643,17 +639,15 @@ class SQLiteInbox:
             lambda c: [seq for (seq,) in c.execute(f"SELECT seq FROM events WHERE {sql}", params)]
         )
 
-        only = rerun if rerun not in (None, "*") else None
-
         def requeue_chunk(chunk: list[int]) -> Callable[[sqlite3.Connection], None]:
             marks = ",".join("?" * len(chunk))
 
             def run(conn: sqlite3.Connection) -> None:
                 conn.execute(
                     "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                    " last_error = NULL, updated_at = ?, claim_token = NULL, only_handler = ?"
+                    " last_error = NULL, updated_at = ?, claim_token = NULL"
                     f" WHERE seq IN ({marks})",
-                    [now, now, only, *chunk],
+                    [now, now, *chunk],
                 )
                 if rerun == "*":
                     conn.execute(f"DELETE FROM handler_runs WHERE seq IN ({marks})", chunk)

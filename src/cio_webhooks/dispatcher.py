@@ -365,7 +365,7 @@ class Dispatcher:
         routes = [
             r
             for r in self.router.match(event.object_type, event.metric, backfilled=event.backfilled)
-            if r.name not in job.succeeded and (job.only is None or r.name == job.only)
+            if r.name not in job.succeeded
         ]
         if not routes:
             return self._nothing_to_run(job)

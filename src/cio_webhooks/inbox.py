@@ -63,7 +63,6 @@ class Job:
     ``finish`` records an outcome only while the event still carries it.
     ``interrupted`` says the previous claim ended without an outcome (the process
     stopped, or its lease expired).  ``succeeded`` names handlers that already ran ok.
-    ``only`` names the one handler a ``replay --handler`` asked for: no other runs.
     """
 
     seq: int
@@ -77,7 +76,6 @@ class Job:
     succeeded: frozenset[str] = frozenset()
     backfilled: bool = False
     interrupted: bool = False
-    only: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +198,8 @@ class Inbox(Protocol):
 
     async def requeue(self, where: EventFilter, *, now: float, rerun: str | None = None) -> int:
         """Make matching events due now.  Handlers that succeeded stay done, except
-        ``rerun``: a handler name, or ``"*"`` for all of them (replay).  With a handler
-        name, only that handler runs for these events until they are requeued again
-        (``Job.only``).  Ends any claim on them: an outcome still being computed for
-        one is not recorded."""
+        ``rerun``: a handler name, or ``"*"`` for all of them (replay).  Ends any claim
+        on them: an outcome still being computed for one is not recorded."""
         ...
 
     async def discard(self, where: EventFilter, *, now: float) -> int:
