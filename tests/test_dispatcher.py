@@ -701,3 +701,22 @@ async def test_a_drain_that_times_out_leaves_the_event_claimed_for_a_retry(
         blocking.gate.set()
     [job] = await inbox.claim(now=clock() + d.lease, limit=1, lease=60)
     assert job.interrupted
+
+
+async def test_replay_of_one_handler_never_drops_another_handlers_pending_retry(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    marker, unsubscribe = Flaky(), Flaky(failures=1)  # the unsubscribe fails once
+    router = Router()
+    router.add(marker, "email.bounced", name="marker")
+    router.add(unsubscribe, "email.bounced", name="unsubscribe")
+    d = dispatcher(inbox, router, clock)
+    await inbox.put(event("e1"))
+    await d.run_once()
+    assert await state(inbox, "e1") is JobState.RETRYING
+
+    # `replay --handler marker` while the unsubscribe waits for its retry.
+    await inbox.requeue(EventFilter(event_ids=("e1",)), now=clock(), rerun="marker")
+    await d.run_once()
+    assert (marker.calls["e1"], unsubscribe.calls["e1"]) == (2, 2)  # the retry still ran
+    assert await state(inbox, "e1") is JobState.DONE
