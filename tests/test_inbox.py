@@ -377,3 +377,16 @@ async def test_a_claim_records_events_no_handler_wants_as_done_without_counting_
     later = await inbox.get_event("loud2")
     assert later is not None
     assert (later.state, later.attempts) == (JobState.PENDING, 0)  # beyond the limit: untouched
+
+
+async def test_delivery_metrics_include_events_without_a_usable_time(inbox: SQLiteInbox) -> None:
+    # Stored with occurred_at NULL ("timestamp": "nan"): still received, so reconcile
+    # must not take them for missing and backfill a second copy.
+    for event_id, metric in [("t1", "sent"), ("t2", "opened")]:
+        body = json.dumps({**make_event(event_id, metric=metric), "timestamp": "nan"}).encode()
+        stored = parse_event(body, received_at=NOW)
+        assert stored.timestamp is None
+        await inbox.put(stored)
+    found = await inbox.delivery_metrics(occurred_since=NOW - 86400)
+    assert found == {("dlv-t1", "sent"), ("dlv-t2", "opened")}
+    assert await inbox.delivery_metrics(occurred_since=NOW + 1) == set()

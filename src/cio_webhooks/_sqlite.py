@@ -770,9 +770,12 @@ class SQLiteInbox:
             return {
                 (str(delivery), metric)
                 for delivery, metric in c.execute(
+                    # An event without a usable time (stored with occurred_at NULL) was
+                    # still received: judge it by when it arrived, or reconcile would
+                    # backfill a second copy of it.
                     "SELECT json_extract(body, '$.data.delivery_id'), metric FROM events"
-                    " WHERE occurred_at >= ? AND json_extract(body, '$.data.delivery_id')"
-                    " IS NOT NULL",
+                    " WHERE coalesce(occurred_at, received_at) >= ?"
+                    " AND json_extract(body, '$.data.delivery_id') IS NOT NULL",
                     (occurred_since,),
                 )
             }

@@ -228,7 +228,8 @@ class Inbox(Protocol):
         ...
 
     async def delivery_metrics(self, *, occurred_since: float) -> set[tuple[str, str]]:
-        """``(delivery_id, metric)`` of every stored event that occurred since the cutoff."""
+        """``(delivery_id, metric)`` of every stored event that occurred since the cutoff
+        (one without a usable time: that was received since)."""
         ...
 
     async def prune(self, *, received_before: float) -> int:
