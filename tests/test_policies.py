@@ -796,6 +796,26 @@ async def test_a_refused_key_is_not_written_anywhere(tmp_path: Path, fake: FakeC
             "[[rule]]\non=['*']\naction='identify'\nthreshold={count=0,within_days=1}\n",
             "must be positive",
         ),
+        # A threshold must say exactly what it does: 2.7 or true were read as 2 and 1
+        # (unsubscribe on the first bounce), nan made the rule never fire.
+        (
+            "[[rule]]\non=['*']\naction='identify'\nthreshold={count=2.7,within_days=1}\n",
+            "count must be a whole number",
+        ),
+        (
+            "[[rule]]\non=['*']\naction='identify'\nthreshold={count=true,within_days=1}\n",
+            "count must be a whole number",
+        ),
+        (
+            "[[rule]]\non=['*']\naction='identify'\nthreshold={count=3,within_days=nan}\n",
+            "within_days must be a number",
+        ),
+        (
+            "[[rule]]\non=['*']\naction='identify'\n"
+            "threshold={count=3,within_days=30,per='campaign'}\n",
+            "exactly count and within_days",
+        ),
+        ("[[rule]]\non=['*']\naction='identify'\nthreshold=3\n", "exactly count and within_days"),
         ("[[rule]]\non=['*']\naction='identify'\n" * 2, "two rules are named 'identify@\\*'"),
         ("dryrun = true\n", "unknown key"),
         ("[[rule", "policies"),

@@ -293,13 +293,7 @@ def _rule(raw: Any, index: int) -> Rule:
             raise ConfigError(f"{where}: '{flag}' must be true or false")
     threshold = None
     if "threshold" in raw:
-        t = raw["threshold"]
-        try:
-            threshold = Threshold(count=int(t["count"]), within_days=float(t["within_days"]))
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"{where}: threshold needs count and within_days") from None
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+        threshold = _threshold(raw["threshold"], where)
     if not isinstance(name, str):
         raise ConfigError(f"{where}: 'name' must be a string")
     return Rule(
@@ -312,6 +306,25 @@ def _rule(raw: Any, index: int) -> Rule:
         confirm_deletes_person=raw.get("confirm_deletes_person", False),
         dry_run=raw.get("dry_run", False),
     )
+
+
+def _threshold(raw: Any, where: str) -> Threshold:
+    """A rule's ``threshold`` table, exactly as written: a whole ``count`` (``2.7``
+    or ``true`` would silently become 2 or 1), a finite ``within_days``, no other key."""
+    if not isinstance(raw, dict) or set(raw) != {"count", "within_days"}:
+        raise ConfigError(
+            f"{where}: threshold is a table of exactly count and within_days,"
+            " e.g. { count = 3, within_days = 30 }"
+        )
+    count, days = raw["count"], raw["within_days"]
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise ConfigError(f"{where}: threshold count must be a whole number, not {count!r}")
+    if isinstance(days, bool) or not isinstance(days, int | float) or not math.isfinite(days):
+        raise ConfigError(f"{where}: threshold within_days must be a number, not {days!r}")
+    try:
+        return Threshold(count=count, within_days=float(days))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_policies(path: Path) -> PolicyConfig:
