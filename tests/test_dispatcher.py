@@ -720,3 +720,38 @@ async def test_replay_of_one_handler_never_drops_another_handlers_pending_retry(
     await d.run_once()
     assert (marker.calls["e1"], unsubscribe.calls["e1"]) == (2, 2)  # the retry still ran
     assert await state(inbox, "e1") is JobState.DONE
+
+
+async def test_an_event_whose_handlers_together_outlast_two_timeouts_runs_once(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    # Four handlers of 25 s each: every one within its 30 s timeout, 100 s together.
+    # With a lease of 2 x 30 + 30 s the loop claimed the event again mid-run, ran its
+    # handlers again and dead-lettered a healthy event.
+    calls: Counter[str] = Counter()
+    router = Router()
+    for name in ("a", "b", "c", "d"):
+
+        async def slow(ev: Event, name: str = name) -> None:
+            calls[name] += 1
+            clock.advance(25)
+            await asyncio.sleep(0.1)  # the loop polls for due events meanwhile
+
+        router.add(slow, "email.bounced", name=name)
+    d = dispatcher(inbox, router, clock)
+    await inbox.put(event("e1"))
+    stop = asyncio.Event()
+    running = asyncio.create_task(d.run(stop))
+    for _ in range(3000):  # a hang guard, not a timing assertion
+        if await state(inbox, "e1") in (JobState.DONE, JobState.DEAD):
+            break
+        await asyncio.sleep(0.01)
+    for _ in range(5):  # time for a wrongful second claim to show
+        await asyncio.sleep(0.02)
+    stop.set()
+    await running
+    assert calls == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert await state(inbox, "e1") is JobState.DONE
+    stored = await inbox.get_event("e1")
+    assert stored is not None
+    assert stored.attempts == 1

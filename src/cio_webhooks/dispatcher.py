@@ -153,8 +153,9 @@ class Dispatcher:
     ``clock`` and ``rng`` are injected so tests can drive time and jitter.  At most
     ``concurrency`` events are in flight; each of its handlers gets
     ``handler_timeout`` seconds from when it starts.  ``lease`` is how long a
-    claimed event stays hidden from other claims (default: twice the handler
-    timeout plus 30 s; it must exceed the time all of an event's handlers take).
+    claimed event stays hidden from other claims; it must exceed the time all of an
+    event's handlers take, one after the other, so by default it is the handler
+    timeout times the number of handlers (at least 2), plus 30 s.
     ``drain_timeout`` bounds how long ``run`` waits for the events in flight once
     told to stop.
     """
@@ -182,7 +183,7 @@ class Dispatcher:
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.handler_timeout = handler_timeout
-        self.lease = handler_timeout * 2 + 30 if lease is None else lease
+        self._lease = lease
         self.poll_interval = poll_interval
         self.drain_timeout = drain_timeout
         self._threads = HandlerThreads(concurrency)
@@ -193,6 +194,15 @@ class Dispatcher:
         self._stuck_threads = 0
         self._wake = asyncio.Event()
         self._freed = asyncio.Event()
+
+    @property
+    def lease(self) -> float:
+        """Seconds a claim holds.  An event's handlers run one after another, each
+        within ``handler_timeout``: a lease shorter than all of them together let a
+        healthy event be claimed again mid-run, run twice and be dead-lettered."""
+        if self._lease is not None:
+            return self._lease
+        return self.handler_timeout * max(2, len(self.router.routes)) + 30
 
     def wake(self) -> None:
         """Tell an idle dispatcher that new events were stored."""
