@@ -755,3 +755,54 @@ async def test_an_event_whose_handlers_together_outlast_two_timeouts_runs_once(
     stored = await inbox.get_event("e1")
     assert stored is not None
     assert stored.attempts == 1
+
+
+async def test_a_stuck_sync_handler_takes_one_slot_however_often_it_is_retried(
+    inbox: SQLiteInbox,
+) -> None:
+    # Each retry of a sync handler stuck for ever started another thread of it, each
+    # holding a slot: a few retries took every slot and stopped all processing.
+    release = threading.Event()
+    calls: Counter[str] = Counter()
+    router = Router()
+
+    @router.on("email.bounced", name="stuck")
+    def stuck(ev: Event) -> None:
+        calls[ev.event_id] += 1
+        release.wait(30)
+
+    @router.on("email.delivered", name="fine")
+    def fine(ev: Event) -> None:
+        calls[ev.event_id] += 1
+
+    d = Dispatcher(
+        inbox,
+        router,
+        retry=RetryPolicy(max_attempts=6, base=0.01, max_delay=0.01, jitter=0),
+        concurrency=3,
+        handler_timeout=0.1,
+    )
+    await inbox.put(event("stuck-1", metric="bounced", received_at=time.time()))
+    stop = asyncio.Event()
+    running = asyncio.create_task(d.run(stop))
+    try:
+        for _ in range(3000):  # hang guard: every attempt is used up
+            if await state(inbox, "stuck-1") is JobState.DEAD:
+                break
+            await asyncio.sleep(0.01)
+        await inbox.put(event("fine-1", metric="delivered", received_at=time.time()))
+        d.wake()
+        for _ in range(3000):
+            if await state(inbox, "fine-1") is JobState.DONE:
+                break
+            await asyncio.sleep(0.01)
+        assert await state(inbox, "stuck-1") is JobState.DEAD
+        assert await state(inbox, "fine-1") is JobState.DONE  # a slot was still free
+        assert calls["stuck-1"] == 1  # one thread for it, not one per attempt
+        stored = await inbox.get_event("stuck-1")
+        assert stored is not None
+        assert "still running" in (stored.last_error or "")
+    finally:
+        release.set()
+        stop.set()
+        await running

@@ -90,6 +90,10 @@ class _TimedOut(Exception):
     handler raised itself)."""
 
 
+class _StillRunning(Exception):
+    """A sync handler's call for this event from an earlier attempt has not returned."""
+
+
 class HandlerThreads:
     """A bounded pool of daemon threads for sync handlers.
 
@@ -192,6 +196,7 @@ class Dispatcher:
         # Threads of sync handlers that timed out but are still running: each keeps
         # a slot, so that a sync handler always finds a free thread when it starts.
         self._stuck_threads = 0
+        self._stuck: set[tuple[str, str]] = set()  # (event_id, handler) still running
         self._wake = asyncio.Event()
         self._freed = asyncio.Event()
 
@@ -458,6 +463,12 @@ class Dispatcher:
                 result = await self._call_in_thread(route, event)
             if inspect.isawaitable(result):  # also catches async handlers wrapped oddly
                 await self._within_timeout(result)
+        except _StillRunning:
+            return HandlerResult(
+                route.name,
+                "its call of an earlier attempt is still running (a sync handler cannot be"
+                " interrupted): not started again",
+            )
         except _TimedOut:
             log.warning(
                 "event=handler_timeout handler=%s event_id=%s timeout_s=%g stuck_threads=%d",
@@ -497,6 +508,11 @@ class Dispatcher:
             loop.call_soon_threadsafe(_resolve, started)
             return route.handler(event)
 
+        key = (event.event_id, route.name)
+        if key in self._stuck:
+            # Its earlier call is still running: a second thread for the same call
+            # would take another slot at every retry, until none is left for anyone.
+            raise _StillRunning
         future = self._threads.submit(call)
         # At once: a slot is only free when a thread is (see _stuck_threads).  The
         # timeout counts from here, not from the submission.
@@ -504,15 +520,20 @@ class Dispatcher:
         try:
             return await self._within_timeout(asyncio.wrap_future(future))
         except _TimedOut:
-            self._hold_slot_until_done(future, loop)
+            self._hold_slot_until_done(key, future, loop)
             raise
 
-    def _hold_slot_until_done(self, future: Future[Any], loop: asyncio.AbstractEventLoop) -> None:
-        """A timed-out sync handler cannot be stopped: its thread keeps a slot until it returns."""
+    def _hold_slot_until_done(
+        self, key: tuple[str, str], future: Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """A timed-out sync handler cannot be stopped: its thread keeps a slot until it
+        returns, and the same (event, handler) is not started again meanwhile."""
         self._stuck_threads += 1
+        self._stuck.add(key)
 
         def release() -> None:
             self._stuck_threads -= 1
+            self._stuck.discard(key)
             self._freed.set()
 
         def returned(_: Future[Any]) -> None:
