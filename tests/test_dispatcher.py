@@ -201,9 +201,12 @@ async def test_claimed_but_unfinished_events_are_reclaimed_after_the_lease(
 ) -> None:
     await inbox.put(event("e1"))
     [job] = await inbox.claim(now=clock(), limit=10, lease=90)  # then the worker dies
-    assert await inbox.claim(now=clock() + 89, limit=10, lease=90) == []
-    [again] = await inbox.claim(now=clock() + 91, limit=10, lease=90)
-    assert again.event_id == job.event_id
+    assert await inbox.claim(now=clock() + 89, limit=10, lease=90, interrupted=True) == []
+    # Due again, but only to a claim of interrupted events (the dispatcher runs those
+    # one at a time): a plain claim leaves it.
+    assert await inbox.claim(now=clock() + 91, limit=10, lease=90) == []
+    [again] = await inbox.claim(now=clock() + 91, limit=10, lease=90, interrupted=True)
+    assert (again.event_id, again.interrupted) == (job.event_id, True)
 
 
 async def test_slow_handler_times_out_and_is_retried(inbox: SQLiteInbox, clock: FixedClock) -> None:
@@ -364,6 +367,61 @@ async def test_a_handler_that_kills_the_process_is_dead_lettered_after_max_attem
     assert (stored.state, stored.attempts) == (JobState.DEAD, 3)
     assert stored.last_error is not None
     assert "did not finish" in stored.last_error
+
+
+CRASH_AMONG_HEALTHY_WORKER = """
+import asyncio, os, sys
+from cio_webhooks import Dispatcher, JobState, RetryPolicy, Router, SQLiteInbox
+
+def crash(event):
+    os._exit(3)  # kills the process while the healthy events beside it are in flight
+
+async def healthy(event):
+    await asyncio.sleep(0.5)
+
+async def main():
+    router = Router()
+    router.add(crash, "email.dropped", name="crash")
+    router.add(healthy, "email.delivered", name="healthy")
+    async with SQLiteInbox(sys.argv[1]) as inbox:
+        dispatcher = Dispatcher(inbox, router, retry=RetryPolicy(max_attempts=3), lease=0.2)
+        for _ in range(600):
+            await dispatcher.run_once()
+            states = (await inbox.stats())["states"]
+            if not states["pending"] and not states["retrying"]:
+                return
+            await asyncio.sleep(0.05)
+    sys.exit(2)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_crashing_handler_does_not_use_up_the_attempts_of_the_events_beside_it(
+    tmp_path: Path,
+) -> None:
+    # Claimed together, the healthy events were in flight at every crash: each crash
+    # cost them an attempt too, and they were dead-lettered with the crashing one.
+    db = tmp_path / "inbox.db"
+    async with SQLiteInbox(db) as inbox:
+        await inbox.put(event("killer", metric="dropped"))
+        for i in range(3):
+            await inbox.put(event(f"healthy{i}", metric="delivered"))
+    exits = []
+    for _ in range(8):  # a worker restarted after every crash, as systemd would
+        proc = subprocess.run(
+            [sys.executable, "-c", CRASH_AMONG_HEALTHY_WORKER, str(db)],
+            capture_output=True,
+            timeout=120,
+        )
+        exits.append(proc.returncode)
+        if proc.returncode != 3:
+            break
+    assert exits[-1] == 0, proc.stderr.decode()
+    async with SQLiteInbox(db) as inbox:
+        assert await state(inbox, "killer") is JobState.DEAD
+        for i in range(3):
+            assert await state(inbox, f"healthy{i}") is JobState.DONE
 
 
 async def test_a_replay_made_while_handlers_run_is_not_overwritten(
@@ -699,7 +757,7 @@ async def test_a_drain_that_times_out_leaves_the_event_claimed_for_a_retry(
         assert stored.next_attempt_at == clock() + d.lease
     finally:
         blocking.gate.set()
-    [job] = await inbox.claim(now=clock() + d.lease, limit=1, lease=60)
+    [job] = await inbox.claim(now=clock() + d.lease, limit=1, lease=60, interrupted=True)
     assert job.interrupted
 
 

@@ -305,7 +305,7 @@ async def test_a_claim_counts_an_attempt_and_says_when_the_previous_one_never_fi
     assert stored is not None
     assert stored.attempts == 1  # counted before any handler runs: a crash cannot undo it
     # The process died: nothing was finished, and the lease expires.
-    [second] = await inbox.claim(now=NOW + 61, limit=1, lease=60)
+    [second] = await inbox.claim(now=NOW + 61, limit=1, lease=60, interrupted=True)
     assert (second.attempts, second.interrupted) == (2, True)
     assert second.token != first.token
 
@@ -348,7 +348,7 @@ async def test_an_outcome_after_the_lease_expired_and_another_claim_is_dropped(
 ) -> None:
     await inbox.put(ev("a"))
     [stale] = await inbox.claim(now=NOW, limit=1, lease=60)
-    [current] = await inbox.claim(now=NOW + 61, limit=1, lease=60)
+    [current] = await inbox.claim(now=NOW + 61, limit=1, lease=60, interrupted=True)
     assert await inbox.finish([done(stale)], now=NOW + 62) == 0
     stored = await inbox.get_event("a")
     assert stored is not None

@@ -425,14 +425,15 @@ class SQLiteInbox:
         self._opened = True
 
     async def close(self) -> None:
-        """Commit everything queued, then stop the writer."""
+        """Commit everything queued, then stop the writer and close the readers."""
         if not self.readonly:
             await asyncio.to_thread(self._writer.stop)
-            return
-        # Closed, a read-only connection removes the side files it made (connect_readonly).
+        # The last connection to close removes the -wal and -shm files (and a read-only
+        # one the side files it made, see connect_readonly); a reader left open kept them.
         for conn in self._readers:
             conn.close()
         self._readers.clear()
+        self._local = threading.local()
 
     async def __aenter__(self) -> SQLiteInbox:
         await self.open()
@@ -451,6 +452,7 @@ class SQLiteInbox:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout=10000")
                 conn.execute("PRAGMA query_only=1")
+                self._readers.append(conn)
             self._local.conn = conn
         return conn
 
@@ -529,10 +531,17 @@ class SQLiteInbox:
 
     # -- dispatcher --------------------------------------------------------------------
     async def claim(
-        self, *, now: float, limit: int, lease: float, wanted: Wanted | None = None
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease: float,
+        wanted: Wanted | None = None,
+        interrupted: bool = False,
     ) -> list[Job]:
         token = secrets.token_hex(8)
         scan = limit if wanted is None else max(limit, CLAIM_SCAN)
+        held = "IS NOT NULL" if interrupted else "IS NULL"
 
         def take(conn: sqlite3.Connection) -> list[Job]:
             # One writer, so nothing comes between these reads and the updates below.
@@ -540,7 +549,7 @@ class SQLiteInbox:
                 "SELECT seq, event_id, object_type, metric, received_at, attempts, backfilled,"
                 " claim_token IS NOT NULL FROM events"
                 " WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at LIMIT ?",
+                f" AND claim_token {held} ORDER BY next_attempt_at LIMIT ?",
                 (now, scan),
             ).fetchall()
             claimed: list[Any] = []
@@ -595,6 +604,18 @@ class SQLiteInbox:
             ]
 
         return await self._writer.submit(take, isolated=True)
+
+    async def interrupted_due(self, *, now: float) -> bool:
+        def run(c: sqlite3.Connection) -> bool:
+            return bool(
+                c.execute(
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE state IN ('pending', 'retrying')"
+                    " AND next_attempt_at <= ? AND claim_token IS NOT NULL)",
+                    (now,),
+                ).fetchone()[0]
+            )
+
+        return await self._read(run)
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
         def record(conn: sqlite3.Connection) -> int:

@@ -197,6 +197,9 @@ class Dispatcher:
         # a slot, so that a sync handler always finds a free thread when it starts.
         self._stuck_threads = 0
         self._stuck: set[tuple[str, str]] = set()  # (event_id, handler) still running
+        self._alone: asyncio.Task[None] | None = None  # an interrupted event, run alone
+        self._suspects = False  # interrupted events are due (see _claim)
+        self._next_suspect_check = 0.0
         self._wake = asyncio.Event()
         self._freed = asyncio.Event()
 
@@ -282,10 +285,37 @@ class Dispatcher:
     async def _claim(self) -> tuple[int, list[asyncio.Task[None]]]:
         """Claim what the free slots allow and start a task for each event.  The
         inbox records the events no handler wants as done in the same write (most
-        events, when the receiver runs in another process): they need no slot."""
+        events, when the receiver runs in another process): they need no slot.
+
+        An event whose last claim never finished may be the one whose handler killed
+        the process: it runs alone, with nothing else in flight, so that a crash it
+        causes again costs an attempt to it and not to the events beside it."""
+        if self._alone is not None and not self._alone.done():
+            return 0, []
+        if await self._interrupted_due():
+            if self._in_flight:
+                return 0, []  # let them finish; run() waits for a freed slot
+            claimed, started = await self._claim_some(limit=1, interrupted=True)
+            if claimed:
+                self._alone = started[0] if started else None
+                return claimed, started
+            self._suspects = False
         limit = min(self.batch_size, self._free_slots())
         if limit <= 0:
             return 0, []
+        return await self._claim_some(limit=limit, interrupted=False)
+
+    async def _interrupted_due(self) -> bool:
+        """Whether interrupted events are due, read at most once a second."""
+        now = time.monotonic()
+        if now >= self._next_suspect_check:
+            self._next_suspect_check = now + 1.0
+            self._suspects = await self.inbox.interrupted_due(now=self.clock())
+        return self._suspects
+
+    async def _claim_some(
+        self, *, limit: int, interrupted: bool
+    ) -> tuple[int, list[asyncio.Task[None]]]:
         skipped = 0
 
         def wanted(object_type: str, metric: str, backfilled: bool) -> bool:
@@ -296,7 +326,7 @@ class Dispatcher:
             return False
 
         jobs = await self.inbox.claim(
-            now=self.clock(), limit=limit, lease=self.lease, wanted=wanted
+            now=self.clock(), limit=limit, lease=self.lease, wanted=wanted, interrupted=interrupted
         )
         idle: list[Outcome] = []
         started: list[asyncio.Task[None]] = []

@@ -179,14 +179,28 @@ class Inbox(Protocol):
         ...
 
     async def claim(
-        self, *, now: float, limit: int, lease: float, wanted: Wanted | None = None
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease: float,
+        wanted: Wanted | None = None,
+        interrupted: bool = False,
     ) -> list[Job]:
         """Take up to ``limit`` due events, hiding them from other claims for ``lease`` s.
 
         Each claim counts one attempt and gives the event a new claim token.  With
         ``wanted``, the due events it refuses are recorded done in the same write
         instead of being claimed: they are not returned and do not count toward
-        ``limit`` (one claim looks at a bounded number of due events)."""
+        ``limit`` (one claim looks at a bounded number of due events).
+
+        Only events whose last claim ended (or that were never claimed) are taken,
+        unless ``interrupted``: then only events whose last claim never finished (its
+        process died, or its lease ran out), which the dispatcher runs one at a time."""
+        ...
+
+    async def interrupted_due(self, *, now: float) -> bool:
+        """True if a due event's last claim never finished (see ``claim``)."""
         ...
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
