@@ -864,3 +864,26 @@ async def test_a_stuck_sync_handler_takes_one_slot_however_often_it_is_retried(
         release.set()
         stop.set()
         await running
+
+
+class RateLimited(Exception):
+    """Like the Customer.io clients' errors: it carries the server's Retry-After."""
+
+    retry_after = 120.0
+
+
+async def test_a_retry_waits_as_long_as_the_server_asked(
+    inbox: SQLiteInbox, clock: FixedClock
+) -> None:
+    router = Router()
+
+    @router.on("*", name="limited")
+    async def limited(ev: Event) -> None:
+        raise RateLimited("429 Too Many Requests")
+
+    await inbox.put(event("e1"))
+    await dispatcher(inbox, router, clock).run_once()  # backoff alone: about 10 s
+    stored = await inbox.get_event("e1")
+    assert stored is not None
+    assert stored.state is JobState.RETRYING
+    assert stored.next_attempt_at == clock() + 120

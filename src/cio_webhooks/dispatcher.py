@@ -146,6 +146,19 @@ class HandlerThreads:
             self._idle.release()
 
 
+#: The longest ``Retry-After`` the dispatcher honours: a day.
+MAX_RETRY_AFTER = 86400.0
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """The wait a handler's error carries as ``retry_after`` (as the Customer.io
+    clients' errors do), when it is a sane number of seconds."""
+    value = getattr(exc, "retry_after", None)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return min(float(value), MAX_RETRY_AFTER)  # inf becomes a day; nan fails the test
+    return None
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -467,6 +480,10 @@ class Dispatcher:
                 results=results,
             )
         delay = self.retry.delay(attempts, self.rng)
+        # A server that said when to come back (429 + Retry-After) is not asked sooner:
+        # retrying earlier only spends the event's attempts.
+        asked = [r.retry_after for r in failures if r.retry_after is not None]
+        delay = max([delay, *asked])
         log.info(
             "event=handler_retry event_id=%s attempts=%d delay_s=%.1f error=%s",
             event.event_id,
@@ -517,7 +534,7 @@ class Dispatcher:
                 _describe(exc),
                 exc_info=exc,
             )
-            return HandlerResult(route.name, _describe(exc))
+            return HandlerResult(route.name, _describe(exc), retry_after=_retry_after(exc))
         return HandlerResult(route.name)
 
     async def _within_timeout(self, awaitable: Any) -> Any:

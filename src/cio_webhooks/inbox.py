@@ -82,6 +82,8 @@ class Job:
 class HandlerResult:
     handler: str
     error: str | None = None  # None means the handler succeeded
+    #: Seconds the failed call's server asked to wait (``Retry-After``), if it said.
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:
