@@ -534,7 +534,7 @@ async def test_a_person_known_only_by_cio_id_or_email(defaults: Pipeline) -> Non
         await defaults.post(event)
     await defaults.drain()
     assert sorted(c.raw_path for c in defaults.fake.calls()) == [
-        "/api/v1/customers/ada%2Bx@example.com",
+        "/api/v1/customers/ada%2Bx%40example.com",
         "/api/v1/customers/cio_a1b2",
     ]
 

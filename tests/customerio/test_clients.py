@@ -181,9 +181,13 @@ async def test_an_event_id_makes_a_repeated_track_count_once(
     ("person", "segment"),
     [
         ("42", "42"),
-        ("ada+news@example.com", "ada%2Bnews@example.com"),
+        ("ada+news@example.com", "ada%2Bnews%40example.com"),
         ("cio_d9c106000001", "cio_d9c106000001"),
         ("a/b c", "a%2Fb%20c"),
+        # Dot segments: as they were, URLs resolved them away ("PUT /api/v1/").
+        ("..", "%2E%2E"),
+        (".", "%2E"),
+        ("a.b", "a.b"),
     ],
 )
 async def test_identifiers_are_one_escaped_path_segment(

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Unpack
-from urllib.parse import quote
 
-from ._http import HttpClient, HttpOptions
+from ._http import HttpClient, HttpOptions, path_segment
 
 __all__ = ["APP_URLS", "METRIC_KINDS", "AppClient"]
 
@@ -29,11 +28,6 @@ METRIC_KINDS: Mapping[str, str] = {
 MAX_PAGE = 1000  # the largest ``limit`` /messages accepts
 
 Series = dict[str, list[int]]
-
-
-def _segment(ident: int | str) -> str:
-    """An id as one path segment, escaped."""
-    return quote(str(ident), safe="")
 
 
 class AppClient:
@@ -89,7 +83,7 @@ class AppClient:
         """
         if kind not in METRIC_KINDS:
             raise ValueError(f"kind must be one of {', '.join(METRIC_KINDS)}")
-        return await self._series(f"/{METRIC_KINDS[kind]}/{_segment(ident)}/metrics", params)
+        return await self._series(f"/{METRIC_KINDS[kind]}/{path_segment(ident)}/metrics", params)
 
     async def campaign_metrics(self, campaign_id: int | str, **params: str | int) -> Series:
         """``GET /campaigns/{id}/metrics``; see ``metrics``."""
@@ -99,7 +93,7 @@ class AppClient:
         self, campaign_id: int | str, action_id: int | str, **params: str | int
     ) -> Series:
         """``GET /campaigns/{id}/actions/{action_id}/metrics``: one message of a campaign."""
-        path = f"/campaigns/{_segment(campaign_id)}/actions/{_segment(action_id)}/metrics"
+        path = f"/campaigns/{path_segment(campaign_id)}/actions/{path_segment(action_id)}/metrics"
         return await self._series(path, params)
 
     async def broadcast_metrics(self, broadcast_id: int | str, **params: str | int) -> Series:
@@ -151,7 +145,7 @@ class AppClient:
 
     async def message(self, message_id: str) -> dict[str, Any]:
         """One delivery (``GET /messages/{id}``); ``CustomerIONotFound`` when unknown."""
-        body = await self.http.request("GET", f"/messages/{_segment(message_id)}")
+        body = await self.http.request("GET", f"/messages/{path_segment(message_id)}")
         message: dict[str, Any] = body["message"]
         return message
 

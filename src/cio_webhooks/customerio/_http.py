@@ -28,8 +28,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypedDict
+from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from ._errors import (
     CustomerIOAuthError,
@@ -40,7 +42,7 @@ from ._errors import (
     CustomerIOServerError,
 )
 
-__all__ = ["HttpClient", "HttpOptions", "RateLimiter", "retry_after"]
+__all__ = ["HttpClient", "HttpOptions", "RateLimiter", "path_segment", "retry_after"]
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -94,6 +96,16 @@ class RateLimiter:
                 await self.sleep(self._next - now)
                 now = self._next
             self._next = now + self.interval
+
+
+def path_segment(value: int | str) -> str:
+    """``value`` as one escaped URL path segment (``/``, ``@``, ``+``, spaces ...).  The
+    request URL is sent as built, so ``.`` and ``..`` are escaped too: as they are,
+    URLs resolve them away, and a person named ``..`` became ``PUT /api/v1/``."""
+    segment = quote(str(value), safe="")
+    if not segment.strip("."):
+        segment = segment.replace(".", "%2E")
+    return segment
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -206,7 +218,9 @@ class HttpClient:
         """Send one request, retrying what can be retried; return the decoded JSON
         answer (None for an empty one).  Raises a ``CustomerIOError`` subclass."""
         session = self._open()
-        url = self.base_url + path
+        # Sent as built: the path's segments are escaped (path_segment), and a URL
+        # parsed again would resolve dot segments and unescape what we escaped.
+        url = URL(self.base_url + path, encoded=True)
         what = f"{method} {path}"
         started = self.clock()
         attempt = 0

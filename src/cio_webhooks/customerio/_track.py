@@ -27,9 +27,8 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from typing import Any, Unpack
-from urllib.parse import quote
 
-from ._http import HttpClient, HttpOptions
+from ._http import HttpClient, HttpOptions, path_segment
 
 __all__ = ["TRACK_URLS", "TrackClient", "person_path"]
 
@@ -45,7 +44,7 @@ def person_path(person: str) -> str:
     path segment (``/``, spaces, ``@``, ``+`` ... included)."""
     if not person:
         raise ValueError("a person identifier is required")
-    return "/customers/" + quote(person, safe="")
+    return "/customers/" + path_segment(person)
 
 
 class TrackClient:
