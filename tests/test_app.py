@@ -470,3 +470,12 @@ async def test_a_body_cut_short_by_the_client_is_not_counted_as_a_forgery(
     assert app.receiver.counters.rejected_signature == 0
     assert app.receiver.counters.incomplete == 1
     assert await inbox.get_event("cut-short") is None
+
+
+async def test_the_webhook_path_with_a_trailing_slash_is_the_webhook(
+    client: httpx2.AsyncClient, inbox: SQLiteInbox
+) -> None:
+    body, headers = signed_request(make_event("slash"), key=KEY, timestamp=NOW)
+    answer = await client.post("/webhooks/customerio/", content=body, headers=headers)
+    assert answer.status_code == 200  # not 404: a 4xx stalls Customer.io's stream
+    assert await inbox.get_event("slash") is not None

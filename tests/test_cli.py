@@ -815,3 +815,17 @@ def test_an_event_id_argument_that_is_not_utf8_is_looked_up_not_a_crash(
         assert err.startswith("error: no stored event '\ufffd\ufffdabc'")
     else:
         assert code == 0
+
+
+def test_serve_stopped_by_a_bad_policy_file_leaves_no_empty_store_behind(tmp_path: Path) -> None:
+    # The storage probe created empty inbox/warehouse/actions files; `worker` then took
+    # the empty inbox for one, and `report` called the warehouse "an older version".
+    policies = tmp_path / "bad.toml"
+    policies.write_text('[[rule]]\non = ["x"]\naction = "explode"\n')
+    data = tmp_path / "data"
+    code, _, err = invoke(
+        "serve", "--data-dir", str(data), "--signing-key", "k", "--policies", str(policies)
+    )
+    assert code == 2
+    assert "'action' must be one of" in err
+    assert not data.exists() or list(data.iterdir()) == []

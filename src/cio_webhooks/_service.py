@@ -108,15 +108,24 @@ def actions_path(settings: Settings) -> Path | None:
 
 
 def check_storage(settings: Settings) -> None:
-    """Fail fast, with a sentence, when the data files cannot be created or opened."""
+    """Fail fast, with a sentence, when the data files cannot be created or opened.
+
+    A file the probe had to create is removed again: if the service then stops on
+    another error (a bad policy file), no empty file is left for ``worker``, ``report``
+    or ``actions list`` to mistake for a store."""
     actions = actions_path(settings)
     for path in (settings.db, settings.warehouse, *([actions] if actions else [])):
+        existed = path.exists()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.closing(sqlite3.connect(path)) as conn:
                 conn.execute("PRAGMA schema_version").fetchone()
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open {path}: {_reason(exc)}") from exc
+        finally:
+            if not existed:
+                with contextlib.suppress(OSError):  # never made (a parent is a file, say)
+                    path.unlink()
 
 
 def build_router(specs: tuple[str, ...]) -> Router:

@@ -374,7 +374,9 @@ class WebhookApp:
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path:
+        # With or without a trailing slash: a webhook URL typed with one must not
+        # answer 404 (any 4xx stalls Customer.io's stream).
+        if scope["type"] == "http" and scope["path"].rstrip("/") == self.path:
             await self.receiver(scope, receive, send)
         else:
             await self.site(scope, receive, send)
