@@ -442,6 +442,12 @@ def test_handlers_lists_what_a_setup_registers(hooks: str) -> None:
     assert "key" not in result.stdout
 
 
+def test_a_blank_track_credential_turns_no_policy_on(hooks: str) -> None:
+    env = {"CIO_WEBHOOKS_TRACK_SITE_ID": "site", "CIO_WEBHOOKS_TRACK_API_KEY": "  "}
+    result = CliRunner().invoke(main, ["handlers", "--handlers", hooks, "--json"], env=env)
+    assert [row["name"] for row in json.loads(result.stdout)] == ["mark", "notify"]
+
+
 def test_handlers_with_a_module_that_does_not_load(hooks: str) -> None:
     code, _, err = invoke("handlers", "--handlers", "no_such_module:router")
     assert code == 2

@@ -793,6 +793,10 @@ async def test_a_refused_key_is_not_written_anywhere(tmp_path: Path, fake: FakeC
         ("[[rule]]\non=['*']\naction='identify'\nattributes={a='{nope}'}\n", "unknown field"),
         ("[[rule]]\non=['*']\naction='unsuppress'\nattributes={a=1}\n", "takes no attributes"),
         (
+            "[[rule]]\non=['*']\naction='unsubscribe'\nattributes={unsubscribed=false}\n",
+            "sets unsubscribed itself",
+        ),
+        (
             "[[rule]]\non=['*']\naction='identify'\nthreshold={count=0,within_days=1}\n",
             "must be positive",
         ),

@@ -233,12 +233,20 @@ _policies_option = click.option(
     envvar=_env("POLICIES"),
     help="TOML policy file. [default: the safe defaults, if Track credentials are set]",
 )
+
+
+def _credential(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A blank credential is no credential: a key of " " must not turn live policies on."""
+    return (value or "").strip() or None
+
+
 _track_site_id_option = click.option(
-    "--track-site-id", envvar=_env("TRACK_SITE_ID"), help="Track API site id."
+    "--track-site-id", envvar=_env("TRACK_SITE_ID"), callback=_credential, help="Track API site id."
 )
 _track_api_key_option = click.option(
     "--track-api-key",
     envvar=_env("TRACK_API_KEY"),
+    callback=_credential,
     help="Track API key (prefer the env var: flags show in ps).",
 )
 

@@ -211,6 +211,10 @@ class Rule:
             raise ConfigError(f"{where}: action 'track' needs event_name")
         if self.action in ("suppress", "unsuppress") and self.attributes:
             raise ConfigError(f"{where}: '{self.action}' takes no attributes")
+        if self.action == "unsubscribe" and "unsubscribed" in self.attributes:
+            # It sets unsubscribed = true itself; another value would be sent as true
+            # while the audit row recorded what the file said.
+            raise ConfigError(f"{where}: 'unsubscribe' sets unsubscribed itself")
         unknown = _placeholders(dict(self.attributes)) - set(TEMPLATE_FIELDS)
         if unknown:
             raise ConfigError(
