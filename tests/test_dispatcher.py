@@ -800,10 +800,11 @@ async def test_an_event_whose_handlers_together_outlast_two_timeouts_runs_once(
     await inbox.put(event("e1"))
     stop = asyncio.Event()
     running = asyncio.create_task(d.run(stop))
-    for _ in range(3000):  # a hang guard, not a timing assertion
-        if await state(inbox, "e1") in (JobState.DONE, JobState.DEAD):
-            break
-        await asyncio.sleep(0.01)
+
+    async def settled() -> bool:
+        return await state(inbox, "e1") in (JobState.DONE, JobState.DEAD)
+
+    await eventually(settled, "the event was settled")
     for _ in range(5):  # time for a wrongful second claim to show
         await asyncio.sleep(0.02)
     stop.set()
@@ -844,16 +845,10 @@ async def test_a_stuck_sync_handler_takes_one_slot_however_often_it_is_retried(
     stop = asyncio.Event()
     running = asyncio.create_task(d.run(stop))
     try:
-        for _ in range(3000):  # hang guard: every attempt is used up
-            if await state(inbox, "stuck-1") is JobState.DEAD:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(is_state(inbox, "stuck-1", JobState.DEAD), "every attempt used up")
         await inbox.put(event("fine-1", metric="delivered", received_at=time.time()))
         d.wake()
-        for _ in range(3000):
-            if await state(inbox, "fine-1") is JobState.DONE:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(is_state(inbox, "fine-1", JobState.DONE), "another event ran")
         assert await state(inbox, "stuck-1") is JobState.DEAD
         assert await state(inbox, "fine-1") is JobState.DONE  # a slot was still free
         assert calls["stuck-1"] == 1  # one thread for it, not one per attempt
