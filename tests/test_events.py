@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from cio_webhooks import InvalidEvent, normalise, parse_event
-from cio_webhooks.events import METRICS_BY_OBJECT_TYPE, NORMALISED_FIELDS
+from cio_webhooks.events import MAX_TIMESTAMP, METRICS_BY_OBJECT_TYPE, NORMALISED_FIELDS, iso
 
 from .conftest import sample_files
 
@@ -294,3 +294,14 @@ def test_an_event_id_is_kept_exactly_as_sent() -> None:
     assert padded.event_id == " 12345 "  # not the same event as "12345"
     with pytest.raises(InvalidEvent, match="event_id is empty"):
         parse_event(b'{"event_id":"   ","metric":"sent"}')
+
+
+@pytest.mark.parametrize("ts", [1e30, 2.0**62, -(2.0**62), 253_402_300_800.0, float("nan")])
+def test_iso_is_none_for_a_time_no_iso_date_can_express(ts: float) -> None:
+    # Rows stored by older versions may hold such times: every reader gets null.
+    assert iso(ts) is None
+
+
+def test_iso_keeps_every_time_of_the_years_1_to_9999() -> None:
+    assert iso(MAX_TIMESTAMP) == "9999-12-31T23:59:59.000Z"
+    assert iso(0) == "1970-01-01T00:00:00.000Z"

@@ -704,14 +704,6 @@ def _filter(since: str | None, metric: tuple[str, ...], **more: Any) -> EventFil
     )
 
 
-def _time(ts: float | None) -> str | None:
-    """``iso(ts)``, or None for a time no ISO date can express (1e30, year 10000, NaN)."""
-    try:
-        return iso(ts)
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
 def export_row(stored: StoredEvent) -> dict[str, Any]:
     """The normalised row of a stored event, whatever its body holds.
 
@@ -727,11 +719,11 @@ def export_row(stored: StoredEvent) -> dict[str, Any]:
             event_id=stored.event_id,
             object_type=stored.object_type,
             metric=stored.metric,
-            received_at=_time(stored.received_at),
+            received_at=iso(stored.received_at),
         )
     else:
-        timestamp = event.timestamp if _time(event.timestamp) is not None else None
-        received_at = event.received_at if _time(event.received_at) is not None else None
+        timestamp = event.timestamp if iso(event.timestamp) is not None else None
+        received_at = event.received_at if iso(event.received_at) is not None else None
         row = normalise(dataclasses.replace(event, timestamp=timestamp, received_at=received_at))
     row["backfilled"] = stored.backfilled
     return row
@@ -772,8 +764,8 @@ def _event_row(e: StoredEvent) -> dict[str, Any]:
         "kind": f"{e.object_type}.{e.metric}",
         "state": e.state.value,
         "attempts": e.attempts,
-        "received_at": _time(e.received_at),
-        "next_attempt_at": _time(e.next_attempt_at),
+        "received_at": iso(e.received_at),
+        "next_attempt_at": iso(e.next_attempt_at),
         "last_error": e.last_error,
     }
 

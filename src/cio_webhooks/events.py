@@ -397,10 +397,15 @@ NORMALISED_FIELDS: tuple[str, ...] = (
 
 
 def iso(ts: float | None) -> str | None:
-    """Unix seconds as ISO-8601 UTC (millisecond precision), or None."""
+    """Unix seconds as ISO-8601 UTC (millisecond precision); None for None and for a
+    time no ISO date can express (1e30, past year 9999, NaN: rows stored by older
+    versions may hold them)."""
     if ts is None:
         return None
-    stamp = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    try:
+        stamp = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
