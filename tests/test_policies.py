@@ -1081,3 +1081,28 @@ async def test_policies_refuse_live_rules_without_a_client(tmp_path: Path) -> No
         "policy:repeated-bounces-unsubscribe",
     ]
     await policies.close()
+
+
+async def test_a_call_whose_audit_row_could_not_be_written_is_not_made_again(
+    defaults: Pipeline,
+) -> None:
+    # Customer.io took the unsubscribe, then the audit write failed (a full disk, say):
+    # the retry must record it, not call a second time.
+    [rule] = [r for r in DEFAULT_RULES if r.action == "unsubscribe" and r.threshold is None]
+    event = parse_event(json.dumps(spam("s1")).encode())
+    assert await defaults.log.recent() == []  # the audit file and its tables exist
+    with sqlite3.connect(defaults.log.path) as db:
+        db.execute(
+            "CREATE TRIGGER audit_fails BEFORE INSERT ON actions"
+            " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+        await defaults.policies.apply(rule, event)
+    assert len(unsubscribes(defaults.fake)) == 1
+    with sqlite3.connect(defaults.log.path) as db:
+        db.execute("DROP TRIGGER audit_fails")
+    await defaults.policies.apply(rule, event)  # the dispatcher's retry
+    assert len(unsubscribes(defaults.fake)) == 1
+    assert await defaults.log.decision(rule.name, "s1") == "ok"
+    [row] = await defaults.log.recent()
+    assert (row["event_id"], row["status"]) == ("s1", "ok")

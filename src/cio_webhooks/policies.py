@@ -608,6 +608,9 @@ class ActionLog:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._calling: set[Reservation] = set()  # reserved by this instance, call running
+        # Calls made whose outcome could not be written: the next reserve records them
+        # instead of calling again.
+        self._unrecorded: dict[Reservation, Callable[[sqlite3.Connection], None]] = {}
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None and self.read_only:
@@ -688,6 +691,11 @@ class ActionLog:
         completes a window acts, and a hit seen before never decides again.
         """
         key = Reservation(rule, event_id, dry_run)
+        unrecorded = self._unrecorded.get(key)
+        if unrecorded is not None:  # made, but its outcome was not written: write it now
+            await asyncio.to_thread(self._transaction, unrecorded)
+            del self._unrecorded[key]
+            return Verdict.SETTLED
 
         def run(c: sqlite3.Connection) -> Verdict:
             settled = _SETTLED[dry_run]
@@ -788,7 +796,12 @@ class ActionLog:
                 ),
             )
 
-        await asyncio.to_thread(self._transaction, run)
+        try:
+            await asyncio.to_thread(self._transaction, run)
+        except Exception:
+            if status == "ok":  # Customer.io took it: a retry must record, not call again
+                self._unrecorded[Reservation(rule, event_id, dry_run)] = run
+            raise
         self.release(rule=rule, event_id=event_id, dry_run=dry_run)
 
     def release(self, *, rule: str, event_id: str, dry_run: bool) -> None:
