@@ -50,7 +50,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -66,6 +65,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from cio_webhooks.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from cio_webhooks.testing import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "tests" / "samples"
@@ -499,12 +499,6 @@ def _signed_odd_timestamp(body: bytes, ts: str) -> tuple[bytes, list[tuple[str, 
 
 
 # -- the server --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cio_webhooks() -> list[str]:

@@ -24,7 +24,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -34,18 +33,11 @@ from pathlib import Path
 import aiohttp
 
 from cio_webhooks.customerio.fake import FakeCustomerIO
-from cio_webhooks.testing import make_event, signed_request
+from cio_webhooks.testing import free_port, make_event, signed_request
 
 KEY = "bench-signing-key"
 TRACK_KEY = "bench-track-key"
 BIN = Path(sys.executable).parent / "cio-webhooks"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def states(data: Path) -> collections.Counter[str]:

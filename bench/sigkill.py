@@ -19,27 +19,18 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
 
-from cio_webhooks.testing import make_event, signed_request
+from cio_webhooks.testing import free_port, make_event, signed_request, wait_until_listening
 
 KEY = "bench-sigkill-key-0123456789abcdef"
 BIN = Path(sys.executable).parent / "cio-webhooks"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -50,17 +41,12 @@ def start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode} at start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("server did not start within 30 s")
+    try:
+        wait_until_listening(port, proc)
+    except RuntimeError as exc:
+        proc.kill()
+        raise SystemExit(f"server did not start: {exc}") from None
+    return proc
 
 
 async def load(url: str, prefix: str, concurrency: int, stop: asyncio.Event) -> dict[str, int]:

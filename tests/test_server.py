@@ -25,18 +25,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cio_webhooks.testing import make_event, signed_request
+from cio_webhooks.testing import free_port, make_event, signed_request, wait_until_listening
 
 from .conftest import KEY
 
 BIN = Path(sys.executable).parent / "cio-webhooks"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -70,16 +63,12 @@ class Server:
             stderr=subprocess.PIPE,
             preexec_fn=self._limit_open_files if self.open_files else None,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("server did not start")
+        try:
+            wait_until_listening(self.port, self.proc, timeout=20)
+        except RuntimeError as exc:
+            stderr = self.proc.stderr.read().decode() if self.proc.poll() is not None else ""  # type: ignore[union-attr]
+            raise RuntimeError(f"{exc}: {stderr}") from None
+        return self
 
     def _limit_open_files(self) -> None:
         assert self.open_files is not None

@@ -2,18 +2,22 @@
 
 body, headers = signed_request({"event_id": "01H...", ...}, key="secret", timestamp=now)
 clock = FixedClock(1_700_000_000); clock.advance(60)
+port = free_port(); proc = subprocess.Popen([... "serve", "--port", str(port)])
+wait_until_listening(port, proc)
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from .signature import signed_headers
 
-__all__ = ["FixedClock", "make_event", "signed_request"]
+__all__ = ["FixedClock", "free_port", "make_event", "signed_request", "wait_until_listening"]
 
 
 @dataclass
@@ -65,3 +69,32 @@ def make_event(
         "timestamp": timestamp,
         "data": payload_data,
     }
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until_listening(
+    port: int,
+    process: subprocess.Popen[bytes] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    timeout: float = 30.0,
+) -> None:
+    """Return once ``host:port`` accepts connections; raise ``RuntimeError`` if
+    ``process`` exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on {host}:{port} within {timeout:g} s")

@@ -8,7 +8,6 @@ one timeout test.
 from __future__ import annotations
 
 import random
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -28,6 +27,7 @@ from cio_webhooks.customerio import (
 )
 from cio_webhooks.customerio._http import RateLimiter, retry_after
 from cio_webhooks.customerio.fake import FakeCustomerIO
+from cio_webhooks.testing import free_port
 
 TRACK_KEY = "secret-track-key-0123"
 APP_KEY = "secret-app-key-4567"
@@ -369,9 +369,7 @@ async def test_max_elapsed_stops_retrying_early(fake: FakeCustomerIO, sleeps: Sl
 
 
 async def test_a_refused_connection_is_retried_then_reported(sleeps: Sleeps) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     async with TrackClient(
         "s", TRACK_KEY, base_url=f"http://127.0.0.1:{port}/api/v1", sleep=sleeps, max_retries=2
     ) as client:
