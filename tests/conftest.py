@@ -10,8 +10,9 @@ from typing import Any
 import httpx2
 import pytest
 
-from cio_webhooks import SQLiteInbox, create_app
+from cio_webhooks import create_app
 from cio_webhooks.app import WebhookApp
+from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, signed_request
 
 SAMPLES = Path(__file__).resolve().parent / "samples"  # copies of shared/customerio/samples
@@ -25,15 +26,15 @@ def clock() -> FixedClock:
 
 
 @pytest.fixture
-async def inbox(tmp_path: Path) -> AsyncIterator[SQLiteInbox]:
-    store = SQLiteInbox(tmp_path / "inbox.db")
+async def inbox(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "inbox.db")
     await store.open()
     yield store
     await store.close()
 
 
 @pytest.fixture
-def app(inbox: SQLiteInbox, clock: FixedClock) -> WebhookApp:
+def app(inbox: SQLiteStore, clock: FixedClock) -> WebhookApp:
     return create_app(inbox, [KEY], clock=clock)
 
 

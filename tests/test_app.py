@@ -10,16 +10,17 @@ from typing import Any
 import httpx2
 import pytest
 
-from cio_webhooks import Event, JobState, SQLiteInbox, StoreUnavailable, create_app
+from cio_webhooks import Event, JobState, StoreUnavailable, create_app
 from cio_webhooks.app import WebhookApp
-from cio_webhooks.inbox import PutResult
+from cio_webhooks.store import Gauges, PutResult
+from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event, signed_request
 
 from .conftest import KEY, NOW, post_event, sample_files
 
 
 async def test_authentic_event_is_stored_and_acked(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox
+    client: httpx2.AsyncClient, inbox: SQLiteStore
 ) -> None:
     response = await post_event(client, make_event("e1"))
     assert response.status_code == 200
@@ -29,7 +30,7 @@ async def test_authentic_event_is_stored_and_acked(
     assert stored.received_at == NOW
 
 
-async def test_every_sample_is_accepted(client: httpx2.AsyncClient, inbox: SQLiteInbox) -> None:
+async def test_every_sample_is_accepted(client: httpx2.AsyncClient, inbox: SQLiteStore) -> None:
     for path in sample_files():
         response = await post_event(client, path.read_bytes())
         assert response.status_code == 200, path.name
@@ -37,19 +38,19 @@ async def test_every_sample_is_accepted(client: httpx2.AsyncClient, inbox: SQLit
     ids = {json.loads(p.read_bytes())["event_id"] for p in sample_files()}
     assert len(ids) < len(sample_files())
     stats = await inbox.stats()
-    assert stats["events"] == len(ids)
-    assert stats["quarantined"] == 0
+    assert stats.events == len(ids)
+    assert stats.quarantined == 0
 
 
 async def test_duplicate_event_id_is_acked_and_stored_once(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox
+    client: httpx2.AsyncClient, inbox: SQLiteStore
 ) -> None:
     first = await post_event(client, make_event("dup"))
     again = await post_event(client, make_event("dup", metric="opened"))
     assert first.json()["status"] == "stored"
     assert again.status_code == 200
     assert again.json()["status"] == "duplicate"
-    assert (await inbox.stats())["events"] == 1
+    assert (await inbox.stats()).events == 1
     stored = await inbox.get_event("dup")
     assert stored is not None
     assert stored.metric == "delivered"
@@ -61,7 +62,7 @@ async def test_duplicate_event_id_is_acked_and_stored_once(
     ids=["not-json", "array", "no-event-id", "wrong-shape"],
 )
 async def test_authentic_non_event_is_quarantined_with_reason_and_acked(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox, body: bytes
+    client: httpx2.AsyncClient, inbox: SQLiteStore, body: bytes
 ) -> None:
     response = await post_event(client, body)
     assert response.status_code == 200
@@ -69,11 +70,11 @@ async def test_authentic_non_event_is_quarantined_with_reason_and_acked(
     [kept] = await inbox.quarantined()
     assert kept.body == body
     assert kept.reason
-    assert (await inbox.stats())["events"] == 0
+    assert (await inbox.stats()).events == 0
 
 
 async def test_unknown_kind_is_a_normal_event(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox
+    client: httpx2.AsyncClient, inbox: SQLiteStore
 ) -> None:
     response = await post_event(client, make_event("e-new", "hologram", "beamed"))
     assert response.json()["status"] == "stored"
@@ -89,17 +90,17 @@ async def test_missing_signature_is_401_json(client: httpx2.AsyncClient) -> None
 
 
 async def test_wrong_key_is_401_and_nothing_is_stored(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox
+    client: httpx2.AsyncClient, inbox: SQLiteStore
 ) -> None:
     response = await post_event(client, make_event("e1"), key="not-the-key")
     assert response.status_code == 401
-    assert (await inbox.stats())["events"] == 0
+    assert (await inbox.stats()).events == 0
     assert await inbox.quarantined() == []
 
 
 @pytest.mark.parametrize("skew", [301, 86400 * 6, -301], ids=["5min", "6days", "future"])
 async def test_late_authentic_request_is_stored_processed_and_counted(
-    client: httpx2.AsyncClient, app: Any, inbox: SQLiteInbox, skew: int
+    client: httpx2.AsyncClient, app: Any, inbox: SQLiteStore, skew: int
 ) -> None:
     response = await post_event(client, make_event("late"), timestamp=NOW - skew)
     assert response.status_code == 200
@@ -126,7 +127,7 @@ async def test_late_request_logs_the_skew_but_no_secret(
 
 
 async def test_request_signed_beyond_the_dedupe_horizon_is_quarantined_stale(
-    client: httpx2.AsyncClient, app: Any, inbox: SQLiteInbox
+    client: httpx2.AsyncClient, app: Any, inbox: SQLiteStore
 ) -> None:
     body = json.dumps(make_event("old", metric="bounced")).encode()
     response = await post_event(client, body, timestamp=NOW - 31 * 86400)
@@ -141,7 +142,7 @@ async def test_request_signed_beyond_the_dedupe_horizon_is_quarantined_stale(
 
 
 async def test_dedupe_horizon_is_the_services_dedupe_days(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     app = create_app(inbox, [KEY], clock=clock, dedupe_days=7)
     async with httpx2.AsyncClient(
@@ -155,19 +156,19 @@ async def test_dedupe_horizon_is_the_services_dedupe_days(
 
 @pytest.mark.parametrize("offset", [301, 31 * 86400])
 async def test_forged_request_is_401_however_old(
-    client: httpx2.AsyncClient, app: Any, inbox: SQLiteInbox, offset: int
+    client: httpx2.AsyncClient, app: Any, inbox: SQLiteStore, offset: int
 ) -> None:
     response = await post_event(client, make_event("e1"), key="forger", timestamp=NOW - offset)
     assert response.status_code == 401
     assert response.json() == {"error": "invalid_signature"}
     stats = await inbox.stats()
-    assert (stats["events"], stats["quarantined"]) == (0, 0)
+    assert (stats.events, stats.quarantined) == (0, 0)
     assert app.receiver.counters.rejected_signature == 1
 
 
 @pytest.mark.parametrize("header", ["X-CIO-Signature", "X-CIO-Timestamp"])
 async def test_a_repeated_signature_header_is_401(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox, header: str
+    client: httpx2.AsyncClient, inbox: SQLiteStore, header: str
 ) -> None:
     body, headers = signed_request(make_event("twice"), key=KEY, timestamp=NOW)
     repeated = [*headers.items(), (header, headers[header])]  # even the same value twice
@@ -176,7 +177,7 @@ async def test_a_repeated_signature_header_is_401(
     assert await inbox.get_event("twice") is None
 
 
-async def test_key_rotation_accepts_both_keys(inbox: SQLiteInbox, clock: FixedClock) -> None:
+async def test_key_rotation_accepts_both_keys(inbox: SQLiteStore, clock: FixedClock) -> None:
     app = create_app(inbox, ["new-key", "old-key"], clock=clock)
     async with httpx2.AsyncClient(
         transport=httpx2.ASGITransport(app=app), base_url="http://t"
@@ -186,7 +187,7 @@ async def test_key_rotation_accepts_both_keys(inbox: SQLiteInbox, clock: FixedCl
         assert (await post_event(c, make_event("c"), key="other")).status_code == 401
 
 
-async def test_tolerance_is_configurable(inbox: SQLiteInbox, clock: FixedClock) -> None:
+async def test_tolerance_is_configurable(inbox: SQLiteStore, clock: FixedClock) -> None:
     app = create_app(inbox, [KEY], clock=clock, tolerance=0)
     async with httpx2.AsyncClient(
         transport=httpx2.ASGITransport(app=app), base_url="http://t"
@@ -195,7 +196,7 @@ async def test_tolerance_is_configurable(inbox: SQLiteInbox, clock: FixedClock) 
     assert response.status_code == 200
 
 
-async def test_body_over_the_limit_is_413(inbox: SQLiteInbox, clock: FixedClock) -> None:
+async def test_body_over_the_limit_is_413(inbox: SQLiteStore, clock: FixedClock) -> None:
     app = create_app(inbox, [KEY], clock=clock, max_body=1000)
     big = make_event("big", subject="x" * 2000)
     async with httpx2.AsyncClient(
@@ -209,7 +210,7 @@ async def test_body_over_the_limit_is_413(inbox: SQLiteInbox, clock: FixedClock)
 
 
 async def test_streamed_body_over_the_limit_is_413_without_content_length(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     app = create_app(inbox, [KEY], clock=clock, max_body=1000)
     body, headers = signed_request(make_event("big", subject="x" * 5000), key=KEY, timestamp=NOW)
@@ -231,7 +232,7 @@ async def test_get_on_the_webhook_path_is_405(client: httpx2.AsyncClient) -> Non
     assert response.headers["allow"] == "POST"
 
 
-class RefusingInbox(SQLiteInbox):
+class RefusingInbox(SQLiteStore):
     """A store whose disk has gone away: every write fails."""
 
     async def put(self, event: Event, *, handled: bool = False) -> PutResult:
@@ -245,7 +246,7 @@ class RefusingInbox(SQLiteInbox):
     async def ready(self) -> bool:
         return False
 
-    async def gauges(self, *, now: float) -> dict[str, float]:
+    async def gauges(self, *, now: float) -> Gauges:
         raise StoreUnavailable("disk I/O error")
 
 
@@ -273,7 +274,7 @@ async def test_store_refusing_writes_is_503(
 async def test_full_sqlite_file_is_503_then_recovers_nothing_lost(
     tmp_path: Path, clock: FixedClock
 ) -> None:
-    inbox = SQLiteInbox(tmp_path / "inbox.db", max_bytes=64 * 1024)
+    inbox = SQLiteStore(tmp_path / "inbox.db", max_bytes=64 * 1024)
     await inbox.open()
     app = create_app(inbox, [KEY], clock=clock)
     acked: list[str] = []
@@ -315,17 +316,17 @@ async def test_metrics_count_outcomes(client: httpx2.AsyncClient) -> None:
 
 
 async def test_concurrent_requests_share_commits_and_all_land(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox
+    client: httpx2.AsyncClient, inbox: SQLiteStore
 ) -> None:
     import asyncio
 
     responses = await asyncio.gather(*(post_event(client, make_event(f"c{i}")) for i in range(300)))
     assert all(r.status_code == 200 for r in responses)
-    assert (await inbox.stats())["events"] == 300
+    assert (await inbox.stats()).events == 300
 
 
 async def test_in_process_dispatcher_gets_only_events_it_has_handlers_for(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     from cio_webhooks import Dispatcher, JobState, Router
 
@@ -337,7 +338,7 @@ async def test_in_process_dispatcher_gets_only_events_it_has_handlers_for(
         seen.append(event.event_id)
 
     dispatcher = Dispatcher(inbox, router, clock=clock)
-    app = create_app(inbox, [KEY], clock=clock, dispatcher=dispatcher)
+    app = create_app(inbox, [KEY], clock=clock, router=dispatcher.router)
     async with httpx2.AsyncClient(
         transport=httpx2.ASGITransport(app=app), base_url="http://t"
     ) as c:
@@ -357,7 +358,7 @@ async def test_in_process_dispatcher_gets_only_events_it_has_handlers_for(
     ['"nan"', '"inf"', '"Infinity"', '"-Infinity"', "1e30", "9223372036854775808", "1e308"],
 )
 async def test_authentic_event_with_an_impossible_timestamp_is_stored(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox, timestamp: str
+    client: httpx2.AsyncClient, inbox: SQLiteStore, timestamp: str
 ) -> None:
     body = json.dumps(make_event("t1")).replace("1700000000", timestamp).encode()
     response = await post_event(client, body)
@@ -370,7 +371,7 @@ async def test_authentic_event_with_an_impossible_timestamp_is_stored(
 
 @pytest.mark.parametrize("text", [b"caf\xc3", b"\xc0\xaf", b"\xff"], ids=["cut", "overlong", "ff"])
 async def test_authentic_event_with_invalid_utf8_is_stored_with_its_raw_bytes(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox, text: bytes
+    client: httpx2.AsyncClient, inbox: SQLiteStore, text: bytes
 ) -> None:
     body = json.dumps(make_event("u1", subject="SUBJECT")).encode().replace(b"SUBJECT", text)
     response = await post_event(client, body)
@@ -382,7 +383,7 @@ async def test_authentic_event_with_invalid_utf8_is_stored_with_its_raw_bytes(
 
 @pytest.mark.parametrize("depth", [981, 5000, 100_000])
 async def test_authentic_deeply_nested_body_is_kept_and_acked(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox, depth: int
+    client: httpx2.AsyncClient, inbox: SQLiteStore, depth: int
 ) -> None:
     nested = b"[" * depth + b"]" * depth
     body = b'{"event_id":"deep","metric":"sent","data":{"content":' + nested + b"}}"
@@ -394,7 +395,7 @@ async def test_authentic_deeply_nested_body_is_kept_and_acked(
 
 
 async def test_authentic_event_with_odd_data_types_is_an_event_not_a_quarantine(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox
+    client: httpx2.AsyncClient, inbox: SQLiteStore
 ) -> None:
     event = make_event("odd", metric="bounced", delivery_id=42, failure_message={"code": 550})
     event["data"]["prefetched"] = "true"
@@ -404,7 +405,7 @@ async def test_authentic_event_with_odd_data_types_is_an_event_not_a_quarantine(
 
 
 async def test_a_bad_timestamp_does_not_fail_the_valid_events_committed_with_it(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox
+    client: httpx2.AsyncClient, inbox: SQLiteStore
 ) -> None:
     import asyncio
 
@@ -413,10 +414,10 @@ async def test_a_bad_timestamp_does_not_fail_the_valid_events_committed_with_it(
     posts.insert(200, post_event(client, bad))
     responses = await asyncio.gather(*posts)
     assert [r.status_code for r in responses] == [200] * 401
-    assert (await inbox.stats())["events"] == 401
+    assert (await inbox.stats()).events == 401
 
 
-class BuggyInbox(SQLiteInbox):
+class BuggyInbox(SQLiteStore):
     """A store with a bug that is not a store failure: put raises something unexpected."""
 
     async def put(self, event: Event, *, handled: bool = False) -> PutResult:
@@ -444,7 +445,7 @@ async def test_an_unexpected_error_after_the_signature_is_a_quarantine_not_a_5xx
 
 
 async def test_a_body_cut_short_by_the_client_is_not_counted_as_a_forgery(
-    app: WebhookApp, inbox: SQLiteInbox
+    app: WebhookApp, inbox: SQLiteStore
 ) -> None:
     body, headers = signed_request(make_event("cut-short"), key=KEY, timestamp=NOW)
     messages: list[dict[str, Any]] = [
@@ -473,7 +474,7 @@ async def test_a_body_cut_short_by_the_client_is_not_counted_as_a_forgery(
 
 
 async def test_the_webhook_path_with_a_trailing_slash_is_the_webhook(
-    client: httpx2.AsyncClient, inbox: SQLiteInbox
+    client: httpx2.AsyncClient, inbox: SQLiteStore
 ) -> None:
     body, headers = signed_request(make_event("slash"), key=KEY, timestamp=NOW)
     answer = await client.post("/webhooks/customerio/", content=body, headers=headers)

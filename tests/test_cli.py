@@ -15,18 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cio_webhooks import (
-    Dispatcher,
-    EventFilter,
-    JobState,
-    RetryPolicy,
-    Router,
-    SQLiteInbox,
-    parse_event,
-)
+from cio_webhooks import Dispatcher, EventFilter, JobState, RetryPolicy, Router, parse_event
 from cio_webhooks.cli import main, parse_since
 from cio_webhooks.handlers import load_router
-from cio_webhooks.policies import ActionLog
+from cio_webhooks.store.sqlite import SQLiteLedger, SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
 from .test_reports import EVENTS, write_warehouse
@@ -44,7 +36,7 @@ def data_dir(tmp_path: Path) -> Path:
     """An inbox with 3 done events, 1 dead letter and 1 quarantined body."""
 
     async def build() -> None:
-        async with SQLiteInbox(tmp_path / "inbox.db") as inbox:
+        async with SQLiteStore(tmp_path / "inbox.db") as inbox:
             for i, metric in enumerate(["delivered", "opened", "bounced"]):
                 body = json.dumps(make_event(f"ok{i}", metric=metric)).encode()
                 await inbox.put(parse_event(body, received_at=NOW + i))
@@ -194,7 +186,7 @@ def test_worker_on_unusable_paths_is_a_clear_error(tmp_path: Path) -> None:
 
 def _quarantine(data_dir: Path, *bodies: tuple[bytes, str, str | None, float]) -> list[int]:
     async def run() -> list[int]:
-        async with SQLiteInbox(data_dir / "inbox.db") as inbox:
+        async with SQLiteStore(data_dir / "inbox.db") as inbox:
             return [
                 await inbox.quarantine(body, reason, received_at=at, event_id=event_id)
                 for body, reason, event_id, at in bodies
@@ -205,7 +197,7 @@ def _quarantine(data_dir: Path, *bodies: tuple[bytes, str, str | None, float]) -
 
 def _inbox_state(data_dir: Path) -> tuple[dict[str, str], list[str]]:
     async def run() -> tuple[dict[str, str], list[str]]:
-        async with SQLiteInbox(data_dir / "inbox.db") as inbox:
+        async with SQLiteStore(data_dir / "inbox.db") as inbox:
             events = {e.event_id: e.state.value async for e in inbox.iter_events(EventFilter())}
             return events, [q.reason for q in await inbox.quarantined(limit=1000)]
 
@@ -348,7 +340,7 @@ def squeezed(value: object) -> str:
 
 def test_tables_show_every_column_whole_at_120_columns(tmp_path: Path) -> None:
     async def record() -> None:
-        log = ActionLog(tmp_path / "actions.db")
+        log = SQLiteLedger(tmp_path / "actions.db")
         await log.finish(
             event_id="01HF8YJ3Q6ZK2W7V9X4B5N8M2P",
             rule="repeated-bounces-unsubscribe",
@@ -478,7 +470,7 @@ def test_replay_of_one_handler_runs_only_that_handler(data_dir: Path, hooks: str
     router = load_router(hooks)
 
     async def dispatch() -> None:
-        async with SQLiteInbox(data_dir / "inbox.db") as inbox:
+        async with SQLiteStore(data_dir / "inbox.db") as inbox:
             d = Dispatcher(inbox, router)  # replay queues events for now, by the real clock
             while await d.run_once():
                 pass
@@ -490,7 +482,7 @@ def test_replay_of_one_handler_runs_only_that_handler(data_dir: Path, hooks: str
     Path("runs.txt").unlink()
 
     async def backfill() -> None:  # recovered by reconcile: no handler asked for those
-        async with SQLiteInbox(data_dir / "inbox.db") as inbox:
+        async with SQLiteStore(data_dir / "inbox.db") as inbox:
             body = json.dumps(make_event("recovered", metric="bounced")).encode()
             await inbox.put(parse_event(body, received_at=NOW, backfilled=True))
 
@@ -572,7 +564,7 @@ def test_read_only_commands_create_nothing_for_a_wrong_path(
 @pytest.mark.parametrize("command", READ_ONLY)
 def test_read_only_commands_change_no_file(data_dir: Path, command: tuple[str, ...]) -> None:
     async def record_an_action() -> None:
-        log = ActionLog(data_dir / "actions.db")
+        log = SQLiteLedger(data_dir / "actions.db")
         await log.finish(
             event_id="ok2",
             rule="bounce-mark",

@@ -17,19 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from cio_webhooks import (
-    Dispatcher,
-    Event,
-    EventFilter,
-    JobState,
-    RetryPolicy,
-    Router,
-    SQLiteInbox,
-    parse_event,
-)
+from cio_webhooks import Dispatcher, Event, EventFilter, JobState, RetryPolicy, Router, parse_event
 from cio_webhooks._logging import KeyValueFormatter
 from cio_webhooks._service import Settings, build_policies
 from cio_webhooks.customerio.fake import FakeCustomerIO
+from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
 from .conftest import KEY, NOW
@@ -59,7 +51,7 @@ class Flaky:
 
 
 def dispatcher(
-    inbox: SQLiteInbox, router: Router, clock: FixedClock, *, handler_timeout: float = 30.0
+    inbox: SQLiteStore, router: Router, clock: FixedClock, *, handler_timeout: float = 30.0
 ) -> Dispatcher:
     retry = RetryPolicy(max_attempts=3, base=10, max_delay=1000, jitter=0.25)
     return Dispatcher(
@@ -72,7 +64,7 @@ def dispatcher(
     )
 
 
-async def state(inbox: SQLiteInbox, event_id: str) -> JobState:
+async def state(inbox: SQLiteStore, event_id: str) -> JobState:
     stored = await inbox.get_event(event_id)
     assert stored is not None
     return stored.state
@@ -88,7 +80,7 @@ def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
     assert len(spread) > 1  # jittered, so retries of many events do not arrive together
 
 
-async def test_routes_by_pattern_and_marks_done(inbox: SQLiteInbox, clock: FixedClock) -> None:
+async def test_routes_by_pattern_and_marks_done(inbox: SQLiteStore, clock: FixedClock) -> None:
     router = Router()
     seen: list[tuple[str, str]] = []
 
@@ -110,7 +102,7 @@ async def test_routes_by_pattern_and_marks_done(inbox: SQLiteInbox, clock: Fixed
 
 
 async def test_failed_handler_is_retried_after_backoff_and_others_not_rerun(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     steady, flaky = Flaky(), Flaky(failures=1)
@@ -133,14 +125,14 @@ async def test_failed_handler_is_retried_after_backoff_and_others_not_rerun(
     assert await state(inbox, "e1") is JobState.DONE
     assert steady.calls["e1"] == 1
     assert flaky.calls["e1"] == 2
-    runs = {r["handler"]: r for r in await inbox.handler_runs(stored.seq)}
-    assert runs["flaky"]["status"] == "ok"
-    assert runs["flaky"]["attempts"] == 2
-    assert runs["steady"]["attempts"] == 1
+    runs = {r.handler: r for r in await inbox.handler_runs(stored.seq)}
+    assert runs["flaky"].status == "ok"
+    assert runs["flaky"].attempts == 2
+    assert runs["steady"].attempts == 1
 
 
 async def test_exhausted_retries_dead_letter_with_last_error(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     broken = Flaky(failures=100)
@@ -161,7 +153,7 @@ async def test_exhausted_retries_dead_letter_with_last_error(
 
 
 async def test_dead_letter_retry_reruns_only_failed_handlers(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     steady, broken = Flaky(), Flaky(failures=3)
@@ -186,18 +178,18 @@ async def test_retries_survive_a_restart(tmp_path: Path, clock: FixedClock) -> N
     router = Router()
     flaky = Flaky(failures=1)
     router.add(flaky, "*", name="flaky")
-    async with SQLiteInbox(path) as first:
+    async with SQLiteStore(path) as first:
         await first.put(event("e1"))
         await dispatcher(first, router, clock).run_once()
     clock.advance(60)
-    async with SQLiteInbox(path) as second:  # a new process: nothing carried over in memory
+    async with SQLiteStore(path) as second:  # a new process: nothing carried over in memory
         assert await dispatcher(second, router, clock).run_once() == 1
         assert await state(second, "e1") is JobState.DONE
     assert flaky.calls["e1"] == 2
 
 
 async def test_claimed_but_unfinished_events_are_reclaimed_after_the_lease(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     await inbox.put(event("e1"))
     [job] = await inbox.claim(now=clock(), limit=10, lease=90)  # then the worker dies
@@ -209,7 +201,7 @@ async def test_claimed_but_unfinished_events_are_reclaimed_after_the_lease(
     assert (again.event_id, again.interrupted) == (job.event_id, True)
 
 
-async def test_slow_handler_times_out_and_is_retried(inbox: SQLiteInbox, clock: FixedClock) -> None:
+async def test_slow_handler_times_out_and_is_retried(inbox: SQLiteStore, clock: FixedClock) -> None:
     router = Router()
 
     @router.on("*", name="slow")
@@ -224,7 +216,7 @@ async def test_slow_handler_times_out_and_is_retried(inbox: SQLiteInbox, clock: 
     assert stored.last_error == "slow: timed out after 0.05s"
 
 
-async def test_replay_reruns_all_or_one_handler(inbox: SQLiteInbox, clock: FixedClock) -> None:
+async def test_replay_reruns_all_or_one_handler(inbox: SQLiteStore, clock: FixedClock) -> None:
     router = Router()
     a, b = Flaky(), Flaky()
     router.add(a, "*", name="a")
@@ -241,7 +233,7 @@ async def test_replay_reruns_all_or_one_handler(inbox: SQLiteInbox, clock: Fixed
 
 
 async def test_backfilled_events_are_stored_done_without_handlers(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     handler = Flaky()
@@ -256,7 +248,7 @@ async def test_backfilled_events_are_stored_done_without_handlers(
     assert handler.calls["bf"] == 0
 
 
-async def test_run_stops_when_asked(inbox: SQLiteInbox, clock: FixedClock) -> None:
+async def test_run_stops_when_asked(inbox: SQLiteStore, clock: FixedClock) -> None:
     router = Router()
     handler = Flaky()
     router.add(handler, "*", name="h")
@@ -291,7 +283,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-def is_state(inbox: SQLiteInbox, event_id: str, wanted: JobState) -> Callable[[], Awaitable[bool]]:
+def is_state(inbox: SQLiteStore, event_id: str, wanted: JobState) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         stored = await inbox.get_event(event_id)
         return stored is not None and stored.state is wanted
@@ -321,7 +313,8 @@ class Blocking:
 
 CRASHING_WORKER = """
 import asyncio, os, sys
-from cio_webhooks import Dispatcher, RetryPolicy, Router, SQLiteInbox
+from cio_webhooks import (Dispatcher, RetryPolicy, Router)
+from cio_webhooks.store.sqlite import SQLiteStore
 
 def crash(event):
     with open(sys.argv[2], "a") as runs:
@@ -331,7 +324,7 @@ def crash(event):
 async def main():
     router = Router()
     router.add(crash, "*", name="crash")
-    async with SQLiteInbox(sys.argv[1]) as inbox:
+    async with SQLiteStore(sys.argv[1]) as inbox:
         dispatcher = Dispatcher(inbox, router, retry=RetryPolicy(max_attempts=3), lease=0.2)
         for _ in range(600):  # until the event is due again (its lease expired)
             if await dispatcher.run_once():
@@ -347,7 +340,7 @@ async def test_a_handler_that_kills_the_process_is_dead_lettered_after_max_attem
     tmp_path: Path,
 ) -> None:
     db, runs = tmp_path / "inbox.db", tmp_path / "runs.txt"
-    async with SQLiteInbox(db) as inbox:
+    async with SQLiteStore(db) as inbox:
         await inbox.put(event("killer"))
     exits = []
     for _ in range(6):  # a worker restarted after every crash, as systemd would
@@ -361,7 +354,7 @@ async def test_a_handler_that_kills_the_process_is_dead_lettered_after_max_attem
             break
     assert exits == [3, 3, 3, 0], proc.stderr.decode()
     assert runs.read_text().split() == ["killer"] * 3
-    async with SQLiteInbox(db) as inbox:
+    async with SQLiteStore(db) as inbox:
         stored = await inbox.get_event("killer")
     assert stored is not None
     assert (stored.state, stored.attempts) == (JobState.DEAD, 3)
@@ -371,7 +364,8 @@ async def test_a_handler_that_kills_the_process_is_dead_lettered_after_max_attem
 
 CRASH_AMONG_HEALTHY_WORKER = """
 import asyncio, os, sys
-from cio_webhooks import Dispatcher, JobState, RetryPolicy, Router, SQLiteInbox
+from cio_webhooks import (Dispatcher, JobState, RetryPolicy, Router)
+from cio_webhooks.store.sqlite import SQLiteStore
 
 def crash(event):
     os._exit(3)  # kills the process while the healthy events beside it are in flight
@@ -383,11 +377,11 @@ async def main():
     router = Router()
     router.add(crash, "email.dropped", name="crash")
     router.add(healthy, "email.delivered", name="healthy")
-    async with SQLiteInbox(sys.argv[1]) as inbox:
+    async with SQLiteStore(sys.argv[1]) as inbox:
         dispatcher = Dispatcher(inbox, router, retry=RetryPolicy(max_attempts=3), lease=0.2)
         for _ in range(600):
             await dispatcher.run_once()
-            states = (await inbox.stats())["states"]
+            states = (await inbox.stats()).states
             if not states["pending"] and not states["retrying"]:
                 return
             await asyncio.sleep(0.05)
@@ -403,7 +397,7 @@ async def test_a_crashing_handler_does_not_use_up_the_attempts_of_the_events_bes
     # Claimed together, the healthy events were in flight at every crash: each crash
     # cost them an attempt too, and they were dead-lettered with the crashing one.
     db = tmp_path / "inbox.db"
-    async with SQLiteInbox(db) as inbox:
+    async with SQLiteStore(db) as inbox:
         await inbox.put(event("killer", metric="dropped"))
         for i in range(3):
             await inbox.put(event(f"healthy{i}", metric="delivered"))
@@ -418,14 +412,14 @@ async def test_a_crashing_handler_does_not_use_up_the_attempts_of_the_events_bes
         if proc.returncode != 3:
             break
     assert exits[-1] == 0, proc.stderr.decode()
-    async with SQLiteInbox(db) as inbox:
+    async with SQLiteStore(db) as inbox:
         assert await state(inbox, "killer") is JobState.DEAD
         for i in range(3):
             assert await state(inbox, f"healthy{i}") is JobState.DONE
 
 
 async def test_a_replay_made_while_handlers_run_is_not_overwritten(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     gate = asyncio.Event()
@@ -457,7 +451,7 @@ async def test_a_replay_made_while_handlers_run_is_not_overwritten(
 
 
 async def test_an_event_replayed_while_it_runs_runs_again_after_never_twice_at_once(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     blocking = Blocking()
@@ -485,7 +479,7 @@ async def test_an_event_replayed_while_it_runs_runs_again_after_never_twice_at_o
 
 
 async def test_a_blocked_handler_does_not_hold_up_other_events(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     blocking = Blocking()
@@ -513,7 +507,7 @@ async def test_a_blocked_handler_does_not_hold_up_other_events(
 
 
 async def test_retries_come_due_on_schedule_while_another_event_is_blocked(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     blocking = Blocking()
@@ -549,7 +543,7 @@ DEFAULT_POOL = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's defaul
 
 
 async def test_every_sync_handler_starts_at_once_on_the_dispatchers_own_threads(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     blocking = Blocking()
@@ -567,7 +561,7 @@ async def test_every_sync_handler_starts_at_once_on_the_dispatchers_own_threads(
 
 
 async def test_store_reads_never_wait_behind_blocked_sync_handlers(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     blocking = Blocking()
@@ -588,7 +582,7 @@ async def test_store_reads_never_wait_behind_blocked_sync_handlers(
 
 
 async def test_a_timed_out_sync_handler_keeps_its_slot_until_it_returns(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     blocking = Blocking()
@@ -619,7 +613,7 @@ async def test_a_timed_out_sync_handler_keeps_its_slot_until_it_returns(
 
 
 async def test_backfilled_events_reach_only_handlers_that_ask_for_them(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     seen: list[tuple[str, str, bool]] = []
@@ -658,7 +652,7 @@ async def test_replay_never_runs_policies_for_backfilled_events(tmp_path: Path) 
             track_url=fake.track_url,
         )
         now = time.time()
-        async with SQLiteInbox(settings.db) as inbox:
+        async with SQLiteStore(settings.db) as inbox:
             complaint = event("bf", metric="spammed", received_at=now)
             await inbox.put(dataclasses.replace(complaint, backfilled=True))
         replay = subprocess.run(
@@ -671,7 +665,7 @@ async def test_replay_never_runs_policies_for_backfilled_events(tmp_path: Path) 
         policies = build_policies(settings)
         assert policies is not None
         try:
-            async with SQLiteInbox(settings.db) as inbox:
+            async with SQLiteStore(settings.db) as inbox:
                 d = Dispatcher(inbox, policies.router())
                 assert await d.run_once() == 1
                 assert await state(inbox, "bf") is JobState.DONE
@@ -681,7 +675,7 @@ async def test_replay_never_runs_policies_for_backfilled_events(tmp_path: Path) 
 
 
 async def test_a_handler_failure_logs_its_traceback_and_stores_the_short_error(
-    inbox: SQLiteInbox, clock: FixedClock, caplog: pytest.LogCaptureFixture
+    inbox: SQLiteStore, clock: FixedClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     router = Router()
 
@@ -703,7 +697,7 @@ async def test_a_handler_failure_logs_its_traceback_and_stores_the_short_error(
 
 
 async def test_stop_drains_the_events_in_flight_and_claims_no_more(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
     gate, started = asyncio.Event(), asyncio.Event()
@@ -735,7 +729,7 @@ async def test_stop_drains_the_events_in_flight_and_claims_no_more(
 
 
 async def test_a_drain_that_times_out_leaves_the_event_claimed_for_a_retry(
-    inbox: SQLiteInbox, clock: FixedClock, caplog: pytest.LogCaptureFixture
+    inbox: SQLiteStore, clock: FixedClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     router = Router()
     blocking = Blocking()
@@ -762,7 +756,7 @@ async def test_a_drain_that_times_out_leaves_the_event_claimed_for_a_retry(
 
 
 async def test_replay_of_one_handler_never_drops_another_handlers_pending_retry(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     marker, unsubscribe = Flaky(), Flaky(failures=1)  # the unsubscribe fails once
     router = Router()
@@ -781,7 +775,7 @@ async def test_replay_of_one_handler_never_drops_another_handlers_pending_retry(
 
 
 async def test_an_event_whose_handlers_together_outlast_two_timeouts_runs_once(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     # Four handlers of 25 s each: every one within its 30 s timeout, 100 s together.
     # With a lease of 2 x 30 + 30 s the loop claimed the event again mid-run, ran its
@@ -817,7 +811,7 @@ async def test_an_event_whose_handlers_together_outlast_two_timeouts_runs_once(
 
 
 async def test_a_stuck_sync_handler_takes_one_slot_however_often_it_is_retried(
-    inbox: SQLiteInbox,
+    inbox: SQLiteStore,
 ) -> None:
     # Each retry of a sync handler stuck for ever started another thread of it, each
     # holding a slot: a few retries took every slot and stopped all processing.
@@ -868,7 +862,7 @@ class RateLimited(Exception):
 
 
 async def test_a_retry_waits_as_long_as_the_server_asked(
-    inbox: SQLiteInbox, clock: FixedClock
+    inbox: SQLiteStore, clock: FixedClock
 ) -> None:
     router = Router()
 

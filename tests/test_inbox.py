@@ -1,4 +1,4 @@
-"""SQLiteInbox: durable dedupe, group commit, filters, pruning, reopening."""
+"""SQLiteStore: durable dedupe, group commit, filters, pruning, reopening."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cio_webhooks import Event, EventFilter, JobState, PutResult, SQLiteInbox, parse_event
+from cio_webhooks import Event, EventFilter, JobState, PutResult, parse_event
 from cio_webhooks._exceptions import StoreUnavailable
-from cio_webhooks.inbox import HandlerResult, Job, Outcome
+from cio_webhooks.store import HandlerResult, Job, Outcome
+from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import make_event
 
 from .conftest import NOW
@@ -32,7 +33,7 @@ def ev(
 
 async def test_put_is_durable_and_deduplicated(tmp_path: Path) -> None:
     path = tmp_path / "inbox.db"
-    async with SQLiteInbox(path) as inbox:
+    async with SQLiteStore(path) as inbox:
         assert await inbox.put(ev("a")) is PutResult.STORED
         assert await inbox.put(ev("a", metric="opened")) is PutResult.DUPLICATE
     # Another connection, as after a restart, sees exactly one committed row.
@@ -43,7 +44,7 @@ async def test_put_is_durable_and_deduplicated(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-async def test_concurrent_puts_share_commits(inbox: SQLiteInbox) -> None:
+async def test_concurrent_puts_share_commits(inbox: SQLiteStore) -> None:
     before = inbox.commit_stats
     results = await asyncio.gather(*(inbox.put(ev(f"e{i}")) for i in range(500)))
     commits, writes = (a - b for a, b in zip(inbox.commit_stats, before, strict=True))
@@ -52,7 +53,7 @@ async def test_concurrent_puts_share_commits(inbox: SQLiteInbox) -> None:
     assert commits < 100  # one fsync covers many requests
 
 
-async def test_dedupe_holds_whatever_the_state(inbox: SQLiteInbox) -> None:
+async def test_dedupe_holds_whatever_the_state(inbox: SQLiteStore) -> None:
     for state in (JobState.RETRYING, JobState.DEAD, JobState.DONE):
         await inbox.put(ev(state.value))
         [job] = await inbox.claim(now=NOW, limit=1, lease=60)
@@ -60,7 +61,7 @@ async def test_dedupe_holds_whatever_the_state(inbox: SQLiteInbox) -> None:
         assert await inbox.put(ev(state.value)) is PutResult.DUPLICATE
 
 
-async def test_prune_ends_dedupe_only_for_old_finished_events(inbox: SQLiteInbox) -> None:
+async def test_prune_ends_dedupe_only_for_old_finished_events(inbox: SQLiteStore) -> None:
     day = 86400
     for event_id, age_days in [("old-done", 40), ("old-dead", 40), ("new-done", 5)]:
         await inbox.put(ev(event_id, received_at=NOW - age_days * day))
@@ -79,7 +80,7 @@ async def test_prune_ends_dedupe_only_for_old_finished_events(inbox: SQLiteInbox
     assert await inbox.put(ev("new-done")) is PutResult.DUPLICATE
 
 
-async def test_iter_events_filters_and_pages_in_arrival_order(inbox: SQLiteInbox) -> None:
+async def test_iter_events_filters_and_pages_in_arrival_order(inbox: SQLiteStore) -> None:
     for i in range(25):
         metric = "bounced" if i % 5 == 0 else "delivered"
         await inbox.put(ev(f"e{i:02d}", received_at=NOW + i, metric=metric))
@@ -94,7 +95,7 @@ async def test_iter_events_filters_and_pages_in_arrival_order(inbox: SQLiteInbox
     assert limited == ["e00", "e01", "e02"]
 
 
-async def test_quarantine_keeps_raw_bytes(inbox: SQLiteInbox) -> None:
+async def test_quarantine_keeps_raw_bytes(inbox: SQLiteStore) -> None:
     ident = await inbox.quarantine(b"\x00\xffbinary", "body is not JSON", received_at=NOW)
     [kept] = await inbox.quarantined(ident=ident)
     assert kept.body == b"\x00\xffbinary"
@@ -104,7 +105,7 @@ async def test_quarantine_keeps_raw_bytes(inbox: SQLiteInbox) -> None:
 async def test_writes_after_close_fail_cleanly(tmp_path: Path) -> None:
     from cio_webhooks import StoreUnavailable
 
-    inbox = SQLiteInbox(tmp_path / "inbox.db")
+    inbox = SQLiteStore(tmp_path / "inbox.db")
     await inbox.open()
     await inbox.close()
     with pytest.raises(StoreUnavailable, match="closed"):
@@ -112,14 +113,14 @@ async def test_writes_after_close_fail_cleanly(tmp_path: Path) -> None:
     assert not await inbox.ready()
 
 
-async def test_same_event_twice_in_one_group_commit_is_stored_once(inbox: SQLiteInbox) -> None:
+async def test_same_event_twice_in_one_group_commit_is_stored_once(inbox: SQLiteStore) -> None:
     results = await asyncio.gather(*(inbox.put(ev("twin")) for _ in range(5)), inbox.put(ev("x")))
     assert sorted(results[:5]) == [PutResult.DUPLICATE] * 4 + [PutResult.STORED]
     assert results[5] is PutResult.STORED
-    assert (await inbox.stats())["events"] == 2
+    assert (await inbox.stats()).events == 2
 
 
-async def test_prune_works_in_chunks_and_removes_everything_due(inbox: SQLiteInbox) -> None:
+async def test_prune_works_in_chunks_and_removes_everything_due(inbox: SQLiteStore) -> None:
     for i in range(25):
         await inbox.put(ev(f"old{i}", received_at=NOW - 40 * 86400), handled=True)
     await inbox.put(ev("recent", received_at=NOW), handled=True)
@@ -127,13 +128,13 @@ async def test_prune_works_in_chunks_and_removes_everything_due(inbox: SQLiteInb
     assert await inbox.prune(received_before=NOW - 30 * 86400, chunk=10) == 25
     commits, _ = inbox.commit_stats
     assert commits - commits_before >= 3  # 10 + 10 + 5, each its own transaction
-    assert (await inbox.stats())["events"] == 1
+    assert (await inbox.stats()).events == 1
 
 
 async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:  # the first released schema, without `backfilled`
-        from cio_webhooks._sqlite import SCHEMA, SCHEMA_VERSION
+        from cio_webhooks.store.sqlite._inbox import SCHEMA, SCHEMA_VERSION
 
         version_1 = (
             SCHEMA.replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "")
@@ -153,7 +154,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
             "INSERT INTO events (event_id, object_type, metric, received_at, body,"
             " next_attempt_at, updated_at) VALUES ('old', 'email', 'sent', 1, x'7b7d', 1, 1)"
         )
-    async with SQLiteInbox(path) as inbox:
+    async with SQLiteStore(path) as inbox:
         stored = await inbox.get_event("old")
         assert stored is not None
         assert stored.backfilled is False
@@ -164,7 +165,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
 
 
 async def test_a_value_sqlite_cannot_hold_fails_only_its_own_write_in_a_group_commit(
-    inbox: SQLiteInbox,
+    inbox: SQLiteStore,
 ) -> None:
     import dataclasses
     import threading
@@ -185,11 +186,11 @@ async def test_a_value_sqlite_cannot_hold_fails_only_its_own_write_in_a_group_co
     failed = results.pop(200)
     assert isinstance(failed, OverflowError)  # the caller's to handle, not StoreUnavailable
     assert results == [PutResult.STORED] * 400
-    assert (await inbox.stats())["events"] == 400
+    assert (await inbox.stats()).events == 400
     assert await inbox.put(ev("bad")) is PutResult.STORED  # nothing of it was written
 
 
-async def test_a_quarantined_event_id_is_kept_once(inbox: SQLiteInbox) -> None:
+async def test_a_quarantined_event_id_is_kept_once(inbox: SQLiteStore) -> None:
     first = await inbox.quarantine(b"one", "odd", received_at=NOW, event_id="e1")
     again = await asyncio.gather(
         *(inbox.quarantine(b"two", "odd", received_at=NOW + 1, event_id="e1") for _ in range(3))
@@ -200,11 +201,11 @@ async def test_a_quarantined_event_id_is_kept_once(inbox: SQLiteInbox) -> None:
     assert len({first, other, anonymous}) == 3  # bodies without an event_id are all kept
     [kept] = await inbox.quarantined(ident=first)
     assert (kept.body, kept.event_id) == (b"one", "e1")
-    assert (await inbox.stats())["quarantined"] == 3
+    assert (await inbox.stats()).quarantined == 3
 
 
 async def test_release_stores_the_event_and_drops_the_quarantined_copy(
-    inbox: SQLiteInbox,
+    inbox: SQLiteStore,
 ) -> None:
     body = json.dumps(make_event("q1")).encode()
     ident = await inbox.quarantine(body, "old parser", received_at=NOW - 60, event_id="q1")
@@ -220,7 +221,7 @@ async def test_release_stores_the_event_and_drops_the_quarantined_copy(
 
 
 async def test_purge_deletes_quarantined_bodies_received_before_the_cutoff(
-    inbox: SQLiteInbox,
+    inbox: SQLiteStore,
 ) -> None:
     for age in (10, 5, 1):
         await inbox.quarantine(b"x", "odd", received_at=NOW - age * 86400)
@@ -229,7 +230,7 @@ async def test_purge_deletes_quarantined_bodies_received_before_the_cutoff(
     assert left.received_at == NOW - 86400
 
 
-async def test_quarantined_pages_newest_first_below_an_id(inbox: SQLiteInbox) -> None:
+async def test_quarantined_pages_newest_first_below_an_id(inbox: SQLiteStore) -> None:
     ids = [await inbox.quarantine(b"x", "odd", received_at=NOW) for _ in range(5)]
     page = await inbox.quarantined(limit=2, before_id=ids[3])
     assert [q.id for q in page] == [ids[2], ids[1]]
@@ -238,7 +239,7 @@ async def test_quarantined_pages_newest_first_below_an_id(inbox: SQLiteInbox) ->
 async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_id(
     tmp_path: Path,
 ) -> None:
-    from cio_webhooks._sqlite import SCHEMA, SCHEMA_VERSION
+    from cio_webhooks.store.sqlite._inbox import SCHEMA, SCHEMA_VERSION
 
     path = tmp_path / "v3.db"
     version_3 = (
@@ -254,7 +255,7 @@ async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_i
             "INSERT INTO quarantine (received_at, event_id, reason, body) VALUES (?, ?, 'r', ?)",
             [(1, "e1", b"first"), (2, "e1", b"retry"), (3, None, b"a"), (4, None, b"b")],
         )
-    async with SQLiteInbox(path) as inbox:
+    async with SQLiteStore(path) as inbox:
         kept = await inbox.quarantined()
         assert [(q.event_id, q.body) for q in kept] == [
             (None, b"b"),
@@ -268,12 +269,12 @@ async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_i
 
 async def test_a_read_only_inbox_reads_and_changes_no_file(tmp_path: Path) -> None:
     path = tmp_path / "inbox.db"
-    async with SQLiteInbox(path) as inbox:
+    async with SQLiteStore(path) as inbox:
         await inbox.put(ev("a"))
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()}
-    async with SQLiteInbox(path, readonly=True) as reader:
+    async with SQLiteStore(path, readonly=True) as reader:
         assert [e.event_id async for e in reader.iter_events(EventFilter())] == ["a"]
-        assert (await reader.stats())["events"] == 1
+        assert (await reader.stats()).events == 1
         with pytest.raises(StoreUnavailable):
             await reader.put(ev("b"))
         assert not await reader.ready()
@@ -289,14 +290,14 @@ async def test_a_read_only_inbox_refuses_what_is_not_an_inbox(
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(StoreUnavailable, match=f"cannot read inbox {path}"):
-        await SQLiteInbox(path, readonly=True).open()
+        await SQLiteStore(path, readonly=True).open()
     assert [p.name for p in tmp_path.iterdir()] == ([] if content is None else ["inbox.db"])
     if content is not None:
         assert path.read_bytes() == content
 
 
 async def test_a_claim_counts_an_attempt_and_says_when_the_previous_one_never_finished(
-    inbox: SQLiteInbox,
+    inbox: SQLiteStore,
 ) -> None:
     await inbox.put(ev("a"))
     [first] = await inbox.claim(now=NOW, limit=1, lease=60)
@@ -316,7 +317,7 @@ def done(job: Job) -> Outcome:
 
 
 async def test_a_replay_made_while_handlers_run_wins_over_their_outcome(
-    inbox: SQLiteInbox,
+    inbox: SQLiteStore,
 ) -> None:
     await inbox.put(ev("a"))
     [job] = await inbox.claim(now=NOW, limit=1, lease=60)
@@ -328,11 +329,11 @@ async def test_a_replay_made_while_handlers_run_wins_over_their_outcome(
     assert await inbox.handler_runs(job.seq) == []  # the replay re-runs every handler
     [again] = await inbox.claim(now=NOW, limit=1, lease=60)
     assert await inbox.finish([done(again)], now=NOW + 2) == 1
-    assert [r["status"] for r in await inbox.handler_runs(job.seq)] == ["ok"]
+    assert [r.status for r in await inbox.handler_runs(job.seq)] == ["ok"]
 
 
 async def test_a_discard_made_while_handlers_run_wins_over_their_outcome(
-    inbox: SQLiteInbox,
+    inbox: SQLiteStore,
 ) -> None:
     await inbox.put(ev("a"))
     [job] = await inbox.claim(now=NOW, limit=1, lease=60)
@@ -344,7 +345,7 @@ async def test_a_discard_made_while_handlers_run_wins_over_their_outcome(
 
 
 async def test_an_outcome_after_the_lease_expired_and_another_claim_is_dropped(
-    inbox: SQLiteInbox,
+    inbox: SQLiteStore,
 ) -> None:
     await inbox.put(ev("a"))
     [stale] = await inbox.claim(now=NOW, limit=1, lease=60)
@@ -358,7 +359,7 @@ async def test_an_outcome_after_the_lease_expired_and_another_claim_is_dropped(
 
 
 async def test_a_claim_records_events_no_handler_wants_as_done_without_counting_them(
-    inbox: SQLiteInbox,
+    inbox: SQLiteStore,
 ) -> None:
     for i in range(5):
         await inbox.put(ev(f"quiet{i}"))
@@ -379,7 +380,7 @@ async def test_a_claim_records_events_no_handler_wants_as_done_without_counting_
     assert (later.state, later.attempts) == (JobState.PENDING, 0)  # beyond the limit: untouched
 
 
-async def test_delivery_metrics_include_events_without_a_usable_time(inbox: SQLiteInbox) -> None:
+async def test_delivery_metrics_include_events_without_a_usable_time(inbox: SQLiteStore) -> None:
     # Stored with occurred_at NULL ("timestamp": "nan"): still received, so reconcile
     # must not take them for missing and backfill a second copy.
     for event_id, metric in [("t1", "sent"), ("t2", "opened")]:

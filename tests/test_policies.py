@@ -36,7 +36,6 @@ from cio_webhooks import (
     EventFilter,
     JobState,
     RetryPolicy,
-    SQLiteInbox,
     create_app,
     parse_event,
 )
@@ -51,19 +50,16 @@ from cio_webhooks.customerio import TRACK_URLS, CustomerIOAuthError, TrackClient
 from cio_webhooks.customerio.fake import FakeCustomerIO, Recorded
 from cio_webhooks.policies import (
     DEFAULT_RULES,
-    IN_FLIGHT_LEASE,
     POLICY_HTTP,
-    ActionInFlight,
-    ActionLog,
     Policies,
     PolicyConfig,
     Rule,
-    Threshold,
-    Verdict,
     dedupe_id,
     load_policies,
     render,
 )
+from cio_webhooks.store import IN_FLIGHT_LEASE, ActionInFlight, Verdict, Window
+from cio_webhooks.store.sqlite import SQLiteLedger, SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event, signed_request
 
 from .conftest import KEY, NOW
@@ -78,15 +74,17 @@ class Pipeline:
     """Receiver + inbox + dispatcher with policies; the Track API is the fake."""
 
     client: httpx2.AsyncClient
-    inbox: SQLiteInbox
+    inbox: SQLiteStore
     dispatcher: Dispatcher
     policies: Policies
     fake: FakeCustomerIO
     clock: FixedClock
 
     @property
-    def log(self) -> ActionLog:
-        return self.policies.log
+    def ledger(self) -> SQLiteLedger:
+        ledger = self.policies.ledger
+        assert isinstance(ledger, SQLiteLedger)
+        return ledger
 
     async def post(self, event: dict[str, Any]) -> int:
         body, headers = signed_request(event, key=KEY, timestamp=int(self.clock()))
@@ -128,12 +126,12 @@ async def pipeline(settings: Settings, fake: FakeCustomerIO) -> AsyncIterator[Pi
     clock = FixedClock(float(NOW))
     policies = build_policies(settings, clock=clock)
     assert policies is not None
-    inbox = SQLiteInbox(settings.db)
+    inbox = SQLiteStore(settings.db)
     await inbox.open()
     dispatcher = Dispatcher(
         inbox, policies.router(), retry=settings.retry, clock=clock, rng=random.Random(0)
     )
-    app = create_app(inbox, settings.signing_keys, clock=clock, dispatcher=dispatcher)
+    app = create_app(inbox, settings.signing_keys, clock=clock, router=dispatcher.router)
     try:
         async with httpx2.AsyncClient(
             transport=httpx2.ASGITransport(app=app), base_url="http://t"
@@ -186,15 +184,15 @@ async def test_spam_complaint_becomes_one_unsubscribe(defaults: Pipeline) -> Non
         "spam_complaint_campaign_id": "12",
     }
     assert defaults.fake.people["42"]["unsubscribed"] is True
-    [action] = await defaults.log.recent()
-    assert (action["event_id"], action["rule"], action["status"], action["person"]) == (
+    [action] = await defaults.ledger.recent()
+    assert (action.event_id, action.rule, action.status, action.person) == (
         "s1",
         "spam-complaint-unsubscribe",
         "ok",
         "42",
     )
-    assert action["dry_run"] == 0
-    assert json.loads(action["request"]) == {
+    assert action.dry_run == 0
+    assert json.loads(action.request) == {
         "action": "unsubscribe",
         "person": "42",
         "attributes": {"spam_complaint_at": NOW, "spam_complaint_campaign_id": "12"},
@@ -219,7 +217,7 @@ async def test_an_event_delivered_twice_calls_customerio_once(defaults: Pipeline
     assert await defaults.post(spam("s1")) == 200  # Customer.io retried after a lost 2xx
     await defaults.drain()
     assert len(defaults.fake.calls()) == 1
-    assert len(await defaults.log.recent()) == 1
+    assert len(await defaults.ledger.recent()) == 1
 
 
 async def test_a_failed_call_is_retried_by_the_dispatcher_and_succeeds_once(
@@ -239,10 +237,10 @@ async def test_a_failed_call_is_retried_by_the_dispatcher_and_succeeds_once(
     assert await defaults.state("b1") is JobState.DONE
     [ok] = defaults.fake.calls()
     assert ok.body["email_bounced"] is True
-    statuses = [a["status"] for a in await defaults.log.recent(event_id="b1")]
+    statuses = [a.status for a in await defaults.ledger.recent(event_id="b1")]
     assert statuses == ["ok", "failed"]  # newest first
-    [failed] = await defaults.log.recent(status="failed")
-    assert "HTTP 503 after 3 attempt(s)" in failed["detail"]
+    [failed] = await defaults.ledger.recent(status="failed")
+    assert "HTTP 503 after 3 attempt(s)" in (failed.detail or "")
 
 
 async def test_a_passing_hiccup_is_retried_within_the_call(defaults: Pipeline) -> None:
@@ -251,7 +249,7 @@ async def test_a_passing_hiccup_is_retried_within_the_call(defaults: Pipeline) -
     await defaults.drain()
     assert [r.status for r in defaults.fake.requests] == [429, 200]
     assert await defaults.state("s1") is JobState.DONE
-    assert [a["status"] for a in await defaults.log.recent()] == ["ok"]
+    assert [a.status for a in await defaults.ledger.recent()] == ["ok"]
 
 
 async def test_a_replay_does_not_repeat_a_call_that_went_through(defaults: Pipeline) -> None:
@@ -270,8 +268,8 @@ async def test_the_third_bounce_within_the_window_unsubscribes_once(defaults: Pi
     unsubscribes = [c for c in defaults.fake.calls() if c.body.get("unsubscribed")]
     assert len(unsubscribes) == 1
     assert len(defaults.fake.calls()) == 4 + 1  # one bounce mark per bounce, one unsubscribe
-    [acted] = [a for a in await defaults.log.recent() if a["rule"].startswith("repeated")]
-    assert acted["event_id"] == "b2"
+    [acted] = [a for a in await defaults.ledger.recent() if a.rule.startswith("repeated")]
+    assert acted.event_id == "b2"
 
 
 async def test_bounces_outside_the_window_do_not_count(defaults: Pipeline) -> None:
@@ -302,8 +300,8 @@ async def test_bounces_arriving_newest_first_unsubscribe_once(defaults: Pipeline
         await defaults.post(bounce(f"b{i}", at=at))
         await defaults.drain()
     assert len(unsubscribes(defaults.fake)) == 1
-    [acted] = [a for a in await defaults.log.recent() if a["rule"].startswith("repeated")]
-    assert acted["event_id"] == "b2"  # the third hit inside the window, whichever it is
+    [acted] = [a for a in await defaults.ledger.recent() if a.rule.startswith("repeated")]
+    assert acted.event_id == "b2"  # the third hit inside the window, whichever it is
 
 
 async def test_four_bounces_in_one_batch_unsubscribe_once(defaults: Pipeline) -> None:
@@ -325,10 +323,10 @@ async def test_a_replay_a_month_later_does_not_act_again(defaults: Pipeline) -> 
     assert len(defaults.fake.calls()) == 4 + 1
 
 
-THREE_IN_30_DAYS = Threshold(count=3, within_days=30)
+THREE_IN_30_DAYS = Window(count=3, within=30 * 86400)
 
 
-async def acting_hits(log: ActionLog, hits: Sequence[tuple[str, float]]) -> list[str]:
+async def acting_hits(log: SQLiteLedger, hits: Sequence[tuple[str, float]]) -> list[str]:
     """Record ``(event_id, occurred_at)`` hits in this order; the ids reserved to act."""
     acted = []
     for event_id, at in hits:
@@ -354,7 +352,7 @@ async def test_any_order_of_hits_in_one_window_acts_exactly_once(
     tmp_path: Path, order: tuple[int, ...]
 ) -> None:
     days = [0, 3, 11, 20, 29]  # five hits, all within 30 days of each other
-    log = ActionLog(tmp_path / "actions.db")
+    log = SQLiteLedger(tmp_path / "actions.db")
     acted = await acting_hits(log, [(f"b{i}", NOW + days[i] * DAY) for i in order])
     assert acted == [f"b{order[2]}"]  # the third hit to arrive, whatever its time
     await log.close()
@@ -363,7 +361,7 @@ async def test_any_order_of_hits_in_one_window_acts_exactly_once(
 async def test_a_new_window_needs_count_new_hits_after_the_last_one(tmp_path: Path) -> None:
     """Once per window: an action covers ``within_days`` from the first hit it counted;
     hits inside never count again, and ``count`` hits beyond it act again."""
-    log = ActionLog(tmp_path / "actions.db")
+    log = SQLiteLedger(tmp_path / "actions.db")
     hits = [("d0", 0), ("d10", 10), ("d20", 20), ("d25", 25), ("d29", 29)]
     hits += [("d30", 30), ("d40", 40), ("d50", 50)]
     acted = await acting_hits(log, [(e, NOW + d * DAY) for e, d in hits])
@@ -373,7 +371,7 @@ async def test_a_new_window_needs_count_new_hits_after_the_last_one(tmp_path: Pa
 
 async def test_concurrent_logs_on_one_file_act_once(tmp_path: Path) -> None:
     """Several workers tomorrow: two logs (two connections) race over the same hits."""
-    first, second = ActionLog(tmp_path / "actions.db"), ActionLog(tmp_path / "actions.db")
+    first, second = SQLiteLedger(tmp_path / "actions.db"), SQLiteLedger(tmp_path / "actions.db")
     hits = [(f"b{i}", NOW + i * DAY) for i in range(6)]
     results = await asyncio.gather(
         acting_hits(first, hits), acting_hits(second, hits[::-1]), acting_hits(first, hits[2:])
@@ -385,7 +383,7 @@ async def test_concurrent_logs_on_one_file_act_once(tmp_path: Path) -> None:
 
 async def test_a_cancelled_call_of_this_process_is_taken_up_again(tmp_path: Path) -> None:
     """The dispatcher's handler timeout cancels a call: the next attempt reserves it."""
-    log = ActionLog(tmp_path / "actions.db")
+    log = SQLiteLedger(tmp_path / "actions.db")
 
     async def reserve() -> Verdict:
         return await log.reserve(rule="r", event_id="e1", person="42", dry_run=False, now=NOW)
@@ -404,7 +402,7 @@ async def test_a_read_only_log_never_migrates_or_writes(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.executescript(OLD_SCHEMA)
     before = path.read_bytes()
-    log = ActionLog(path, read_only=True)
+    log = SQLiteLedger(path, read_only=True)
     assert await log.recent() == []
     await log.close()
     assert path.read_bytes() == before
@@ -412,17 +410,18 @@ async def test_a_read_only_log_never_migrates_or_writes(tmp_path: Path) -> None:
 
 RACE = """
 import asyncio, sys
-from cio_webhooks.policies import ActionInFlight, ActionLog, Threshold, Verdict
+from cio_webhooks.store import ActionInFlight, Verdict, Window
+from cio_webhooks.store.sqlite import SQLiteLedger
 
 async def main():
-    log = ActionLog(sys.argv[1])
+    log = SQLiteLedger(sys.argv[1])
     start = float(sys.argv[2])
     acted = 0
     for i in [int(x) for x in sys.argv[3].split(",")]:
         try:
             verdict = await log.reserve(
                 rule="r", event_id=f"b{i}", person="42", dry_run=False, now=start,
-                threshold=Threshold(count=3, within_days=30), occurred_at=start + i * 3600,
+                threshold=Window(count=3, within=30 * 86400), occurred_at=start + i * 3600,
             )
         except ActionInFlight:
             continue
@@ -440,7 +439,7 @@ asyncio.run(main())
 
 def test_two_processes_on_one_file_act_once(tmp_path: Path) -> None:
     path = str(tmp_path / "actions.db")
-    ActionLog(path)  # nothing is created until first use: the processes race on creating it
+    SQLiteLedger(path)  # nothing is created until first use: the processes race on creating it
     orders = ["0,1,2,3,4,5,6,7", "7,6,5,4,3,2,1,0", "3,5,1,7,0,2,4,6"]
     procs = [
         subprocess.Popen(
@@ -459,7 +458,7 @@ async def test_backfilled_events_never_reach_a_policy(defaults: Pipeline) -> Non
         for rule in DEFAULT_RULES:
             await defaults.policies.apply(rule, event)
     assert defaults.fake.requests == []
-    assert await defaults.log.recent() == []
+    assert await defaults.ledger.recent() == []
 
 
 OLD_SCHEMA = """
@@ -502,8 +501,8 @@ async def test_an_audit_file_of_the_first_release_is_migrated(
         for i in range(4):  # three replays and one new bounce in the same window
             await p.post(bounce(f"b{i}", at=NOW + i))
         await p.drain()
-        assert await p.log.decision(rule, "b2") == "ok"
-        assert len(await p.log.recent()) == 4 + 1
+        assert await p.ledger.decision(rule, "b2") == "ok"
+        assert len(await p.ledger.recent()) == 4 + 1
     assert [c.body for c in fake.calls()] == [
         {"email_bounced": True, "email_bounced_at": NOW + 3, "email_bounced_reason": ANY}
     ]
@@ -518,8 +517,8 @@ async def test_an_event_without_a_person_is_skipped_not_retried(defaults: Pipeli
     await defaults.post(event)
     await defaults.drain()
     assert defaults.fake.requests == []
-    [action] = await defaults.log.recent()
-    assert action["status"] == "skipped"
+    [action] = await defaults.ledger.recent()
+    assert action.status == "skipped"
     assert await defaults.state("anon") is JobState.DONE
 
 
@@ -611,7 +610,7 @@ async def test_a_call_left_in_flight_by_a_dead_process_is_repeated_once(
             )
         await p.inbox.requeue(EventFilter(kinds=("*",)), now=p.clock(), rerun="*")
         await p.drain()
-        assert await p.log.decision("bounce-event", "b1") == "ok"
+        assert await p.ledger.decision("bounce-event", "b1") == "ok"
     assert len(fake.calls("PUT")) == 1  # the settled rule is not repeated
     assert len(fake.calls("POST")) == 2  # sent twice ...
     assert len(fake.tracked_events) == 1  # ... counted once
@@ -621,7 +620,7 @@ async def test_a_call_in_flight_in_a_live_process_is_waited_for(
     tmp_path: Path, fake: FakeCustomerIO
 ) -> None:
     settings = settings_for(tmp_path, fake, policies=write(tmp_path, TWO_RULES))
-    other = ActionLog(tmp_path / "actions.db")  # another worker on the same file
+    other = SQLiteLedger(tmp_path / "actions.db")  # another worker on the same file
     assert (
         await other.reserve(rule="mark", event_id="b1", person="42", dry_run=False, now=NOW)
         is Verdict.ACT
@@ -658,9 +657,9 @@ async def test_dry_run_records_and_calls_nothing(tmp_path: Path, fake: FakeCusto
         await p.post(spam("s1"))
         await p.drain()
         assert fake.requests == []
-        [action] = await p.log.recent()
-        assert (action["status"], action["dry_run"]) == ("dry_run", 1)
-        assert json.loads(action["request"])["attributes"]["spam_complaint_campaign_id"] == "12"
+        [action] = await p.ledger.recent()
+        assert (action.status, action.dry_run) == ("dry_run", 1)
+        assert json.loads(action.request)["attributes"]["spam_complaint_campaign_id"] == "12"
         assert await p.state("s1") is JobState.DONE
 
 
@@ -675,7 +674,7 @@ async def test_dry_run_needs_no_credentials(tmp_path: Path, fake: FakeCustomerIO
         assert p.policies.track is None
         await p.post(bounce("b1"))
         await p.drain()
-        assert sorted(a["status"] for a in await p.log.recent()) == ["dry_run", "dry_run"]
+        assert sorted(a.status for a in await p.ledger.recent()) == ["dry_run", "dry_run"]
 
 
 async def test_a_dry_run_does_not_count_as_done_when_going_live(
@@ -689,7 +688,7 @@ async def test_a_dry_run_does_not_count_as_done_when_going_live(
         await live.inbox.requeue(EventFilter(kinds=("*",)), now=live.clock(), rerun="*")
         await live.drain()
         assert len(fake.calls()) == 1
-        assert [a["status"] for a in await live.log.recent()] == ["ok", "dry_run"]
+        assert [a.status for a in await live.ledger.recent()] == ["ok", "dry_run"]
 
 
 async def test_a_single_rule_can_be_dry_run(tmp_path: Path, fake: FakeCustomerIO) -> None:
@@ -699,7 +698,7 @@ async def test_a_single_rule_can_be_dry_run(tmp_path: Path, fake: FakeCustomerIO
         await p.post(bounce("b1"))
         await p.drain()
         assert [c.method for c in fake.calls()] == ["PUT"]
-        rows = {a["rule"]: a["status"] for a in await p.log.recent()}
+        rows = {a.rule: a.status for a in await p.ledger.recent()}
         assert rows == {"mark": "ok", "bounce-event": "dry_run"}
 
 
@@ -769,9 +768,9 @@ async def test_a_refused_key_is_not_written_anywhere(tmp_path: Path, fake: FakeC
         assert stored.state is JobState.RETRYING
         assert "HTTP 401" in (stored.last_error or "")
         assert "wrong-key-9d2e" not in (stored.last_error or "")
-        [failed] = await p.log.recent()
-        assert failed["status"] == "failed"
-        assert failed["detail"].startswith(CustomerIOAuthError.__name__)
+        [failed] = await p.ledger.recent()
+        assert failed.status == "failed"
+        assert (failed.detail or "").startswith(CustomerIOAuthError.__name__)
     files = list(tmp_path.glob("*.db*"))  # the databases and their WAL files
     assert {f.name for f in files} >= {"actions.db", "inbox.db"}
     for path in files:
@@ -850,7 +849,8 @@ def test_defaults_only_with_track_credentials(tmp_path: Path) -> None:
     assert policies.track.http.base_url == TRACK_URLS["eu"]
     assert policies.track.http.max_retries == POLICY_HTTP["max_retries"]
     assert policies.track.http.limiter.interval == pytest.approx(1 / 20)
-    assert policies.log.path == tmp_path / "actions.db"
+    assert isinstance(policies.ledger, SQLiteLedger)
+    assert policies.ledger.path == tmp_path / "actions.db"
 
     file_only = replace(
         base, policies=write(tmp_path, "[[rule]]\nname='a'\non=['*']\naction='identify'\n")
@@ -1070,7 +1070,7 @@ def test_actions_list_without_an_audit_file(tmp_path: Path) -> None:
 
 
 async def test_policies_refuse_live_rules_without_a_client(tmp_path: Path) -> None:
-    log = ActionLog(tmp_path / "actions.db")
+    log = SQLiteLedger(tmp_path / "actions.db")
     with pytest.raises(ConfigError, match="credentials"):
         Policies(PolicyConfig(DEFAULT_RULES), log, None)
     track = TrackClient("s", "k")
@@ -1090,8 +1090,8 @@ async def test_a_call_whose_audit_row_could_not_be_written_is_not_made_again(
     # the retry must record it, not call a second time.
     [rule] = [r for r in DEFAULT_RULES if r.action == "unsubscribe" and r.threshold is None]
     event = parse_event(json.dumps(spam("s1")).encode())
-    assert await defaults.log.recent() == []  # the audit file and its tables exist
-    with sqlite3.connect(defaults.log.path) as db:
+    assert await defaults.ledger.recent() == []  # the audit file and its tables exist
+    with sqlite3.connect(defaults.ledger.path) as db:
         db.execute(
             "CREATE TRIGGER audit_fails BEFORE INSERT ON actions"
             " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
@@ -1099,10 +1099,10 @@ async def test_a_call_whose_audit_row_could_not_be_written_is_not_made_again(
     with pytest.raises(sqlite3.DatabaseError, match="disk full"):
         await defaults.policies.apply(rule, event)
     assert len(unsubscribes(defaults.fake)) == 1
-    with sqlite3.connect(defaults.log.path) as db:
+    with sqlite3.connect(defaults.ledger.path) as db:
         db.execute("DROP TRIGGER audit_fails")
     await defaults.policies.apply(rule, event)  # the dispatcher's retry
     assert len(unsubscribes(defaults.fake)) == 1
-    assert await defaults.log.decision(rule.name, "s1") == "ok"
-    [row] = await defaults.log.recent()
-    assert (row["event_id"], row["status"]) == ("s1", "ok")
+    assert await defaults.ledger.decision(rule.name, "s1") == "ok"
+    [row] = await defaults.ledger.recent()
+    assert (row.event_id, row.status) == ("s1", "ok")

@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from cio_webhooks import Dispatcher, Event, JobState, Router, SQLiteInbox, parse_event
+from cio_webhooks import Dispatcher, Event, JobState, Router, parse_event
 from cio_webhooks.cli import main
 from cio_webhooks.customerio import AppClient
 from cio_webhooks.customerio.fake import FakeCustomerIO
 from cio_webhooks.reconcile import COMPARED_METRICS, reconcile
 from cio_webhooks.reports import delivery_report
 from cio_webhooks.sinks import SQLiteWarehouse
+from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
 T0 = 1_700_000_000
@@ -71,8 +72,8 @@ async def fake() -> AsyncIterator[FakeCustomerIO]:
 
 
 @pytest.fixture
-async def inbox(tmp_path: Path) -> AsyncIterator[SQLiteInbox]:
-    store = SQLiteInbox(tmp_path / "inbox.db")
+async def inbox(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "inbox.db")
     await store.open()
     for i, (dlv, metric) in enumerate(POSTED):
         payload = make_event(
@@ -91,7 +92,7 @@ async def app_api(fake: FakeCustomerIO) -> AsyncIterator[AppClient]:
 
 
 async def test_finds_exactly_the_missing_and_extra_events(
-    app_api: AppClient, inbox: SQLiteInbox
+    app_api: AppClient, inbox: SQLiteStore
 ) -> None:
     result = await reconcile(app_api, inbox, since=T0 - 3600, now=T0 + 3600)
     assert result.deliveries == 3
@@ -101,11 +102,11 @@ async def test_finds_exactly_the_missing_and_extra_events(
     ]
     assert [(d.delivery_id, d.metric) for d in result.extra] == [("dlv-2", "clicked")]
     assert result.backfilled == 0
-    assert (await inbox.stats())["events"] == len(POSTED)
+    assert (await inbox.stats()).events == len(POSTED)
 
 
 async def test_backfill_stores_them_once_and_a_second_run_finds_nothing(
-    app_api: AppClient, inbox: SQLiteInbox, tmp_path: Path
+    app_api: AppClient, inbox: SQLiteStore, tmp_path: Path
 ) -> None:
     first = await reconcile(app_api, inbox, since=T0 - 3600, now=T0 + 3600, backfill=True)
     assert first.backfilled == 2
@@ -131,7 +132,7 @@ async def test_backfill_stores_them_once_and_a_second_run_finds_nothing(
 
 
 async def test_backfilled_events_do_not_run_policies_again(
-    app_api: AppClient, inbox: SQLiteInbox
+    app_api: AppClient, inbox: SQLiteStore
 ) -> None:
     calls: Counter[str] = Counter()
     router = Router()
@@ -149,11 +150,11 @@ async def test_backfilled_events_do_not_run_policies_again(
     assert sum(calls.values()) == len(POSTED)
 
 
-async def received_everything_then_pruned(tmp_path: Path) -> SQLiteInbox:
+async def received_everything_then_pruned(tmp_path: Path) -> SQLiteStore:
     """An inbox that got every event ``DELIVERIES`` lists (dlv-1's open from a
     prefetcher), handed them to the warehouse, then pruned them all: the state a
     ``--dedupe-days 30`` inbox is in when ``reconcile --since 60d`` looks back."""
-    inbox = SQLiteInbox(tmp_path / "inbox.db")
+    inbox = SQLiteStore(tmp_path / "inbox.db")
     await inbox.open()
     for d in DELIVERIES:
         for metric, at in d["metrics"].items():
@@ -176,7 +177,7 @@ async def received_everything_then_pruned(tmp_path: Path) -> SQLiteInbox:
     return inbox
 
 
-async def load_warehouse(tmp_path: Path, inbox: SQLiteInbox) -> int:
+async def load_warehouse(tmp_path: Path, inbox: SQLiteStore) -> int:
     """Load all the inbox holds into the warehouse next to it; the warehouse's row count."""
     warehouse = SQLiteWarehouse(tmp_path / "warehouse.db", inbox=inbox.path)
     while await warehouse.load():
@@ -215,7 +216,7 @@ async def invoke(*args: str) -> Result:
 
 
 async def test_cli_reconcile_json_then_backfill(
-    fake: FakeCustomerIO, inbox: SQLiteInbox, tmp_path: Path
+    fake: FakeCustomerIO, inbox: SQLiteStore, tmp_path: Path
 ) -> None:
     common = ["--data-dir", str(tmp_path), "--app-url", fake.app_url, "--since", str(T0 - 3600)]
     result = await invoke("reconcile", *common, "--json", "--app-api-key", "app-secret")
@@ -250,7 +251,7 @@ async def test_cli_backfill_after_the_inbox_pruned_adds_nothing(
     assert (row.opened, row.machine_opened) == (0, 1)
 
 
-async def test_report_compare_api(fake: FakeCustomerIO, inbox: SQLiteInbox, tmp_path: Path) -> None:
+async def test_report_compare_api(fake: FakeCustomerIO, inbox: SQLiteStore, tmp_path: Path) -> None:
     fake.campaign_series["7"] = {"sent": [2, 1], "delivered": [2, 0], "opened": [1, 0]}
     warehouse = SQLiteWarehouse(tmp_path / "warehouse.db", inbox=inbox.path)
     await warehouse.load()

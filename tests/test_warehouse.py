@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cio_webhooks import SQLiteInbox, StoreUnavailable, normalise, parse_event
+from cio_webhooks import StoreUnavailable, normalise, parse_event
 from cio_webhooks.events import NORMALISED_FIELDS
 from cio_webhooks.sinks import SQLiteWarehouse
+from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
 from .conftest import NOW, sample_files
@@ -23,18 +24,18 @@ def rows(path: Path) -> list[dict[str, object]]:
 
 
 def warehouse_for(
-    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock, **kw: int
+    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock, **kw: int
 ) -> SQLiteWarehouse:
     return SQLiteWarehouse(tmp_path / "warehouse.db", inbox=inbox.path, clock=clock, **kw)
 
 
 async def test_every_event_lands_once_with_normalised_columns(
-    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
+    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock
 ) -> None:
     for i, path in enumerate(sample_files()):
         await inbox.put(parse_event(path.read_bytes(), received_at=NOW + i))
     warehouse = warehouse_for(inbox, tmp_path, clock, batch_size=5)
-    stored = (await inbox.stats())["events"]
+    stored = (await inbox.stats()).events
     moved = 0
     while step := await warehouse.load():
         moved += step
@@ -95,7 +96,7 @@ EDGE_CASES = [
     [p.read_bytes() for p in sample_files()] + [json.dumps(e).encode() for e in EDGE_CASES],
 )
 async def test_sql_normalisation_matches_python_normalise(
-    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock, body: bytes
+    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock, body: bytes
 ) -> None:
     event = parse_event(body, received_at=NOW + 0.25)
     await inbox.put(event)
@@ -109,7 +110,7 @@ async def test_sql_normalisation_matches_python_normalise(
 
 
 async def test_reloading_does_not_duplicate_rows(
-    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
+    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock
 ) -> None:
     for i in range(30):
         await inbox.put(parse_event(json.dumps(make_event(f"e{i}")).encode(), received_at=NOW))
@@ -125,7 +126,7 @@ async def test_reloading_does_not_duplicate_rows(
 
 
 async def test_picks_up_where_it_left_off_after_restart(
-    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
+    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock
 ) -> None:
     await inbox.put(parse_event(json.dumps(make_event("a")).encode(), received_at=NOW))
     first = warehouse_for(inbox, tmp_path, clock)
@@ -140,7 +141,7 @@ async def test_picks_up_where_it_left_off_after_restart(
 
 
 async def test_lag_columns_are_iso_timestamps(
-    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
+    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock
 ) -> None:
     await inbox.put(parse_event(json.dumps(make_event("a")).encode(), received_at=NOW))
     clock.advance(1.25)
@@ -154,7 +155,7 @@ async def test_lag_columns_are_iso_timestamps(
 
 
 async def test_loading_never_blocks_the_inbox_writer(
-    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
+    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock
 ) -> None:
     await inbox.put(parse_event(json.dumps(make_event("a")).encode(), received_at=NOW))
     warehouse = warehouse_for(inbox, tmp_path, clock)
@@ -166,7 +167,7 @@ async def test_loading_never_blocks_the_inbox_writer(
 
 
 async def test_an_older_warehouse_gains_new_columns(
-    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
+    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock
 ) -> None:
     path = tmp_path / "warehouse.db"
     with sqlite3.connect(path) as db:
@@ -180,7 +181,7 @@ async def test_an_older_warehouse_gains_new_columns(
 
 
 async def test_a_reader_finds_every_received_metric_of_the_deliveries_asked_for(
-    inbox: SQLiteInbox, tmp_path: Path, clock: FixedClock
+    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock
 ) -> None:
     for event_id, delivery, metric, backfilled in [
         ("e1", "d1", "sent", False),

@@ -5,7 +5,7 @@ The public API::
     verify, sign, signed_headers          pure signature checks (signature.py)
     Event, parse_event, normalise          the event model (events.py)
     Router, load_router                    handlers routed by object_type.metric (handlers.py)
-    Inbox, SQLiteInbox, JobState, ...      the durable, deduplicating store (inbox.py)
+    Store, open_store, JobState, ...       the durable, deduplicating store (store/)
     Dispatcher, RetryPolicy                handlers with durable retries and a DLQ
     create_app                             the ASGI service
     testing.FixedClock, testing.signed_request   helpers for your own tests
@@ -29,13 +29,12 @@ from ._exceptions import (
     StaleTimestamp,
     StoreUnavailable,
 )
-from ._sqlite import SQLiteInbox
 from .app import create_app
 from .dispatcher import Dispatcher, RetryPolicy
 from .events import Event, EventData, Identifiers, normalise, parse_event
 from .handlers import Router, load_router
-from .inbox import EventFilter, Inbox, Job, JobState, PutResult
 from .signature import sign, signed_headers, verify
+from .store import EventFilter, Job, JobState, PutResult, Store, open_store
 
 __all__ = [
     "CioWebhooksError",
@@ -45,7 +44,6 @@ __all__ = [
     "EventData",
     "EventFilter",
     "Identifiers",
-    "Inbox",
     "InvalidEvent",
     "Job",
     "JobState",
@@ -53,14 +51,15 @@ __all__ = [
     "PutResult",
     "RetryPolicy",
     "Router",
-    "SQLiteInbox",
     "SignatureError",
     "SignatureMismatch",
     "StaleTimestamp",
+    "Store",
     "StoreUnavailable",
     "create_app",
     "load_router",
     "normalise",
+    "open_store",
     "parse_event",
     "sign",
     "signed_headers",

@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from ._sqlite import connect_readonly
 from .cli import _db, _print_rows, fail, store_options
 from .events import iso
-from .policies import AUDIT_COLUMNS
+from .store import AUDIT_COLUMNS
+from .store.sqlite import connect_readonly
 
 __all__ = ["actions"]
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._exceptions import ConfigError, StoreUnavailable
-from ._sqlite import SQLiteInbox
 from .app import DEFAULT_DEDUPE_DAYS, Background, WebhookApp, create_app
 from .customerio import CustomerIOAuthError, CustomerIOError, TrackClient
 from .dispatcher import DEFAULT_DRAIN_TIMEOUT, Clock, Dispatcher, RetryPolicy
 from .handlers import Router, load_router
-from .inbox import Inbox
-from .policies import DEFAULT_RULES, POLICY_HTTP, ActionLog, Policies, PolicyConfig, load_policies
+from .policies import DEFAULT_RULES, POLICY_HTTP, Policies, PolicyConfig, load_policies
 from .sinks import SQLiteWarehouse
+from .store import Ledger, Store
+from .store.sqlite import SQLiteLedger, SQLiteStore
 
 log = logging.getLogger("cio_webhooks.service")
 
@@ -136,7 +136,7 @@ def build_router(specs: tuple[str, ...]) -> Router:
 
 
 async def prune_periodically(
-    inbox: Inbox,
+    inbox: Store,
     days: float,
     stop: asyncio.Event,
     *,
@@ -162,7 +162,9 @@ def _partial_credentials(settings: Settings) -> str | None:
     return "--track-api-key" if settings.track_site_id else "--track-site-id"
 
 
-def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies | None:
+def build_policies(
+    settings: Settings, *, ledger: Ledger | None = None, clock: Clock = time.time
+) -> Policies | None:
     """The configured policies: the file's, else the defaults when Track credentials
     are set, else none.  Raises ``ConfigError`` for a bad file, or live rules without
     credentials; warns when only half of the credentials is set."""
@@ -183,6 +185,8 @@ def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies 
     if settings.dry_run:
         config = PolicyConfig(config.rules, dry_run=True)
     live = [r.name for r in config.rules if not (config.dry_run or r.dry_run)]
+    if ledger is None:
+        ledger = SQLiteLedger(actions)
     if missing and live:
         raise ConfigError(
             f"policies {settings.policies} make live Track API calls, but {missing} is not"
@@ -211,7 +215,7 @@ def build_policies(settings: Settings, *, clock: Clock = time.time) -> Policies 
         settings.policies or "defaults",
         actions,
     )
-    return Policies(config, ActionLog(actions), track, clock=clock)
+    return Policies(config, ledger, track, clock=clock)
 
 
 async def check_track_credentials(track: TrackClient, region: str) -> bool:
@@ -279,10 +283,10 @@ async def dispatch_then_close(
 
 
 def background_tasks(
-    settings: Settings, inbox: Inbox, *, clock: Clock = time.time
+    settings: Settings, inbox: Store, *, clock: Clock = time.time
 ) -> tuple[list[Background], Dispatcher]:
     router = build_router(settings.handlers)
-    policies = build_policies(settings, clock=clock)
+    policies = build_policies(settings, ledger=inbox.ledger(), clock=clock)
     if policies is not None:
         router.include(policies.router())
     dispatcher = Dispatcher(
@@ -307,10 +311,16 @@ def background_tasks(
     return [dispatch, warehouse.run, pruner], dispatcher
 
 
+def _open_store(settings: Settings) -> Store:
+    return SQLiteStore(
+        settings.db, max_bytes=settings.max_db_bytes, ledger_path=actions_path(settings)
+    )
+
+
 def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
     if not settings.signing_keys:
         raise ConfigError("no signing key configured")
-    inbox = SQLiteInbox(settings.db, max_bytes=settings.max_db_bytes)
+    inbox = _open_store(settings)
     tasks, dispatcher = background_tasks(settings, inbox, clock=clock)
     return create_app(
         inbox,
@@ -320,12 +330,12 @@ def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
         max_body=settings.max_body,
         clock=clock,
         background=tasks if settings.dispatch else (),
-        dispatcher=dispatcher if settings.dispatch else None,
+        router=dispatcher.router if settings.dispatch else None,
     )
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    inbox = SQLiteInbox(settings.db, max_bytes=settings.max_db_bytes)
+    inbox = _open_store(settings)
     await inbox.open()
     try:
         tasks, _ = background_tasks(settings, inbox)

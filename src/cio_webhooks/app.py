@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -38,10 +39,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ._exceptions import InvalidEvent, SignatureError, StoreUnavailable
-from .dispatcher import Dispatcher
 from .events import Event, parse_event
-from .inbox import Inbox, PutResult
+from .handlers import Router
 from .signature import DEFAULT_TOLERANCE, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from .store import Ingest, PutResult, Store
 
 __all__ = ["Counters", "Receiver", "WebhookApp", "create_app"]
 
@@ -118,14 +119,14 @@ class Receiver:
 
     def __init__(
         self,
-        inbox: Inbox,
+        inbox: Ingest,
         keys: Sequence[str],
         *,
         tolerance: float = DEFAULT_TOLERANCE,
         dedupe_days: float = DEFAULT_DEDUPE_DAYS,
         max_body: int = DEFAULT_MAX_BODY,
         clock: Callable[[], float] = time.time,
-        dispatcher: Dispatcher | None = None,
+        router: Router | None = None,
     ) -> None:
         if not keys:
             raise ValueError("the receiver needs at least one signing key")
@@ -135,7 +136,7 @@ class Receiver:
         self.horizon = dedupe_days * 86400
         self.max_body = max_body
         self.clock = clock
-        self.dispatcher = dispatcher
+        self.router = router
         self.counters = Counters()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -246,13 +247,12 @@ class Receiver:
         event: Event | None = None
         try:
             event = parse_event(body, received_at=now)
-            # With the dispatcher in this process, an event no handler wants is stored
-            # as done: the dispatcher never has to claim it (the common case, and it
-            # keeps claim and finish writes off the writer thread that acks requests).
-            dispatcher = self.dispatcher
-            handled = dispatcher is not None and not dispatcher.router.match(
-                event.object_type, event.metric
-            )
+            # Knowing the handlers (``router``), an event no handler wants is stored as
+            # done: no worker has to claim it (the common case, and it keeps claim and
+            # finish writes off the commits that ack requests).  Without a router every
+            # event waits for a worker, which decides.
+            router = self.router
+            handled = router is not None and not router.match(event.object_type, event.metric)
             result = await self.inbox.put(event, handled=handled)
         except StoreUnavailable as exc:
             return self._unavailable(exc)
@@ -266,8 +266,6 @@ class Receiver:
             self.counters.duplicate += 1
             return _DUPLICATE
         self.counters.stored += 1
-        if dispatcher is not None and not handled:
-            dispatcher.wake()
         return _STORED
 
     async def _quarantine(
@@ -297,7 +295,7 @@ class Receiver:
 
 
 def create_app(
-    inbox: Inbox,
+    inbox: Store,
     keys: Sequence[str],
     *,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -305,7 +303,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     clock: Callable[[], float] = time.time,
     background: Sequence[Background] = (),
-    dispatcher: Dispatcher | None = None,
+    router: Router | None = None,
     path: str = WEBHOOK_PATH,
 ) -> WebhookApp:
     """The ASGI application.  ``dedupe_days`` is the inbox's dedupe horizon (see
@@ -319,7 +317,7 @@ def create_app(
         dedupe_days=dedupe_days,
         max_body=max_body,
         clock=clock,
-        dispatcher=dispatcher,
+        router=router,
     )
 
     @contextlib.asynccontextmanager
@@ -348,7 +346,7 @@ def create_app(
             value: Any = getattr(receiver.counters, f.name)
             lines.append(f'cio_webhooks_requests_total{{outcome="{f.name}"}} {value}')
         try:
-            gauges = await inbox.gauges(now=clock())
+            gauges = dataclasses.asdict(await inbox.gauges(now=clock()))
         except Exception as exc:  # metrics must not fail because the store is sick
             log.error("event=metrics_store_error error=%s", str(exc))
             gauges = {}

@@ -48,14 +48,14 @@ from ._service import (
     split_keys,
     stored_key,
 )
-from ._sqlite import SQLiteInbox
 from .app import STALE_REASON
 from .dispatcher import RetryPolicy
 from .events import NORMALISED_FIELDS, iso, normalise, parse_event
 from .handlers import Route
-from .inbox import EventFilter, JobState, Quarantined, StoredEvent
-from .policies import DEFAULT_RULES, ActionLog, Policies, PolicyConfig, load_policies
+from .policies import DEFAULT_RULES, Policies, PolicyConfig, load_policies
 from .signature import signed_headers
+from .store import EventFilter, JobState, Quarantined, StoredEvent
+from .store.sqlite import SQLiteLedger, SQLiteStore
 
 __all__ = ["main"]
 
@@ -172,11 +172,11 @@ def inbox_path(data_dir: Path, db: Path | None) -> Path:
 @contextlib.asynccontextmanager
 async def _existing_inbox(
     data_dir: Path, db: Path | None, *, readonly: bool
-) -> AsyncIterator[SQLiteInbox]:
+) -> AsyncIterator[SQLiteStore]:
     """The inbox at ``--db``/``--data-dir``, which must exist: a command never creates
     one, nor writes its tables into a file that is not one (ConfigError, exit 2)."""
     path = inbox_path(data_dir, db)
-    reader = SQLiteInbox(path, readonly=True)
+    reader = SQLiteStore(path, readonly=True)
     try:
         await reader.open()  # checks that it is an inbox
     except StoreUnavailable as exc:
@@ -187,7 +187,7 @@ async def _existing_inbox(
             return
     finally:
         await reader.close()
-    async with SQLiteInbox(path) as inbox:
+    async with SQLiteStore(path) as inbox:
         yield inbox
 
 
@@ -739,14 +739,14 @@ def export_row(stored: StoredEvent) -> dict[str, Any]:
 @click.option("--output", "-o", type=click.File("w"), default="-", help="File to write [stdout].")
 @reading_inbox
 async def export(
-    inbox: SQLiteInbox, fmt: str, since: str | None, metric: tuple[str, ...], output: TextIO
+    inbox: SQLiteStore, fmt: str, since: str | None, metric: tuple[str, ...], output: TextIO
 ) -> None:
     """Every received event (processed or not) with the normalised fields."""
     where = _filter(since, metric)
     writer = csv.DictWriter(output, NORMALISED_FIELDS) if fmt == "csv" else None
     if writer:
         writer.writeheader()
-    total = (await inbox.stats())["events"]
+    total = (await inbox.stats()).events
     with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("exporting", total=total)
         async for stored in inbox.iter_events(where):
@@ -839,7 +839,7 @@ def dlq() -> None:
 @click.option("--limit", type=LIMIT, default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reading_inbox
-async def dlq_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
+async def dlq_list(inbox: SQLiteStore, limit: int, as_json: bool) -> None:
     where = EventFilter(states=(JobState.DEAD,), limit=limit)
     rows = [_event_row(e) async for e in inbox.iter_events(where)]
     if not as_json:  # in a table, the state is always "dead" and the next attempt is moot
@@ -848,12 +848,12 @@ async def dlq_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
     _print_rows(rows, as_json, "dead letters")
 
 
-async def _show(inbox: SQLiteInbox, event_id: str) -> None:
+async def _show(inbox: SQLiteStore, event_id: str) -> None:
     stored = await inbox.get_event(event_id)
     if stored is None:
         raise ConfigError(f"no stored event {event_id!r}")
     out = _event_row(stored)
-    out["handlers"] = await inbox.handler_runs(stored.seq)
+    out["handlers"] = [dataclasses.asdict(r) for r in await inbox.handler_runs(stored.seq)]
     out.update(_payload(stored.body))
     click.echo(json.dumps(out, indent=2, default=str))
 
@@ -874,7 +874,7 @@ def _payload(body: bytes) -> dict[str, Any]:
 @store_options
 @click.argument("event_id", callback=_event_id_arguments)
 @reading_inbox
-async def dlq_show(inbox: SQLiteInbox, event_id: str) -> None:
+async def dlq_show(inbox: SQLiteStore, event_id: str) -> None:
     """An event with its handler runs, errors and payload (JSON)."""
     await _show(inbox, event_id)
 
@@ -890,7 +890,7 @@ def _ids_or_all(event_ids: tuple[str, ...], all_: bool) -> EventFilter:
 @click.argument("event_ids", nargs=-1, callback=_event_id_arguments)
 @click.option("--all", "all_", is_flag=True, help="Every dead letter.")
 @with_inbox
-async def dlq_retry(inbox: SQLiteInbox, event_ids: tuple[str, ...], all_: bool) -> None:
+async def dlq_retry(inbox: SQLiteStore, event_ids: tuple[str, ...], all_: bool) -> None:
     """Make dead letters due again; handlers that succeeded are not re-run."""
     n = await inbox.requeue(_ids_or_all(event_ids, all_), now=time.time())
     click.echo(f"requeued {n} event(s)")
@@ -901,7 +901,7 @@ async def dlq_retry(inbox: SQLiteInbox, event_ids: tuple[str, ...], all_: bool) 
 @click.argument("event_ids", nargs=-1, callback=_event_id_arguments)
 @click.option("--all", "all_", is_flag=True, help="Every dead letter.")
 @with_inbox
-async def dlq_discard(inbox: SQLiteInbox, event_ids: tuple[str, ...], all_: bool) -> None:
+async def dlq_discard(inbox: SQLiteStore, event_ids: tuple[str, ...], all_: bool) -> None:
     """Give up on dead letters (they stay stored and exported)."""
     n = await inbox.discard(_ids_or_all(event_ids, all_), now=time.time())
     click.echo(f"discarded {n} event(s)")
@@ -918,7 +918,7 @@ def quarantine() -> None:
 @click.option("--limit", type=LIMIT, default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reading_inbox
-async def quarantine_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None:
+async def quarantine_list(inbox: SQLiteStore, limit: int, as_json: bool) -> None:
     rows = [
         {
             "id": q.id,
@@ -936,7 +936,7 @@ async def quarantine_list(inbox: SQLiteInbox, limit: int, as_json: bool) -> None
 @store_options
 @click.argument("ident", type=QUARANTINE_ID)
 @reading_inbox
-async def quarantine_show(inbox: SQLiteInbox, ident: int) -> None:
+async def quarantine_show(inbox: SQLiteStore, ident: int) -> None:
     """The reason and the raw body, exactly as received."""
     found = await inbox.quarantined(ident=ident, limit=1)
     if not found:
@@ -951,7 +951,7 @@ async def quarantine_show(inbox: SQLiteInbox, ident: int) -> None:
 
 
 async def _quarantined_bodies(
-    inbox: SQLiteInbox, idents: tuple[int, ...]
+    inbox: SQLiteStore, idents: tuple[int, ...]
 ) -> AsyncIterator[Quarantined]:
     """The named bodies (all must exist), or every one, newest first, page by page."""
     if idents:
@@ -974,7 +974,7 @@ async def _quarantined_bodies(
 @click.argument("idents", nargs=-1, type=QUARANTINE_ID)
 @click.option("--all", "all_", is_flag=True, help="Every quarantined body except stale ones.")
 @with_inbox
-async def quarantine_reingest(inbox: SQLiteInbox, idents: tuple[int, ...], all_: bool) -> None:
+async def quarantine_reingest(inbox: SQLiteStore, idents: tuple[int, ...], all_: bool) -> None:
     """Read quarantined bodies again (say, after an upgrade).  Those that are events now
     are stored, deduplicated, and dispatched like any event; they leave the quarantine.
 
@@ -1002,7 +1002,7 @@ async def quarantine_reingest(inbox: SQLiteInbox, idents: tuple[int, ...], all_:
     "--before", required=True, help="7d, 12h, an ISO date or unix seconds (by receive time)."
 )
 @with_inbox
-async def quarantine_purge(inbox: SQLiteInbox, before: str) -> None:
+async def quarantine_purge(inbox: SQLiteStore, before: str) -> None:
     """Delete quarantined bodies received before a time."""
     try:
         cutoff = parse_since(before, time.time())
@@ -1051,7 +1051,9 @@ def registered_routes(
         config = load_policies(policies) if policies else PolicyConfig(DEFAULT_RULES)
         # Dry-run, so that no client is needed to build the router: the names are the same.
         router.include(
-            Policies(PolicyConfig(config.rules, dry_run=True), ActionLog(audit), None).router()
+            Policies(
+                PolicyConfig(config.rules, dry_run=True), SQLiteLedger(audit, read_only=True), None
+            ).router()
         )
     return router.routes
 
@@ -1104,7 +1106,7 @@ def handlers_command(
 @routing_options
 @with_inbox
 async def replay(
-    inbox: SQLiteInbox,
+    inbox: SQLiteStore,
     since: str | None,
     metric: tuple[str, ...],
     handler: str | None,
@@ -1150,23 +1152,23 @@ async def replay(
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reading_inbox
-async def stats(inbox: SQLiteInbox, as_json: bool) -> None:
+async def stats(inbox: SQLiteStore, as_json: bool) -> None:
     """Counts by state and by object_type.metric."""
     data = await inbox.stats()
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(dataclasses.asdict(data), indent=2))
         return
     console = _stdout()
-    table = Table(title=f"{data['events']} events, {data['quarantined']} quarantined")
+    table = Table(title=f"{data.events} events, {data.quarantined} quarantined")
     table.add_column("state")
     table.add_column("events", justify="right")
-    for state, n in data["states"].items():
+    for state, n in data.states.items():
         table.add_row(state, str(n))
     console.print(table)
     kinds = Table(title="by kind")
     kinds.add_column("object_type.metric")
     kinds.add_column("events", justify="right")
-    for kind, n in data["kinds"].items():
+    for kind, n in data.kinds.items():
         kinds.add_row(Text(kind), str(n))
     console.print(kinds)
 

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from ._exceptions import InvalidEvent, StoreUnavailable
 from .events import Event, parse_event
 from .handlers import Route, Router
-from .inbox import HandlerResult, Inbox, Job, JobState, Outcome
+from .store import HandlerResult, Job, JobState, Outcome, Queue
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -165,7 +165,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class Dispatcher:
-    """Runs the ``router``'s handlers for events in ``inbox``.
+    """Runs the ``router``'s handlers for events in ``store``.
 
     ``clock`` and ``rng`` are injected so tests can drive time and jitter.  At most
     ``concurrency`` events are in flight; each of its handlers gets
@@ -179,7 +179,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        inbox: Inbox,
+        store: Queue,
         router: Router,
         *,
         retry: RetryPolicy | None = None,
@@ -192,7 +192,7 @@ class Dispatcher:
         poll_interval: float = 0.05,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
-        self.inbox = inbox
+        self.store = store
         self.router = router
         self.retry = retry or RetryPolicy()
         self.clock = clock
@@ -267,9 +267,13 @@ class Dispatcher:
             await self._drain()
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        """Wait for new events, a freed slot, ``stop`` or the poll interval."""
+        """Wait for new events (the store says, or ``wake``), a freed slot, ``stop``
+        or the poll interval."""
         signals = (self._wake, self._freed, stop)
-        waiters = [asyncio.ensure_future(signal.wait()) for signal in signals]
+        waiters: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(signal.wait()) for signal in signals
+        ]
+        waiters.append(asyncio.ensure_future(self.store.wait_for_work(self.poll_interval)))
         try:
             await asyncio.wait(
                 waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
@@ -323,7 +327,7 @@ class Dispatcher:
         now = time.monotonic()
         if now >= self._next_suspect_check:
             self._next_suspect_check = now + 1.0
-            self._suspects = await self.inbox.interrupted_due(now=self.clock())
+            self._suspects = await self.store.interrupted_due(now=self.clock())
         return self._suspects
 
     async def _claim_some(
@@ -338,7 +342,7 @@ class Dispatcher:
             skipped += 1
             return False
 
-        jobs = await self.inbox.claim(
+        jobs = await self.store.claim(
             now=self.clock(), limit=limit, lease=self.lease, wanted=wanted, interrupted=interrupted
         )
         idle: list[Outcome] = []
@@ -349,7 +353,7 @@ class Dispatcher:
             else:  # the router changed since the claim: nothing to run
                 idle.append(self._nothing_to_run(job))
         if idle:
-            await self.inbox.finish(idle, now=self.clock())
+            await self.store.finish(idle, now=self.clock())
         return len(jobs) + skipped, started
 
     def _start(self, job: Job) -> asyncio.Task[None]:
@@ -375,7 +379,7 @@ class Dispatcher:
             await asyncio.wait([previous])
         try:
             outcome = await self._process(job)
-            recorded = await self.inbox.finish([outcome], now=self.clock())
+            recorded = await self.store.finish([outcome], now=self.clock())
         except StoreUnavailable as exc:
             log.error("event=dispatch_store_error event_id=%s error=%s", job.event_id, str(exc))
             return  # still claimed: retried when the lease expires

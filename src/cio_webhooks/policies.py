@@ -41,10 +41,9 @@ retries, dead-lettering and replay.  Backfilled events (``Event.backfilled``,
 recovered by ``reconcile --backfill``) never reach a rule: ``Policies.apply``
 returns at once for them, whatever the dispatcher hands over.
 
-Exactly once.  ``ActionLog`` (its own SQLite file, never the inbox: a second
-writer there would slow ingest) holds a *decision* per (rule, event), made in
-one ``BEGIN IMMEDIATE`` transaction *before* any call: coroutines of one batch
-and several processes on one file cannot both reserve it.  A decision goes
+Exactly once.  The store's ``Ledger`` (``store.ledger()``) holds a *decision* per
+(rule, event), made in one serialised transaction *before* any call: coroutines of
+one process and workers on several hosts sharing the store cannot both reserve it.  A decision goes
 ``in_flight`` -> ``ok`` | ``failed`` (or ``skipped``, ``dry_run``); the state and the
 audit row are written in one transaction right after Customer.io answers.  An
 ``ok`` or ``skipped`` decision is never carried out again: not on a duplicate
@@ -79,18 +78,10 @@ order Customer.io delivers them in and the dispatcher handles them in:
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import hashlib
-import json
 import logging
 import math
-import os
 import re
-import secrets
-import socket
-import sqlite3
-import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -102,21 +93,17 @@ from ._exceptions import ConfigError
 from .customerio import HttpOptions, TrackClient
 from .events import NORMALISED_FIELDS, Event, normalise
 from .handlers import Router, parse_pattern
+from .store import Ledger, Verdict, Window
 
 __all__ = [
     "ACTIONS",
-    "AUDIT_COLUMNS",
     "DEFAULT_RULES",
-    "IN_FLIGHT_LEASE",
     "POLICY_HTTP",
     "TEMPLATE_FIELDS",
-    "ActionInFlight",
-    "ActionLog",
     "Policies",
     "PolicyConfig",
     "Rule",
     "Threshold",
-    "Verdict",
     "dedupe_id",
     "load_policies",
     "occurred_at",
@@ -400,451 +387,6 @@ def dedupe_id(event: Event, rule: str) -> str:
     return "".join(_CROCKFORD[(number >> shift) & 31] for shift in range(125, -1, -5))
 
 
-#: The schema version this code writes (``PRAGMA user_version``); 0 is the first
-#: release's layout (``rule_hits``, no decisions), migrated on open.
-SCHEMA_VERSION = 1
-
-ACTIONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS actions (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at REAL NOT NULL,
-    event_id   TEXT NOT NULL,
-    rule       TEXT NOT NULL,
-    person     TEXT,
-    action     TEXT NOT NULL,
-    request    TEXT NOT NULL,     -- JSON: what was (or would be) sent, never credentials
-    status     TEXT NOT NULL,     -- ok | failed | dry_run | skipped
-    detail     TEXT,
-    dry_run    INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS actions_event ON actions (event_id, rule);
-CREATE INDEX IF NOT EXISTS actions_person ON actions (rule, person, created_at);
-CREATE TABLE IF NOT EXISTS hits (
-    rule        TEXT NOT NULL,
-    person      TEXT NOT NULL,
-    event_id    TEXT NOT NULL,
-    occurred_at REAL NOT NULL,    -- the event's own time, not when it was received
-    dry_run     INTEGER NOT NULL,
-    PRIMARY KEY (rule, event_id, dry_run)
-);
-CREATE INDEX IF NOT EXISTS hits_person ON hits (rule, person, dry_run, occurred_at);
-CREATE TABLE IF NOT EXISTS decisions (
-    rule         TEXT NOT NULL,
-    event_id     TEXT NOT NULL,
-    dry_run      INTEGER NOT NULL,
-    person       TEXT,
-    window_start REAL,            -- threshold rules: the window [start, start + within) acted on
-    state        TEXT NOT NULL,   -- in_flight | ok | failed | skipped | dry_run
-    owner        TEXT,            -- host:pid:token of the caller while in_flight
-    lease_until  REAL,            -- while in_flight: another owner may take over after it
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    updated_at   REAL NOT NULL,
-    PRIMARY KEY (rule, event_id, dry_run)
-);
-CREATE INDEX IF NOT EXISTS decisions_window ON decisions (rule, person, dry_run, window_start);
-"""
-
-_MIGRATE_FROM_0 = """
-INSERT OR IGNORE INTO hits (rule, person, event_id, occurred_at, dry_run)
-    SELECT rule, person, event_id, occurred_at, 0 FROM rule_hits;
-INSERT OR IGNORE INTO decisions (rule, event_id, dry_run, person, window_start, state, updated_at)
-    SELECT a.rule, a.event_id, a.dry_run, max(a.person),
-           (SELECT h.occurred_at FROM rule_hits h
-            WHERE h.rule = a.rule AND h.event_id = a.event_id),
-           CASE WHEN a.dry_run = 1 THEN 'dry_run'
-                WHEN sum(a.status = 'ok') > 0 THEN 'ok'
-                WHEN sum(a.status = 'skipped') > 0 THEN 'skipped'
-                ELSE 'failed' END,
-           max(a.created_at)
-    FROM actions a GROUP BY a.rule, a.event_id, a.dry_run;
-DROP TABLE rule_hits;
-"""
-
-#: How long an in-flight call of another live process is waited for before this one
-#: takes it over: longer than a whole Track call with its retries (``POLICY_HTTP``)
-#: plus the dispatcher's handler timeout.
-IN_FLIGHT_LEASE = 120.0
-
-#: Decision states that settle an (event, rule): live, and in dry-run.  A dry-run
-#: decision does not settle a live run: switching dry-run off and replaying acts for real.
-_SETTLED = {False: ("ok", "skipped"), True: ("ok", "skipped", "dry_run")}
-
-
-class ActionInFlight(Exception):
-    """Another caller is carrying out this (event, rule) right now; try again later."""
-
-
-class Verdict(enum.Enum):
-    """What ``ActionLog.reserve`` decided."""
-
-    ACT = "act"  #: reserved for this caller: make the call, then ``finish``
-    SETTLED = "settled"  #: already done (or skipped for good): nothing to do
-    NOT_DUE = "not_due"  #: a threshold hit that completes no window: nothing to do
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """An (event, rule) reserved by one ``ActionLog`` for one call."""
-
-    rule: str
-    event_id: str
-    dry_run: bool
-
-
-def _statements(script: str) -> list[str]:
-    """The statements of an SQL script, to run inside one transaction
-    (``executescript`` would commit first)."""
-    statements: list[str] = []
-    current = ""
-    for line in script.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    return statements
-
-
-def _wal(conn: sqlite3.Connection, *, tries: int = 200) -> None:
-    """Switch the file to WAL.  The switch answers "locked" at once, without waiting
-    for ``busy_timeout``, while another process (a second worker starting on a new
-    file) holds it; wait a moment and try again."""
-    for _ in range(tries - 1):
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc):
-                raise
-            time.sleep(0.05)
-    conn.execute("PRAGMA journal_mode=WAL")
-
-
-def _alive(owner: str) -> bool:
-    """Could the process named by ``owner`` (``host:pid:token``) still be calling?"""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return True  # another machine: only its lease tells
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, but not ours to signal
-        return True
-    return True
-
-
-def _window_start(
-    c: sqlite3.Connection,
-    *,
-    rule: str,
-    person: str,
-    dry_run: bool,
-    at: float,
-    count: int,
-    within: float,
-) -> float | None:
-    """The start of the window this hit (at ``at``) completes, or None.
-
-    A window is ``[start, start + within)``, starts at a hit, holds this hit and at
-    least ``count`` hits, and overlaps no window acted on before (so it shares no hit
-    with one).  The earliest such start wins."""
-    times = [
-        float(row[0])
-        for row in c.execute(
-            "SELECT occurred_at FROM hits WHERE rule = ? AND person = ? AND dry_run = ?"
-            " AND occurred_at > ? AND occurred_at < ? ORDER BY occurred_at",
-            (rule, person, int(dry_run), at - within, at + within),
-        )
-    ]
-    taken = [
-        float(row[0])
-        for row in c.execute(
-            "SELECT window_start FROM decisions WHERE rule = ? AND person = ? AND dry_run = ?"
-            " AND window_start > ? AND window_start < ?",
-            (rule, person, int(dry_run), at - 2 * within, at + within),
-        )
-    ]
-    for start in times:
-        if start > at:
-            break
-        if any(abs(start - other) < within for other in taken):
-            continue
-        if sum(1 for t in times if start <= t < start + within) >= count:
-            return start
-    return None
-
-
-#: The columns of an audit row (``actions``), in the order ``recent`` and
-#: ``cio-webhooks actions list`` give them.
-AUDIT_COLUMNS = (
-    "id",
-    "created_at",
-    "event_id",
-    "rule",
-    "person",
-    "action",
-    "request",
-    "status",
-    "detail",
-    "dry_run",
-)
-
-
-class ActionLog:
-    """The audit table, the decisions (idempotency record) and the threshold hits,
-    in one SQLite file that several processes may share.
-
-    Every decision is one ``BEGIN IMMEDIATE`` transaction, so two callers (coroutines
-    of one process, or several processes on one file) never both reserve an (event,
-    rule) or a threshold window.  Within a process every statement runs in a worker
-    thread under one lock; ``synchronous=FULL``.
-    """
-
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
-        self.path = Path(path)
-        self.read_only = read_only  # for commands that only look: never creates or migrates
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._calling: set[Reservation] = set()  # reserved by this instance, call running
-        # Calls made whose outcome could not be written: the next reserve records them
-        # instead of calling again.
-        self._unrecorded: dict[Reservation, Callable[[sqlite3.Connection], None]] = {}
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None and self.read_only:
-            self._conn = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._conn.execute("PRAGMA busy_timeout=10000")
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=10000")
-            _wal(conn)
-            conn.execute("PRAGMA synchronous=FULL")
-            self._migrate(conn)
-            self._conn = conn
-        return self._conn
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")  # two processes opening a new file: one migrates
-        try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                old = conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rule_hits'"
-                ).fetchone()
-                for statement in _statements(ACTIONS_SCHEMA):
-                    conn.execute(statement)
-                if old:
-                    for statement in _statements(_MIGRATE_FROM_0):
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock:
-            return fn(self._db())
-
-    def _transaction(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-
-    async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run ``fn(connection)`` in a worker thread; return its result."""
-        return await asyncio.to_thread(self._run, fn)
-
-    async def reserve(
-        self,
-        *,
-        rule: str,
-        event_id: str,
-        person: str | None,
-        dry_run: bool,
-        now: float,
-        threshold: Threshold | None = None,
-        occurred_at: float | None = None,
-    ) -> Verdict:
-        """Decide, atomically, whether this caller carries out ``rule`` for ``event_id``.
-
-        ``ACT`` reserves it (state ``in_flight``, owned by this log): make the call,
-        then ``finish``.  A failed call, or one left in flight by a dead process (or
-        one whose lease ran out), is reserved again.  Raises ``ActionInFlight`` while
-        another live caller holds it.  With a ``threshold`` (and a person), the event
-        is first recorded as a hit at ``occurred_at``, once: only the hit that
-        completes a window acts, and a hit seen before never decides again.
-        """
-        key = Reservation(rule, event_id, dry_run)
-        unrecorded = self._unrecorded.get(key)
-        if unrecorded is not None:  # made, but its outcome was not written: write it now
-            await asyncio.to_thread(self._transaction, unrecorded)
-            del self._unrecorded[key]
-            return Verdict.SETTLED
-
-        def run(c: sqlite3.Connection) -> Verdict:
-            settled = _SETTLED[dry_run]
-            row = c.execute(
-                "SELECT state, owner, lease_until, dry_run FROM decisions"
-                " WHERE rule = ? AND event_id = ? AND dry_run IN (?, 0) ORDER BY dry_run = ? DESC",
-                (rule, event_id, int(dry_run), int(dry_run)),
-            ).fetchall()
-            mine = [r for r in row if bool(r[3]) == dry_run]
-            if any(r[0] in settled for r in row):
-                return Verdict.SETTLED
-            if mine:
-                state, owner, lease_until, _ = mine[0]
-                if state == "in_flight":
-                    if owner == self.owner:  # not calling any more: the call was cancelled
-                        abandoned = key not in self._calling or lease_until <= now
-                    else:
-                        abandoned = lease_until <= now or not _alive(owner)
-                    if not abandoned:
-                        raise ActionInFlight(f"{rule} for {event_id} is being carried out")
-            elif threshold is not None and person is not None:
-                assert occurred_at is not None
-                added = c.execute(
-                    "INSERT OR IGNORE INTO hits VALUES (?, ?, ?, ?, ?)",
-                    (rule, person, event_id, occurred_at, int(dry_run)),
-                ).rowcount
-                if not added:
-                    return Verdict.NOT_DUE  # this hit was weighed when first seen
-                start = _window_start(
-                    c,
-                    rule=rule,
-                    person=person,
-                    dry_run=dry_run,
-                    at=occurred_at,
-                    count=threshold.count,
-                    within=threshold.within_days * 86400,
-                )
-                if start is None:
-                    return Verdict.NOT_DUE
-                c.execute(
-                    "INSERT INTO decisions (rule, event_id, dry_run, person, window_start, state,"
-                    " updated_at) VALUES (?, ?, ?, ?, ?, 'in_flight', ?)",
-                    (rule, event_id, int(dry_run), person, start, now),
-                )
-            else:
-                c.execute(
-                    "INSERT INTO decisions (rule, event_id, dry_run, person, state, updated_at)"
-                    " VALUES (?, ?, ?, ?, 'in_flight', ?)",
-                    (rule, event_id, int(dry_run), person, now),
-                )
-            c.execute(
-                "UPDATE decisions SET state = 'in_flight', owner = ?, lease_until = ?,"
-                " attempts = attempts + 1, updated_at = ?"
-                " WHERE rule = ? AND event_id = ? AND dry_run = ?",
-                (self.owner, now + IN_FLIGHT_LEASE, now, rule, event_id, int(dry_run)),
-            )
-            self._calling.add(key)
-            return Verdict.ACT
-
-        verdict: Verdict = await asyncio.to_thread(self._transaction, run)
-        return verdict
-
-    async def finish(
-        self,
-        *,
-        rule: str,
-        event_id: str,
-        person: str | None,
-        action: str,
-        request: Mapping[str, Any],
-        status: str,
-        detail: str | None,
-        dry_run: bool,
-        at: float,
-    ) -> None:
-        """Settle a reservation of this log (``ok``, ``failed``, ``skipped``, ``dry_run``)
-        and append its audit row (``request`` stored as JSON), in one transaction."""
-
-        def run(c: sqlite3.Connection) -> None:
-            c.execute(
-                "UPDATE decisions SET state = ?, owner = NULL, lease_until = NULL, updated_at = ?"
-                " WHERE rule = ? AND event_id = ? AND dry_run = ? AND owner = ?",
-                (status, at, rule, event_id, int(dry_run), self.owner),
-            )
-            c.execute(
-                "INSERT INTO actions (created_at, event_id, rule, person, action, request, status,"
-                " detail, dry_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    at,
-                    event_id,
-                    rule,
-                    person,
-                    action,
-                    json.dumps(request, default=str),
-                    status,
-                    detail,
-                    int(dry_run),
-                ),
-            )
-
-        try:
-            await asyncio.to_thread(self._transaction, run)
-        except Exception:
-            if status == "ok":  # Customer.io took it: a retry must record, not call again
-                self._unrecorded[Reservation(rule, event_id, dry_run)] = run
-            raise
-        self.release(rule=rule, event_id=event_id, dry_run=dry_run)
-
-    def release(self, *, rule: str, event_id: str, dry_run: bool) -> None:
-        """Forget that this log is calling: a reservation left ``in_flight`` (the
-        call was cancelled) is then taken over by the next attempt."""
-        self._calling.discard(Reservation(rule, event_id, dry_run))
-
-    async def decision(self, rule: str, event_id: str, *, dry_run: bool = False) -> str | None:
-        """The state of the decision on (``event_id``, ``rule``), or None when there is none."""
-        row = await self.call(
-            lambda c: c.execute(
-                "SELECT state FROM decisions WHERE rule = ? AND event_id = ? AND dry_run = ?",
-                (rule, event_id, int(dry_run)),
-            ).fetchone()
-        )
-        return None if row is None else str(row[0])
-
-    async def recent(
-        self, *, limit: int = 100, event_id: str | None = None, status: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The newest audit rows first, optionally only those of one event or status."""
-        conditions: list[str] = []
-        params: list[Any] = []
-        for column, value in (("event_id", event_id), ("status", status)):
-            if value is not None:
-                conditions.append(f"{column} = ?")
-                params.append(value)
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        rows = await self.call(
-            lambda c: c.execute(
-                f"SELECT {', '.join(AUDIT_COLUMNS)} FROM actions {where} ORDER BY id DESC LIMIT ?",
-                [*params, limit],
-            ).fetchall()
-        )
-        return [dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows]
-
-    async def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-
 def occurred_at(event: Event, now: float) -> float:
     """When ``event`` happened, the time threshold windows are measured on: its own
     ``timestamp``; when it has none (or an unusable one), when it was received."""
@@ -869,7 +411,7 @@ class Policies:
     def __init__(
         self,
         config: PolicyConfig,
-        log: ActionLog,
+        ledger: Ledger,
         track: TrackClient | None,
         *,
         clock: Callable[[], float] = time.time,
@@ -881,7 +423,7 @@ class Policies:
                 " or --dry-run"
             )
         self.config = config
-        self.log = log
+        self.ledger = ledger
         self.track = track
         self.clock = clock
 
@@ -893,9 +435,9 @@ class Policies:
         return router
 
     async def close(self) -> None:
+        """Close the Track client; the ledger belongs to its store, which closes it."""
         if self.track is not None:
             await self.track.close()
-        await self.log.close()
 
     def _handler(self, rule: Rule) -> Callable[[Event], Any]:
         async def handle(event: Event) -> None:
@@ -919,13 +461,17 @@ class Policies:
         dry_run = self.config.dry_run or rule.dry_run
         now = self.clock()
         person = person_ref(event)
-        verdict = await self.log.reserve(
+        verdict = await self.ledger.reserve(
             rule=rule.name,
             event_id=event.event_id,
             person=person,
             dry_run=dry_run,
             now=now,
-            threshold=rule.threshold,
+            threshold=(
+                Window(rule.threshold.count, rule.threshold.within_days * 86400)
+                if rule.threshold
+                else None
+            ),
             occurred_at=occurred_at(event, now),
         )
         if verdict is not Verdict.ACT:
@@ -933,7 +479,7 @@ class Policies:
         try:
             await self._carry_out(rule, event, person, dry_run=dry_run, now=now)
         finally:  # cancelled mid-call: the reservation stays in flight, free to take over
-            self.log.release(rule=rule.name, event_id=event.event_id, dry_run=dry_run)
+            self.ledger.release(rule=rule.name, event_id=event.event_id, dry_run=dry_run)
 
     async def _carry_out(
         self, rule: Rule, event: Event, person: str | None, *, dry_run: bool, now: float
@@ -948,7 +494,7 @@ class Policies:
             request["id"] = dedupe_id(event, rule.name)
 
         async def finish(status: str, detail: str | None = None) -> None:
-            await self.log.finish(
+            await self.ledger.finish(
                 event_id=event.event_id,
                 rule=rule.name,
                 person=person,

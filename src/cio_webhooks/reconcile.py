@@ -25,8 +25,8 @@ from typing import Any
 
 from .customerio import AppClient
 from .events import parse_event
-from .inbox import Inbox, PutResult
 from .sinks import SQLiteWarehouse
+from .store import PutResult, Store
 
 __all__ = ["COMPARED_METRICS", "Discrepancy", "ReconcileResult", "backfill_event", "reconcile"]
 
@@ -103,7 +103,7 @@ def backfill_event(message: dict[str, Any], metric: str) -> bytes:
 
 async def reconcile(
     app: AppClient,
-    inbox: Inbox,
+    inbox: Store,
     *,
     since: float,
     now: float,
@@ -137,7 +137,7 @@ async def _compare(
     messages: list[dict[str, Any]],
     ours: dict[str, set[str]],
     result: ReconcileResult,
-    inbox: Inbox,
+    inbox: Store,
     warehouse: SQLiteWarehouse | None,
     *,
     backfill: bool,

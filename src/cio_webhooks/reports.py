@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import StoreUnavailable
-from ._sqlite import connect_readonly
 from .events import iso
+from .store.sqlite import connect_readonly
 
 __all__ = ["COUNTS", "GROUPINGS", "NONE_GROUP", "RATES", "ReportRow", "delivery_report"]
 

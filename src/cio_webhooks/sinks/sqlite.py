@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from .._exceptions import StoreUnavailable
-from .._sqlite import connect_readonly
 from ..events import NORMALISED_FIELDS, Event, iso, normalise
+from ..store.sqlite import connect_readonly
 
 __all__ = ["SQLiteWarehouse"]
 

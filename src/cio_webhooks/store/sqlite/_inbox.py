@@ -1,4 +1,4 @@
-"""``SQLiteInbox``: the embedded inbox, one SQLite file in WAL mode.
+"""``SQLiteStore``: the embedded store, one SQLite file in WAL mode.
 
 Durability and speed come from one rule: a single writer thread owns the only
 writing connection.  Every write (an incoming event, a claim, a handler
@@ -24,21 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._exceptions import StoreUnavailable
-from .events import Event
-from .handlers import parse_pattern
-from .inbox import (
+from ..._exceptions import StoreUnavailable
+from ...events import Event
+from ...handlers import parse_pattern
+from .._model import (
     EventFilter,
+    Gauges,
+    HandlerRun,
     Job,
     JobState,
     Outcome,
     PutResult,
     Quarantined,
     StoredEvent,
+    StoreStats,
     Wanted,
 )
+from ._ledger import SQLiteLedger
 
-__all__ = ["SQLiteInbox", "connect_readonly", "readonly_uri"]
+__all__ = ["SQLiteStore", "connect_readonly", "readonly_uri"]
 
 T = TypeVar("T")
 
@@ -373,7 +377,7 @@ def _stored(row: tuple[Any, ...]) -> StoredEvent:
     )
 
 
-class SQLiteInbox:
+class SQLiteStore:
     """The embedded ``Inbox``.  ``max_batch`` bounds a group commit; ``max_bytes``
     caps the file size, past which writes fail and the receiver answers 503.
 
@@ -389,9 +393,13 @@ class SQLiteInbox:
         max_batch: int = 512,
         max_bytes: int | None = None,
         readonly: bool = False,
+        ledger_path: str | Path | None = None,
     ) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.ledger_path = Path(ledger_path) if ledger_path else self.path.parent / "actions.db"
+        self._ledger: SQLiteLedger | None = None
+        self._work = asyncio.Event()  # set when this process stored or requeued work
         self._writer = _Writer(self.path, max_batch=max_batch, max_bytes=max_bytes)
         if readonly:
             self._writer._closed = True  # never started: writes fail as on a closed inbox
@@ -399,6 +407,16 @@ class SQLiteInbox:
         self._readers: list[sqlite3.Connection] = []
         self._uri = readonly_uri(self.path) if readonly else ""
         self._opened = False
+
+    @property
+    def url(self) -> str:
+        return f"sqlite://{self.path.resolve()}"
+
+    def ledger(self) -> SQLiteLedger:
+        """The policies' ledger: ``ledger_path`` (``actions.db`` beside the inbox)."""
+        if self._ledger is None:
+            self._ledger = SQLiteLedger(self.ledger_path, read_only=self.readonly)
+        return self._ledger
 
     @property
     def commit_stats(self) -> tuple[int, int]:
@@ -426,6 +444,8 @@ class SQLiteInbox:
 
     async def close(self) -> None:
         """Commit everything queued, then stop the writer and close the readers."""
+        if self._ledger is not None:
+            await self._ledger.close()
         if not self.readonly:
             await asyncio.to_thread(self._writer.stop)
         # The last connection to close removes the -wal and -shm files (and a read-only
@@ -435,7 +455,7 @@ class SQLiteInbox:
         self._readers.clear()
         self._local = threading.local()
 
-    async def __aenter__(self) -> SQLiteInbox:
+    async def __aenter__(self) -> SQLiteStore:
         await self.open()
         return self
 
@@ -490,7 +510,10 @@ class SQLiteInbox:
             stored = conn.execute(_INSERT, params).rowcount == 1
             return PutResult.STORED if stored else PutResult.DUPLICATE
 
-        return await self._writer.submit(insert, isolated=False)
+        result = await self._writer.submit(insert, isolated=False)
+        if params[8] == "pending" and result is PutResult.STORED:
+            self._work.set()
+        return result
 
     async def quarantine(
         self, body: bytes, reason: str, *, received_at: float, event_id: str | None = None
@@ -517,7 +540,9 @@ class SQLiteInbox:
             conn.execute("DELETE FROM quarantine WHERE id = ?", (ident,))
             return PutResult.STORED if stored else PutResult.DUPLICATE
 
-        return await self._writer.submit(release, isolated=True)
+        result = await self._writer.submit(release, isolated=True)
+        self._work.set()
+        return result
 
     async def purge_quarantined(self, *, received_before: float) -> int:
         """Delete quarantined bodies received before the cutoff; returns how many."""
@@ -617,6 +642,26 @@ class SQLiteInbox:
 
         return await self._read(run)
 
+    async def extend(self, jobs: Sequence[Job], *, until: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            return sum(
+                conn.execute(
+                    "UPDATE events SET next_attempt_at = ? WHERE seq = ? AND claim_token = ?"
+                    " AND state IN ('pending', 'retrying')",
+                    (until, job.seq, job.token),
+                ).rowcount
+                for job in jobs
+            )
+
+        return await self._writer.submit(run, isolated=True)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        # Work stored by this process wakes at once; other processes' by the timeout
+        # (SQLite has no notifications: an idle worker polls, cheaply, an index).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), timeout)
+        self._work.clear()
+
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
         def record(conn: sqlite3.Connection) -> int:
             applied = 0
@@ -683,6 +728,8 @@ class SQLiteInbox:
         # One transaction per chunk: replaying a million events must not stall acks.
         for start in range(0, len(seqs), 1000):
             await self._writer.submit(requeue_chunk(seqs[start : start + 1000]), isolated=True)
+        if seqs:
+            self._work.set()
         return len(seqs)
 
     async def discard(self, where: EventFilter, *, now: float) -> int:
@@ -754,7 +801,7 @@ class SQLiteInbox:
         )
         return _stored(row) if row else None
 
-    async def handler_runs(self, seq: int) -> list[dict[str, Any]]:
+    async def handler_runs(self, seq: int) -> list[HandlerRun]:
         rows = await self._read(
             lambda c: c.execute(
                 "SELECT handler, status, attempts, last_error, updated_at FROM handler_runs"
@@ -762,8 +809,7 @@ class SQLiteInbox:
                 (seq,),
             ).fetchall()
         )
-        keys = ("handler", "status", "attempts", "last_error", "updated_at")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [HandlerRun(*row) for row in rows]
 
     async def quarantined(
         self, *, limit: int = 100, ident: int | None = None, before_id: int | None = None
@@ -803,8 +849,8 @@ class SQLiteInbox:
 
         return await self._read(run)
 
-    async def gauges(self, *, now: float) -> dict[str, float]:
-        def run(c: sqlite3.Connection) -> dict[str, float]:
+    async def gauges(self, *, now: float) -> Gauges:
+        def run(c: sqlite3.Connection) -> Gauges:
             # Each of these reads a partial index or a small table, never all events.
             backlog, oldest = c.execute(
                 "SELECT count(*), min(received_at) FROM events"
@@ -812,17 +858,17 @@ class SQLiteInbox:
             ).fetchone()
             dead = c.execute("SELECT count(*) FROM events WHERE state = 'dead'").fetchone()[0]
             quarantined = c.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-            return {
-                "backlog": backlog,
-                "dead_letters": dead,
-                "quarantined": quarantined,
-                "oldest_backlog_age_seconds": max(0.0, now - oldest) if oldest else 0.0,
-            }
+            return Gauges(
+                backlog=backlog,
+                dead_letters=dead,
+                quarantined=quarantined,
+                oldest_backlog_age_seconds=max(0.0, now - oldest) if oldest else 0.0,
+            )
 
         return await self._read(run)
 
-    async def stats(self) -> dict[str, Any]:
-        def run(c: sqlite3.Connection) -> dict[str, Any]:
+    async def stats(self) -> StoreStats:
+        def run(c: sqlite3.Connection) -> StoreStats:
             states = dict(c.execute("SELECT state, count(*) FROM events GROUP BY state"))
             kinds = {
                 f"{o}.{m}": n
@@ -835,12 +881,12 @@ class SQLiteInbox:
             oldest = c.execute(
                 "SELECT min(received_at) FROM events WHERE state IN ('pending', 'retrying')"
             ).fetchone()[0]
-            return {
-                "events": sum(states.values()),
-                "states": {s.value: states.get(s.value, 0) for s in JobState},
-                "kinds": kinds,
-                "quarantined": quarantined,
-                "oldest_unfinished_received_at": oldest,
-            }
+            return StoreStats(
+                events=sum(states.values()),
+                states={s.value: states.get(s.value, 0) for s in JobState},
+                kinds=kinds,
+                quarantined=quarantined,
+                oldest_unfinished_received_at=oldest,
+            )
 
         return await self._read(run)

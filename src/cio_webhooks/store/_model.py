@@ -1,0 +1,169 @@
+"""What the store holds and hands out: events, jobs, outcomes and the typed results.
+
+State of an event::
+
+    PENDING --handlers ok--> DONE
+       |  \\--a handler failed--> RETRYING --ok--> DONE
+       |                            \\--attempts exhausted--> DEAD --dlq retry--> PENDING
+       \\------------------------------------------------------> DISCARDED (dlq discard)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+__all__ = [
+    "EventFilter",
+    "Gauges",
+    "HandlerResult",
+    "HandlerRun",
+    "Job",
+    "JobState",
+    "Outcome",
+    "PutResult",
+    "Quarantined",
+    "StoreStats",
+    "StoredEvent",
+    "Wanted",
+]
+
+#: Whether some handler wants an event of ``(object_type, metric, backfilled)``.
+Wanted = Callable[[str, str, bool], bool]
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    RETRYING = "retrying"
+    DONE = "done"
+    DEAD = "dead"
+    DISCARDED = "discarded"
+
+
+class PutResult(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A stored event claimed for dispatch.
+
+    ``attempts`` counts this claim: a claim is an attempt, so an event whose handler
+    kills the process still runs out of attempts.  ``token`` identifies the claim;
+    ``finish`` records an outcome only while the event still carries it.
+    ``interrupted`` says the previous claim ended without an outcome (the process
+    stopped, or its lease expired).  ``succeeded`` names handlers that already ran ok.
+    """
+
+    seq: int
+    event_id: str
+    object_type: str
+    metric: str
+    body: bytes
+    received_at: float
+    attempts: int
+    token: str
+    succeeded: frozenset[str] = frozenset()
+    backfilled: bool = False
+    interrupted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerResult:
+    handler: str
+    error: str | None = None  # None means the handler succeeded
+    #: Seconds the failed call's server asked to wait (``Retry-After``), if it said.
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the dispatcher decided for one job after running its handlers."""
+
+    seq: int
+    state: JobState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    token: str  # the claim's (``Job.token``): no longer held, the outcome is dropped
+    results: tuple[HandlerResult, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    event_id: str
+    object_type: str
+    metric: str
+    occurred_at: int | None
+    received_at: float
+    state: JobState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    body: bytes = field(repr=False)
+    backfilled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    id: int
+    received_at: float
+    event_id: str | None
+    reason: str
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Selects stored events.  Empty fields select everything.
+
+    ``kinds`` are routing patterns (``email.bounced``, ``email.*``, ``*.bounced``,
+    or a bare metric such as ``bounced``).
+    """
+
+    since: float | None = None
+    until: float | None = None
+    kinds: tuple[str, ...] = ()
+    states: tuple[JobState, ...] = ()
+    event_ids: tuple[str, ...] = ()
+    after_seq: int = 0
+    limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerRun:
+    """How one handler fared with one event."""
+
+    handler: str
+    status: str  # ok | failed
+    attempts: int
+    last_error: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """Cheap numbers for ``/metrics``; each reads an index or a small table."""
+
+    backlog: int  # pending or retrying
+    dead_letters: int
+    quarantined: int
+    oldest_backlog_age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """What ``cio-webhooks stats`` shows."""
+
+    events: int
+    states: dict[str, int]  # every JobState, zero included
+    kinds: dict[str, int]  # "object_type.metric" -> count, most first
+    quarantined: int
+    oldest_unfinished_received_at: float | None

@@ -1,0 +1,423 @@
+"""``SQLiteLedger``: the policies' ledger of a SQLite store, in its own file.
+
+The ledger is a second SQLite file beside the inbox (``actions.db``), never the
+inbox file itself: a second writer there would slow ingest.  Several processes
+may share it; every decision is one ``BEGIN IMMEDIATE`` transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .._ledger import (
+    AUDIT_COLUMNS,
+    IN_FLIGHT_LEASE,
+    ActionInFlight,
+    AuditRow,
+    Reservation,
+    Verdict,
+    Window,
+    owner_alive,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
+
+#: The schema version this code writes (``PRAGMA user_version``); 0 is the first
+#: release's layout (``rule_hits``, no decisions), migrated on open.
+SCHEMA_VERSION = 1
+
+ACTIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS actions (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    event_id   TEXT NOT NULL,
+    rule       TEXT NOT NULL,
+    person     TEXT,
+    action     TEXT NOT NULL,
+    request    TEXT NOT NULL,     -- JSON: what was (or would be) sent, never credentials
+    status     TEXT NOT NULL,     -- ok | failed | dry_run | skipped
+    detail     TEXT,
+    dry_run    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_event ON actions (event_id, rule);
+CREATE INDEX IF NOT EXISTS actions_person ON actions (rule, person, created_at);
+CREATE TABLE IF NOT EXISTS hits (
+    rule        TEXT NOT NULL,
+    person      TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    occurred_at REAL NOT NULL,    -- the event's own time, not when it was received
+    dry_run     INTEGER NOT NULL,
+    PRIMARY KEY (rule, event_id, dry_run)
+);
+CREATE INDEX IF NOT EXISTS hits_person ON hits (rule, person, dry_run, occurred_at);
+CREATE TABLE IF NOT EXISTS decisions (
+    rule         TEXT NOT NULL,
+    event_id     TEXT NOT NULL,
+    dry_run      INTEGER NOT NULL,
+    person       TEXT,
+    window_start REAL,            -- threshold rules: the window [start, start + within) acted on
+    state        TEXT NOT NULL,   -- in_flight | ok | failed | skipped | dry_run
+    owner        TEXT,            -- host:pid:token of the caller while in_flight
+    lease_until  REAL,            -- while in_flight: another owner may take over after it
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    updated_at   REAL NOT NULL,
+    PRIMARY KEY (rule, event_id, dry_run)
+);
+CREATE INDEX IF NOT EXISTS decisions_window ON decisions (rule, person, dry_run, window_start);
+"""
+
+_MIGRATE_FROM_0 = """
+INSERT OR IGNORE INTO hits (rule, person, event_id, occurred_at, dry_run)
+    SELECT rule, person, event_id, occurred_at, 0 FROM rule_hits;
+INSERT OR IGNORE INTO decisions (rule, event_id, dry_run, person, window_start, state, updated_at)
+    SELECT a.rule, a.event_id, a.dry_run, max(a.person),
+           (SELECT h.occurred_at FROM rule_hits h
+            WHERE h.rule = a.rule AND h.event_id = a.event_id),
+           CASE WHEN a.dry_run = 1 THEN 'dry_run'
+                WHEN sum(a.status = 'ok') > 0 THEN 'ok'
+                WHEN sum(a.status = 'skipped') > 0 THEN 'skipped'
+                ELSE 'failed' END,
+           max(a.created_at)
+    FROM actions a GROUP BY a.rule, a.event_id, a.dry_run;
+DROP TABLE rule_hits;
+"""
+
+#: Decision states that settle an (event, rule): live, and in dry-run.  A dry-run
+#: decision does not settle a live run: switching dry-run off and replaying acts for real.
+_SETTLED = {False: ("ok", "skipped"), True: ("ok", "skipped", "dry_run")}
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of an SQL script, to run inside one transaction
+    (``executescript`` would commit first)."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
+
+
+def _wal(conn: sqlite3.Connection, *, tries: int = 200) -> None:
+    """Switch the file to WAL.  The switch answers "locked" at once, without waiting
+    for ``busy_timeout``, while another process (a second worker starting on a new
+    file) holds it; wait a moment and try again."""
+    for _ in range(tries - 1):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.05)
+    conn.execute("PRAGMA journal_mode=WAL")
+
+
+def _window_start(
+    c: sqlite3.Connection,
+    *,
+    rule: str,
+    person: str,
+    dry_run: bool,
+    at: float,
+    count: int,
+    within: float,
+) -> float | None:
+    """The start of the window this hit (at ``at``) completes, or None.
+
+    A window is ``[start, start + within)``, starts at a hit, holds this hit and at
+    least ``count`` hits, and overlaps no window acted on before (so it shares no hit
+    with one).  The earliest such start wins."""
+    times = [
+        float(row[0])
+        for row in c.execute(
+            "SELECT occurred_at FROM hits WHERE rule = ? AND person = ? AND dry_run = ?"
+            " AND occurred_at > ? AND occurred_at < ? ORDER BY occurred_at",
+            (rule, person, int(dry_run), at - within, at + within),
+        )
+    ]
+    taken = [
+        float(row[0])
+        for row in c.execute(
+            "SELECT window_start FROM decisions WHERE rule = ? AND person = ? AND dry_run = ?"
+            " AND window_start > ? AND window_start < ?",
+            (rule, person, int(dry_run), at - 2 * within, at + within),
+        )
+    ]
+    for start in times:
+        if start > at:
+            break
+        if any(abs(start - other) < within for other in taken):
+            continue
+        if sum(1 for t in times if start <= t < start + within) >= count:
+            return start
+    return None
+
+
+class SQLiteLedger:
+    """The audit table, the decisions (idempotency record) and the threshold hits,
+    in one SQLite file that several processes may share.
+
+    Every decision is one ``BEGIN IMMEDIATE`` transaction, so two callers (coroutines
+    of one process, or several processes on one file) never both reserve an (event,
+    rule) or a threshold window.  Within a process every statement runs in a worker
+    thread under one lock; ``synchronous=FULL``.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only  # for commands that only look: never creates or migrates
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._calling: set[Reservation] = set()  # reserved by this instance, call running
+        # Calls made whose outcome could not be written: the next reserve records them
+        # instead of calling again.
+        self._unrecorded: dict[Reservation, Callable[[sqlite3.Connection], None]] = {}
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None and self.read_only:
+            self._conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._conn.execute("PRAGMA busy_timeout=10000")
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=10000")
+            _wal(conn)
+            conn.execute("PRAGMA synchronous=FULL")
+            self._migrate(conn)
+            self._conn = conn
+        return self._conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # two processes opening a new file: one migrates
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                old = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rule_hits'"
+                ).fetchone()
+                for statement in _statements(ACTIONS_SCHEMA):
+                    conn.execute(statement)
+                if old:
+                    for statement in _statements(_MIGRATE_FROM_0):
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            return fn(self._db())
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(connection)`` in a worker thread; return its result."""
+        return await asyncio.to_thread(self._run, fn)
+
+    async def reserve(
+        self,
+        *,
+        rule: str,
+        event_id: str,
+        person: str | None,
+        dry_run: bool,
+        now: float,
+        threshold: Window | None = None,
+        occurred_at: float | None = None,
+    ) -> Verdict:
+        """Decide, atomically, whether this caller carries out ``rule`` for ``event_id``.
+
+        ``ACT`` reserves it (state ``in_flight``, owned by this log): make the call,
+        then ``finish``.  A failed call, or one left in flight by a dead process (or
+        one whose lease ran out), is reserved again.  Raises ``ActionInFlight`` while
+        another live caller holds it.  With a ``threshold`` (and a person), the event
+        is first recorded as a hit at ``occurred_at``, once: only the hit that
+        completes a window acts, and a hit seen before never decides again.
+        """
+        key = Reservation(rule, event_id, dry_run)
+        unrecorded = self._unrecorded.get(key)
+        if unrecorded is not None:  # made, but its outcome was not written: write it now
+            await asyncio.to_thread(self._transaction, unrecorded)
+            del self._unrecorded[key]
+            return Verdict.SETTLED
+
+        def run(c: sqlite3.Connection) -> Verdict:
+            settled = _SETTLED[dry_run]
+            row = c.execute(
+                "SELECT state, owner, lease_until, dry_run FROM decisions"
+                " WHERE rule = ? AND event_id = ? AND dry_run IN (?, 0) ORDER BY dry_run = ? DESC",
+                (rule, event_id, int(dry_run), int(dry_run)),
+            ).fetchall()
+            mine = [r for r in row if bool(r[3]) == dry_run]
+            if any(r[0] in settled for r in row):
+                return Verdict.SETTLED
+            if mine:
+                state, owner, lease_until, _ = mine[0]
+                if state == "in_flight":
+                    if owner == self.owner:  # not calling any more: the call was cancelled
+                        abandoned = key not in self._calling or lease_until <= now
+                    else:
+                        abandoned = lease_until <= now or not owner_alive(owner)
+                    if not abandoned:
+                        raise ActionInFlight(f"{rule} for {event_id} is being carried out")
+            elif threshold is not None and person is not None:
+                assert occurred_at is not None
+                added = c.execute(
+                    "INSERT OR IGNORE INTO hits VALUES (?, ?, ?, ?, ?)",
+                    (rule, person, event_id, occurred_at, int(dry_run)),
+                ).rowcount
+                if not added:
+                    return Verdict.NOT_DUE  # this hit was weighed when first seen
+                start = _window_start(
+                    c,
+                    rule=rule,
+                    person=person,
+                    dry_run=dry_run,
+                    at=occurred_at,
+                    count=threshold.count,
+                    within=threshold.within,
+                )
+                if start is None:
+                    return Verdict.NOT_DUE
+                c.execute(
+                    "INSERT INTO decisions (rule, event_id, dry_run, person, window_start, state,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, 'in_flight', ?)",
+                    (rule, event_id, int(dry_run), person, start, now),
+                )
+            else:
+                c.execute(
+                    "INSERT INTO decisions (rule, event_id, dry_run, person, state, updated_at)"
+                    " VALUES (?, ?, ?, ?, 'in_flight', ?)",
+                    (rule, event_id, int(dry_run), person, now),
+                )
+            c.execute(
+                "UPDATE decisions SET state = 'in_flight', owner = ?, lease_until = ?,"
+                " attempts = attempts + 1, updated_at = ?"
+                " WHERE rule = ? AND event_id = ? AND dry_run = ?",
+                (self.owner, now + IN_FLIGHT_LEASE, now, rule, event_id, int(dry_run)),
+            )
+            self._calling.add(key)
+            return Verdict.ACT
+
+        verdict: Verdict = await asyncio.to_thread(self._transaction, run)
+        return verdict
+
+    async def finish(
+        self,
+        *,
+        rule: str,
+        event_id: str,
+        person: str | None,
+        action: str,
+        request: Mapping[str, Any],
+        status: str,
+        detail: str | None,
+        dry_run: bool,
+        at: float,
+    ) -> None:
+        """Settle a reservation of this log (``ok``, ``failed``, ``skipped``, ``dry_run``)
+        and append its audit row (``request`` stored as JSON), in one transaction."""
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE decisions SET state = ?, owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE rule = ? AND event_id = ? AND dry_run = ? AND owner = ?",
+                (status, at, rule, event_id, int(dry_run), self.owner),
+            )
+            c.execute(
+                "INSERT INTO actions (created_at, event_id, rule, person, action, request, status,"
+                " detail, dry_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    at,
+                    event_id,
+                    rule,
+                    person,
+                    action,
+                    json.dumps(request, default=str),
+                    status,
+                    detail,
+                    int(dry_run),
+                ),
+            )
+
+        try:
+            await asyncio.to_thread(self._transaction, run)
+        except Exception:
+            if status == "ok":  # Customer.io took it: a retry must record, not call again
+                self._unrecorded[Reservation(rule, event_id, dry_run)] = run
+            raise
+        self.release(rule=rule, event_id=event_id, dry_run=dry_run)
+
+    def release(self, *, rule: str, event_id: str, dry_run: bool) -> None:
+        """Forget that this log is calling: a reservation left ``in_flight`` (the
+        call was cancelled) is then taken over by the next attempt."""
+        self._calling.discard(Reservation(rule, event_id, dry_run))
+
+    async def decision(self, rule: str, event_id: str, *, dry_run: bool = False) -> str | None:
+        """The state of the decision on (``event_id``, ``rule``), or None when there is none."""
+        row = await self.call(
+            lambda c: c.execute(
+                "SELECT state FROM decisions WHERE rule = ? AND event_id = ? AND dry_run = ?",
+                (rule, event_id, int(dry_run)),
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def recent(
+        self, *, limit: int = 100, event_id: str | None = None, status: str | None = None
+    ) -> list[AuditRow]:
+        """The newest audit rows first, optionally only those of one event or status."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        for column, value in (("event_id", event_id), ("status", status)):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self.call(
+            lambda c: c.execute(
+                f"SELECT {', '.join(AUDIT_COLUMNS)} FROM actions {where} ORDER BY id DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+        )
+        return [
+            AuditRow(**dict(zip(AUDIT_COLUMNS, row, strict=True)) | {"dry_run": bool(row[-1])})
+            for row in rows
+        ]
+
+    async def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
