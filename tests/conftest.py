@@ -1,13 +1,18 @@
-"""Shared fixtures: a signing key, a fixed clock, a real SQLite inbox, an in-process client."""
+"""Shared fixtures: a signing key, a fixed clock, a real SQLite inbox, an in-process client,
+and the real PostgreSQL on this machine: one database per test run (dropped after it),
+one schema per test (``pg_url``)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import psycopg
 import pytest
 
 from cio_webhooks import create_app
@@ -18,6 +23,30 @@ from cio_webhooks.testing import FixedClock, signed_request
 SAMPLES = Path(__file__).resolve().parent / "samples"  # copies of shared/customerio/samples
 KEY = "test-signing-key-0123456789abcdef"
 NOW = 1_700_000_000
+
+
+#: The server ``make test`` starts when it is down; override with CIO_WEBHOOKS_TEST_PG.
+PG_SERVER = os.environ.get("CIO_WEBHOOKS_TEST_PG", "postgresql://root@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A libpq URL of a database made for this test run, dropped at its end."""
+    name = f"cio_test_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(PG_SERVER, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    base = PG_SERVER.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_SERVER, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """A store URL of a schema of its own in this run's database (made on first open)."""
+    return f"{pg_database}?schema=t_{secrets.token_hex(6)}"
 
 
 @pytest.fixture

@@ -155,6 +155,20 @@ class Operations(Protocol):
 
     async def stats(self) -> StoreStats: ...
 
+    async def import_events(
+        self, events: Sequence[tuple[StoredEvent, Sequence[HandlerRun]]]
+    ) -> int:
+        """``store copy``: add events read from another store with their state,
+        attempts, times and handler runs as they are (a claim held is not copied:
+        such an event is due again).  New ``seq``s keep the given order; an
+        ``event_id`` already here is skipped.  Returns how many were added."""
+        ...
+
+    async def import_quarantined(self, items: Sequence[Quarantined]) -> int:
+        """``store copy``: add quarantined bodies (new ids, same order); an
+        ``event_id`` already quarantined here is skipped.  Returns how many were added."""
+        ...
+
 
 class Metrics(Protocol):
     async def gauges(self, *, now: float) -> Gauges: ...

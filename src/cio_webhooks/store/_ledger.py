@@ -13,13 +13,14 @@ from __future__ import annotations
 import enum
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
     "AUDIT_COLUMNS",
     "IN_FLIGHT_LEASE",
+    "LEDGER_TABLES",
     "ActionInFlight",
     "AuditRow",
     "Ledger",
@@ -48,6 +49,25 @@ AUDIT_COLUMNS = (
     "detail",
     "dry_run",
 )
+
+
+#: The ledger's tables and their columns, as ``export_rows`` gives them.
+LEDGER_TABLES: dict[str, tuple[str, ...]] = {
+    "decisions": (
+        "rule",
+        "event_id",
+        "dry_run",
+        "person",
+        "window_start",
+        "state",
+        "owner",
+        "lease_until",
+        "attempts",
+        "updated_at",
+    ),
+    "hits": ("rule", "person", "event_id", "occurred_at", "dry_run"),
+    "actions": AUDIT_COLUMNS,
+}
 
 
 class ActionInFlight(Exception):
@@ -162,6 +182,16 @@ class Ledger(Protocol):
         self, *, limit: int = 100, event_id: str | None = None, status: str | None = None
     ) -> list[AuditRow]:
         """The newest audit rows first, optionally only those of one event or status."""
+        ...
+
+    def export_rows(self, table: str) -> AsyncIterator[tuple[Any, ...]]:
+        """``store copy``: every row of ``table`` (one of ``LEDGER_TABLES``), columns in
+        the order of ``LEDGER_TABLES[table]``."""
+        ...
+
+    async def import_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        """``store copy``: add rows exported from another ledger (the ``actions`` ids
+        are renumbered); rows whose key is already here are skipped."""
         ...
 
     async def close(self) -> None: ...

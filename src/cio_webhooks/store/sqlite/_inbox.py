@@ -745,6 +745,64 @@ class SQLiteStore:
 
         return await self._writer.submit(run, isolated=True)
 
+    async def import_events(
+        self, events: Sequence[tuple[StoredEvent, Sequence[HandlerRun]]]
+    ) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            added = 0
+            for e, runs in events:
+                row = conn.execute(
+                    "INSERT INTO events (event_id, object_type, metric, occurred_at,"
+                    " received_at, body, state, attempts, next_attempt_at, last_error,"
+                    " updated_at, backfilled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+                    (
+                        e.event_id,
+                        e.object_type,
+                        e.metric,
+                        e.occurred_at,
+                        e.received_at,
+                        e.body,
+                        e.state.value,
+                        e.attempts,
+                        e.next_attempt_at,
+                        e.last_error,
+                        e.received_at,
+                        int(e.backfilled),
+                    ),
+                ).fetchone()
+                if row is None:
+                    continue
+                added += 1
+                conn.executemany(
+                    "INSERT INTO handler_runs (seq, handler, status, attempts, last_error,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (row[0], r.handler, r.status, r.attempts, r.last_error, r.updated_at)
+                        for r in runs
+                    ],
+                )
+            return added
+
+        added = await self._writer.submit(run, isolated=True)
+        if added:
+            self._work.set()
+        return added
+
+    async def import_quarantined(self, items: Sequence[Quarantined]) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            return sum(
+                conn.execute(
+                    "INSERT INTO quarantine (received_at, event_id, reason, body)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (event_id) WHERE event_id IS NOT NULL"
+                    " DO NOTHING",
+                    (q.received_at, q.event_id, q.reason, q.body),
+                ).rowcount
+                for q in items
+            )
+
+        return await self._writer.submit(run, isolated=True)
+
     async def prune(self, *, received_before: float, chunk: int = 2000) -> int:
         # In chunks, each its own write, so that a month's worth of deletions never
         # holds the writer (and the requests waiting for their ack) for long.

@@ -15,13 +15,14 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._ledger import (
     AUDIT_COLUMNS,
     IN_FLIGHT_LEASE,
+    LEDGER_TABLES,
     ActionInFlight,
     AuditRow,
     Reservation,
@@ -415,6 +416,32 @@ class SQLiteLedger:
             AuditRow(**dict(zip(AUDIT_COLUMNS, row, strict=True)) | {"dry_run": bool(row[-1])})
             for row in rows
         ]
+
+    async def export_rows(self, table: str) -> AsyncIterator[tuple[Any, ...]]:
+        columns = LEDGER_TABLES[table]
+        rows: list[tuple[Any, ...]] = await self.call(
+            lambda c: c.execute(
+                f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid"
+            ).fetchall()
+        )
+        for row in rows:
+            yield tuple(row)
+
+    async def import_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        columns = list(LEDGER_TABLES[table])
+        if table == "actions":  # renumbered: the id is this ledger's
+            columns = columns[1:]
+            rows = [row[1:] for row in rows]
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+            " ON CONFLICT DO NOTHING"
+        )
+
+        def run(c: sqlite3.Connection) -> int:
+            return sum(c.execute(sql, row).rowcount for row in rows)
+
+        added: int = await asyncio.to_thread(self._transaction, run)
+        return added
 
     async def close(self) -> None:
         with self._lock:
