@@ -134,7 +134,13 @@ class Operations(Protocol):
         ...
 
     def iter_events(self, where: EventFilter, *, batch: int = 1000) -> AsyncIterator[StoredEvent]:
-        """Matching events in ``seq`` (arrival) order."""
+        """Matching events in ``seq`` (arrival) order.
+
+        A cursor on ``seq`` never skips an event: what it returns is a prefix that no
+        later commit can add to (a backend whose concurrent writers may commit a lower
+        ``seq`` after a higher one holds the higher one back until the lower commits),
+        so a loader that resumes with ``after_seq`` = the last ``seq`` it saw misses
+        nothing."""
         ...
 
     async def get_event(self, event_id: str) -> StoredEvent | None: ...
