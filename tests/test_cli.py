@@ -180,7 +180,7 @@ def test_worker_on_unusable_paths_is_a_clear_error(tmp_path: Path) -> None:
     assert code == 2
     assert "is a file" in err
     code, _, err = invoke("worker", "--create", "--db", str(blocker / "inbox.db"))
-    assert code == 1
+    assert code == 3  # the store is unavailable
     assert f"cannot open {blocker / 'inbox.db'}: a parent is not a directory" in err
 
 
@@ -698,7 +698,7 @@ def test_out_of_range_service_options_are_errors(
 @pytest.mark.parametrize("region", ["eu", "EU", "Eu", "US"])
 def test_region_is_accepted_in_any_case(tmp_path: Path, region: str) -> None:
     code, _, err = invoke("worker", "--create", "--db", _blocked_db(tmp_path), "--region", region)
-    assert code == 1, err  # past the options: only the blocked --db fails
+    assert code == 3, err  # past the options: only the blocked --db fails
     assert "cannot open" in err
 
 
@@ -727,7 +727,7 @@ def test_serve_on_an_unusable_data_dir_is_one_line_not_a_traceback(tmp_path: Pat
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     code, _, err = invoke("serve", "--port", "0", "--data-dir", str(blocker / "data"))
-    assert code == 1
+    assert code == 3
     assert err.strip() == (
         f"error: cannot read {blocker / 'data' / 'signing-key'}: a parent is not a directory"
     )

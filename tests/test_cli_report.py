@@ -210,7 +210,7 @@ def test_a_file_that_is_not_a_warehouse_is_a_clear_error(tmp_path: Path) -> None
     with sqlite3.connect(other) as db:
         db.execute("CREATE TABLE unrelated (x)")
     result = report("--warehouse", str(other))
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # the data cannot be read
     assert "error:" in result.stderr
     assert "Traceback" not in result.output
 

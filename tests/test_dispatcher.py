@@ -19,8 +19,9 @@ import pytest
 
 from cio_webhooks import Dispatcher, Event, EventFilter, JobState, RetryPolicy, Router, parse_event
 from cio_webhooks._logging import KeyValueFormatter
-from cio_webhooks._service import Settings, build_policies
+from cio_webhooks._service import build_policies, sqlite_store
 from cio_webhooks.customerio.fake import FakeCustomerIO
+from cio_webhooks.settings import Settings
 from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
@@ -644,7 +645,7 @@ async def test_backfilled_events_reach_only_handlers_that_ask_for_them(
 async def test_replay_never_runs_policies_for_backfilled_events(tmp_path: Path) -> None:
     async with FakeCustomerIO(site_id="site", track_key="track-key") as fake:
         settings = Settings(
-            db=tmp_path / "inbox.db",
+            store=sqlite_store(tmp_path / "inbox.db"),
             warehouse=tmp_path / "warehouse.db",
             signing_keys=(KEY,),
             track_site_id="site",
@@ -652,11 +653,11 @@ async def test_replay_never_runs_policies_for_backfilled_events(tmp_path: Path) 
             track_url=fake.track_url,
         )
         now = time.time()
-        async with SQLiteStore(settings.db) as inbox:
+        async with SQLiteStore(tmp_path / "inbox.db") as inbox:
             complaint = event("bf", metric="spammed", received_at=now)
             await inbox.put(dataclasses.replace(complaint, backfilled=True))
         replay = subprocess.run(
-            [str(BIN), "replay", "--since", "1d", "--db", str(settings.db)],
+            [str(BIN), "replay", "--since", "1d", "--db", str(tmp_path / "inbox.db")],
             capture_output=True,
             timeout=60,
         )
@@ -665,7 +666,7 @@ async def test_replay_never_runs_policies_for_backfilled_events(tmp_path: Path) 
         policies = build_policies(settings)
         assert policies is not None
         try:
-            async with SQLiteStore(settings.db) as inbox:
+            async with SQLiteStore(tmp_path / "inbox.db") as inbox:
                 d = Dispatcher(inbox, policies.router())
                 assert await d.run_once() == 1
                 assert await state(inbox, "bf") is JobState.DONE

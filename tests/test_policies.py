@@ -40,11 +40,11 @@ from cio_webhooks import (
     parse_event,
 )
 from cio_webhooks._service import (
-    Settings,
     build_policies,
     check_storage,
     check_track_credentials,
     dispatch_then_close,
+    sqlite_store,
 )
 from cio_webhooks.customerio import TRACK_URLS, CustomerIOAuthError, TrackClient
 from cio_webhooks.customerio.fake import FakeCustomerIO, Recorded
@@ -58,6 +58,7 @@ from cio_webhooks.policies import (
     load_policies,
     render,
 )
+from cio_webhooks.settings import Settings
 from cio_webhooks.store import IN_FLIGHT_LEASE, ActionInFlight, Verdict, Window
 from cio_webhooks.store.sqlite import SQLiteLedger, SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event, signed_request
@@ -104,7 +105,7 @@ class Pipeline:
 
 def settings_for(tmp_path: Path, fake: FakeCustomerIO, **more: Any) -> Settings:
     return Settings(
-        db=tmp_path / "inbox.db",
+        store=sqlite_store(tmp_path / "inbox.db"),
         warehouse=tmp_path / "warehouse.db",
         signing_keys=(KEY,),
         retry=RetryPolicy(max_attempts=5, base=10),
@@ -126,7 +127,7 @@ async def pipeline(settings: Settings, fake: FakeCustomerIO) -> AsyncIterator[Pi
     clock = FixedClock(float(NOW))
     policies = build_policies(settings, clock=clock)
     assert policies is not None
-    inbox = SQLiteStore(settings.db)
+    inbox = SQLiteStore(settings.store.path or Path())
     await inbox.open()
     dispatcher = Dispatcher(
         inbox, policies.router(), retry=settings.retry, clock=clock, rng=random.Random(0)
@@ -665,7 +666,7 @@ async def test_dry_run_records_and_calls_nothing(tmp_path: Path, fake: FakeCusto
 
 async def test_dry_run_needs_no_credentials(tmp_path: Path, fake: FakeCustomerIO) -> None:
     settings = Settings(
-        db=tmp_path / "inbox.db",
+        store=sqlite_store(tmp_path / "inbox.db"),
         warehouse=tmp_path / "warehouse.db",
         signing_keys=(KEY,),
         policies=write(tmp_path, "dry_run = true\n" + TWO_RULES),
@@ -836,7 +837,7 @@ def test_a_rule_without_a_name_is_named_after_what_it_does(tmp_path: Path) -> No
 
 
 def test_defaults_only_with_track_credentials(tmp_path: Path) -> None:
-    base = Settings(db=tmp_path / "inbox.db", warehouse=tmp_path / "wh.db")
+    base = Settings(store=sqlite_store(tmp_path / "inbox.db"), warehouse=tmp_path / "wh.db")
     assert build_policies(base) is None
     check_storage(base)
     assert not (tmp_path / "actions.db").exists()  # no policies, no audit file
@@ -1045,7 +1046,7 @@ async def test_good_credentials_pass_the_check(fake: FakeCustomerIO) -> None:
 def test_half_the_track_credentials_is_said_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, given: dict[str, str], missing: str
 ) -> None:
-    base = Settings(db=tmp_path / "inbox.db", warehouse=tmp_path / "w.db", **given)  # type: ignore[arg-type]
+    base = Settings(store=sqlite_store(tmp_path / "inbox.db"), warehouse=tmp_path / "w.db", **given)  # type: ignore[arg-type]
     with caplog.at_level("WARNING", logger="cio_webhooks.service"):
         assert build_policies(base) is None
     assert f"event=track_credentials_incomplete missing={missing}" in caplog.text

@@ -318,7 +318,7 @@ def test_unusable_data_path_is_a_clear_error_not_a_traceback(tmp_path: Path) -> 
         text=True,
         timeout=30,
     )
-    assert done.returncode == 1
+    assert done.returncode == 3
     assert f"cannot open {blocker / 'inbox.db'}: a parent is not a directory" in done.stderr
     assert "Traceback" not in done.stderr
 

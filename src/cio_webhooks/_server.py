@@ -22,6 +22,7 @@ from typing import Any, ClassVar, cast
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from ._exceptions import CioWebhooksError
+from .settings import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_SIZE, DEFAULT_READ_TIMEOUT
 
 __all__ = [
     "ConnectionLimits",
@@ -39,14 +40,9 @@ log = logging.getLogger("cio_webhooks.server")
 class ConnectionLimits:
     """What one client may take from the server."""
 
-    # Request line and headers, in bytes (431 above).  Customer.io sends well under 2 KiB.
-    max_header_size: int = 16 * 1024
-    # Seconds from a request's first byte (or the connection's opening) until its body is
-    # complete.  Customer.io gives up after 4 s, so nothing slower is a real delivery.
-    read_timeout: float = 10.0
-    # Open connections.  One more closes the oldest idle one (waiting for a head or kept
-    # alive); when none is idle it is answered 503 (Customer.io retries it) and closed.
-    max_connections: int = 1000
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 #: File descriptors kept for everything but client connections: the listening socket,

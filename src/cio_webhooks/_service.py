@@ -1,4 +1,8 @@
-"""Assembling the service from settings: inbox, router, dispatcher, warehouse, app."""
+"""Assembling the service from ``Settings``: store, router, dispatcher, warehouse, app.
+
+The store is whatever ``settings.store`` names (``open_store``); nothing here knows a
+backend class.  ``serve`` runs ``build_app`` (receiver, and unless ``dispatch`` is off
+the background tasks); ``worker`` runs ``run_worker`` (the background tasks only)."""
 
 from __future__ import annotations
 
@@ -9,48 +13,48 @@ import os
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._exceptions import ConfigError, StoreUnavailable
-from .app import DEFAULT_DEDUPE_DAYS, Background, WebhookApp, create_app
+from .app import Background, WebhookApp, create_app
 from .customerio import CustomerIOAuthError, CustomerIOError, TrackClient
-from .dispatcher import DEFAULT_DRAIN_TIMEOUT, Clock, Dispatcher, RetryPolicy
+from .dispatcher import Clock, Dispatcher
 from .handlers import Router, load_router
 from .policies import DEFAULT_RULES, POLICY_HTTP, Policies, PolicyConfig, load_policies
+from .settings import INBOX_FILE, KEY_FILE, LEDGER_FILE, PRUNE_EVERY, Settings
 from .sinks import SQLiteWarehouse
-from .store import Ledger, Store
-from .store.sqlite import SQLiteLedger, SQLiteStore
+from .store import Ledger, Store, StoreURL, open_store
+
+__all__ = [
+    "Settings",
+    "actions_path",
+    "build_app",
+    "build_policies",
+    "build_router",
+    "check_storage",
+    "default_store",
+    "ledger_path",
+    "load_or_create_key",
+    "open_service_store",
+    "policies_active",
+    "probe_store",
+    "run_worker",
+    "split_keys",
+    "sqlite_store",
+    "stored_key",
+]
 
 log = logging.getLogger("cio_webhooks.service")
 
-KEY_FILE = "signing-key"
-# Customer.io retries a failed delivery for 7 days: dedupe must remember at least that long.
-CUSTOMERIO_RETRY_DAYS = 7.0
+
+def sqlite_store(path: Path) -> StoreURL:
+    """The URL of the SQLite store in file ``path`` (``--db``, the data directory's)."""
+    return StoreURL("sqlite", path=path)
 
 
-@dataclass(frozen=True)
-class Settings:
-    db: Path
-    warehouse: Path
-    signing_keys: tuple[str, ...] = field(default=(), repr=False)
-    tolerance: float = 300.0
-    max_body: int = 2 * 1024 * 1024
-    handlers: tuple[str, ...] = ()
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    dedupe_days: float = DEFAULT_DEDUPE_DAYS
-    dispatch: bool = True
-    max_db_bytes: int | None = None
-    # policies (Track API)
-    policies: Path | None = None
-    track_site_id: str | None = None
-    track_api_key: str | None = field(default=None, repr=False)
-    region: str = "us"
-    track_url: str | None = None
-    track_rate: float = 100.0  # requests/s; Customer.io's soft limit is about 1000
-    dry_run: bool = False
-    actions_db: Path | None = None  # default: actions.db next to db
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+def default_store(data_dir: Path) -> StoreURL:
+    """The store when none is named: the SQLite inbox in the data directory."""
+    return sqlite_store(data_dir / INBOX_FILE)
 
 
 def split_keys(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -99,22 +103,61 @@ def _reason(exc: Exception) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
-def actions_path(settings: Settings) -> Path | None:
-    """The policies' audit file, or None when no policy is active."""
+def policies_active(settings: Settings) -> bool:
+    """Whether any policy runs: a policy file, or both Track credentials."""
     has_track = bool(settings.track_site_id and settings.track_api_key)
-    if settings.policies is None and not has_track:
+    return settings.policies is not None or has_track
+
+
+def ledger_path(settings: Settings) -> Path | None:
+    """The SQLite ledger file (``--actions-db``, else beside the inbox); None for a
+    store that keeps its ledger inside (PostgreSQL)."""
+    if settings.store.path is None:
         return None
-    return settings.actions_db or settings.db.parent / "actions.db"
+    return settings.actions_db or settings.store.path.parent / LEDGER_FILE
+
+
+def actions_path(settings: Settings) -> Path | None:
+    """The policies' SQLite audit file, or None when no policy is active or the
+    store keeps its ledger inside."""
+    return ledger_path(settings) if policies_active(settings) else None
+
+
+def open_service_store(settings: Settings, *, readonly: bool = False) -> Store:
+    """The store of ``settings``, not yet opened."""
+    return open_store(
+        settings.store,
+        readonly=readonly,
+        ledger_path=ledger_path(settings),
+        max_bytes=settings.max_db_bytes,
+    )
+
+
+async def probe_store(settings: Settings) -> None:
+    """Open the store (which applies its migrations) and close it again; raise
+    ``StoreUnavailable`` with a sentence naming it (without a password)."""
+    store = open_service_store(settings)
+    try:
+        await store.open()
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"cannot open the store {settings.store}: {exc}") from exc
+    finally:
+        await store.close()
 
 
 def check_storage(settings: Settings) -> None:
     """Fail fast, with a sentence, when the data files cannot be created or opened.
 
-    A file the probe had to create is removed again: if the service then stops on
-    another error (a bad policy file), no empty file is left for ``worker``, ``report``
-    or ``actions list`` to mistake for a store."""
+    SQLite files are probed without being made stores; a server store (PostgreSQL)
+    is opened once instead (``probe_store``).  A file the probe had to create is
+    removed again: if the service then stops on another error (a bad policy file), no
+    empty file is left for ``worker``, ``report`` or ``actions list`` to mistake for a
+    store."""
+    if settings.store.path is None:
+        asyncio.run(probe_store(settings))
     actions = actions_path(settings)
-    for path in (settings.db, settings.warehouse, *([actions] if actions else [])):
+    files = [settings.store.path, settings.warehouse, actions]
+    for path in (p for p in files if p is not None):
         existed = path.exists()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +184,7 @@ async def prune_periodically(
     stop: asyncio.Event,
     *,
     clock: Clock = time.time,
-    every: float = 3600.0,
+    every: float = PRUNE_EVERY,
 ) -> None:
     """End the dedupe window of finished events older than ``days``, hourly."""
     while not stop.is_set():
@@ -169,8 +212,7 @@ def build_policies(
     are set, else none.  Raises ``ConfigError`` for a bad file, or live rules without
     credentials; warns when only half of the credentials is set."""
     missing = _partial_credentials(settings)
-    actions = actions_path(settings)
-    if actions is None:
+    if not policies_active(settings):
         if missing:
             log.warning(
                 "event=track_credentials_incomplete missing=%s policies=off detail=%s",
@@ -186,7 +228,7 @@ def build_policies(
         config = PolicyConfig(config.rules, dry_run=True)
     live = [r.name for r in config.rules if not (config.dry_run or r.dry_run)]
     if ledger is None:
-        ledger = SQLiteLedger(actions)
+        ledger = open_service_store(settings).ledger()
     if missing and live:
         raise ConfigError(
             f"policies {settings.policies} make live Track API calls, but {missing} is not"
@@ -213,7 +255,7 @@ def build_policies(
         len(config.rules),
         len(live),
         settings.policies or "defaults",
-        actions,
+        actions_path(settings) or settings.store,
     )
     return Policies(config, ledger, track, clock=clock)
 
@@ -292,7 +334,8 @@ def background_tasks(
     dispatcher = Dispatcher(
         inbox, router, retry=settings.retry, clock=clock, drain_timeout=settings.drain_timeout
     )
-    warehouse = SQLiteWarehouse(settings.warehouse, inbox=settings.db, clock=clock)
+    # The loader reads the SQLite inbox file itself (a store-neutral loader is coming).
+    warehouse = SQLiteWarehouse(settings.warehouse, inbox=settings.store.path, clock=clock)
 
     async def pruner(stop: asyncio.Event) -> None:
         await prune_periodically(inbox, settings.dedupe_days, stop, clock=clock)
@@ -311,16 +354,10 @@ def background_tasks(
     return [dispatch, warehouse.run, pruner], dispatcher
 
 
-def _open_store(settings: Settings) -> Store:
-    return SQLiteStore(
-        settings.db, max_bytes=settings.max_db_bytes, ledger_path=actions_path(settings)
-    )
-
-
 def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
     if not settings.signing_keys:
         raise ConfigError("no signing key configured")
-    inbox = _open_store(settings)
+    inbox = open_service_store(settings)
     tasks, dispatcher = background_tasks(settings, inbox, clock=clock)
     return create_app(
         inbox,
@@ -335,7 +372,7 @@ def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    inbox = _open_store(settings)
+    inbox = open_service_store(settings)
     await inbox.open()
     try:
         tasks, _ = background_tasks(settings, inbox)

@@ -41,17 +41,14 @@ from starlette.types import Receive, Scope, Send
 from ._exceptions import InvalidEvent, SignatureError, StoreUnavailable
 from .events import Event, parse_event
 from .handlers import Router
-from .signature import DEFAULT_TOLERANCE, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from .settings import DEFAULT_DEDUPE_DAYS, DEFAULT_MAX_BODY, DEFAULT_TOLERANCE, WEBHOOK_PATH
+from .signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from .store import Ingest, PutResult, Store
 
 __all__ = ["Counters", "Receiver", "WebhookApp", "create_app"]
 
 log = logging.getLogger("cio_webhooks.receiver")
 
-WEBHOOK_PATH = "/webhooks/customerio"
-DEFAULT_MAX_BODY = 2 * 1024 * 1024
-#: How long the inbox remembers an event_id (the service prunes older finished events).
-DEFAULT_DEDUPE_DAYS = 30.0
 #: How the reason of a request signed beyond the dedupe horizon starts.
 STALE_REASON = "stale"
 Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]

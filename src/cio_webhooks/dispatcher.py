@@ -33,12 +33,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._exceptions import InvalidEvent, StoreUnavailable
 from .events import Event, parse_event
 from .handlers import Route, Router
+from .settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HANDLER_TIMEOUT,
+    RetryPolicy,
+)
 from .store import HandlerResult, Job, JobState, Outcome, Queue
 
 __all__ = [
@@ -55,28 +60,6 @@ log = logging.getLogger("cio_webhooks.dispatcher")
 
 Clock = Callable[[], float]
 T = TypeVar("T")
-
-#: Events processed at once; also the number of threads for sync handlers.
-DEFAULT_CONCURRENCY = 32
-#: Seconds one handler may run for one event.
-DEFAULT_HANDLER_TIMEOUT = 30.0
-#: Seconds ``Dispatcher.run`` waits for the events in flight once told to stop.
-DEFAULT_DRAIN_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with jitter: attempt n waits about ``base * 2**(n-1)`` s,
-    capped at ``max_delay``, then randomised by +-``jitter`` of itself."""
-
-    max_attempts: int = 10
-    base: float = 5.0
-    max_delay: float = 3600.0
-    jitter: float = 0.25
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        raw = min(self.max_delay, self.base * 2.0 ** max(0, attempt - 1))
-        return float(raw * (1 + self.jitter * (2 * rng.random() - 1)))
 
 
 def _describe(exc: BaseException) -> str:

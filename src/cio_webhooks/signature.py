@@ -20,6 +20,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 
 from ._exceptions import MissingSignature, SignatureMismatch, StaleTimestamp
+from .settings import DEFAULT_TOLERANCE
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -32,7 +33,6 @@ __all__ = [
 
 SIGNATURE_HEADER = "X-CIO-Signature"
 TIMESTAMP_HEADER = "X-CIO-Timestamp"
-DEFAULT_TOLERANCE = 300.0
 
 
 def sign(body: bytes, timestamp: int | str, key: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Unpack
 
+from ..settings import DEFAULT_REGION
 from ._http import HttpClient, HttpOptions, path_segment
 
 __all__ = ["APP_URLS", "METRIC_KINDS", "AppClient"]
@@ -42,7 +43,7 @@ class AppClient:
         self,
         api_key: str,
         *,
-        region: str = "us",
+        region: str = DEFAULT_REGION,
         base_url: str | None = None,
         urls: Mapping[str, str] = APP_URLS,
         rate: float = 10.0,

@@ -28,6 +28,7 @@ import base64
 from collections.abc import Mapping
 from typing import Any, Unpack
 
+from ..settings import DEFAULT_REGION, DEFAULT_TRACK_RATE
 from ._http import HttpClient, HttpOptions, path_segment
 
 __all__ = ["TRACK_URLS", "TrackClient", "person_path"]
@@ -62,10 +63,10 @@ class TrackClient:
         site_id: str,
         api_key: str,
         *,
-        region: str = "us",
+        region: str = DEFAULT_REGION,
         base_url: str | None = None,
         urls: Mapping[str, str] = TRACK_URLS,
-        rate: float = 100.0,
+        rate: float = DEFAULT_TRACK_RATE,
         **options: Unpack[HttpOptions],
     ) -> None:
         if region not in urls:

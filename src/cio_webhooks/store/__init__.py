@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._contract import Ingest, Metrics, Operations, Queue, Store
+from ._contract import Ingest, Metrics, Operations, Queue, Store, Versioned
 from ._ledger import (
     AUDIT_COLUMNS,
     IN_FLIGHT_LEASE,
+    LEDGER_TABLES,
     ActionInFlight,
     AuditRow,
     Ledger,
@@ -53,6 +54,7 @@ __all__ = [
     "AUDIT_COLUMNS",
     "DEFAULT_PG_SCHEMA",
     "IN_FLIGHT_LEASE",
+    "LEDGER_TABLES",
     "ActionInFlight",
     "AuditRow",
     "EventFilter",
@@ -75,6 +77,7 @@ __all__ = [
     "StoreURL",
     "StoredEvent",
     "Verdict",
+    "Versioned",
     "Wanted",
     "Window",
     "open_store",

@@ -17,7 +17,7 @@ ledger (``Ledger``) lives in the same store: ``store.ledger()``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..events import Event
 from ._model import (
@@ -36,7 +36,7 @@ from ._model import (
 if TYPE_CHECKING:
     from ._ledger import Ledger
 
-__all__ = ["Ingest", "Metrics", "Operations", "Queue", "Store"]
+__all__ = ["Ingest", "Metrics", "Operations", "Queue", "Store", "Versioned"]
 
 
 class Ingest(Protocol):
@@ -202,4 +202,14 @@ class Store(Ingest, Queue, Operations, Metrics, Protocol):
 
     def ledger(self) -> Ledger:
         """The policies' ledger kept in this store."""
+        ...
+
+
+@runtime_checkable
+class Versioned(Protocol):
+    """A store that says which version of its schema it holds (``cio-webhooks migrate``
+    reports it).  Optional: a backend without it is reported without a version."""
+
+    async def schema_version(self) -> int:
+        """The schema version the open store is at (after ``open`` migrated it)."""
         ...

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from ..._exceptions import StoreUnavailable
 from ...events import Event
 from ...handlers import parse_pattern
+from ...settings import LEDGER_FILE
 from .._model import (
     EventFilter,
     Gauges,
@@ -40,6 +41,7 @@ from .._model import (
     StoreStats,
     Wanted,
 )
+from ._files import connect_readonly, readonly_uri
 from ._ledger import SQLiteLedger
 
 __all__ = ["SQLiteStore", "connect_readonly", "readonly_uri"]
@@ -299,30 +301,6 @@ def _write_error(conn: sqlite3.Connection, exc: Exception) -> Exception:
     return exc
 
 
-def readonly_uri(path: Path) -> str:
-    """The URI of a connection that can only read ``path`` and creates or changes no
-    file; use it for every connection of one reader (see ``connect_readonly``).
-
-    ``mode=ro`` alone would leave a ``-wal`` and a ``-shm`` file behind next to a
-    WAL database that had none; so when there is no ``-wal`` (no writer is open, and
-    none crashed), it is ``mode=rw``, to be used under ``query_only``: SQLite removes
-    the two side files when the last connection closes, with nothing to checkpoint.
-    When there is a ``-wal``, ``mode=ro`` reads it without checkpointing it."""
-    mode = "ro" if Path(f"{path}-wal").exists() else "rw"
-    # as_uri() percent-encodes, so a path with ? # or % cannot leak into the query.
-    return f"{path.resolve().as_uri()}?mode={mode}"
-
-
-def connect_readonly(path: Path, uri: str | None = None) -> sqlite3.Connection:
-    """A connection that can only read ``path`` (at ``uri``, default ``readonly_uri``).
-    Raises ``sqlite3.Error`` when ``path`` does not exist."""
-    uri = uri or readonly_uri(path)
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA query_only=1")
-    conn.execute("PRAGMA busy_timeout=10000")
-    return conn
-
-
 def _check_inbox(conn: sqlite3.Connection) -> None:
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
     if not {"events", "handler_runs", "quarantine"} <= tables:
@@ -397,7 +375,7 @@ class SQLiteStore:
     ) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        self.ledger_path = Path(ledger_path) if ledger_path else self.path.parent / "actions.db"
+        self.ledger_path = Path(ledger_path) if ledger_path else self.path.parent / LEDGER_FILE
         self._ledger: SQLiteLedger | None = None
         self._work = asyncio.Event()  # set when this process stored or requeued work
         self._writer = _Writer(self.path, max_batch=max_batch, max_bytes=max_bytes)
@@ -850,6 +828,11 @@ class SQLiteStore:
             after = rows[-1][0]
             if remaining is not None:
                 remaining -= len(rows)
+
+    async def schema_version(self) -> int:
+        """The inbox's ``PRAGMA user_version`` (``SCHEMA_VERSION`` once opened)."""
+        version: int = await self._read(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
+        return version
 
     async def get_event(self, event_id: str) -> StoredEvent | None:
         row = await self._read(

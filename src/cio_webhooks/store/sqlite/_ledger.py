@@ -30,6 +30,7 @@ from .._ledger import (
     Window,
     owner_alive,
 )
+from ._files import connect_readonly
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
@@ -190,13 +191,8 @@ class SQLiteLedger:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None and self.read_only:
-            self._conn = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._conn.execute("PRAGMA busy_timeout=10000")
+            # Neither mode=ro's -shm left behind nor a migration: see connect_readonly.
+            self._conn = connect_readonly(self.path)
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -1,0 +1,83 @@
+"""``dlq list|show|retry|discard``: events whose handlers failed every attempt."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import click
+
+from .._exceptions import ConfigError
+from ..store import EventFilter, JobState, Operations
+from ._options import LIMIT, event_id_arguments, reading_store, store_options, with_store
+from ._output import event_row, payload, print_rows
+
+__all__ = ["dlq"]
+
+
+@click.group()
+def dlq() -> None:
+    """Dead-lettered events: handlers failed every attempt."""
+
+
+@dlq.command("list")
+@store_options
+@click.option("--limit", type=LIMIT, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@reading_store
+async def dlq_list(store: Operations, limit: int, as_json: bool) -> None:
+    where = EventFilter(states=(JobState.DEAD,), limit=limit)
+    rows = [event_row(e) async for e in store.iter_events(where)]
+    if not as_json:  # in a table, the state is always "dead" and the next attempt is moot
+        for row in rows:
+            del row["state"], row["next_attempt_at"]
+    print_rows(rows, as_json, "dead letters")
+
+
+async def _show(store: Operations, event_id: str) -> None:
+    """An event with its handler runs and payload, as JSON on stdout."""
+    stored = await store.get_event(event_id)
+    if stored is None:
+        raise ConfigError(f"no stored event {event_id!r}")
+    out = event_row(stored)
+    out["handlers"] = [dataclasses.asdict(r) for r in await store.handler_runs(stored.seq)]
+    out.update(payload(stored.body))
+    click.echo(json.dumps(out, indent=2, default=str))
+
+
+@dlq.command("show")
+@store_options
+@click.argument("event_id", callback=event_id_arguments)
+@reading_store
+async def dlq_show(store: Operations, event_id: str) -> None:
+    """An event with its handler runs, errors and payload (JSON)."""
+    await _show(store, event_id)
+
+
+def _ids_or_all(event_ids: tuple[str, ...], all_: bool) -> EventFilter:
+    if not event_ids and not all_:
+        raise ConfigError("name EVENT_IDs or pass --all")
+    return EventFilter(states=(JobState.DEAD,), event_ids=event_ids)
+
+
+@dlq.command("retry")
+@store_options
+@click.argument("event_ids", nargs=-1, callback=event_id_arguments)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter.")
+@with_store
+async def dlq_retry(store: Operations, event_ids: tuple[str, ...], all_: bool) -> None:
+    """Make dead letters due again; handlers that succeeded are not re-run."""
+    n = await store.requeue(_ids_or_all(event_ids, all_), now=time.time())
+    click.echo(f"requeued {n} event(s)")
+
+
+@dlq.command("discard")
+@store_options
+@click.argument("event_ids", nargs=-1, callback=event_id_arguments)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter.")
+@with_store
+async def dlq_discard(store: Operations, event_ids: tuple[str, ...], all_: bool) -> None:
+    """Give up on dead letters (they stay stored and exported)."""
+    n = await store.discard(_ids_or_all(event_ids, all_), now=time.time())
+    click.echo(f"discarded {n} event(s)")
