@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .store import StoreURL
+    from .store._url import StoreURL
 
 __all__ = [
     "CUSTOMERIO_RETRY_DAYS",
