@@ -3,7 +3,8 @@ one store into another, say from SQLite to PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,19 @@ class CopyCounts:
     ledger: dict[str, int] = field(default_factory=dict)  # table -> rows added
 
 
+async def _all_quarantined(store: Store, batch: int) -> AsyncIterator[Quarantined]:
+    """Every quarantined body, newest first."""
+    before: int | None = None
+    while page := await store.quarantined(limit=batch, before_id=before):
+        for q in page:
+            yield q
+        before = page[-1].id
+
+
+def _body_key(q: Quarantined) -> tuple[Any, ...]:
+    return (q.received_at, q.event_id, q.reason, hashlib.sha256(q.body).digest())
+
+
 async def copy_store(
     source: Store,
     target: Store,
@@ -80,9 +94,8 @@ async def copy_store(
 ) -> CopyCounts:
     """Copy every event (with its state, attempts and handler runs, in ``seq`` order),
     every quarantined body (oldest first) and the policies' ledger from ``source`` into
-    ``target``.  Events and quarantined bodies already in the target are skipped, so a
-    copy run again adds only what is new; so are the ledger's decisions and hits (the
-    audit rows have no key: run again, they are added again)."""
+    ``target``.  What the target holds already (events by id, quarantined bodies and
+    ledger rows by content) is skipped, so a copy run again adds only what is new."""
     counts = CopyCounts()
     total = (await source.stats()).events
     task = progress.add_task("events", total=total) if progress else None
@@ -101,23 +114,26 @@ async def copy_store(
             await flush()
     await flush()
 
-    # Newest first page by page: read all the ids' bodies, then add oldest first, so the
-    # target's ids keep the order.
-    bodies: list[Quarantined] = []
-    before: int | None = None
-    while page := await source.quarantined(limit=batch, before_id=before):
-        bodies.extend(page)
-        before = page[-1].id
+    # Oldest first, so the target's ids keep the order; bodies it holds already (a copy
+    # run again) are left out: one without an event_id has no key the target could check.
+    held = {_body_key(q) async for q in _all_quarantined(target, batch)}
+    bodies = [q async for q in _all_quarantined(source, batch)]
     bodies.reverse()
     counts.quarantined = len(bodies)
-    for start in range(0, len(bodies), batch):
-        counts.quarantined_added += await target.import_quarantined(bodies[start : start + batch])
+    fresh = [q for q in bodies if _body_key(q) not in held]
+    for start in range(0, len(fresh), batch):
+        counts.quarantined_added += await target.import_quarantined(fresh[start : start + batch])
 
     source_ledger, target_ledger = source.ledger(), target.ledger()
     for table in LEDGER_TABLES:
+        # Audit rows get new ids in the target, so their key is everything else.
+        audit = table == "actions"
+        known = {row[1:] async for row in target_ledger.export_rows(table)} if audit else set()
         added = 0
         rows: list[tuple[Any, ...]] = []
         async for row in source_ledger.export_rows(table):
+            if audit and row[1:] in known:
+                continue
             rows.append(row)
             if len(rows) >= batch:
                 added += await target_ledger.import_rows(table, rows)
