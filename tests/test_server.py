@@ -261,7 +261,8 @@ def test_sigkill_under_load_loses_no_acked_event(tmp_path: Path, round_: int) ->
         restarted.stop()
 
 
-def test_worker_processes_what_a_receive_only_server_stored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("named_by", ["data-dir", "store"])
+def test_worker_processes_what_a_receive_only_server_stored(tmp_path: Path, named_by: str) -> None:
     module = tmp_path / "worker_hooks.py"
     marker = tmp_path / "handled.txt"
     module.write_text(
@@ -272,7 +273,8 @@ def test_worker_processes_what_a_receive_only_server_stored(tmp_path: Path) -> N
         f"    open({str(marker)!r}, 'a').write(event.event_id + '\\n')\n"
     )
     data = tmp_path / "data"
-    srv = Server(data, extra=["--no-dispatch"]).start()
+    store = ["--store", f"sqlite://{data / 'inbox.db'}"] if named_by == "store" else []
+    srv = Server(data, extra=["--no-dispatch", *store]).start()
     try:
         for i in range(3):
             body, headers = signed_request(make_event(f"w{i}"), key=KEY)
@@ -281,7 +283,7 @@ def test_worker_processes_what_a_receive_only_server_stored(tmp_path: Path) -> N
         srv.stop()
     assert not marker.exists()  # --no-dispatch: stored, not handled
     worker = subprocess.Popen(
-        [str(BIN), "worker", "--data-dir", str(data), "--handlers", "worker_hooks:router"],
+        [str(BIN), "worker", "--data-dir", str(data), *store, "--handlers", "worker_hooks:router"],
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

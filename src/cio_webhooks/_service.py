@@ -355,10 +355,17 @@ def background_tasks(
 
 
 def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
+    """The receiver on the store of ``settings``; with ``dispatch``, the worker's tasks
+    (dispatcher, warehouse loader, pruner) run beside it.  Without, it knows no router:
+    every event it stores waits for a ``worker`` (which may run on another host)."""
     if not settings.signing_keys:
         raise ConfigError("no signing key configured")
     inbox = open_service_store(settings)
-    tasks, dispatcher = background_tasks(settings, inbox, clock=clock)
+    tasks: list[Background] = []
+    router = None
+    if settings.dispatch:
+        tasks, dispatcher = background_tasks(settings, inbox, clock=clock)
+        router = dispatcher.router
     return create_app(
         inbox,
         settings.signing_keys,
@@ -366,8 +373,8 @@ def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
         dedupe_days=settings.dedupe_days,
         max_body=settings.max_body,
         clock=clock,
-        background=tasks if settings.dispatch else (),
-        router=dispatcher.router if settings.dispatch else None,
+        background=tasks,
+        router=router,
     )
 
 

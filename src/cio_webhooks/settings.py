@@ -49,6 +49,7 @@ __all__ = [
     "LEDGER_FILE",
     "PORT",
     "PRUNE_EVERY",
+    "REGIONS",
     "STORE_ENV",
     "WAREHOUSE_FILE",
     "WEBHOOK_PATH",
@@ -122,7 +123,9 @@ class RetryPolicy:
 
 
 # -- Customer.io ------------------------------------------------------------------------
-DEFAULT_REGION = "us"
+#: Customer.io's data centers (the ``--region`` choices); the first is the default.
+REGIONS = ("us", "eu")
+DEFAULT_REGION = REGIONS[0]
 #: Track API requests per second (Customer.io's soft limit is about 1000).
 DEFAULT_TRACK_RATE = 100.0
 

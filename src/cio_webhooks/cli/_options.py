@@ -22,7 +22,7 @@ import click
 
 from .._exceptions import ConfigError, StoreUnavailable
 from .._service import default_store, sqlite_store
-from ..settings import DATA_DIR, DEFAULT_REGION, STORE_ENV, WAREHOUSE_FILE, env
+from ..settings import DATA_DIR, DEFAULT_REGION, REGIONS, STORE_ENV, WAREHOUSE_FILE, env
 from ..store import EventFilter, Store, StoreURL, open_store, parse_store_url
 
 __all__ = [
@@ -261,7 +261,7 @@ def app_api_options(fn: F) -> F:
         ),
         click.option(
             "--region",
-            type=click.Choice(["us", "eu"]),
+            type=click.Choice(REGIONS),
             default=DEFAULT_REGION,
             show_default=True,
             envvar=env("REGION"),

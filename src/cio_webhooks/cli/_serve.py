@@ -41,6 +41,7 @@ from ..settings import (
     HOST,
     KEY_FILE,
     PORT,
+    REGIONS,
     WEBHOOK_PATH,
     RetryPolicy,
     Settings,
@@ -150,7 +151,7 @@ def service_options(fn: F) -> F:
         track_api_key_option,
         click.option(
             "--region",
-            type=click.Choice(["us", "eu"], case_sensitive=False),
+            type=click.Choice(REGIONS, case_sensitive=False),
             default=DEFAULT_REGION,
             show_default=True,
             envvar=env("REGION"),
