@@ -120,3 +120,11 @@ def test_serve_and_worker_on_an_unreachable_postgres_say_so_in_one_line() -> Non
         assert done.stderr.startswith("error: "), done.stderr
         assert done.stderr.count("\n") == 1, done.stderr
         assert SECRET not in done.stderr + done.stdout
+
+
+def test_actions_db_is_for_a_sqlite_store_only(tmp_path: Path) -> None:
+    code, _, err = invoke(
+        "worker", "--store", "postgresql://u@127.0.0.1:1/x", "--actions-db", str(tmp_path / "a.db")
+    )
+    assert code == 2
+    assert "--actions-db names a SQLite file" in err

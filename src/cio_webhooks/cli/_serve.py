@@ -146,6 +146,13 @@ def service_options(fn: F) -> F:
             envvar=env("MAX_DB_SIZE"),
             help="Cap the SQLite inbox file at this many bytes; past it, answer 503.",
         ),
+        click.option(
+            "--actions-db",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=env("ACTIONS_DB"),
+            help="The policies' ledger file of a SQLite store. [default: actions.db next to"
+            " the inbox; a PostgreSQL store keeps it inside]",
+        ),
         policies_option,
         track_site_id_option,
         track_api_key_option,
@@ -224,6 +231,8 @@ def _settings(
             f"--retry-max-delay {o['retry_max_delay']:g} is shorter than "
             f"--retry-base {o['retry_base']:g}"
         )
+    if o["actions_db"] is not None and where.path is None:
+        raise ConfigError("--actions-db names a SQLite file: a PostgreSQL store keeps its ledger")
     handlers = tuple(h for spec in o["handlers"] for h in spec.split(",") if h.strip())
     return Settings(
         store=where,
@@ -245,6 +254,7 @@ def _settings(
         track_url=o["track_url"],
         track_rate=o["track_rate"],
         dry_run=o["dry_run"],
+        actions_db=o["actions_db"],
     )
 
 
