@@ -128,3 +128,24 @@ def test_actions_db_is_for_a_sqlite_store_only(tmp_path: Path) -> None:
     )
     assert code == 2
     assert "--actions-db names a SQLite file" in err
+
+
+def test_store_copy_to_an_unreachable_postgres_is_one_line_without_the_password(
+    inbox: Path,
+) -> None:
+    result = CliRunner().invoke(
+        main, ["store", "copy", "--from", f"sqlite://{inbox}", "--to", UNREACHABLE]
+    )
+    assert result.exit_code in (ExitCode.USAGE, ExitCode.STORE_UNAVAILABLE), result.output
+    assert result.stderr.startswith("error: ")
+    assert result.stderr.count("\n") == 1
+    assert SECRET not in result.output
+
+
+def test_an_unexpected_error_is_one_line_too(inbox: Path) -> None:
+    (inbox.parent / "actions.db").write_bytes(b"not a database, but not empty either" * 100)
+    code, out, err = invoke("actions", "list", "--db", str(inbox))
+    assert code == ExitCode.FAILED
+    assert out == ""
+    assert err.startswith("error: ")
+    assert err.count("\n") == 1
