@@ -17,8 +17,8 @@ from cio_webhooks.cli._errors import ExitCode, exit_code, redact
 from cio_webhooks.customerio import CustomerIOError
 from cio_webhooks.testing import make_event
 
-from ..test_cli import invoke
 from ..test_server import BIN
+from .test_commands import invoke
 from .test_store_copy import opened
 
 SECRET = "s3cret-pw"

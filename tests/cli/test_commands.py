@@ -21,7 +21,7 @@ from cio_webhooks.handlers import load_router
 from cio_webhooks.store.sqlite import SQLiteLedger, SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
-from .test_reports import EVENTS, write_warehouse
+from ..test_reports import EVENTS, write_warehouse
 
 NOW = 1_700_000_000.0
 

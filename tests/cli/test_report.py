@@ -16,8 +16,8 @@ from cio_webhooks.cli import main
 from cio_webhooks.customerio.fake import FakeCustomerIO
 from cio_webhooks.reports import COUNTS, RATES
 
-from .test_cli import table_columns
-from .test_reports import EVENTS, REDELIVERED, write_warehouse
+from ..test_reports import EVENTS, REDELIVERED, write_warehouse
+from .test_commands import table_columns
 
 # The campaign report of test_reports.EVENTS, as `report --json` gives it.
 EXPECTED = [
