@@ -122,12 +122,11 @@ def test_serve_and_worker_on_an_unreachable_postgres_say_so_in_one_line() -> Non
         assert SECRET not in done.stderr + done.stdout
 
 
-def test_actions_db_is_for_a_sqlite_store_only(tmp_path: Path) -> None:
-    code, _, err = invoke(
-        "worker", "--store", "postgresql://u@127.0.0.1:1/x", "--actions-db", str(tmp_path / "a.db")
-    )
+@pytest.mark.parametrize("option", [["--actions-db", "a.db"], ["--max-db-size", "1000"]])
+def test_sqlite_file_options_are_refused_for_postgres(option: list[str]) -> None:
+    code, _, err = invoke("worker", "--store", "postgresql://u@127.0.0.1:1/x", *option)
     assert code == 2
-    assert "--actions-db names a SQLite file" in err
+    assert f"{option[0]} is for a SQLite store, not postgresql" in err
 
 
 def test_store_copy_to_an_unreachable_postgres_is_one_line_without_the_password(

@@ -231,8 +231,10 @@ def _settings(
             f"--retry-max-delay {o['retry_max_delay']:g} is shorter than "
             f"--retry-base {o['retry_base']:g}"
         )
-    if o["actions_db"] is not None and where.path is None:
-        raise ConfigError("--actions-db names a SQLite file: a PostgreSQL store keeps its ledger")
+    if where.path is None:  # options that only a SQLite file has
+        for name, option in (("actions_db", "--actions-db"), ("max_db_size", "--max-db-size")):
+            if o[name] is not None:
+                raise ConfigError(f"{option} is for a SQLite store, not {where.backend}")
     handlers = tuple(h for spec in o["handlers"] for h in spec.split(",") if h.strip())
     return Settings(
         store=where,
