@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -153,9 +154,10 @@ async def test_copy_moves_events_quarantine_and_ledger_and_the_copy_works(
 
 async def test_copy_refuses_the_same_store_and_a_missing_source(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'inbox.db'}"
-    same = await invoke("store", "copy", "--from", url, "--to", url)
-    assert same.exit_code == 2
-    assert "name the same store" in same.stderr
+    for other in (url, f"sqlite:{os.path.relpath(tmp_path / 'x' / '..' / 'inbox.db')}"):
+        same = await invoke("store", "copy", "--from", url, "--to", other)
+        assert same.exit_code == 2
+        assert "name the same store" in same.stderr
     missing = await invoke("store", "copy", "--from", url, "--to", f"sqlite://{tmp_path / 'b.db'}")
     assert missing.exit_code == 2
     assert f"no inbox at {tmp_path / 'inbox.db'}" in missing.stderr

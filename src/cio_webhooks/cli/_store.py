@@ -167,7 +167,7 @@ def store_copy(source: str, target: str, force: bool, batch: int) -> None:
     Stop every serve and worker on the source first.  Events already in the target are
     skipped, so a copy that stopped halfway can be run again with --force."""
     source_url, target_url = parse_store_url(source), parse_store_url(target)
-    if source_url == target_url:
+    if _same(source_url, target_url):
         raise ConfigError("--from and --to name the same store")
     counts = run(_copy(source_url, target_url, force=force, batch=batch))
     ledger = ", ".join(f"{table} {n}" for table, n in counts.ledger.items())
@@ -177,6 +177,12 @@ def store_copy(source: str, target: str, force: bool, batch: int) -> None:
         f" there), quarantined {counts.quarantined_added} added"
         f" ({counts.quarantined - counts.quarantined_added} already there), ledger rows {ledger}"
     )
+
+
+def _same(a: StoreURL, b: StoreURL) -> bool:
+    if a.path is not None and b.path is not None:  # sqlite:inbox.db is sqlite:///$PWD/inbox.db
+        return a.path.resolve() == b.path.resolve()
+    return a == b
 
 
 async def _copy(source: StoreURL, target: StoreURL, *, force: bool, batch: int) -> CopyCounts:
