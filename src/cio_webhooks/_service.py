@@ -292,7 +292,7 @@ def background_tasks(
     dispatcher = Dispatcher(
         inbox, router, retry=settings.retry, clock=clock, drain_timeout=settings.drain_timeout
     )
-    warehouse = SQLiteWarehouse(settings.warehouse, inbox=settings.db, clock=clock)
+    warehouse = SQLiteWarehouse.following(settings.warehouse, inbox, clock=clock)
 
     async def pruner(stop: asyncio.Event) -> None:
         await prune_periodically(inbox, settings.dedupe_days, stop, clock=clock)
