@@ -996,10 +996,12 @@ async def test_the_heartbeat_stops_once_the_events_in_flight_are_finished(
 
     # The next claim starts a heartbeat of its own.
     started.clear()
+    gate.clear()
     await inbox.put(event("e2"))
     running = asyncio.create_task(d.run_once())
     await asyncio.wait_for(started.wait(), 10)
     assert d.heartbeating
+    gate.set()
     await running
     assert not d.heartbeating
 

@@ -313,6 +313,13 @@ class Dispatcher:
         if self._beating is None:
             self._beating = asyncio.create_task(self._heartbeat(), name="dispatch-heartbeat")
 
+    def _let_go(self, task: asyncio.Task[None] | None) -> None:
+        """Extend ``task``'s claim no more (its outcome is being recorded, or it ended)."""
+        if task is not None:
+            self._held.pop(task, None)
+        if not self._held:
+            self._stop_heartbeat()
+
     def _stop_heartbeat(self) -> None:
         if self._beating is not None:
             # Forgotten at once: a claim made from now on starts a new heartbeat.
@@ -453,9 +460,7 @@ class Dispatcher:
 
         def finished(task: asyncio.Task[None]) -> None:
             self._in_flight.discard(task)
-            self._held.pop(task, None)
-            if not self._held:
-                self._stop_heartbeat()
+            self._let_go(task)
             if self._latest.get(job.seq) is task:
                 del self._latest[job.seq]
             self._freed.set()
@@ -469,6 +474,8 @@ class Dispatcher:
             await asyncio.wait([previous])
         try:
             outcome = await self._process(job)
+            # Recorded now: a heartbeat from here on could only find the claim gone.
+            self._let_go(asyncio.current_task())
             recorded = await self.store.finish([outcome], now=self.clock())
         except StoreUnavailable as exc:
             log.error("event=dispatch_store_error event_id=%s error=%s", job.event_id, str(exc))
