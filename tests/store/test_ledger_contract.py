@@ -1,17 +1,16 @@
 """The policies' ledger contract, run against every backend: SQLite (``SQLiteLedger`` on
-a file) and the real PostgreSQL on this machine (``PostgresLedger`` in a schema of its
-own per test).
+a file) and the real PostgreSQL on this machine (``store.ledger()`` of a
+``PostgresStore`` in a schema of its own per test).
 
-A "worker" is one ledger instance with its own connections (SQLite: its own
-connection to the file; PostgreSQL: its own pool), as separate processes or hosts
-would have: every guarantee below must hold between workers, not only within one.
+A "worker" is one ledger with connections of its own (SQLite: its own connection to
+the file; PostgreSQL: its own store, so its own pool), as separate processes or hosts
+have: every guarantee below must hold between workers, not only within one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.resources
 import itertools
 import random
 import socket
@@ -27,7 +26,6 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
 
 from cio_webhooks import StoreUnavailable
 from cio_webhooks.store import (
@@ -36,10 +34,10 @@ from cio_webhooks.store import (
     Ledger,
     Verdict,
     Window,
+    open_store,
     parse_store_url,
 )
 from cio_webhooks.store._ledger import LEDGER_TABLES, LedgerBookkeeping
-from cio_webhooks.store.postgres._ledger import PostgresLedger
 from cio_webhooks.store.sqlite import SQLiteLedger
 
 NOW = 1_700_000_000.0
@@ -52,16 +50,17 @@ class Place:
     """Where one backend keeps one ledger, and how to open workers on it."""
 
     backend: str
-    open: Callable[..., Awaitable[Ledger]]  # open(read_only=False): a new worker
+    open: Callable[..., Awaitable[tuple[Ledger, Callable[[], Awaitable[None]]]]]
     exists: Callable[[], Awaitable[bool]]  # has anything been created here?
     break_audit: Callable[[], Awaitable[None]]  # make every audit write fail
     mend_audit: Callable[[], Awaitable[None]]
     write_refused: tuple[type[Exception], ...]  # what a write of a read-only worker raises
-    opened: list[Ledger] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def worker(self, *, read_only: bool = False) -> Ledger:
-        ledger = await self.open(read_only=read_only)
-        self.opened.append(ledger)
+        """A new worker's ledger (``read_only``: as the CLI's read commands open it)."""
+        ledger, close = await self.open(read_only=read_only)
+        self.closers.append(close)
         return ledger
 
 
@@ -69,8 +68,9 @@ class Place:
 
 
 def sqlite_place(path: Path) -> Place:
-    async def open_(*, read_only: bool = False) -> Ledger:
-        return SQLiteLedger(path, read_only=read_only)
+    async def open_(*, read_only: bool = False) -> tuple[Ledger, Callable[[], Awaitable[None]]]:
+        ledger = SQLiteLedger(path, read_only=read_only)
+        return ledger, ledger.close
 
     async def exists() -> bool:
         return path.exists()
@@ -95,32 +95,16 @@ def sqlite_place(path: Path) -> Place:
     )
 
 
-LEDGER_DDL = (
-    importlib.resources.files("cio_webhooks.store.postgres") / "migrations" / "0002_ledger.sql"
-).read_text()
-
-
-def pg_place(url: str, *, create: bool = True) -> tuple[Place, list[AsyncConnectionPool[Any]]]:
-    """A schema of its own holding the ledger's tables (the store's migration 0002),
-    and pools (one per worker) whose connections do NOT have it on their search_path:
-    the ledger must name its schema itself."""
+def pg_place(url: str) -> Place:
+    """The store at ``url`` (a schema of its own, made and migrated by the first worker)."""
     parsed = parse_store_url(url)
     dsn, schema = parsed.dsn, parsed.schema
     assert dsn is not None
-    pools: list[AsyncConnectionPool[Any]] = []
-    if create:
-        with psycopg.connect(dsn, autocommit=True) as admin, admin.transaction():
-            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-            admin.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-            admin.execute(LEDGER_DDL.encode())
 
-    async def open_(*, read_only: bool = False) -> Ledger:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            dsn, min_size=1, max_size=4, open=False
-        )
-        await pool.open()
-        pools.append(pool)
-        return PostgresLedger(pool, schema, read_only=read_only)
+    async def open_(*, read_only: bool = False) -> tuple[Ledger, Callable[[], Awaitable[None]]]:
+        store = open_store(parsed, readonly=read_only)
+        await store.open()
+        return store.ledger(), store.close
 
     async def exists() -> bool:
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
@@ -137,7 +121,7 @@ def pg_place(url: str, *, create: bool = True) -> tuple[Place, list[AsyncConnect
 
         return run
 
-    place = Place(
+    return Place(
         "postgresql",
         open_,
         exists,
@@ -150,31 +134,25 @@ def pg_place(url: str, *, create: bool = True) -> tuple[Place, list[AsyncConnect
         script("DROP FUNCTION {schema}.audit_fails() CASCADE"),
         (StoreUnavailable,),
     )
-    return place, pools
 
 
 @contextlib.asynccontextmanager
-async def opened(
-    place: Place, pools: Sequence[AsyncConnectionPool[Any]] = ()
-) -> AsyncIterator[Place]:
+async def opened(place: Place) -> AsyncIterator[Place]:
     try:
         yield place
     finally:
-        for ledger in place.opened:
-            await ledger.close()
-        for pool in pools:
-            await pool.close()
+        for close in place.closers:
+            await close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def place(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Place]:
-    if request.param == "sqlite":
-        async with opened(sqlite_place(tmp_path / "actions.db")) as p:
-            yield p
-        return
-    url: str = request.getfixturevalue("pg_url")
-    made, pools = pg_place(url)
-    async with opened(made, pools) as p:
+    made = (
+        sqlite_place(tmp_path / "actions.db")
+        if request.param == "sqlite"
+        else pg_place(request.getfixturevalue("pg_url"))
+    )
+    async with opened(made) as p:
         yield p
 
 
@@ -546,10 +524,9 @@ async def test_export_and_import_round_trip(place: Place, tmp_path: Path) -> Non
 
 async def test_export_and_import_between_backends(tmp_path: Path, pg_url: str) -> None:
     """``store copy --from sqlite:///... --to postgresql://...`` and back."""
-    made, pools = pg_place(pg_url)
     async with (
         opened(sqlite_place(tmp_path / "a.db")) as a,
-        opened(made, pools) as b,
+        opened(pg_place(pg_url)) as b,
         opened(sqlite_place(tmp_path / "c.db")) as c,
     ):
         first, second, third = await a.worker(), await b.worker(), await c.worker()
@@ -588,17 +565,22 @@ async def test_a_read_only_worker_reads_and_writes_nothing(place: Place) -> None
     assert {table: await rows(writer, table) for table in LEDGER_TABLES} == before
 
 
+async def look(place: Place) -> None:
+    """What ``cio-webhooks actions list`` does: open a read-only worker, read."""
+    reader = await place.worker(read_only=True)
+    await reader.recent()
+
+
 async def test_a_read_only_worker_creates_nothing(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    for place, pools in [
-        (sqlite_place(tmp_path / "none.db"), []),
-        pg_place(request.getfixturevalue("pg_url"), create=False),
+    for place in [
+        sqlite_place(tmp_path / "none.db"),
+        pg_place(request.getfixturevalue("pg_url")),
     ]:
-        async with opened(place, pools):
-            reader = await place.worker(read_only=True)
+        async with opened(place):
             with pytest.raises(place.write_refused):  # nothing to read: no ledger here
-                await reader.recent()
+                await look(place)
             assert not await place.exists(), place.backend
 
 
