@@ -656,3 +656,52 @@ async def test_concurrent_workers_act_once_per_threshold_window(place: Place) ->
         for person, event_id in acted
     )
     assert set(windows.values()) == {1}
+
+
+WORKER = """
+import asyncio, sys
+from cio_webhooks.store import ActionInFlight, Verdict, Window, open_store
+
+async def main():
+    url, start, order = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+    acted = 0
+    async with open_store(url) as store:
+        ledger = store.ledger()
+        for i in [int(x) for x in order.split(",")]:
+            for person in ("a", "b"):
+                try:
+                    verdict = await ledger.reserve(
+                        rule="r", event_id=f"{person}{i}", person=person, dry_run=False,
+                        now=start, threshold=Window(count=3, within=30 * 86400),
+                        occurred_at=start + i * 86400,
+                    )
+                except ActionInFlight:
+                    continue
+                if verdict is Verdict.ACT:
+                    acted += 1
+                    await ledger.finish(
+                        rule="r", event_id=f"{person}{i}", person=person, action="unsubscribe",
+                        request={}, status="ok", detail=None, dry_run=False, at=start,
+                    )
+    print(acted)
+
+asyncio.run(main())
+"""
+
+
+def test_worker_processes_on_one_postgresql_store_act_once_per_window(pg_url: str) -> None:
+    """Separate processes, each with its own store (as on separate hosts), starting at
+    once on a new schema (they race on migrating it too), over the same hits of two
+    persons in different orders: days 0-8 and 40-48, so two windows each."""
+    days = [*range(9), *range(40, 49)]
+    orders = [days, days[::-1], [days[i] for i in (5, 17, 0, 9, 3, 12, 8, 1, 16, 4)] + days]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, pg_url, str(NOW), ",".join(map(str, order))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for order in orders
+    ]
+    counts = [int(proc.communicate(timeout=120)[0]) for proc in procs]
+    assert sum(counts) == 2 * 2  # two persons, two windows each
