@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,12 @@ def unavailable(exc: BaseException, doing: str) -> StoreUnavailable | None:
 async def insert_rows(conn: psycopg.AsyncConnection[Any], rows: Sequence[PutRow]) -> set[str]:
     """Insert ``rows`` (distinct event_ids) in one statement; the event_ids stored.
     The caller's transaction must hold ``SEQ_LOCK``."""
+    cur = await conn.execute(_INSERT, _columns(rows), binary=True)
+    return {event_id for (event_id,) in await cur.fetchall()}
+
+
+def _columns(rows: Iterable[PutRow]) -> list[list[Any]]:
+    """``rows`` as the nine arrays ``_INSERT`` unnests."""
     columns: list[list[Any]] = [[] for _ in range(9)]
     for row in rows:
         for column, value in zip(
@@ -116,8 +122,7 @@ async def insert_rows(conn: psycopg.AsyncConnection[Any], rows: Sequence[PutRow]
             strict=True,
         ):
             column.append(value)
-    cur = await conn.execute(_INSERT, columns, binary=True)
-    return {event_id for (event_id,) in await cur.fetchall()}
+    return columns
 
 
 @dataclass(slots=True)
@@ -220,11 +225,15 @@ class GroupWriter:
         first: dict[str, PutRow] = {}
         for put in batch:
             first.setdefault(put.row.event_id, put.row)
-        async with conn.transaction():
+        # Pipelined: BEGIN, lock, INSERT, NOTIFY and COMMIT go in one round trip.  The
+        # NOTIFY is sent when the batch holds a pending event, stored or (rarely, all
+        # duplicates) not: a needless wake-up costs a worker one empty claim.
+        async with conn.pipeline(), conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", [SEQ_LOCK])
-            stored = await insert_rows(conn, list(first.values()))
-            if any(first[e].state == "pending" for e in stored):
+            cur = await conn.execute(_INSERT, _columns(first.values()), binary=True)
+            if any(row.state == "pending" for row in first.values()):
                 await conn.execute(self._notify)
+        stored = {event_id for (event_id,) in await cur.fetchall()}
         results: list[PutResult | BaseException] = []
         for put in batch:
             # Of two puts of one event_id in a batch, the first is the one inserted.

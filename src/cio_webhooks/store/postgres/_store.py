@@ -186,39 +186,46 @@ class PostgresStore:
             await conn.execute("SET default_transaction_read_only = on")
 
     async def open(self) -> None:
+        """Migrate (or, read-only, check) the schema on a connection of its own, whose
+        failure says why PostgreSQL is unreachable, then open the pool."""
         if self._opened:
             return
-        where = self._where_it_is()
+        await self.migrate()
         try:
             await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
         except Exception as exc:
             await self._pool.close()
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {where}: {exc}") from exc
-        try:
-            await self.migrate()
-        except BaseException:
-            await self._pool.close()
-            raise
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL at {self._where_it_is()}: {exc}"
+            ) from exc
         if not self.readonly:
             self._writer.start()
         self._opened = True
 
     async def migrate(self) -> list[int]:
-        """Bring the schema up to date (see ``_migrations``); the versions applied.  A
-        read-only store only checks that the schema exists and is not newer than us."""
+        """Bring the schema up to date (see ``_migrations``) on a connection of its own;
+        the versions applied.  A read-only store only checks that the schema exists and
+        is not newer than this code.  Raises ``StoreUnavailable``."""
         known = {m.version for m in migrations()}
         try:
-            async with self._pool.connection() as conn:
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
+            )
+        except (psycopg.Error, OSError) as exc:
+            # libpq's sentence names host, port, user and database, never the password.
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL at {self._where_it_is()}: {exc}"
+            ) from exc
+        try:
+            async with conn:
                 if self.readonly:
                     found = await applied_versions(conn, self.schema)
                     applied: list[int] = []
                 else:
                     applied = await migrate(conn, self.schema)
                     found = await applied_versions(conn, self.schema)
-        except Exception as exc:
-            raise unavailable(exc, "migrating") or StoreUnavailable(
-                f"cannot migrate schema {self.schema!r}: {exc}"
-            ) from exc
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot migrate schema {self.schema!r}: {exc}") from exc
         if not found:
             raise StoreUnavailable(f"{self.url} holds no cio-webhooks store")
         if found - known:
