@@ -215,3 +215,16 @@ async def test_the_url_names_the_schema_but_no_password(pg_database: str) -> Non
     store = open_store(f"{with_password}?schema=mine")
     assert "pw@" not in store.url
     assert "schema=mine" in store.url
+
+
+async def test_a_listener_that_cannot_connect_waits_between_tries(pg_url: str) -> None:
+    # PostgreSQL gone: a waiting worker keeps trying, with pauses, never in a busy loop.
+    dead = f"postgresql://root@127.0.0.1:{free_port()}/nowhere"
+    store = PostgresStore(dead, schema=schema_of(pg_url))
+    try:
+        await store.wait_for_work(1.0)  # returns by its timeout: the polling fallback
+        listener = store._listener
+        assert listener.connects == 0
+        assert 1 <= listener.attempts <= 3  # tries at 0 s, ~0.5 s, ~1.5 s
+    finally:
+        await store.close()

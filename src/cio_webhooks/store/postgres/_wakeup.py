@@ -47,7 +47,8 @@ class Listener:
         self._work = work
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self.connects = 0  # how many times it connected (tests, diagnostics)
+        self.attempts = 0  # connections tried, and made: tests, diagnostics
+        self.connects = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -67,6 +68,7 @@ class Listener:
     async def _run(self) -> None:
         pause = RECONNECT_PAUSE[0]
         while True:
+            self.attempts += 1
             try:
                 self._conn = await psycopg.AsyncConnection.connect(
                     self._dsn, autocommit=True, connect_timeout=10
