@@ -4,6 +4,7 @@ schema, migrations racing, connections lost, and the seq cursor under concurrent
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -11,7 +12,7 @@ import psycopg
 import pytest
 
 from cio_webhooks import EventFilter, JobState, PutResult, StoreUnavailable
-from cio_webhooks.store import Outcome, Store, open_store, parse_store_url
+from cio_webhooks.store import Outcome, Store, StoredEvent, open_store, parse_store_url
 from cio_webhooks.store.postgres import PostgresStore
 from cio_webhooks.store.postgres._ingest import SEQ_LOCK
 from cio_webhooks.store.postgres._migrations import migrate, migrations
@@ -131,6 +132,16 @@ async def test_the_store_recovers_when_its_connections_are_cut(pg_url: str, pg: 
     assert await pg.get_event("before") is not None
 
 
+async def test_a_put_is_not_refused_for_connections_the_server_cut(pg_url: str, pg: Store) -> None:
+    # Idle pooled connections killed (a restart, a failover): the next put finds out
+    # and commits on a new connection instead of answering 503.
+    dsn = parse_store_url(pg_url).dsn
+    assert dsn is not None
+    await asyncio.gather(*(pg.put(ev(f"warm{i}")) for i in range(100)))
+    assert await terminate_backends(dsn) >= 1
+    assert await pg.put(ev("after")) is PutResult.STORED
+
+
 async def test_a_cut_listen_connection_reconnects_and_wakes_again(pg_url: str, pg: Store) -> None:
     dsn = parse_store_url(pg_url).dsn
     assert dsn is not None
@@ -228,3 +239,12 @@ async def test_a_listener_that_cannot_connect_waits_between_tries(pg_url: str) -
         assert 1 <= listener.attempts <= 3  # tries at 0 s, ~0.5 s, ~1.5 s
     finally:
         await store.close()
+
+
+async def test_a_copied_event_postgresql_cannot_hold_stops_the_copy_by_name(pg: Store) -> None:
+    # SQLite holds a NUL in an event_id; PostgreSQL text cannot: store copy says which.
+    good = StoredEvent(1, "good", "email", "sent", None, NOW, JobState.DONE, 1, NOW, None, b"{}")
+    bad = dataclasses.replace(good, seq=2, event_id="b\x00d")
+    with pytest.raises(ValueError, match="cannot be stored in PostgreSQL"):
+        await pg.import_events([(good, []), (bad, [])])
+    assert (await pg.stats()).events == 0  # nothing of that batch is kept

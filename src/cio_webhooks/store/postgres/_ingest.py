@@ -206,10 +206,30 @@ class GroupWriter:
                 return
 
     async def _commit(self, batch: list[_Put]) -> list[PutResult | BaseException]:
+        broken: list[bool] = []
+        try:
+            return await self._commit_on_a_connection(batch, broken)
+        except psycopg.OperationalError as exc:
+            if not broken:
+                raise
+            # A pooled connection the server closed (restart, failover, a killed
+            # backend) is found out only by using it: drop every such idle one and try
+            # once more.  Safe: ON CONFLICT DO NOTHING stores nothing twice (if the lost
+            # COMMIT had succeeded, those puts are answered DUPLICATE: acked all the same).
+            log.info("event=group_commit_retry size=%d error=%s", len(batch), exc)
+            await self._pool.check()
+            return await self._commit_on_a_connection(batch, [])
+
+    async def _commit_on_a_connection(
+        self, batch: list[_Put], broken: list[bool]
+    ) -> list[PutResult | BaseException]:
+        """Commit ``batch``; appends to ``broken`` when its connection broke."""
         async with self._pool.connection() as conn:
             try:
                 results = await self._together(conn, batch)
             except Exception as exc:
+                if conn.broken:
+                    broken.append(True)
                 if unavailable(exc, "") is not None:
                     raise
                 # A value PostgreSQL refused: find whose, one event at a time.

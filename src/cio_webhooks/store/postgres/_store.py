@@ -585,28 +585,7 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", [SEQ_LOCK])
             added = 0
             for e, runs in events:
-                cur = await conn.execute(
-                    "INSERT INTO events (event_id, object_type, metric, occurred_at,"
-                    " received_at, body, state, attempts, next_attempt_at, last_error,"
-                    " updated_at, backfilled, delivery_id)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (event_id) DO NOTHING RETURNING seq",
-                    [
-                        e.event_id,
-                        e.object_type,
-                        e.metric,
-                        e.occurred_at,
-                        e.received_at,
-                        e.body,
-                        e.state.value,
-                        e.attempts,
-                        e.next_attempt_at,
-                        e.last_error,
-                        e.received_at,
-                        e.backfilled,
-                        _delivery_id(e.body),
-                    ],
-                )
+                cur = await self._import_one(conn, e)
                 row = await cur.fetchone()
                 if row is None:
                     continue
@@ -626,6 +605,34 @@ class PostgresStore:
         if added:
             self._work.set()
         return added
+
+    async def _import_one(self, conn: Conn, e: StoredEvent) -> psycopg.AsyncCursor[Any]:
+        try:
+            return await conn.execute(
+                "INSERT INTO events (event_id, object_type, metric, occurred_at,"
+                " received_at, body, state, attempts, next_attempt_at, last_error,"
+                " updated_at, backfilled, delivery_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+                [
+                    e.event_id,
+                    e.object_type,
+                    e.metric,
+                    e.occurred_at,
+                    e.received_at,
+                    e.body,
+                    e.state.value,
+                    e.attempts,
+                    e.next_attempt_at,
+                    e.last_error,
+                    e.received_at,
+                    e.backfilled,
+                    _delivery_id(e.body),
+                ],
+            )
+        except psycopg.DataError as exc:
+            # The whole copy stops (nothing of this batch is kept): name the event.
+            raise ValueError(f"event {e.event_id!r} cannot be stored in PostgreSQL: {exc}") from exc
 
     async def import_quarantined(self, items: Sequence[Quarantined]) -> int:
         async def run(conn: Conn) -> int:
