@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -248,3 +249,33 @@ async def test_a_copied_event_postgresql_cannot_hold_stops_the_copy_by_name(pg: 
     with pytest.raises(ValueError, match="cannot be stored in PostgreSQL"):
         await pg.import_events([(good, []), (bad, [])])
     assert (await pg.stats()).events == 0  # nothing of that batch is kept
+
+
+async def test_a_worker_is_woken_by_a_put_in_another_process(pg_url: str, pg: Store) -> None:
+    await pg.wait_for_work(5)  # listening now
+    waiter = asyncio.create_task(pg.wait_for_work(300))
+    script = (
+        "import asyncio, json, sys\n"
+        "from cio_webhooks import parse_event\n"
+        "from cio_webhooks.store import open_store\n"
+        "from cio_webhooks.testing import make_event\n"
+        "async def main():\n"
+        "    store = open_store(sys.argv[1])\n"
+        "    await store.open()\n"
+        "    body = json.dumps(make_event('from-another-process')).encode()\n"
+        "    print(await store.put(parse_event(body, received_at=1.0)))\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, pg_url, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert out.strip() == b"stored"
+    await asyncio.wait_for(waiter, 60)  # a deadline: the other process's NOTIFY woke it
+    assert await pg.get_event("from-another-process") is not None
+
+
+async def test_a_put_before_open_is_refused_not_left_waiting(pg_url: str) -> None:
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await open_store(pg_url).put(ev("early"))

@@ -158,6 +158,8 @@ class GroupWriter:
     async def put(self, row: PutRow) -> PutResult:
         if self._closed:
             raise StoreUnavailable("the store is closed")
+        if not self._tasks:
+            raise StoreUnavailable("the store is not open")
         future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Put(row, future))
         return await future
