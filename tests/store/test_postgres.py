@@ -141,6 +141,8 @@ async def test_a_put_is_not_refused_for_connections_the_server_cut(pg_url: str, 
     await asyncio.gather(*(pg.put(ev(f"warm{i}")) for i in range(100)))
     assert await terminate_backends(dsn) >= 1
     assert await pg.put(ev("after")) is PutResult.STORED
+    assert await terminate_backends(dsn) >= 1
+    assert (await pg.stats()).events == 101  # a read, too, tries a new connection
 
 
 async def test_a_cut_listen_connection_reconnects_and_wakes_again(pg_url: str, pg: Store) -> None:

@@ -267,11 +267,27 @@ class PostgresStore:
         host = parts.hostname or "localhost"
         return host if parts.port is None else f"{host}:{parts.port}"
 
-    async def _run(self, doing: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """``fn`` on a pooled connection; a failure of the store is ``StoreUnavailable``."""
+    async def _run(
+        self, doing: str, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = False
+    ) -> T:
+        """``fn`` on a pooled connection; a failure of the store is ``StoreUnavailable``.
+        An ``idempotent`` ``fn`` (a read) whose connection the server had cut is run
+        once more on a fresh one."""
+        broken = False
         try:
-            async with self._pool.connection() as conn:
-                return await fn(conn)
+            try:
+                async with self._pool.connection() as conn:
+                    try:
+                        return await fn(conn)
+                    except psycopg.OperationalError:
+                        broken = conn.broken
+                        raise
+            except psycopg.OperationalError:
+                if not (idempotent and broken):
+                    raise
+                await self._pool.check()
+                async with self._pool.connection() as conn:
+                    return await fn(conn)
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -298,7 +314,7 @@ class PostgresStore:
             cur = await conn.execute(query.encode(), params)
             return await cur.fetchall()
 
-        return await self._run("reading", run)
+        return await self._run("reading", run, idempotent=True)
 
     # -- ingest ------------------------------------------------------------------------
     async def ready(self) -> bool:
