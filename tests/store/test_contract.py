@@ -195,6 +195,17 @@ async def test_quarantined_pages_newest_first_below_an_id(store: Store) -> None:
     assert [q.id for q in page] == [ids[2], ids[1]]
 
 
+async def test_close_commits_the_puts_already_queued(store_url: str) -> None:
+    store = open_store(store_url)
+    await store.open()
+    puts = [asyncio.ensure_future(store.put(ev(f"q{i}"))) for i in range(50)]
+    await asyncio.sleep(0)  # each put has queued its write
+    await store.close()
+    assert await asyncio.gather(*puts) == [PutResult.STORED] * 50
+    async with opened(store_url) as again:
+        assert (await again.stats()).events == 50
+
+
 async def test_writes_after_close_fail_cleanly(store_url: str) -> None:
     store = open_store(store_url)
     await store.open()
