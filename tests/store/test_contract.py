@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import secrets
 from pathlib import Path
 
 import httpx2
@@ -110,6 +111,10 @@ async def test_a_put_returns_only_after_its_commit(store_url: str, store: Store)
         pytest.param(lambda e: dataclasses.replace(e, timestamp=2**63), id="int-past-64-bits"),
         pytest.param(lambda e: dataclasses.replace(e, event_id="nul\x00id"), id="nul-in-event-id"),
         pytest.param(lambda e: dataclasses.replace(e, metric="nul\x00metric"), id="nul-in-metric"),
+        pytest.param(
+            lambda e: dataclasses.replace(e, event_id=secrets.token_hex(20000)),
+            id="event-id-past-an-index-entry",
+        ),
     ],
 )
 async def test_a_value_the_store_refuses_fails_only_its_own_put(store: Store, bad: object) -> None:

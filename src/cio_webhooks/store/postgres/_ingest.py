@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
 from ..._exceptions import StoreUnavailable
@@ -86,6 +87,8 @@ def put_row(event: Event, state: str) -> PutRow:
 
 def unavailable(exc: BaseException, doing: str) -> StoreUnavailable | None:
     """``StoreUnavailable`` when ``exc`` says the store itself failed (not one value)."""
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+        return None  # one value too big for PostgreSQL (an index entry, say): not a 503
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
         return StoreUnavailable(f"{doing} failed: {type(exc).__name__}: {exc}")
     from psycopg_pool import PoolClosed, PoolTimeout
