@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -21,6 +22,7 @@ from cio_webhooks import Dispatcher, Event, EventFilter, JobState, RetryPolicy, 
 from cio_webhooks._logging import KeyValueFormatter
 from cio_webhooks._service import build_policies, sqlite_store
 from cio_webhooks.customerio.fake import FakeCustomerIO
+from cio_webhooks.dispatcher import DEFAULT_LEASE
 from cio_webhooks.settings import Settings
 from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
@@ -51,6 +53,11 @@ class Flaky:
             raise RuntimeError(f"boom {self.calls[ev.event_id]}")
 
 
+#: Real seconds between heartbeats in tests: the FixedClock's lease (30 s) is long
+#: against it, so a heartbeat comes between any two steps a test waits for.
+HEARTBEAT = 0.01
+
+
 def dispatcher(
     inbox: SQLiteStore, router: Router, clock: FixedClock, *, handler_timeout: float = 30.0
 ) -> Dispatcher:
@@ -62,6 +69,7 @@ def dispatcher(
         rng=random.Random(1),
         retry=retry,
         handler_timeout=handler_timeout,
+        heartbeat=HEARTBEAT,
     )
 
 
@@ -877,3 +885,166 @@ async def test_a_retry_waits_as_long_as_the_server_asked(
     assert stored is not None
     assert stored.state is JobState.RETRYING
     assert stored.next_attempt_at == clock() + 120
+
+
+# Leases and heartbeat: a short lease, kept alive while the handlers run.
+
+
+def lease_ends(inbox: SQLiteStore, event_id: str, at_least: float) -> Callable[[], Awaitable[bool]]:
+    """The event is still claimed, until ``at_least`` or later (a heartbeat came)."""
+
+    async def check() -> bool:
+        stored = await inbox.get_event(event_id)
+        assert stored is not None
+        return stored.state is JobState.PENDING and stored.next_attempt_at >= at_least
+
+    return check
+
+
+async def test_a_long_handler_keeps_its_claim_past_the_lease(
+    inbox: SQLiteStore, clock: FixedClock
+) -> None:
+    router = Router()
+    blocking = Blocking()  # sync: its thread blocks, the heartbeat goes on
+    router.add(blocking, "*", name="long")
+    await inbox.put(event("e1"))
+    d = dispatcher(inbox, router, clock)
+    running = asyncio.create_task(d.run_once())
+    elsewhere = Flaky()
+    other = Router()
+    other.add(elsewhere, "*", name="long")
+    try:
+        await eventually(blocking.has_started(), "the handler started")
+        assert d.heartbeating
+        for _ in range(4):  # 80 s: well past the 30 s lease
+            clock.advance(20)
+            await eventually(lease_ends(inbox, "e1", clock() + d.lease), "a heartbeat came")
+            assert not await inbox.interrupted_due(now=clock())
+            # Another dispatcher on the same store (a new one: none of its reads cached).
+            assert await Dispatcher(inbox, other, clock=clock).run_once() == 0
+    finally:
+        blocking.gate.set()
+    assert await running == 1
+    stored = await inbox.get_event("e1")
+    assert stored is not None
+    assert (stored.state, stored.attempts) == (JobState.DONE, 1)
+    assert elsewhere.calls["e1"] == 0
+
+
+async def test_a_dead_dispatchers_events_are_claimed_again_after_the_short_lease(
+    inbox: SQLiteStore, clock: FixedClock
+) -> None:
+    router = Router()
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @router.on("*", name="h")
+    async def hangs(ev: Event) -> None:
+        started.set()
+        await gate.wait()
+
+    await inbox.put(event("e1"))
+    dead = Dispatcher(inbox, router, clock=clock)
+    assert dead.lease == DEFAULT_LEASE
+    running = asyncio.create_task(dead.run_once())
+    await asyncio.wait_for(started.wait(), 10)
+    running.cancel()  # the worker dies: no outcome recorded, no heartbeat any more
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+
+    async def silent() -> bool:
+        return not dead.heartbeating
+
+    await eventually(silent, "the dead dispatcher's heartbeat stopped")
+    survivor = Flaky()
+    other = Router()
+    other.add(survivor, "*", name="h")
+    clock.advance(DEFAULT_LEASE - 1)
+    assert await Dispatcher(inbox, other, clock=clock).run_once() == 0
+    clock.advance(1)
+    assert await Dispatcher(inbox, other, clock=clock).run_once() == 1
+    assert survivor.calls["e1"] == 1
+    stored = await inbox.get_event("e1")
+    assert stored is not None
+    assert (stored.state, stored.attempts) == (JobState.DONE, 2)
+
+
+async def test_the_heartbeat_stops_once_the_events_in_flight_are_finished(
+    inbox: SQLiteStore, clock: FixedClock
+) -> None:
+    router = Router()
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @router.on("*", name="h")
+    async def waits(ev: Event) -> None:
+        started.set()
+        await gate.wait()
+
+    await inbox.put(event("e1"))
+    d = dispatcher(inbox, router, clock)
+    assert not d.heartbeating
+    running = asyncio.create_task(d.run_once())
+    await asyncio.wait_for(started.wait(), 10)
+    clock.advance(10)
+    await eventually(lease_ends(inbox, "e1", clock() + d.lease), "a heartbeat came")
+    assert d.heartbeating
+    gate.set()
+    assert await running == 1
+    assert not d.heartbeating
+    assert await d.extend_claims() == 0  # nothing left to extend
+    stored = await inbox.get_event("e1")
+    assert stored is not None
+    assert stored.state is JobState.DONE
+
+    # The next claim starts a heartbeat of its own.
+    started.clear()
+    gate.clear()
+    await inbox.put(event("e2"))
+    running = asyncio.create_task(d.run_once())
+    await asyncio.wait_for(started.wait(), 10)
+    assert d.heartbeating
+    gate.set()
+    await running
+    assert not d.heartbeating
+
+
+async def test_a_claim_taken_away_is_no_longer_extended_and_the_others_still_are(
+    inbox: SQLiteStore, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    router = Router()
+    gate = asyncio.Event()
+    calls: Counter[str] = Counter()
+
+    @router.on("*", name="h")
+    async def waits(ev: Event) -> None:
+        calls[ev.event_id] += 1
+        await gate.wait()
+
+    await inbox.put(event("e1"))
+    await inbox.put(event("e2"))
+    d = dispatcher(inbox, router, clock)
+    running = asyncio.create_task(d.run_once())
+
+    async def both_running() -> bool:
+        return calls == {"e1": 1, "e2": 1}
+
+    await eventually(both_running, "both handlers started")
+    with caplog.at_level(logging.INFO, logger="cio_webhooks.dispatcher"):
+        assert await inbox.discard(EventFilter(event_ids=("e1",)), now=clock()) == 1
+
+        async def dropped() -> bool:
+            return "event=claim_lost event_id=e1" in caplog.text
+
+        await eventually(dropped, "the heartbeat found e1's claim gone")
+        clock.advance(20)
+        await eventually(lease_ends(inbox, "e2", clock() + d.lease), "e2 is still extended")
+        assert d.heartbeating
+        gate.set()
+        assert await running == 2
+    assert await state(inbox, "e1") is JobState.DISCARDED  # its outcome was dropped
+    assert await state(inbox, "e2") is JobState.DONE
+    assert "event=claim_lost event_id=e2" not in caplog.text
+
+
+def test_the_heartbeat_must_come_before_the_lease_runs_out(inbox: SQLiteStore) -> None:
+    with pytest.raises(ValueError, match="heartbeat"):
+        Dispatcher(inbox, Router(), lease=10, heartbeat=10)

@@ -1,4 +1,5 @@
-"""SQLiteStore: durable dedupe, group commit, filters, pruning, reopening."""
+"""SQLiteStore only: its file (WAL, schema versions, read-only opening) and its writer
+thread.  What every store does is in ``tests/store/test_contract.py``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cio_webhooks import Event, EventFilter, JobState, PutResult, parse_event
+from cio_webhooks import Event, EventFilter, PutResult, parse_event
 from cio_webhooks._exceptions import StoreUnavailable
-from cio_webhooks.store import HandlerResult, Job, Outcome
 from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import make_event
 
@@ -51,73 +51,6 @@ async def test_concurrent_puts_share_commits(inbox: SQLiteStore) -> None:
     assert results == [PutResult.STORED] * 500
     assert writes == 500
     assert commits < 100  # one fsync covers many requests
-
-
-async def test_dedupe_holds_whatever_the_state(inbox: SQLiteStore) -> None:
-    for state in (JobState.RETRYING, JobState.DEAD, JobState.DONE):
-        await inbox.put(ev(state.value))
-        [job] = await inbox.claim(now=NOW, limit=1, lease=60)
-        assert await inbox.finish([Outcome(job.seq, state, 1, NOW, None, job.token)], now=NOW)
-        assert await inbox.put(ev(state.value)) is PutResult.DUPLICATE
-
-
-async def test_prune_ends_dedupe_only_for_old_finished_events(inbox: SQLiteStore) -> None:
-    day = 86400
-    for event_id, age_days in [("old-done", 40), ("old-dead", 40), ("new-done", 5)]:
-        await inbox.put(ev(event_id, received_at=NOW - age_days * day))
-    jobs = {j.event_id: j for j in await inbox.claim(now=NOW, limit=10, lease=60)}
-    await inbox.finish(
-        [
-            Outcome(jobs["old-done"].seq, JobState.DONE, 1, NOW, None, jobs["old-done"].token),
-            Outcome(jobs["old-dead"].seq, JobState.DEAD, 3, NOW, "boom", jobs["old-dead"].token),
-            Outcome(jobs["new-done"].seq, JobState.DONE, 1, NOW, None, jobs["new-done"].token),
-        ],
-        now=NOW,
-    )
-    assert await inbox.prune(received_before=NOW - 30 * day) == 1
-    assert await inbox.get_event("old-done") is None
-    assert await inbox.get_event("old-dead") is not None  # a dead letter waits for a human
-    assert await inbox.put(ev("new-done")) is PutResult.DUPLICATE
-
-
-async def test_iter_events_filters_and_pages_in_arrival_order(inbox: SQLiteStore) -> None:
-    for i in range(25):
-        metric = "bounced" if i % 5 == 0 else "delivered"
-        await inbox.put(ev(f"e{i:02d}", received_at=NOW + i, metric=metric))
-    everything = [e.event_id async for e in inbox.iter_events(EventFilter(), batch=7)]
-    assert everything == [f"e{i:02d}" for i in range(25)]
-    bounced = [
-        e.event_id
-        async for e in inbox.iter_events(EventFilter(kinds=("*.bounced",), since=NOW + 1), batch=2)
-    ]
-    assert bounced == ["e05", "e10", "e15", "e20"]
-    limited = [e.event_id async for e in inbox.iter_events(EventFilter(limit=3), batch=2)]
-    assert limited == ["e00", "e01", "e02"]
-
-
-async def test_quarantine_keeps_raw_bytes(inbox: SQLiteStore) -> None:
-    ident = await inbox.quarantine(b"\x00\xffbinary", "body is not JSON", received_at=NOW)
-    [kept] = await inbox.quarantined(ident=ident)
-    assert kept.body == b"\x00\xffbinary"
-    assert kept.reason == "body is not JSON"
-
-
-async def test_writes_after_close_fail_cleanly(tmp_path: Path) -> None:
-    from cio_webhooks import StoreUnavailable
-
-    inbox = SQLiteStore(tmp_path / "inbox.db")
-    await inbox.open()
-    await inbox.close()
-    with pytest.raises(StoreUnavailable, match="closed"):
-        await inbox.put(ev("late"))
-    assert not await inbox.ready()
-
-
-async def test_same_event_twice_in_one_group_commit_is_stored_once(inbox: SQLiteStore) -> None:
-    results = await asyncio.gather(*(inbox.put(ev("twin")) for _ in range(5)), inbox.put(ev("x")))
-    assert sorted(results[:5]) == [PutResult.DUPLICATE] * 4 + [PutResult.STORED]
-    assert results[5] is PutResult.STORED
-    assert (await inbox.stats()).events == 2
 
 
 async def test_prune_works_in_chunks_and_removes_everything_due(inbox: SQLiteStore) -> None:
@@ -190,52 +123,6 @@ async def test_a_value_sqlite_cannot_hold_fails_only_its_own_write_in_a_group_co
     assert await inbox.put(ev("bad")) is PutResult.STORED  # nothing of it was written
 
 
-async def test_a_quarantined_event_id_is_kept_once(inbox: SQLiteStore) -> None:
-    first = await inbox.quarantine(b"one", "odd", received_at=NOW, event_id="e1")
-    again = await asyncio.gather(
-        *(inbox.quarantine(b"two", "odd", received_at=NOW + 1, event_id="e1") for _ in range(3))
-    )
-    other = await inbox.quarantine(b"x", "not JSON", received_at=NOW)
-    anonymous = await inbox.quarantine(b"x", "not JSON", received_at=NOW)
-    assert again == [first] * 3
-    assert len({first, other, anonymous}) == 3  # bodies without an event_id are all kept
-    [kept] = await inbox.quarantined(ident=first)
-    assert (kept.body, kept.event_id) == (b"one", "e1")
-    assert (await inbox.stats()).quarantined == 3
-
-
-async def test_release_stores_the_event_and_drops_the_quarantined_copy(
-    inbox: SQLiteStore,
-) -> None:
-    body = json.dumps(make_event("q1")).encode()
-    ident = await inbox.quarantine(body, "old parser", received_at=NOW - 60, event_id="q1")
-    event = parse_event(body, received_at=NOW - 60)
-    assert await inbox.release_quarantined(ident, event) is PutResult.STORED
-    assert await inbox.quarantined() == []
-    stored = await inbox.get_event("q1")
-    assert stored is not None
-    assert (stored.state, stored.received_at, stored.body) == (JobState.PENDING, NOW - 60, body)
-    again = await inbox.quarantine(body, "old parser", received_at=NOW, event_id="q1")
-    assert await inbox.release_quarantined(again, event) is PutResult.DUPLICATE
-    assert await inbox.quarantined() == []
-
-
-async def test_purge_deletes_quarantined_bodies_received_before_the_cutoff(
-    inbox: SQLiteStore,
-) -> None:
-    for age in (10, 5, 1):
-        await inbox.quarantine(b"x", "odd", received_at=NOW - age * 86400)
-    assert await inbox.purge_quarantined(received_before=NOW - 3 * 86400) == 2
-    [left] = await inbox.quarantined()
-    assert left.received_at == NOW - 86400
-
-
-async def test_quarantined_pages_newest_first_below_an_id(inbox: SQLiteStore) -> None:
-    ids = [await inbox.quarantine(b"x", "odd", received_at=NOW) for _ in range(5)]
-    page = await inbox.quarantined(limit=2, before_id=ids[3])
-    assert [q.id for q in page] == [ids[2], ids[1]]
-
-
 async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_id(
     tmp_path: Path,
 ) -> None:
@@ -294,100 +181,3 @@ async def test_a_read_only_inbox_refuses_what_is_not_an_inbox(
     assert [p.name for p in tmp_path.iterdir()] == ([] if content is None else ["inbox.db"])
     if content is not None:
         assert path.read_bytes() == content
-
-
-async def test_a_claim_counts_an_attempt_and_says_when_the_previous_one_never_finished(
-    inbox: SQLiteStore,
-) -> None:
-    await inbox.put(ev("a"))
-    [first] = await inbox.claim(now=NOW, limit=1, lease=60)
-    assert (first.attempts, first.interrupted) == (1, False)
-    stored = await inbox.get_event("a")
-    assert stored is not None
-    assert stored.attempts == 1  # counted before any handler runs: a crash cannot undo it
-    # The process died: nothing was finished, and the lease expires.
-    [second] = await inbox.claim(now=NOW + 61, limit=1, lease=60, interrupted=True)
-    assert (second.attempts, second.interrupted) == (2, True)
-    assert second.token != first.token
-
-
-def done(job: Job) -> Outcome:
-    ok = (HandlerResult("h"),)
-    return Outcome(job.seq, JobState.DONE, job.attempts, NOW, None, job.token, results=ok)
-
-
-async def test_a_replay_made_while_handlers_run_wins_over_their_outcome(
-    inbox: SQLiteStore,
-) -> None:
-    await inbox.put(ev("a"))
-    [job] = await inbox.claim(now=NOW, limit=1, lease=60)
-    assert await inbox.requeue(EventFilter(event_ids=("a",)), now=NOW, rerun="*") == 1
-    assert await inbox.finish([done(job)], now=NOW + 1) == 0
-    stored = await inbox.get_event("a")
-    assert stored is not None
-    assert (stored.state, stored.attempts, stored.next_attempt_at) == (JobState.PENDING, 0, NOW)
-    assert await inbox.handler_runs(job.seq) == []  # the replay re-runs every handler
-    [again] = await inbox.claim(now=NOW, limit=1, lease=60)
-    assert await inbox.finish([done(again)], now=NOW + 2) == 1
-    assert [r.status for r in await inbox.handler_runs(job.seq)] == ["ok"]
-
-
-async def test_a_discard_made_while_handlers_run_wins_over_their_outcome(
-    inbox: SQLiteStore,
-) -> None:
-    await inbox.put(ev("a"))
-    [job] = await inbox.claim(now=NOW, limit=1, lease=60)
-    assert await inbox.discard(EventFilter(event_ids=("a",)), now=NOW) == 1
-    assert await inbox.finish([done(job)], now=NOW + 1) == 0
-    stored = await inbox.get_event("a")
-    assert stored is not None
-    assert stored.state is JobState.DISCARDED
-
-
-async def test_an_outcome_after_the_lease_expired_and_another_claim_is_dropped(
-    inbox: SQLiteStore,
-) -> None:
-    await inbox.put(ev("a"))
-    [stale] = await inbox.claim(now=NOW, limit=1, lease=60)
-    [current] = await inbox.claim(now=NOW + 61, limit=1, lease=60, interrupted=True)
-    assert await inbox.finish([done(stale)], now=NOW + 62) == 0
-    stored = await inbox.get_event("a")
-    assert stored is not None
-    assert stored.state is JobState.PENDING  # still the current claim's
-    assert await inbox.finish([done(current)], now=NOW + 63) == 1
-    assert await inbox.finish([done(current)], now=NOW + 64) == 0  # a claim finishes once
-
-
-async def test_a_claim_records_events_no_handler_wants_as_done_without_counting_them(
-    inbox: SQLiteStore,
-) -> None:
-    for i in range(5):
-        await inbox.put(ev(f"quiet{i}"))
-    await inbox.put(ev("loud", metric="bounced"))
-    await inbox.put(ev("loud2", metric="bounced"))
-
-    def wanted(object_type: str, metric: str, backfilled: bool) -> bool:
-        return metric == "bounced"
-
-    [job] = await inbox.claim(now=NOW, limit=1, lease=60, wanted=wanted)
-    assert job.event_id == "loud"
-    for i in range(5):
-        quiet = await inbox.get_event(f"quiet{i}")
-        assert quiet is not None
-        assert (quiet.state, quiet.attempts) == (JobState.DONE, 0)
-    later = await inbox.get_event("loud2")
-    assert later is not None
-    assert (later.state, later.attempts) == (JobState.PENDING, 0)  # beyond the limit: untouched
-
-
-async def test_delivery_metrics_include_events_without_a_usable_time(inbox: SQLiteStore) -> None:
-    # Stored with occurred_at NULL ("timestamp": "nan"): still received, so reconcile
-    # must not take them for missing and backfill a second copy.
-    for event_id, metric in [("t1", "sent"), ("t2", "opened")]:
-        body = json.dumps({**make_event(event_id, metric=metric), "timestamp": "nan"}).encode()
-        stored = parse_event(body, received_at=NOW)
-        assert stored.timestamp is None
-        await inbox.put(stored)
-    found = await inbox.delivery_metrics(occurred_since=NOW - 86400)
-    assert found == {("dlv-t1", "sent"), ("dlv-t2", "opened")}
-    assert await inbox.delivery_metrics(occurred_since=NOW + 1) == set()

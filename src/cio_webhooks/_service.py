@@ -334,8 +334,7 @@ def background_tasks(
     dispatcher = Dispatcher(
         inbox, router, retry=settings.retry, clock=clock, drain_timeout=settings.drain_timeout
     )
-    # The loader reads the SQLite inbox file itself (a store-neutral loader is coming).
-    warehouse = SQLiteWarehouse(settings.warehouse, inbox=settings.store.path, clock=clock)
+    warehouse = SQLiteWarehouse.following(settings.warehouse, inbox, clock=clock)
 
     async def pruner(stop: asyncio.Event) -> None:
         await prune_periodically(inbox, settings.dedupe_days, stop, clock=clock)

@@ -19,6 +19,10 @@ while the handlers run wins over their result.
 Sync handlers run on the dispatcher's own bounded pool of threads, never on
 asyncio's default executor, which the inbox's reads use: handlers that block
 cannot delay a read.  A handler's timeout counts from when it starts.
+
+Leases are short and kept alive by a heartbeat (see ``Dispatcher``): an event
+claimed by a worker that died is claimed again after ``DEFAULT_LEASE`` seconds,
+however long its handlers may take on a live worker.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_HANDLER_TIMEOUT,
+    DEFAULT_LEASE,
     RetryPolicy,
 )
 from .store import HandlerResult, Job, JobState, Outcome, Queue
@@ -50,6 +55,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_HANDLER_TIMEOUT",
+    "DEFAULT_LEASE",
     "Clock",
     "Dispatcher",
     "HandlerThreads",
@@ -152,12 +158,32 @@ class Dispatcher:
 
     ``clock`` and ``rng`` are injected so tests can drive time and jitter.  At most
     ``concurrency`` events are in flight; each of its handlers gets
-    ``handler_timeout`` seconds from when it starts.  ``lease`` is how long a
-    claimed event stays hidden from other claims; it must exceed the time all of an
-    event's handlers take, one after the other, so by default it is the handler
-    timeout times the number of handlers (at least 2), plus 30 s.
-    ``drain_timeout`` bounds how long ``run`` waits for the events in flight once
-    told to stop.
+    ``handler_timeout`` seconds from when it starts.  ``drain_timeout`` bounds how
+    long ``run`` waits for the events in flight once told to stop.
+
+    Leases and heartbeat: a claim hides an event from other claims for ``lease``
+    seconds (``DEFAULT_LEASE``).  While events are in flight, every ``heartbeat``
+    seconds (a third of the lease) one ``Queue.extend`` call pushes the lease of
+    every claim still held to now + ``lease``: an event stays claimed however long
+    its handlers run one after another, and a dead worker's events are due again
+    one lease after its last heartbeat.  A claim that ``extend`` finds gone
+    (``requeue``, ``discard``, a claim after the lease ran out) is no longer
+    extended; its handlers run on, and ``finish`` drops their outcome (fencing).
+
+    What the heartbeat covers is the claim, from ``claim`` to the recorded outcome:
+
+    - A sync handler runs on its own thread, so it cannot stop the heartbeat (which
+      runs on the event loop): a blocked handler keeps its claim until its
+      ``handler_timeout``.
+    - A sync handler that outlives its timeout cannot be stopped.  Its event's
+      outcome (timed out, retried) is recorded, which ends the claim: it is not
+      extended while the thread runs on, since a handler that never returns would
+      hold its event for good, never dead-lettered.  The thread keeps its slot, and
+      this dispatcher does not start that (event, handler) again while it runs;
+      another worker may run the retry meanwhile, as before leases were short.
+    - Code that blocks the event loop itself (an ``async`` handler calling blocking
+      code) stops the heartbeat too: past ``lease`` seconds, another worker may
+      claim the event.  The lease must exceed the longest such stall.
     """
 
     def __init__(
@@ -171,10 +197,14 @@ class Dispatcher:
         batch_size: int = 200,
         concurrency: int = DEFAULT_CONCURRENCY,
         handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
-        lease: float | None = None,
+        lease: float = DEFAULT_LEASE,
+        heartbeat: float | None = None,
         poll_interval: float = 0.05,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
+        heartbeat = lease / 3 if heartbeat is None else heartbeat
+        if not 0 < heartbeat < lease:
+            raise ValueError("the heartbeat must come more often than the lease runs out")
         self.store = store
         self.router = router
         self.retry = retry or RetryPolicy()
@@ -183,12 +213,18 @@ class Dispatcher:
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.handler_timeout = handler_timeout
-        self._lease = lease
+        #: Seconds a claim holds without a heartbeat.
+        self.lease = lease
+        #: Seconds between two extensions of the claims in flight.
+        self.heartbeat = heartbeat
         self.poll_interval = poll_interval
         self.drain_timeout = drain_timeout
         self._threads = HandlerThreads(concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._latest: dict[int, asyncio.Task[None]] = {}  # seq -> its newest task
+        # The claim each task in flight holds, while the heartbeat still extends it.
+        self._held: dict[asyncio.Task[None], Job] = {}
+        self._beating: asyncio.Task[None] | None = None
         # Threads of sync handlers that timed out but are still running: each keeps
         # a slot, so that a sync handler always finds a free thread when it starts.
         self._stuck_threads = 0
@@ -199,15 +235,6 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._freed = asyncio.Event()
 
-    @property
-    def lease(self) -> float:
-        """Seconds a claim holds.  An event's handlers run one after another, each
-        within ``handler_timeout``: a lease shorter than all of them together let a
-        healthy event be claimed again mid-run, run twice and be dead-lettered."""
-        if self._lease is not None:
-            return self._lease
-        return self.handler_timeout * max(2, len(self.router.routes)) + 30
-
     def wake(self) -> None:
         """Tell an idle dispatcher that new events were stored."""
         self._wake.set()
@@ -216,6 +243,68 @@ class Dispatcher:
     def in_flight(self) -> int:
         """Events being processed right now."""
         return len(self._in_flight)
+
+    @property
+    def heartbeating(self) -> bool:
+        """True while some claim in flight is being extended."""
+        return self._beating is not None
+
+    async def extend_claims(self) -> int:
+        """One heartbeat: push the lease of every claim in flight still held to now +
+        ``lease``, in one ``extend`` call; stop extending those no longer held.
+        Returns how many still hold.  ``run`` calls it every ``heartbeat`` s."""
+        held = dict(self._held)
+        if not held:
+            return 0
+        until = self.clock() + self.lease
+        kept = await self.store.extend(list(held.values()), until=until)
+        if kept < len(held):
+            # Rare (a requeue, a discard, a stall past the lease): find which, one by
+            # one, so the others keep their claim.
+            kept = 0
+            for task, job in held.items():
+                if await self.store.extend([job], until=until):
+                    kept += 1
+                elif self._held.get(task) is job:  # lost, not finished meanwhile
+                    del self._held[task]
+                    log.info(
+                        "event=claim_lost event_id=%s note='requeued, discarded or claimed"
+                        " again while its handlers run: their outcome will be dropped'",
+                        job.event_id,
+                    )
+            if not self._held:
+                self._stop_heartbeat()
+        return kept
+
+    async def _heartbeat(self) -> None:
+        """Extend the claims in flight every ``heartbeat`` s, until none is left
+        (``_stop_heartbeat`` cancels it then).  A store error is logged and the next
+        beat tries again: two may fail before a lease runs out."""
+        while self._held:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self.extend_claims()
+            except StoreUnavailable as exc:
+                log.error("event=heartbeat_store_error error=%s", str(exc))
+            except Exception:  # a heartbeat that died would let every lease run out
+                log.exception("event=heartbeat_failed")
+
+    def _start_heartbeat(self) -> None:
+        if self._beating is None:
+            self._beating = asyncio.create_task(self._heartbeat(), name="dispatch-heartbeat")
+
+    def _let_go(self, task: asyncio.Task[None] | None) -> None:
+        """Extend ``task``'s claim no more (its outcome is being recorded, or it ended)."""
+        if task is not None:
+            self._held.pop(task, None)
+        if not self._held:
+            self._stop_heartbeat()
+
+    def _stop_heartbeat(self) -> None:
+        if self._beating is not None:
+            # Forgotten at once: a claim made from now on starts a new heartbeat.
+            self._beating.cancel()
+            self._beating = None
 
     def _free_slots(self) -> int:
         return self.concurrency - len(self._in_flight) - self._stuck_threads
@@ -346,9 +435,12 @@ class Dispatcher:
         task = asyncio.create_task(self._handle(job, previous), name=f"event-{job.event_id}")
         self._latest[job.seq] = task
         self._in_flight.add(task)
+        self._held[task] = job
+        self._start_heartbeat()
 
         def finished(task: asyncio.Task[None]) -> None:
             self._in_flight.discard(task)
+            self._let_go(task)
             if self._latest.get(job.seq) is task:
                 del self._latest[job.seq]
             self._freed.set()
@@ -362,6 +454,8 @@ class Dispatcher:
             await asyncio.wait([previous])
         try:
             outcome = await self._process(job)
+            # Recorded now: a heartbeat from here on could only find the claim gone.
+            self._let_go(asyncio.current_task())
             recorded = await self.store.finish([outcome], now=self.clock())
         except StoreUnavailable as exc:
             log.error("event=dispatch_store_error event_id=%s error=%s", job.event_id, str(exc))

@@ -11,7 +11,7 @@ run time: any module may use it.
     how it is reached HOST, PORT, WEBHOOK_PATH, ENV_PREFIX, env(), STORE_ENV
     the receiver      DEFAULT_TOLERANCE, DEFAULT_MAX_BODY, DEFAULT_DEDUPE_DAYS
     the dispatcher    RetryPolicy, DEFAULT_CONCURRENCY, DEFAULT_HANDLER_TIMEOUT,
-                      DEFAULT_DRAIN_TIMEOUT, PRUNE_EVERY
+                      DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE, PRUNE_EVERY
     Customer.io       CUSTOMERIO_RETRY_DAYS, DEFAULT_REGION, DEFAULT_TRACK_RATE
     the HTTP server   DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
                       DEFAULT_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS
@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_DEDUPE_DAYS",
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_HANDLER_TIMEOUT",
+    "DEFAULT_LEASE",
     "DEFAULT_MAX_BODY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_HEADER_SIZE",
@@ -103,6 +104,10 @@ DEFAULT_CONCURRENCY = 32
 DEFAULT_HANDLER_TIMEOUT = 30.0
 #: Seconds ``Dispatcher.run`` waits for the events in flight once told to stop.
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: Seconds a claim holds without a heartbeat: how long the events of a worker that
+#: died wait before another worker claims them.  A live worker extends its claims
+#: every third of it, so a heartbeat that fails once or twice loses nothing.
+DEFAULT_LEASE = 30.0
 #: Seconds between two prunes of finished events past the dedupe window.
 PRUNE_EVERY = 3600.0
 

@@ -1,11 +1,20 @@
 """The embedded warehouse: a SQLite file with one normalised ``events`` row per event.
 
-``load`` copies events from a SQLite inbox with one ``INSERT ... SELECT`` over the
-attached inbox file, so the normalisation (``_SELECT``, SQLite's JSON functions)
-runs in C without holding the GIL: the receiver in the same process keeps
-its CPU.  ``_SELECT`` must give exactly what ``events.normalise`` gives; a test
-checks it on every sample.  ``write`` takes already parsed events, for feeds
-that are not a SQLite inbox.
+``load`` follows a store in one of two ways, chosen when the warehouse is made
+(``SQLiteWarehouse.following`` picks for a store):
+
+- the fast path, ``inbox=`` a SQLite inbox file: one ``INSERT ... SELECT`` over the
+  attached file, so the normalisation (``_SELECT``, SQLite's JSON functions) runs
+  in C without holding the GIL: the receiver in the same process keeps its CPU.
+  ``_SELECT`` must give exactly what ``events.normalise`` gives; a test checks it
+  on every sample.
+- the generic path, ``source=`` any store (``Operations``, PostgreSQL included):
+  it reads ``iter_events`` after its cursor, parses each body in Python and hands
+  the events to ``write``.  The contract's ``seq`` cursor never skips an event,
+  so resuming after the last ``seq`` seen misses nothing.
+
+``write`` takes already parsed events; it is idempotent and moves the cursor in
+the same transaction as the rows.
 
 The warehouse keeps every event for good, long after the inbox has pruned it, so it
 is the record of what was received: ``delivery_metrics`` answers "did we ever get
@@ -27,8 +36,9 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from .._exceptions import StoreUnavailable
-from ..events import NORMALISED_FIELDS, Event, iso, normalise
+from .._exceptions import InvalidEvent, StoreUnavailable
+from ..events import NORMALISED_FIELDS, Event, iso, normalise, parse_event
+from ..store import EventFilter, Operations, Store, parse_store_url
 from ..store.sqlite import connect_readonly
 
 __all__ = ["SQLiteWarehouse"]
@@ -117,8 +127,11 @@ _LOAD = (
 class SQLiteWarehouse:
     """Normalised events in SQLite.  ``received_at``/``loaded_at`` give the ingest lag.
 
-    ``inbox`` is the SQLite inbox file that ``load`` and ``run`` copy from.
-    ``reader`` makes one for lookups only (``delivery_metrics``).
+    What ``load`` and ``run`` copy from: ``inbox``, a SQLite inbox file (the fast
+    path, attached), else ``source``, any store read through the contract (the
+    generic path).  Give ``inbox`` only when it is the file of the store the
+    service runs on; ``following`` decides for a store.  ``reader`` makes one for
+    lookups only (``delivery_metrics``).
     """
 
     def __init__(
@@ -126,6 +139,7 @@ class SQLiteWarehouse:
         path: str | Path,
         *,
         inbox: str | Path | None = None,
+        source: Operations | None = None,
         batch_size: int = 2000,
         poll_interval: float = 0.05,
         clock: Callable[[], float] = time.time,
@@ -133,11 +147,26 @@ class SQLiteWarehouse:
         self.path = Path(path)
         self.read_only = False
         self.inbox = Path(inbox) if inbox is not None else None
+        self.source = source
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.clock = clock
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def following(
+        cls,
+        path: str | Path,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> SQLiteWarehouse:
+        """A warehouse at ``path`` that loads from ``store``: by attaching its file
+        when it is a SQLite store (the fast path), else through the contract."""
+        url = parse_store_url(store.url)
+        inbox = url.path if url.backend == "sqlite" else None
+        return cls(path, inbox=inbox, source=store, clock=clock)
 
     @classmethod
     def reader(cls, path: str | Path) -> SQLiteWarehouse:
@@ -183,9 +212,12 @@ class SQLiteWarehouse:
         return await self._call(read)
 
     async def load(self) -> int:
-        """Copy the next batch from the attached inbox; return how many events it held."""
+        """Copy the next batch from the inbox or the source; return how many events it
+        held (bodies skipped as unparseable included: 0 means caught up)."""
         if self.inbox is None:
-            raise ValueError("SQLiteWarehouse.load needs the inbox path")
+            if self.source is not None:
+                return await self._load_from(self.source)
+            raise ValueError("SQLiteWarehouse.load needs an inbox path or a source store")
         loaded_at = self.clock()
 
         def run() -> int:
@@ -215,6 +247,37 @@ class SQLiteWarehouse:
             return int(count)
 
         return await self._call(run)
+
+    async def _load_from(self, source: Operations) -> int:
+        """The generic path: the next ``batch_size`` events after the cursor, parsed
+        here.  A body that no longer parses (stored by an older version with looser
+        checks) is skipped with a log line, and the cursor moves past it: the
+        loader never stalls on one event."""
+        cursor = await self.cursor()
+        loaded_at = self.clock()
+        events: list[Event] = []
+        held = 0
+        last = cursor
+        where = EventFilter(after_seq=cursor, limit=self.batch_size)
+        async for stored in source.iter_events(where, batch=self.batch_size):
+            held += 1
+            last = stored.seq
+            try:
+                event = parse_event(
+                    stored.body, received_at=stored.received_at, backfilled=stored.backfilled
+                )
+            except InvalidEvent as exc:
+                log.warning(
+                    "event=warehouse_skipped seq=%d event_id=%s error=%s",
+                    stored.seq,
+                    stored.event_id,
+                    str(exc),
+                )
+                continue
+            events.append(event)
+        if held:
+            await self.write(events, cursor=last, loaded_at=loaded_at)
+        return held
 
     async def run(self, stop: asyncio.Event) -> None:
         try:

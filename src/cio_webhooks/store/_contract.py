@@ -47,7 +47,11 @@ class Ingest(Protocol):
         ...
 
     async def put(self, event: Event, *, handled: bool = False) -> PutResult:
-        """Store ``event`` (raw bytes and routing columns) once; raise ``StoreUnavailable``.
+        """Store ``event`` (raw bytes and routing columns) once; raise ``StoreUnavailable``
+        when the store cannot take the write (the receiver answers 503).  A value this
+        backend cannot hold (PostgreSQL: a NUL character in text; any: an integer past
+        64 bits) fails this put alone with another error (``ValueError``,
+        ``OverflowError``): the receiver keeps the body in quarantine instead.
 
         A ``handled`` event (no handler wants it) or a ``backfilled`` one is stored as
         DONE, so the dispatcher never has to touch it.  Storing a pending event wakes

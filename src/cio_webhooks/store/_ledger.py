@@ -6,28 +6,40 @@ It holds the decisions (the idempotency record, with reservations while a call i
 in flight), the threshold hits, and the audit rows.  Every ``reserve`` is one
 serialisable decision: two callers never both get ``Verdict.ACT`` for one
 (event, rule, dry_run), nor for two threshold windows that share a hit.
+
+What does not depend on the backend lives here, once: which decision states settle
+an (event, rule), when an in-flight reservation may be taken over
+(``LedgerBookkeeping``, with the process-local record of the calls this ledger is
+making and of the outcomes it could not write), and which threshold window a hit
+completes (``window_start``).  A backend only supplies the serialised transaction
+around them.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import secrets
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 __all__ = [
     "AUDIT_COLUMNS",
     "IN_FLIGHT_LEASE",
     "LEDGER_TABLES",
+    "SETTLED_STATES",
     "ActionInFlight",
     "AuditRow",
     "Ledger",
+    "LedgerBookkeeping",
     "Reservation",
+    "Standing",
     "Verdict",
     "Window",
     "owner_alive",
+    "window_start",
 ]
 
 #: How long an in-flight call of another live process is waited for before this one
@@ -67,6 +79,14 @@ LEDGER_TABLES: dict[str, tuple[str, ...]] = {
     ),
     "hits": ("rule", "person", "event_id", "occurred_at", "dry_run"),
     "actions": AUDIT_COLUMNS,
+}
+
+
+#: Decision states that settle an (event, rule): live, and in dry-run.  A dry-run
+#: decision does not settle a live run: switching dry-run off and replaying acts for real.
+SETTLED_STATES: dict[bool, tuple[str, ...]] = {
+    False: ("ok", "skipped"),
+    True: ("ok", "skipped", "dry_run"),
 }
 
 
@@ -126,6 +146,107 @@ def owner_alive(owner: str) -> bool:
     except OSError:  # exists, but not ours to signal
         return True
     return True
+
+
+def window_start(
+    hits: Iterable[float], taken: Iterable[float], *, at: float, count: int, within: float
+) -> float | None:
+    """The start of the window the hit at ``at`` completes, or None.
+
+    ``hits`` are the times of the person's hits for the rule (this one included), at
+    least those in ``(at - within, at + within)``; ``taken`` the starts of the windows
+    acted on before, at least those in ``(at - 2 * within, at + within)``.
+
+    A window is ``[start, start + within)``, starts at a hit, holds this hit and at
+    least ``count`` hits, and overlaps no window acted on before (so it shares no hit
+    with one).  The earliest such start wins."""
+    times = sorted(t for t in hits if at - within < t < at + within)
+    starts = list(taken)
+    for start in times:
+        if start > at:
+            break
+        if any(abs(start - other) < within for other in starts):
+            continue
+        if sum(1 for t in times if start <= t < start + within) >= count:
+            return start
+    return None
+
+
+class Standing(enum.Enum):
+    """Where an (event, rule) stands before ``reserve`` decides (``LedgerBookkeeping.standing``)."""
+
+    SETTLED = "settled"  #: done, or skipped for good
+    TAKE_OVER = "take_over"  #: a decision of this dry-run-ness exists and may be reserved
+    NEW = "new"  #: no decision yet: a threshold weighs the hit first
+
+
+Unwritten = TypeVar("Unwritten")
+
+
+class LedgerBookkeeping(Generic[Unwritten]):
+    """What a ledger instance knows that its tables do not: who it is (``owner``,
+    ``host:pid:token``), which of its reservations it is still calling for, and which
+    calls went through whose outcome it could not write (``Unwritten``: whatever the
+    backend needs to write it later).  Backends subclass it and keep their SQL."""
+
+    def __init__(self) -> None:
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._calling: set[Reservation] = set()  # reserved by this instance, call running
+        # Calls made whose outcome could not be written: the next reserve records them
+        # instead of calling again.
+        self._unrecorded: dict[Reservation, Unwritten] = {}
+
+    def standing(
+        self,
+        key: Reservation,
+        rows: Sequence[tuple[str, str | None, float | None, Any]],
+        *,
+        now: float,
+    ) -> Standing:
+        """Judge the decisions on ``key``'s (rule, event): ``rows`` of ``(state, owner,
+        lease_until, dry_run)`` of this dry-run-ness and, for a dry run, the live one.
+
+        Raises ``ActionInFlight`` while a live caller holds it: another process whose
+        lease runs (and, on this host, whose process still runs), or this instance
+        while its call has not been released."""
+        if any(row[0] in SETTLED_STATES[key.dry_run] for row in rows):
+            return Standing.SETTLED
+        mine = [row for row in rows if bool(row[3]) == key.dry_run]
+        if not mine:
+            return Standing.NEW
+        state, owner, lease_until, _ = mine[0]
+        if state == "in_flight":
+            expired = lease_until is None or lease_until <= now
+            if owner == self.owner:  # not calling any more: the call was cancelled
+                abandoned = key not in self._calling or expired
+            else:
+                abandoned = expired or owner is None or not owner_alive(owner)
+            if not abandoned:
+                raise ActionInFlight(f"{key.rule} for {key.event_id} is being carried out")
+        return Standing.TAKE_OVER
+
+    def calling(self, key: Reservation) -> None:
+        """Note that this instance reserved ``key`` and is about to call."""
+        self._calling.add(key)
+
+    def unrecorded(self, key: Reservation) -> Unwritten | None:
+        """The outcome of a call on ``key`` that went through but was not written."""
+        return self._unrecorded.get(key)
+
+    def recorded(self, key: Reservation) -> None:
+        """The outcome returned by ``unrecorded`` is written now."""
+        self._unrecorded.pop(key, None)
+
+    def not_recorded(self, key: Reservation, status: str, write: Unwritten) -> None:
+        """Writing the outcome ``status`` of ``key`` failed: when Customer.io took the
+        call (``ok``), a retry must record it with ``write``, not call again."""
+        if status == "ok":
+            self._unrecorded[key] = write
+
+    def release(self, *, rule: str, event_id: str, dry_run: bool) -> None:
+        """Forget that this ledger is calling: a reservation left ``in_flight`` (the
+        call was cancelled) is then taken over by the next attempt."""
+        self._calling.discard(Reservation(rule, event_id, dry_run))
 
 
 class Ledger(Protocol):

@@ -1,15 +1,805 @@
-"""``PostgresStore`` (being built: see issue 7)."""
+"""``PostgresStore``: the store many receivers and workers share, on PostgreSQL.
+
+Tables live in a schema of their own (``?schema=``, default ``cio_webhooks``),
+brought up to date by ``migrate`` (``_migrations``) on ``open``.  Connections come
+from a small pool whose sessions use that schema (``search_path``).
+
+- Ingest: puts are group-committed by writer tasks (``_ingest``); a put returns after
+  the COMMIT that holds it.
+- Queue: a claim takes due events with ``FOR UPDATE SKIP LOCKED`` and gives them a
+  new claim token; ``extend`` and ``finish`` only touch events still carrying their
+  token.  Idle workers wait on LISTEN/NOTIFY (``_wakeup``).
+- Operations and Metrics: plain statements on pooled connections.
+
+``data.delivery_id`` is kept in a column filled at put (from the parsed event) or at
+import (from the body), instead of being parsed out of ``body`` by SQL: a body need
+not be valid UTF-8, and ``convert_from(body, 'UTF8')::jsonb`` would fail the query.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import json
+import secrets
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..._exceptions import ConfigError
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from ..._exceptions import StoreUnavailable
+from ...events import Event
+from ...handlers import parse_pattern
+from .._model import (
+    EventFilter,
+    Gauges,
+    HandlerRun,
+    Job,
+    JobState,
+    Outcome,
+    PutResult,
+    Quarantined,
+    StoredEvent,
+    StoreStats,
+    Wanted,
+)
+from .._url import StoreURL
+from ._ingest import SEQ_LOCK, GroupWriter, insert_rows, put_row, unavailable
+from ._migrations import applied_versions, migrate, migrations
+from ._wakeup import Listener, channel_for
+
+if TYPE_CHECKING:
+    from ._ledger import PostgresLedger
+
+__all__ = ["CLAIM_SCAN", "PostgresStore"]
+
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[Any]
+
+#: Due events one claim looks at when it may skip those no handler wants (as SQLite).
+CLAIM_SCAN = 1000
+#: Connections of one store's pool: at least, at most.
+POOL_SIZE = (1, 8)
+#: Seconds to wait for a connection (the server down answers a put with 503 by then).
+CONNECT_TIMEOUT = 5.0
+#: Rows one requeue or prune transaction changes at most: a replay of a million
+#: events must not hold a million row locks in one transaction.
+CHUNK = 1000
+
+_EVENT_COLUMNS = (
+    "seq, event_id, object_type, metric, occurred_at, received_at, state, attempts,"
+    " next_attempt_at, last_error, body, backfilled"
+)
+_DUE = "state IN ('pending', 'retrying')"
+
+
+def _stored(row: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        seq=row[0],
+        event_id=row[1],
+        object_type=row[2],
+        metric=row[3],
+        occurred_at=row[4],
+        received_at=row[5],
+        state=JobState(row[6]),
+        attempts=row[7],
+        next_attempt_at=row[8],
+        last_error=row[9],
+        body=bytes(row[10]),
+        backfilled=bool(row[11]),
+    )
+
+
+def _where(where: EventFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = ["seq > %s"]
+    params: list[Any] = [where.after_seq]
+    if where.since is not None:
+        clauses.append("received_at >= %s")
+        params.append(where.since)
+    if where.until is not None:
+        clauses.append("received_at < %s")
+        params.append(where.until)
+    if where.states:
+        clauses.append("state = ANY(%s::text[])")
+        params.append([s.value for s in where.states])
+    if where.event_ids:
+        clauses.append("event_id = ANY(%s::text[])")
+        params.append(list(where.event_ids))
+    if where.kinds:
+        alternatives = []
+        for pattern in where.kinds:
+            obj, metric = parse_pattern(pattern)
+            parts = []
+            if obj is not None:
+                parts.append("object_type = %s")
+                params.append(obj)
+            if metric is not None:
+                parts.append("metric = %s")
+                params.append(metric)
+            alternatives.append(" AND ".join(parts) or "true")
+        clauses.append("(" + " OR ".join(f"({a})" for a in alternatives) + ")")
+    return " AND ".join(clauses), params
+
+
+def _run_columns(run: HandlerRun) -> tuple[Any, ...]:
+    return (run.handler, run.status, run.attempts, run.last_error, run.updated_at)
+
+
+def _delivery_id(body: bytes) -> str | None:
+    """``data.delivery_id`` of a stored body, if it has one (``import_events``)."""
+    try:
+        data = json.loads(body.decode("utf-8", "replace")).get("data")
+    except (ValueError, AttributeError):
+        return None
+    value = data.get("delivery_id") if isinstance(data, dict) else None
+    return None if value is None or isinstance(value, dict | list) else str(value)
 
 
 class PostgresStore:
-    def __init__(self, dsn: str, *, schema: str, readonly: bool = False) -> None:
-        raise ConfigError("the PostgreSQL store is not built yet")
+    """The ``Store`` on PostgreSQL (``dsn``: a libpq URL; ``schema``: its tables' schema).
 
-    def __getattr__(self, name: str) -> Any:  # pragma: no cover - placeholder
-        raise AttributeError(name)
+    ``readonly=True`` creates and changes nothing: no schema, no migration; ``open``
+    raises ``StoreUnavailable`` when the schema is missing, and writes raise it too.
+    """
+
+    def __init__(self, dsn: str, *, schema: str, readonly: bool = False) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.readonly = readonly
+        self._ident = sql.Identifier(schema)
+        self._channel = channel_for(schema)
+        self._notify = sql.SQL("NOTIFY {}").format(sql.Identifier(self._channel))
+        self._pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            dsn,
+            min_size=POOL_SIZE[0],
+            max_size=POOL_SIZE[1],
+            open=False,
+            timeout=CONNECT_TIMEOUT,
+            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)},
+            configure=self._configure,
+            name=f"cio-{schema}",
+        )
+        self._writer = GroupWriter(self._pool, notify=self._notify)
+        self._work = asyncio.Event()
+        self._listener = Listener(dsn, self._channel, self._work)
+        self._ledger: PostgresLedger | None = None
+        self._opened = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return str(StoreURL("postgresql", dsn=self.dsn, schema=self.schema))
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """``(commits, puts)`` of the group commits since open: puts / commits is the
+        mean group size."""
+        return self._writer.commits, self._writer.writes
+
+    async def _configure(self, conn: Conn) -> None:
+        await conn.execute(sql.SQL("SET search_path TO {}").format(self._ident))
+        if self.readonly:
+            await conn.execute("SET default_transaction_read_only = on")
+
+    async def open(self) -> None:
+        """Migrate (or, read-only, check) the schema on a connection of its own, whose
+        failure says why PostgreSQL is unreachable, then open the pool."""
+        if self._opened:
+            return
+        await self.migrate()
+        try:
+            await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+        except Exception as exc:
+            await self._pool.close()
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL at {self._where_it_is()}: {exc}"
+            ) from exc
+        if not self.readonly:
+            self._writer.start()
+        self._opened = True
+
+    async def migrate(self) -> list[int]:
+        """Bring the schema up to date (see ``_migrations``) on a connection of its own;
+        the versions applied.  A read-only store only checks that the schema exists and
+        is not newer than this code.  Raises ``StoreUnavailable``."""
+        known = {m.version for m in migrations()}
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
+            )
+        except (psycopg.Error, OSError) as exc:
+            # libpq's sentence names host, port, user and database, never the password.
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL at {self._where_it_is()}: {exc}"
+            ) from exc
+        try:
+            async with conn:
+                if self.readonly:
+                    found = await applied_versions(conn, self.schema)
+                    applied: list[int] = []
+                else:
+                    applied = await migrate(conn, self.schema)
+                    found = await applied_versions(conn, self.schema)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot migrate schema {self.schema!r}: {exc}") from exc
+        if not found:
+            raise StoreUnavailable(f"{self.url} holds no cio-webhooks store")
+        if found - known:
+            raise StoreUnavailable(
+                f"{self.url} has schema version {max(found)}, newer than this cio-webhooks"
+                f" ({max(known)})"
+            )
+        return applied
+
+    async def close(self) -> None:
+        """Commit what is queued, then close the listener, the ledger and the pool."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._writer.stop()
+        await self._listener.stop()
+        if self._ledger is not None:
+            await self._ledger.close()
+        await self._pool.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def ledger(self) -> PostgresLedger:
+        """The policies' ledger, in this store's schema and pool."""
+        if self._ledger is None:
+            from ._ledger import PostgresLedger
+
+            self._ledger = PostgresLedger(self._pool, self.schema, read_only=self.readonly)
+        return self._ledger
+
+    def _where_it_is(self) -> str:
+        """host:port of the server, for error messages (never the password)."""
+        parts = urllib.parse.urlsplit(self.dsn)
+        host = parts.hostname or "localhost"
+        return host if parts.port is None else f"{host}:{parts.port}"
+
+    async def _run(
+        self, doing: str, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = False
+    ) -> T:
+        """``fn`` on a pooled connection; a failure of the store is ``StoreUnavailable``.
+        An ``idempotent`` ``fn`` (a read) whose connection the server had cut is run
+        once more on a fresh one."""
+        broken = False
+        try:
+            try:
+                async with self._pool.connection() as conn:
+                    try:
+                        return await fn(conn)
+                    except psycopg.OperationalError:
+                        broken = conn.broken
+                        raise
+            except psycopg.OperationalError:
+                if not (idempotent and broken):
+                    raise
+                await self._pool.check()
+                async with self._pool.connection() as conn:
+                    return await fn(conn)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            error = unavailable(exc, doing)
+            if error is None:
+                raise
+            raise error from exc
+
+    async def _write(self, doing: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """``fn`` in one transaction on a pooled connection."""
+        if self.readonly:
+            raise StoreUnavailable(f"{doing}: the store is open read-only")
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+
+        async def in_transaction(conn: Conn) -> T:
+            async with conn.transaction():
+                return await fn(conn)
+
+        return await self._run(doing, in_transaction)
+
+    async def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async def run(conn: Conn) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(query.encode(), params)
+            return await cur.fetchall()
+
+        return await self._run("reading", run, idempotent=True)
+
+    # -- ingest ------------------------------------------------------------------------
+    async def ready(self) -> bool:
+        if self.readonly or self._closed or not self._opened:
+            return False
+        try:
+            rows = await self._rows("SELECT NOT pg_is_in_recovery()")
+        except Exception:
+            return False
+        return bool(rows and rows[0][0])
+
+    async def put(self, event: Event, *, handled: bool = False) -> PutResult:
+        """See ``Ingest.put``.  Raises ``ValueError`` for an event PostgreSQL cannot
+        hold (text with a NUL character, an integer past 64 bits): its put alone fails."""
+        if self.readonly:
+            raise StoreUnavailable("storing events: the store is open read-only")
+        # A backfilled event is recorded, not handled (see SQLiteStore.put).
+        row = put_row(event, "done" if handled or event.backfilled else "pending")
+        result = await self._writer.put(row)
+        if result is PutResult.STORED and row.state == "pending":
+            self._work.set()
+        return result
+
+    async def quarantine(
+        self, body: bytes, reason: str, *, received_at: float, event_id: str | None = None
+    ) -> int:
+        # The reason is our own prose: a NUL in it (quoted from a body) is escaped.
+        # The event_id is not: one PostgreSQL cannot hold fails (ValueError), and the
+        # receiver keeps the body without it.
+        reason = reason.replace("\x00", "\\x00")
+
+        async def insert(conn: Conn) -> int:
+            cur = await conn.execute(
+                "INSERT INTO quarantine (received_at, event_id, reason, body)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) WHERE event_id IS NOT NULL"
+                " DO UPDATE SET event_id = excluded.event_id RETURNING id",
+                [received_at, event_id, reason, body],
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        return await self._value_write("quarantining", insert)
+
+    async def _value_write(self, doing: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """``_write``, translating a value PostgreSQL refuses into ``ValueError``."""
+        try:
+            return await self._write(doing, fn)
+        except (StoreUnavailable, ValueError):
+            raise
+        except psycopg.Error as exc:
+            raise ValueError(f"PostgreSQL cannot store this: {exc}") from exc
+
+    async def release_quarantined(self, ident: int, event: Event) -> PutResult:
+        row = put_row(event, "pending")
+
+        async def release(conn: Conn) -> PutResult:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", [SEQ_LOCK])
+            stored = await insert_rows(conn, [row])
+            await conn.execute("DELETE FROM quarantine WHERE id = %s", [ident])
+            await conn.execute(self._notify)
+            return PutResult.STORED if stored else PutResult.DUPLICATE
+
+        result = await self._value_write("releasing", release)
+        self._work.set()
+        return result
+
+    async def purge_quarantined(self, *, received_before: float) -> int:
+        async def purge(conn: Conn) -> int:
+            cur = await conn.execute(
+                "DELETE FROM quarantine WHERE received_at < %s", [received_before]
+            )
+            return cur.rowcount
+
+        return await self._write("purging quarantine", purge)
+
+    # -- queue -------------------------------------------------------------------------
+    async def claim(
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease: float,
+        wanted: Wanted | None = None,
+        interrupted: bool = False,
+    ) -> list[Job]:
+        token = secrets.token_hex(8)
+        scan = limit if wanted is None else max(limit, CLAIM_SCAN)
+        held = "IS NOT NULL" if interrupted else "IS NULL"
+
+        async def take(conn: Conn) -> list[Job]:
+            # SKIP LOCKED: rows another claim is taking are passed over, never shared;
+            # FOR UPDATE re-checks the WHERE on the newest row version, so an event
+            # another claim took (and committed) meanwhile is not taken again.
+            cur = await conn.execute(
+                "SELECT seq, event_id, object_type, metric, received_at, attempts, backfilled,"
+                f" claim_token IS NOT NULL FROM events WHERE {_DUE} AND next_attempt_at <= %s"
+                f" AND claim_token {held} ORDER BY next_attempt_at LIMIT %s"
+                " FOR UPDATE SKIP LOCKED",
+                [now, scan],
+            )
+            rows = await cur.fetchall()
+            claimed: list[Any] = []
+            unwanted: list[int] = []
+            for row in rows:
+                if wanted is not None and not wanted(row[2], row[3], bool(row[6])):
+                    unwanted.append(row[0])
+                elif len(claimed) < limit:
+                    claimed.append(row)
+            if unwanted:
+                await conn.execute(
+                    "UPDATE events SET state = 'done', next_attempt_at = %s, last_error = NULL,"
+                    " updated_at = %s, claim_token = NULL WHERE seq = ANY(%s::bigint[])",
+                    [now, now, unwanted],
+                )
+            if not claimed:
+                return []
+            seqs = [r[0] for r in claimed]
+            # The claim is the attempt: a handler that kills the process still uses one.
+            cur = await conn.execute(
+                "UPDATE events SET next_attempt_at = %s, attempts = attempts + 1,"
+                " claim_token = %s WHERE seq = ANY(%s::bigint[]) RETURNING seq, body",
+                [now + lease, token, seqs],
+            )
+            bodies = dict(await cur.fetchall())
+            cur = await conn.execute(
+                "SELECT seq, handler FROM handler_runs WHERE status = 'ok'"
+                " AND seq = ANY(%s::bigint[])",
+                [seqs],
+            )
+            done: dict[int, set[str]] = {}
+            for seq, handler in await cur.fetchall():
+                done.setdefault(seq, set()).add(handler)
+            claimed.sort(key=lambda r: r[0])
+            return [
+                Job(
+                    seq=r[0],
+                    event_id=r[1],
+                    object_type=r[2],
+                    metric=r[3],
+                    body=bytes(bodies[r[0]]),
+                    received_at=r[4],
+                    attempts=r[5] + 1,
+                    token=token,
+                    succeeded=frozenset(done.get(r[0], ())),
+                    backfilled=bool(r[6]),
+                    interrupted=bool(r[7]),
+                )
+                for r in claimed
+            ]
+
+        return await self._write("claiming", take)
+
+    async def interrupted_due(self, *, now: float) -> bool:
+        rows = await self._rows(
+            f"SELECT EXISTS (SELECT 1 FROM events WHERE {_DUE} AND next_attempt_at <= %s"
+            " AND claim_token IS NOT NULL)",
+            [now],
+        )
+        return bool(rows[0][0])
+
+    async def extend(self, jobs: Sequence[Job], *, until: float) -> int:
+        if not jobs:
+            return 0
+
+        async def run(conn: Conn) -> int:
+            cur = await conn.execute(
+                "UPDATE events e SET next_attempt_at = %s"
+                " FROM unnest(%s::bigint[], %s::text[]) AS j(seq, token)"
+                f" WHERE e.seq = j.seq AND e.claim_token = j.token AND e.{_DUE}",
+                [until, [j.seq for j in jobs], [j.token for j in jobs]],
+            )
+            return cur.rowcount
+
+        return await self._write("extending claims", run)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        # Work stored by this process sets _work at once; other processes' arrives by
+        # NOTIFY on the listener's own connection; the timeout is the polling fallback.
+        if not self.readonly and not self._closed:
+            self._listener.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), timeout)
+        self._work.clear()
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> int:
+        if not outcomes:
+            return 0
+
+        async def record(conn: Conn) -> int:
+            cur = await conn.execute(
+                "UPDATE events e SET state = o.state, attempts = o.attempts,"
+                " next_attempt_at = o.next_attempt_at, last_error = o.last_error,"
+                " updated_at = %s, claim_token = NULL"
+                " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::float8[], %s::text[],"
+                " %s::text[]) AS o(seq, state, attempts, next_attempt_at, last_error, token)"
+                " WHERE e.seq = o.seq AND e.claim_token = o.token RETURNING e.seq",
+                [
+                    now,
+                    [o.seq for o in outcomes],
+                    [o.state.value for o in outcomes],
+                    [o.attempts for o in outcomes],
+                    [o.next_attempt_at for o in outcomes],
+                    [o.last_error for o in outcomes],
+                    [o.token for o in outcomes],
+                ],
+            )
+            # An outcome whose claim was replaced (replayed, discarded or claimed again
+            # meanwhile) is dropped whole: that newer decision wins.
+            held = {seq for (seq,) in await cur.fetchall()}
+            runs = [(o.seq, r) for o in outcomes if o.seq in held for r in o.results]
+            if runs:
+                await conn.execute(
+                    "INSERT INTO handler_runs (seq, handler, status, attempts, last_error,"
+                    " updated_at) SELECT s, h, st, 1, err, %s"
+                    " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[])"
+                    " AS r(s, h, st, err)"
+                    " ON CONFLICT (seq, handler) DO UPDATE SET status = excluded.status,"
+                    " attempts = handler_runs.attempts + 1, last_error = excluded.last_error,"
+                    " updated_at = excluded.updated_at",
+                    [
+                        now,
+                        [seq for seq, _ in runs],
+                        [r.handler for _, r in runs],
+                        ["ok" if r.ok else "failed" for _, r in runs],
+                        [r.error for _, r in runs],
+                    ],
+                )
+            return len(held)
+
+        return await self._write("recording outcomes", record)
+
+    # -- operations --------------------------------------------------------------------
+    async def requeue(self, where: EventFilter, *, now: float, rerun: str | None = None) -> int:
+        where_sql, params = _where(where)
+        total = 0
+        after = 0
+
+        async def chunk(conn: Conn) -> list[int]:
+            cur = await conn.execute(
+                "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = %s,"
+                " last_error = NULL, updated_at = %s, claim_token = NULL WHERE seq IN ("
+                f" SELECT seq FROM events WHERE {where_sql} AND seq > %s ORDER BY seq LIMIT %s"
+                " ) RETURNING seq",
+                [now, now, *params, after, CHUNK],
+            )
+            seqs = sorted(seq for (seq,) in await cur.fetchall())
+            if seqs and rerun == "*":
+                await conn.execute("DELETE FROM handler_runs WHERE seq = ANY(%s::bigint[])", [seqs])
+            elif seqs and rerun is not None:
+                await conn.execute(
+                    "DELETE FROM handler_runs WHERE handler = %s AND seq = ANY(%s::bigint[])",
+                    [rerun, seqs],
+                )
+            if seqs:
+                await conn.execute(self._notify)
+            return seqs
+
+        # One transaction per chunk: replaying a million events must not stall claims.
+        while seqs := await self._write("requeueing", chunk):
+            total += len(seqs)
+            after = seqs[-1]
+        if total:
+            self._work.set()
+        return total
+
+    async def discard(self, where: EventFilter, *, now: float) -> int:
+        where_sql, params = _where(where)
+
+        async def run(conn: Conn) -> int:
+            cur = await conn.execute(
+                "UPDATE events SET state = 'discarded', updated_at = %s, claim_token = NULL"
+                f" WHERE {where_sql}",
+                [now, *params],
+            )
+            return cur.rowcount
+
+        return await self._write("discarding", run)
+
+    async def import_events(
+        self, events: Sequence[tuple[StoredEvent, Sequence[HandlerRun]]]
+    ) -> int:
+        async def run(conn: Conn) -> int:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", [SEQ_LOCK])
+            added = 0
+            for e, runs in events:
+                cur = await self._import_one(conn, e)
+                row = await cur.fetchone()
+                if row is None:
+                    continue
+                added += 1
+                if runs:
+                    async with conn.cursor() as c:
+                        await c.executemany(
+                            "INSERT INTO handler_runs (seq, handler, status, attempts,"
+                            " last_error, updated_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                            [(row[0], *_run_columns(r)) for r in runs],
+                        )
+            if added:
+                await conn.execute(self._notify)
+            return added
+
+        added = await self._value_write("importing events", run)
+        if added:
+            self._work.set()
+        return added
+
+    async def _import_one(self, conn: Conn, e: StoredEvent) -> psycopg.AsyncCursor[Any]:
+        try:
+            return await conn.execute(
+                "INSERT INTO events (event_id, object_type, metric, occurred_at,"
+                " received_at, body, state, attempts, next_attempt_at, last_error,"
+                " updated_at, backfilled, delivery_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+                [
+                    e.event_id,
+                    e.object_type,
+                    e.metric,
+                    e.occurred_at,
+                    e.received_at,
+                    e.body,
+                    e.state.value,
+                    e.attempts,
+                    e.next_attempt_at,
+                    e.last_error,
+                    e.received_at,
+                    e.backfilled,
+                    _delivery_id(e.body),
+                ],
+            )
+        except psycopg.DataError as exc:
+            # The whole copy stops (nothing of this batch is kept): name the event.
+            raise ValueError(f"event {e.event_id!r} cannot be stored in PostgreSQL: {exc}") from exc
+
+    async def import_quarantined(self, items: Sequence[Quarantined]) -> int:
+        async def run(conn: Conn) -> int:
+            added = 0
+            for q in items:
+                cur = await conn.execute(
+                    "INSERT INTO quarantine (received_at, event_id, reason, body)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) WHERE event_id IS NOT NULL"
+                    " DO NOTHING",
+                    [q.received_at, q.event_id, q.reason.replace("\x00", "\\x00"), q.body],
+                )
+                added += cur.rowcount
+            return added
+
+        return await self._value_write("importing quarantine", run)
+
+    async def prune(self, *, received_before: float, chunk: int = 2000) -> int:
+        async def run(conn: Conn) -> int:
+            cur = await conn.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE received_at < %s"
+                " AND state IN ('done', 'discarded') LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " RETURNING seq",
+                [received_before, chunk],
+            )
+            seqs = [seq for (seq,) in await cur.fetchall()]
+            if seqs:
+                await conn.execute("DELETE FROM handler_runs WHERE seq = ANY(%s::bigint[])", [seqs])
+            return len(seqs)
+
+        # In chunks, each its own transaction (see CHUNK).
+        total = 0
+        while removed := await self._write("pruning", run):
+            total += removed
+        return total
+
+    async def iter_events(
+        self, where: EventFilter, *, batch: int = 1000
+    ) -> AsyncIterator[StoredEvent]:
+        # seq order is commit order (see _ingest.SEQ_LOCK): each page is a prefix.
+        after = where.after_seq
+        remaining = where.limit
+        while remaining is None or remaining > 0:
+            size = batch if remaining is None else min(batch, remaining)
+            where_sql, params = _where(
+                EventFilter(
+                    since=where.since,
+                    until=where.until,
+                    kinds=where.kinds,
+                    states=where.states,
+                    event_ids=where.event_ids,
+                    after_seq=after,
+                )
+            )
+            rows = await self._rows(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where_sql} ORDER BY seq LIMIT %s",
+                [*params, size],
+            )
+            for row in rows:
+                yield _stored(row)
+            if len(rows) < size:
+                return
+            after = rows[-1][0]
+            if remaining is not None:
+                remaining -= len(rows)
+
+    async def schema_version(self) -> int:
+        """The newest migration applied to the schema (``cio-webhooks migrate``)."""
+        rows = await self._rows("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        return int(rows[0][0])
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        try:
+            rows = await self._rows(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = %s", [event_id]
+            )
+        except psycopg.DataError:  # an id PostgreSQL text cannot hold is not stored here
+            return None
+        return _stored(rows[0]) if rows else None
+
+    async def handler_runs(self, seq: int) -> list[HandlerRun]:
+        rows = await self._rows(
+            "SELECT handler, status, attempts, last_error, updated_at FROM handler_runs"
+            " WHERE seq = %s ORDER BY handler",
+            [seq],
+        )
+        return [HandlerRun(*row) for row in rows]
+
+    async def quarantined(
+        self, *, limit: int = 100, ident: int | None = None, before_id: int | None = None
+    ) -> list[Quarantined]:
+        if ident is not None:
+            cond, params = "WHERE id = %s", [ident]
+        elif before_id is not None:
+            cond, params = "WHERE id < %s", [before_id]
+        else:
+            cond, params = "", []
+        rows = await self._rows(
+            f"SELECT id, received_at, event_id, reason, body FROM quarantine {cond}"
+            " ORDER BY id DESC LIMIT %s",
+            [*params, limit],
+        )
+        return [
+            Quarantined(id=r[0], received_at=r[1], event_id=r[2], reason=r[3], body=bytes(r[4]))
+            for r in rows
+        ]
+
+    # -- metrics -----------------------------------------------------------------------
+    async def delivery_metrics(self, *, occurred_since: float) -> set[tuple[str, str]]:
+        # An event without a usable time (occurred_at NULL) was still received: judge
+        # it by when it arrived, or reconcile would backfill a second copy of it.
+        rows = await self._rows(
+            "SELECT DISTINCT delivery_id, metric FROM events"
+            " WHERE coalesce(occurred_at, received_at) >= %s AND delivery_id IS NOT NULL",
+            [occurred_since],
+        )
+        return {(str(d), str(m)) for d, m in rows}
+
+    async def gauges(self, *, now: float) -> Gauges:
+        rows = await self._rows(
+            f"SELECT (SELECT count(*) FROM events WHERE {_DUE}),"
+            f" (SELECT min(received_at) FROM events WHERE {_DUE}),"
+            " (SELECT count(*) FROM events WHERE state = 'dead'),"
+            " (SELECT count(*) FROM quarantine)"
+        )
+        backlog, oldest, dead, quarantined = rows[0]
+        return Gauges(
+            backlog=backlog,
+            dead_letters=dead,
+            quarantined=quarantined,
+            oldest_backlog_age_seconds=max(0.0, now - oldest) if oldest is not None else 0.0,
+        )
+
+    async def stats(self) -> StoreStats:
+        states = dict(await self._rows("SELECT state, count(*) FROM events GROUP BY state"))
+        kinds = {
+            f"{o}.{m}": n
+            for o, m, n in await self._rows(
+                "SELECT object_type, metric, count(*) FROM events"
+                " GROUP BY object_type, metric ORDER BY 3 DESC, 1, 2"
+            )
+        }
+        quarantined, oldest = (
+            await self._rows(
+                "SELECT (SELECT count(*) FROM quarantine),"
+                f" (SELECT min(received_at) FROM events WHERE {_DUE})"
+            )
+        )[0]
+        return StoreStats(
+            events=sum(states.values()),
+            states={s.value: states.get(s.value, 0) for s in JobState},
+            kinds=kinds,
+            quarantined=quarantined,
+            oldest_unfinished_received_at=oldest,
+        )

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
-import socket
 import sqlite3
 import threading
 import time
@@ -23,12 +20,13 @@ from .._ledger import (
     AUDIT_COLUMNS,
     IN_FLIGHT_LEASE,
     LEDGER_TABLES,
-    ActionInFlight,
     AuditRow,
+    LedgerBookkeeping,
     Reservation,
+    Standing,
     Verdict,
     Window,
-    owner_alive,
+    window_start,
 )
 from ._files import connect_readonly
 
@@ -94,10 +92,6 @@ INSERT OR IGNORE INTO decisions (rule, event_id, dry_run, person, window_start, 
 DROP TABLE rule_hits;
 """
 
-#: Decision states that settle an (event, rule): live, and in dry-run.  A dry-run
-#: decision does not settle a live run: switching dry-run off and replaying acts for real.
-_SETTLED = {False: ("ok", "skipped"), True: ("ok", "skipped", "dry_run")}
-
 
 def _statements(script: str) -> list[str]:
     """The statements of an SQL script, to run inside one transaction
@@ -137,38 +131,27 @@ def _window_start(
     count: int,
     within: float,
 ) -> float | None:
-    """The start of the window this hit (at ``at``) completes, or None.
-
-    A window is ``[start, start + within)``, starts at a hit, holds this hit and at
-    least ``count`` hits, and overlaps no window acted on before (so it shares no hit
-    with one).  The earliest such start wins."""
-    times = [
-        float(row[0])
-        for row in c.execute(
-            "SELECT occurred_at FROM hits WHERE rule = ? AND person = ? AND dry_run = ?"
-            " AND occurred_at > ? AND occurred_at < ? ORDER BY occurred_at",
-            (rule, person, int(dry_run), at - within, at + within),
-        )
-    ]
-    taken = [
-        float(row[0])
-        for row in c.execute(
-            "SELECT window_start FROM decisions WHERE rule = ? AND person = ? AND dry_run = ?"
-            " AND window_start > ? AND window_start < ?",
-            (rule, person, int(dry_run), at - 2 * within, at + within),
-        )
-    ]
-    for start in times:
-        if start > at:
-            break
-        if any(abs(start - other) < within for other in taken):
-            continue
-        if sum(1 for t in times if start <= t < start + within) >= count:
-            return start
-    return None
+    """The start of the window this hit (at ``at``) completes, or None (``window_start``)."""
+    hits = c.execute(
+        "SELECT occurred_at FROM hits WHERE rule = ? AND person = ? AND dry_run = ?"
+        " AND occurred_at > ? AND occurred_at < ?",
+        (rule, person, int(dry_run), at - within, at + within),
+    )
+    taken = c.execute(
+        "SELECT window_start FROM decisions WHERE rule = ? AND person = ? AND dry_run = ?"
+        " AND window_start > ? AND window_start < ?",
+        (rule, person, int(dry_run), at - 2 * within, at + within),
+    )
+    return window_start(
+        [float(row[0]) for row in hits],
+        [float(row[0]) for row in taken],
+        at=at,
+        count=count,
+        within=within,
+    )
 
 
-class SQLiteLedger:
+class SQLiteLedger(LedgerBookkeeping[Callable[[sqlite3.Connection], None]]):
     """The audit table, the decisions (idempotency record) and the threshold hits,
     in one SQLite file that several processes may share.
 
@@ -179,15 +162,11 @@ class SQLiteLedger:
     """
 
     def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        super().__init__()
         self.path = Path(path)
         self.read_only = read_only  # for commands that only look: never creates or migrates
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        self._calling: set[Reservation] = set()  # reserved by this instance, call running
-        # Calls made whose outcome could not be written: the next reserve records them
-        # instead of calling again.
-        self._unrecorded: dict[Reservation, Callable[[sqlite3.Connection], None]] = {}
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None and self.read_only:
@@ -263,32 +242,22 @@ class SQLiteLedger:
         completes a window acts, and a hit seen before never decides again.
         """
         key = Reservation(rule, event_id, dry_run)
-        unrecorded = self._unrecorded.get(key)
+        unrecorded = self.unrecorded(key)
         if unrecorded is not None:  # made, but its outcome was not written: write it now
             await asyncio.to_thread(self._transaction, unrecorded)
-            del self._unrecorded[key]
+            self.recorded(key)
             return Verdict.SETTLED
 
         def run(c: sqlite3.Connection) -> Verdict:
-            settled = _SETTLED[dry_run]
-            row = c.execute(
+            rows = c.execute(
                 "SELECT state, owner, lease_until, dry_run FROM decisions"
                 " WHERE rule = ? AND event_id = ? AND dry_run IN (?, 0) ORDER BY dry_run = ? DESC",
                 (rule, event_id, int(dry_run), int(dry_run)),
             ).fetchall()
-            mine = [r for r in row if bool(r[3]) == dry_run]
-            if any(r[0] in settled for r in row):
+            standing = self.standing(key, rows, now=now)
+            if standing is Standing.SETTLED:
                 return Verdict.SETTLED
-            if mine:
-                state, owner, lease_until, _ = mine[0]
-                if state == "in_flight":
-                    if owner == self.owner:  # not calling any more: the call was cancelled
-                        abandoned = key not in self._calling or lease_until <= now
-                    else:
-                        abandoned = lease_until <= now or not owner_alive(owner)
-                    if not abandoned:
-                        raise ActionInFlight(f"{rule} for {event_id} is being carried out")
-            elif threshold is not None and person is not None:
+            if standing is Standing.NEW and threshold is not None and person is not None:
                 assert occurred_at is not None
                 added = c.execute(
                     "INSERT OR IGNORE INTO hits VALUES (?, ?, ?, ?, ?)",
@@ -312,7 +281,7 @@ class SQLiteLedger:
                     " updated_at) VALUES (?, ?, ?, ?, ?, 'in_flight', ?)",
                     (rule, event_id, int(dry_run), person, start, now),
                 )
-            else:
+            elif standing is Standing.NEW:
                 c.execute(
                     "INSERT INTO decisions (rule, event_id, dry_run, person, state, updated_at)"
                     " VALUES (?, ?, ?, ?, 'in_flight', ?)",
@@ -324,7 +293,7 @@ class SQLiteLedger:
                 " WHERE rule = ? AND event_id = ? AND dry_run = ?",
                 (self.owner, now + IN_FLIGHT_LEASE, now, rule, event_id, int(dry_run)),
             )
-            self._calling.add(key)
+            self.calling(key)
             return Verdict.ACT
 
         verdict: Verdict = await asyncio.to_thread(self._transaction, run)
@@ -371,15 +340,9 @@ class SQLiteLedger:
         try:
             await asyncio.to_thread(self._transaction, run)
         except Exception:
-            if status == "ok":  # Customer.io took it: a retry must record, not call again
-                self._unrecorded[Reservation(rule, event_id, dry_run)] = run
+            self.not_recorded(Reservation(rule, event_id, dry_run), status, run)
             raise
         self.release(rule=rule, event_id=event_id, dry_run=dry_run)
-
-    def release(self, *, rule: str, event_id: str, dry_run: bool) -> None:
-        """Forget that this log is calling: a reservation left ``in_flight`` (the
-        call was cancelled) is then taken over by the next attempt."""
-        self._calling.discard(Reservation(rule, event_id, dry_run))
 
     async def decision(self, rule: str, event_id: str, *, dry_run: bool = False) -> str | None:
         """The state of the decision on (``event_id``, ``rule``), or None when there is none."""
