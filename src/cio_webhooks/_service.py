@@ -140,6 +140,8 @@ async def probe_store(settings: Settings) -> None:
     try:
         await store.open()
     except StoreUnavailable as exc:
+        if str(settings.store) in str(exc):
+            raise
         raise StoreUnavailable(f"cannot open the store {settings.store}: {exc}") from exc
     finally:
         await store.close()

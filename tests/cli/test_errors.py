@@ -8,6 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -82,8 +83,7 @@ def test_an_unreachable_postgres_is_one_line_without_the_password(
     command: tuple[str, ...],
 ) -> None:
     result = CliRunner().invoke(main, [*command, "--store", UNREACHABLE])
-    # 3 once the PostgreSQL backend is built (unreachable); 2 while it is not.
-    assert result.exit_code in (ExitCode.USAGE, ExitCode.STORE_UNAVAILABLE), result.output
+    assert result.exit_code == ExitCode.STORE_UNAVAILABLE, result.output
     *notes, error = result.stderr.splitlines()
     assert error.startswith("error: ")
     assert all(line.startswith("note: ") for line in notes)
@@ -116,7 +116,7 @@ def test_serve_and_worker_on_an_unreachable_postgres_say_so_in_one_line() -> Non
             text=True,
             timeout=60,
         )
-        assert done.returncode in (ExitCode.USAGE, ExitCode.STORE_UNAVAILABLE), done.stderr
+        assert done.returncode == ExitCode.STORE_UNAVAILABLE, done.stderr
         assert done.stderr.startswith("error: "), done.stderr
         assert done.stderr.count("\n") == 1, done.stderr
         assert SECRET not in done.stderr + done.stdout
@@ -135,7 +135,7 @@ def test_store_copy_to_an_unreachable_postgres_is_one_line_without_the_password(
     result = CliRunner().invoke(
         main, ["store", "copy", "--from", f"sqlite://{inbox}", "--to", UNREACHABLE]
     )
-    assert result.exit_code in (ExitCode.USAGE, ExitCode.STORE_UNAVAILABLE), result.output
+    assert result.exit_code == ExitCode.STORE_UNAVAILABLE, result.output
     assert result.stderr.startswith("error: ")
     assert result.stderr.count("\n") == 1
     assert SECRET not in result.output
@@ -148,3 +148,15 @@ def test_an_unexpected_error_is_one_line_too(inbox: Path) -> None:
     assert out == ""
     assert err.startswith("error: ")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [("dlq", "retry", "--all"), ("stats",)])
+def test_a_command_creates_no_postgres_store(pg_url: str, command: tuple[str, ...]) -> None:
+    code, out, err = invoke(*command, "--store", pg_url)
+    assert code == ExitCode.STORE_UNAVAILABLE
+    assert out == ""
+    assert "holds no cio-webhooks store" in err
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_url.split("?")[0]) as conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone()
+    assert found is None

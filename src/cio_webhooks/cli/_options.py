@@ -39,6 +39,7 @@ __all__ = [
     "run",
     "store_options",
     "store_url",
+    "unavailable",
     "warehouse_beside",
     "with_store",
 ]
@@ -151,31 +152,41 @@ def warehouse_beside(url: StoreURL, data_dir: Path) -> Path:
     return (url.path.parent if url.path is not None else data_dir) / WAREHOUSE_FILE
 
 
+def unavailable(url: StoreURL, exc: StoreUnavailable) -> StoreUnavailable:
+    """``exc`` saying which store (without its password) when it does not already."""
+    text = str(exc)
+    return exc if str(url) in text else StoreUnavailable(f"cannot open the store {url}: {text}")
+
+
 @contextlib.asynccontextmanager
 async def existing_store(url: StoreURL, *, readonly: bool) -> AsyncIterator[Store]:
-    """The store ``url`` names, opened.  A command never creates a SQLite inbox, nor
-    writes its tables into a file that is not one (ConfigError, exit 2); a server
-    store that cannot be reached is ``StoreUnavailable`` (exit 3)."""
-    if url.path is not None:
-        if not url.path.is_file():
-            raise ConfigError(f"no inbox at {url.path} (pass --store, --db or --data-dir)")
-        reader = open_store(url, readonly=True)
-        try:
-            await reader.open()  # checks that it is an inbox, changing nothing
-        except StoreUnavailable as exc:
-            raise ConfigError(str(exc)) from exc
-        if readonly:
-            try:
-                yield reader
-            finally:
-                await reader.close()
-            return
+    """The store ``url`` names, opened; it must exist.  A command never creates a store
+    (a SQLite file, a PostgreSQL schema), nor writes its tables where there is none: it
+    is checked read-only first.  A SQLite file that is missing or not an inbox is a
+    ConfigError (exit 2); a server store that cannot be reached, or holds no store, is
+    ``StoreUnavailable`` (exit 3)."""
+    if url.path is not None and not url.path.is_file():
+        raise ConfigError(f"no inbox at {url.path} (pass --store, --db or --data-dir)")
+    reader = open_store(url, readonly=True)
+    try:
+        await reader.open()  # checks that it is a store, changing nothing
+    except StoreUnavailable as exc:
         await reader.close()
-    store = open_store(url, readonly=readonly)
+        if url.path is not None:
+            raise ConfigError(str(exc)) from exc
+        raise unavailable(url, exc) from exc
+    if readonly:
+        try:
+            yield reader
+        finally:
+            await reader.close()
+        return
+    await reader.close()
+    store = open_store(url)
     try:
         await store.open()
     except StoreUnavailable as exc:
-        raise StoreUnavailable(f"cannot open the store {url}: {exc}") from exc
+        raise unavailable(url, exc) from exc
     try:
         yield store
     finally:

@@ -26,7 +26,7 @@ from ..store import (
     parse_store_url,
 )
 from ._errors import err
-from ._options import existing_store, run, store_options, store_url
+from ._options import existing_store, run, store_options, store_url, unavailable
 
 __all__ = ["CopyCounts", "copy_store", "migrate", "store"]
 
@@ -46,7 +46,7 @@ def migrate(data_dir: Path, db: Path | None, store: str | None) -> None:
         try:
             await opened.open()
         except StoreUnavailable as exc:
-            raise StoreUnavailable(f"cannot open the store {url}: {exc}") from exc
+            raise unavailable(url, exc) from exc
         try:
             return await opened.schema_version() if isinstance(opened, Versioned) else None
         finally:
@@ -191,7 +191,7 @@ async def _copy(source: StoreURL, target: StoreURL, *, force: bool, batch: int) 
         try:
             await writer.open()
         except StoreUnavailable as exc:
-            raise StoreUnavailable(f"cannot open the store {target}: {exc}") from exc
+            raise unavailable(target, exc) from exc
         try:
             held = (await writer.stats()).events
             if held and not force:
