@@ -261,8 +261,10 @@ def test_sigkill_under_load_loses_no_acked_event(tmp_path: Path, round_: int) ->
         restarted.stop()
 
 
-@pytest.mark.parametrize("named_by", ["data-dir", "store"])
-def test_worker_processes_what_a_receive_only_server_stored(tmp_path: Path, named_by: str) -> None:
+@pytest.mark.parametrize("named_by", ["data-dir", "store", "postgresql"])
+def test_worker_processes_what_a_receive_only_server_stored(
+    tmp_path: Path, named_by: str, request: pytest.FixtureRequest
+) -> None:
     module = tmp_path / "worker_hooks.py"
     marker = tmp_path / "handled.txt"
     module.write_text(
@@ -273,7 +275,13 @@ def test_worker_processes_what_a_receive_only_server_stored(tmp_path: Path, name
         f"    open({str(marker)!r}, 'a').write(event.event_id + '\\n')\n"
     )
     data = tmp_path / "data"
-    store = ["--store", f"sqlite://{data / 'inbox.db'}"] if named_by == "store" else []
+    # The same receiver/worker split on the store of --data-dir, of --store, and on
+    # the real PostgreSQL.
+    store: list[str] = []
+    if named_by == "store":
+        store = ["--store", f"sqlite://{data / 'inbox.db'}"]
+    elif named_by == "postgresql":
+        store = ["--store", str(request.getfixturevalue("pg_url"))]
     srv = Server(data, extra=["--no-dispatch", *store]).start()
     try:
         for i in range(3):
