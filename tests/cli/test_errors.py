@@ -160,3 +160,24 @@ def test_a_command_creates_no_postgres_store(pg_url: str, command: tuple[str, ..
     with psycopg.connect(pg_url.split("?")[0]) as conn:
         found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone()
     assert found is None
+
+
+def test_a_reader_that_stops_early_gets_no_error(tmp_path: Path) -> None:
+    async def build() -> None:
+        async with opened(f"sqlite://{tmp_path / 'inbox.db'}") as store:
+            for i in range(2000):
+                body = json.dumps(make_event(f"e{i}")).encode()
+                await store.put(parse_event(body, received_at=1_700_000_000.0))
+
+    asyncio.run(build())
+    export = subprocess.Popen(
+        [str(BIN), "events", "export", "--db", str(tmp_path / "inbox.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert export.stdout is not None
+    assert export.stderr is not None
+    export.stdout.readline()  # what `| head -1` reads
+    export.stdout.close()
+    assert export.wait(timeout=60) == ExitCode.FAILED
+    assert export.stderr.read() == b""

@@ -6,7 +6,7 @@ code  name                when
 0     OK                  the command did what it was asked
 1     FAILED              the operation failed: Customer.io refused or could not be
                           reached, ``send`` got a non-2xx answer, the port is taken,
-                          or an unexpected error
+                          stdout was closed early (silently), or an unexpected error
 2     USAGE               bad arguments or configuration (``ConfigError``, and
                           click's own usage errors): fix the command line or settings
 3     STORE_UNAVAILABLE   the store (or another data file) could not be opened,
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -88,5 +89,10 @@ def exit_codes() -> Iterator[None]:
         raise
     except CioWebhooksError as exc:
         fail(exc, exit_code(exc))
+    except BrokenPipeError:
+        # Whoever read stdout stopped (`| head`): say nothing, and let no flush at exit
+        # complain about it either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(ExitCode.FAILED)
     except Exception as exc:  # a bug, or an OS error no layer translated
         fail(f"unexpected {type(exc).__name__}: {exc}", ExitCode.FAILED)
