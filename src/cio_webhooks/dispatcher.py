@@ -218,6 +218,7 @@ class Dispatcher:
         #: Seconds between two extensions of the claims in flight.
         self.heartbeat = heartbeat
         self.poll_interval = poll_interval
+        self._idle_wait = poll_interval
         self.drain_timeout = drain_timeout
         self._threads = HandlerThreads(concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -333,23 +334,27 @@ class Dispatcher:
                 except StoreUnavailable as exc:
                     log.error("event=dispatch_store_error error=%s", str(exc))
                     claimed = 0
-                if not claimed:
-                    await self._idle(stop)
+                if claimed:
+                    self._idle_wait = self.poll_interval
+                else:
+                    await self._idle(stop, self._idle_wait)
+                    # Nothing found: look again later and later, up to what the store
+                    # advises (it wakes us for new work), so an idle worker costs no CPU.
+                    limit = max(self.poll_interval, self.store.idle_poll)
+                    self._idle_wait = min(self._idle_wait * 2, limit)
         finally:
             await self._drain()
 
-    async def _idle(self, stop: asyncio.Event) -> None:
+    async def _idle(self, stop: asyncio.Event, timeout: float) -> None:
         """Wait for new events (the store says, or ``wake``), a freed slot, ``stop``
-        or the poll interval."""
+        or ``timeout``."""
         signals = (self._wake, self._freed, stop)
         waiters: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(signal.wait()) for signal in signals
         ]
-        waiters.append(asyncio.ensure_future(self.store.wait_for_work(self.poll_interval)))
+        waiters.append(asyncio.ensure_future(self.store.wait_for_work(timeout)))
         try:
-            await asyncio.wait(
-                waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()

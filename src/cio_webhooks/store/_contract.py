@@ -71,6 +71,11 @@ class Ingest(Protocol):
 class Queue(Protocol):
     """What the dispatcher needs: claims with leases and tokens, outcomes, wake-ups."""
 
+    #: The longest an idle worker waits without news before it looks for due work
+    #: itself: how late an event nothing announced (a retry coming due, or one stored
+    #: by a process this backend cannot wake) may be picked up.
+    idle_poll: float
+
     async def claim(
         self,
         *,

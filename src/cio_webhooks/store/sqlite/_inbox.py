@@ -364,6 +364,10 @@ class SQLiteStore:
     ``open`` raises ``StoreUnavailable`` when the file is missing or not an inbox,
     and every write raises ``StoreUnavailable``."""
 
+    #: Other processes cannot wake a worker (SQLite has no notifications), but a
+    #: look is one indexed read of a local file: look often.
+    idle_poll = 0.25
+
     def __init__(
         self,
         path: str | Path,
