@@ -600,3 +600,43 @@ def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
     assert (
         done.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_two_receivers_share_a_port_and_one_answers_while_the_other_is_down(
+    tmp_path: Path, pg_url: str
+) -> None:
+    extra = ["--no-dispatch", "--reuse-port", "--store", pg_url]
+    first = Server(tmp_path / "a", extra=extra).start()
+    second = Server(tmp_path / "b", extra=extra, port=first.port).start()
+    # The port answered before the second started: wait for it to say it listens.
+    assert second.proc is not None
+    assert second.proc.stderr is not None
+    ready, _, _ = select.select([second.proc.stderr], [], [], 20)
+    assert ready
+    assert b"listening on" in second.proc.stderr.readline()
+    try:
+        acked = []
+        for i in range(20):
+            body, headers = signed_request(make_event(f"r{i}"), key=KEY)
+            if asyncio.run(_post(first.url, body, headers)) == 200:
+                acked.append(f"r{i}")
+        first.stop(signal.SIGKILL)
+        for i in range(20, 40):  # only the second listens now: nothing is refused
+            body, headers = signed_request(make_event(f"r{i}"), key=KEY)
+            assert asyncio.run(_post(first.url, body, headers)) == 200
+            acked.append(f"r{i}")
+    finally:
+        for srv in (first, second):
+            if srv.proc and srv.proc.poll() is None:
+                srv.stop()
+    assert len(acked) == 40
+    done = subprocess.run(
+        [str(BIN), "events", "export", "--store", pg_url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(json.loads(line)["event_id"] for line in done.stdout.splitlines()) == sorted(
+        acked
+    )

@@ -85,12 +85,18 @@ class PortUnavailable(CioWebhooksError):
     """The address to listen on cannot be bound (in use, not ours, not an address)."""
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (port 0: any free port), for uvicorn to serve on."""
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free port), for uvicorn to serve on.
+
+    ``reuse_port`` (SO_REUSEPORT) lets several receivers on one host listen on one
+    port, the kernel spreading connections among them: one stopping or restarting
+    leaves the port answered by the others."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         # Listening now makes "listening on" true when printed: connections wait in the
         # backlog until uvicorn accepts them, instead of being refused while it starts.

@@ -310,6 +310,12 @@ def _announce_key(key: str, data_dir: Path, url: str) -> None:
     help="Only receive: every event waits for a `cio-webhooks worker` on the same store.",
 )
 @click.option(
+    "--reuse-port",
+    is_flag=True,
+    envvar=env("REUSE_PORT"),
+    help="Share the port with other receivers on this host (SO_REUSEPORT).",
+)
+@click.option(
     "--shutdown-timeout",
     type=FiniteRange(min=0),
     default=DEFAULT_SHUTDOWN_TIMEOUT,
@@ -346,6 +352,7 @@ def serve(
     host: str,
     port: int,
     no_dispatch: bool,
+    reuse_port: bool,
     shutdown_timeout: float,
     max_header_size: int,
     read_timeout: float,
@@ -371,7 +378,7 @@ def serve(
     )
     # Bound first: a busy port fails before anything is created, and port 0 becomes
     # the real port in everything printed below.
-    sock = listen(host, port)
+    sock = listen(host, port, reuse_port=reuse_port)
     url = webhook_url(host, sock.getsockname()[1])
     try:
         settings = _settings(data_dir, db, store, generate_key=True, url=url, **options)
