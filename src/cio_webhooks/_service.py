@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .policies import DEFAULT_RULES, POLICY_HTTP, Policies, PolicyConfig, load_p
 from .settings import INBOX_FILE, KEY_FILE, LEDGER_FILE, PRUNE_EVERY, Settings
 from .sinks import SQLiteWarehouse
 from .store import Ledger, Store, StoreURL, open_store
+from .store.sqlite import probe_file
 
 __all__ = [
     "Settings",
@@ -160,17 +160,7 @@ def check_storage(settings: Settings) -> None:
     actions = actions_path(settings)
     files = [settings.store.path, settings.warehouse, actions]
     for path in (p for p in files if p is not None):
-        existed = path.exists()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.closing(sqlite3.connect(path)) as conn:
-                conn.execute("PRAGMA schema_version").fetchone()
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"cannot open {path}: {_reason(exc)}") from exc
-        finally:
-            if not existed:
-                with contextlib.suppress(OSError):  # never made (a parent is a file, say)
-                    path.unlink()
+        probe_file(path)
 
 
 def build_router(specs: tuple[str, ...]) -> Router:

@@ -1,11 +1,38 @@
-"""Reading a SQLite file without creating or changing any file (the CLI's reports)."""
+"""SQLite files: reading one without creating or changing any file (the CLI's reports),
+and probing that one can be made where it should be (the service's start)."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
-__all__ = ["connect_readonly", "readonly_uri"]
+from ..._exceptions import StoreUnavailable
+
+__all__ = ["connect_readonly", "probe_file", "readonly_uri"]
+
+
+def probe_file(path: Path) -> None:
+    """Raise ``StoreUnavailable`` with a sentence when ``path`` cannot be opened (or
+    created) as a SQLite file.  A file the probe had to create is removed again, so a
+    service that then stops on another error leaves no empty file to mistake for data."""
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA schema_version").fetchone()
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailable(f"cannot open {path}: {_reason(exc)}") from exc
+    finally:
+        if not existed:
+            with contextlib.suppress(OSError):  # never made (a parent is a file, say)
+                path.unlink()
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return "a parent is not a directory"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def readonly_uri(path: Path) -> str:
