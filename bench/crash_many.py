@@ -90,23 +90,57 @@ class Config:
 
 @dataclass
 class WatchedFake(FakeCustomerIO):
-    """The fake Customer.io, also knowing which paths it is answering right now: the
-    calls a killed worker had in flight (Customer.io took them; their answer and the
-    ledger's record of it may never come)."""
+    """The fake Customer.io, also knowing which calls it is answering right now, from
+    which client port, and when it answered each: what a killed worker had in flight
+    (Customer.io took those calls; their answer and the ledger's record of it may never
+    come)."""
 
-    answering: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: (client port, path) -> calls being answered
+    answering: collections.Counter[tuple[int, str]] = field(default_factory=collections.Counter)
+    #: (monotonic time, path) of each answer, in order
+    answered: list[tuple[float, str]] = field(default_factory=list)
 
     async def _answer(
         self, request: web.Request, handler: Any
     ) -> web.StreamResponse:  # observes, then answers exactly as the fake does
-        path = request.path
-        self.answering[path] += 1
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        call = (int(peer[1]) if peer else 0, request.path)
+        self.answering[call] += 1
         try:
             return await super()._answer(request, handler)
         finally:
-            self.answering[path] -= 1
-            if not self.answering[path]:
-                del self.answering[path]
+            self.answered.append((time.monotonic(), request.path))
+            self.answering[call] -= 1
+            if not self.answering[call]:
+                del self.answering[call]
+
+    def track_calls(self, ports: set[int] | None = None) -> set[str]:
+        """The Track person paths being answered (to clients on ``ports`` only, if given)."""
+        return {
+            path
+            for port, path in self.answering
+            if path.startswith(PERSON_PATH) and (ports is None or port in ports)
+        }
+
+
+def tcp_ports(pid: int) -> set[int]:
+    """The local TCP ports of the sockets process ``pid`` holds (Linux ``/proc``; empty
+    elsewhere): which calls at the fake come from that worker."""
+    inodes: set[str] = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:[") : -1])
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 @dataclass
@@ -129,7 +163,7 @@ class Member:
 class Kill:
     at: float  # seconds since the load started
     member: str
-    track_calls_in_flight: int  # at the fake, from every worker, when the kill was sent
+    track_calls_in_flight: int  # the killed worker's, at the fake, when it was killed
     restart_s: float  # until it ran again (a receiver: until it listened)
 
 
@@ -155,8 +189,10 @@ class Report:
     histogram: dict[int, int] = field(default_factory=dict)  # calls per (event, rule) -> events
     repeats: int = 0  # calls beyond the first, all (event, rule)
     repeats_in_crash_window: int = 0
+    repeats_of_killed_workers_calls: int = 0  # of those, of a call the killed worker had out
     repeats_outside: int = 0
-    calls_caught_by_worker_kills: int = 0
+    calls_caught_by_worker_kills: int = 0  # the killed workers' calls in flight
+    crash_window_calls: int = 0  # calls any worker kill may have caught (see kill_at_random)
     other_track_calls: int = 0  # to a person no spam event names (should be none)
     track_non_2xx: int = 0
     audit_rows: dict[str, int] = field(default_factory=dict)  # status -> rows
@@ -193,8 +229,11 @@ class Report:
             f" dead letters {self.dead}",
             f"Track calls per (event, rule) over {self.spam_events} spam complaints: {{{hist}}};"
             f" repeats {self.repeats} (in the crash window {self.repeats_in_crash_window},"
-            f" outside it {self.repeats_outside}); calls in flight at worker kills"
-            f" {self.calls_caught_by_worker_kills}; other Track calls {self.other_track_calls};"
+            f" of them of a call the killed worker had in flight"
+            f" {self.repeats_of_killed_workers_calls};"
+            f" outside it {self.repeats_outside}); the killed workers' calls in flight"
+            f" {self.calls_caught_by_worker_kills} (in the crash window, from any worker,"
+            f" {self.crash_window_calls}); other Track calls {self.other_track_calls};"
             f" non-2xx {self.track_non_2xx}",
             f"audit rows: {audit}; events without exactly one ok row"
             f" {self.events_without_one_ok_audit_row}",
@@ -374,37 +413,62 @@ async def post_all(
 
 async def kill_at_random(
     fleet: Fleet, fake: WatchedFake, config: Config, rng: random.Random, report: Report
-) -> collections.Counter[str]:
+) -> tuple[collections.Counter[str], collections.Counter[str]]:
     """SIGKILL ``config.kills`` members (half of them receivers, half workers, in a
-    seeded order) at spread-out moments of the load and restart each at once.  Returns
-    how many times each Track path was in flight at the fake when a worker was killed."""
+    seeded order) at spread-out moments of the load and restart each at once; a worker
+    once it has Track calls in flight (waiting up to 5 s for one).
+
+    Returns two counts per Track path: how many worker kills may have caught a call of
+    it in the crash window (a call in flight at the fake when the kill was sent, the
+    killed worker's or, not knowing better, another's; or one answered within the second
+    before: its answer may have arrived and the ledger not yet recorded it); and how
+    many kills caught one the killed worker itself had in flight (known from its
+    sockets), a subset."""
     caught: collections.Counter[str] = collections.Counter()
+    victims_caught: collections.Counter[str] = collections.Counter()
     load_s = config.events / config.rate
     kinds = ["receiver", "worker"] * (config.kills // 2 + 1)
     kinds = kinds[: config.kills]
     rng.shuffle(kinds)
     started = time.monotonic()
+
     for k, kind in enumerate(kinds):
-        moment = load_s * (k + rng.uniform(0.3, 0.9)) / max(1, config.kills)
+        # within the first 80% of the load: spam complaints still arrive, calls are made
+        moment = 0.8 * load_s * (k + rng.uniform(0.2, 0.9)) / max(1, config.kills)
         await asyncio.sleep(max(0.0, started + moment - time.monotonic()))
         pool = fleet.receivers if kind == "receiver" else fleet.workers
         if not pool:
             continue
         victim = rng.choice(pool)
-        if kind == "worker":  # while Track calls are in flight, if any come within 3 s
-            deadline = time.monotonic() + 3.0
-            while not fake.answering and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-        in_flight = {p for p in fake.answering if p.startswith(PERSON_PATH)}
-        at = time.monotonic() - started
+        assert victim.proc is not None
+        ports: set[int] = set()
+        if kind == "worker":  # once it has Track calls in flight, if any come within 5 s
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                ports = tcp_ports(victim.proc.pid)
+                if fake.track_calls(ports):
+                    break
+                await asyncio.sleep(0.005)
+        killed_at = time.monotonic()
         await fleet.kill(victim)
+        # The fake still holds the dead worker's calls (it stalls every answer).
+        victims = fake.track_calls(ports) if kind == "worker" else set()
         if kind == "worker":
-            caught.update(in_flight)
-            report.calls_caught_by_worker_kills += len(in_flight)
+            window = fake.track_calls() | {
+                path
+                for t, path in reversed(fake.answered)
+                if t >= killed_at - 1.0 and path.startswith(PERSON_PATH)
+            }
+            caught.update(window)
+            victims_caught.update(victims)
+            report.calls_caught_by_worker_kills += len(victims)
+            report.crash_window_calls += len(window)
         restart = time.monotonic()
         await fleet.start(victim)
-        report.kills.append(Kill(at, victim.name, len(in_flight), time.monotonic() - restart))
-    return caught
+        report.kills.append(
+            Kill(killed_at - started, victim.name, len(victims), time.monotonic() - restart)
+        )
+    return caught, victims_caught
 
 
 async def settle(
@@ -428,6 +492,7 @@ async def verify(
     acked: set[str],
     fake: WatchedFake,
     caught: collections.Counter[str],
+    victims_caught: collections.Counter[str],
     report: Report,
 ) -> None:
     """Count, through the CLI and the fake's recorded requests, what the run left."""
@@ -460,6 +525,7 @@ async def verify(
         # is a second call the ledger should have prevented.
         allowed = min(extra, caught[path])
         report.repeats_in_crash_window += allowed
+        report.repeats_of_killed_workers_calls += min(extra, victims_caught[path])
         report.repeats_outside += extra - allowed
 
     audit = json.loads(await cli(store_args, "actions", "list", "--json", "--limit", "1000000"))
@@ -481,8 +547,8 @@ def judge(report: Report) -> None:
         (report.histogram.get(0, 0) == 0, f"{report.histogram.get(0, 0)} spam events got no call"),
         (report.repeats_outside == 0, f"{report.repeats_outside} repeats outside the crash window"),
         (
-            report.repeats <= report.calls_caught_by_worker_kills,
-            f"{report.repeats} repeats > {report.calls_caught_by_worker_kills} calls caught",
+            report.repeats <= report.crash_window_calls,
+            f"{report.repeats} repeats > {report.crash_window_calls} calls in the crash window",
         ),
         (report.other_track_calls == 0, f"{report.other_track_calls} unexpected Track calls"),
         (
@@ -517,7 +583,7 @@ async def run(config: Config, workdir: Path) -> Report:
             try:
                 acked = await post_all(events, fleet, config, report)
             finally:
-                caught = await killing  # its restarts finish before anything is stopped
+                caught, victims_caught = await killing  # restarts end before the stop
             report.load_s = time.monotonic() - load_began
             settle_began = time.monotonic()
             report.settled, stats = await settle(store_args, len(acked), config.settle_timeout)
@@ -526,7 +592,7 @@ async def run(config: Config, workdir: Path) -> Report:
             report.unexpected_exits = fleet.unexpected_exits()
         finally:
             await fleet.stop()
-        await verify(store_args, events, acked, fake, caught, report)
+        await verify(store_args, events, acked, fake, caught, victims_caught, report)
     finally:
         await fake.stop()
     report.total_s = time.monotonic() - began
