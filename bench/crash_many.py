@@ -174,6 +174,7 @@ class Kill:
     killed_at: float = 0.0  # time.monotonic()
     ports: frozenset[int] = frozenset()  # a worker's sockets' local ports at the kill
     caught: int = 0  # a worker's Track calls caught in the crash window (caught_calls)
+    unanswered: int = 0  # of those, still unanswered at the kill
 
 
 @dataclass
@@ -217,7 +218,8 @@ class Report:
     def lines(self) -> list[str]:
         c = self.config
         kills = ", ".join(
-            f"{k.member}@{k.at:.1f}s" + (f" ({k.caught} calls caught)" if k.ports else "")
+            f"{k.member}@{k.at:.1f}s"
+            + (f" ({k.caught} calls caught, {k.unanswered} unanswered)" if k.ports else "")
             for k in self.kills
         )
         hist = ", ".join(f"{n}: {self.histogram[n]}" for n in sorted(self.histogram))
@@ -238,7 +240,9 @@ class Report:
             f"Track calls per (event, rule) over {self.spam_events} spam complaints: {{{hist}}};"
             f" repeats {self.repeats} (in the crash window {self.repeats_in_crash_window},"
             f" outside it {self.repeats_outside}); calls the worker kills caught"
-            f" {self.calls_caught_by_worker_kills}; other Track calls {self.other_track_calls};"
+            f" {self.calls_caught_by_worker_kills}, of them unanswered at the kill"
+            f" {sum(k.unanswered for k in self.kills)}; other Track calls"
+            f" {self.other_track_calls};"
             f" non-2xx {self.track_non_2xx}",
             f"audit rows: {audit}; events without exactly one ok row"
             f" {self.events_without_one_ok_audit_row}",
@@ -478,6 +482,7 @@ def caught_calls(fake: WatchedFake, kills: Sequence[Kill]) -> collections.Counte
                 and answered >= kill.killed_at - CRASH_GRACE
             ):
                 kill.caught += 1
+                kill.unanswered += answered >= kill.killed_at
                 caught[path] += 1
                 break
     return caught
