@@ -17,11 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from crash_many import Config, run
 
-STORES = [
-    "sqlite",
-    # "postgresql": add it here once the PostgreSQL store and `--store URL` are merged;
-    # `store_args` then gives every process and command `--store <pg_url>`.
-]
+STORES = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(params=STORES)
