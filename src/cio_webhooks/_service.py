@@ -20,10 +20,10 @@ from .customerio import CustomerIOAuthError, CustomerIOError, TrackClient
 from .dispatcher import Clock, Dispatcher
 from .handlers import Router, load_router
 from .policies import DEFAULT_RULES, POLICY_HTTP, Policies, PolicyConfig, load_policies
-from .settings import INBOX_FILE, KEY_FILE, LEDGER_FILE, PRUNE_EVERY, Settings
+from .settings import INBOX_FILE, KEY_FILE, PRUNE_EVERY, Settings
 from .sinks import SQLiteWarehouse
 from .store import Ledger, Store, StoreURL, open_store
-from .store.sqlite import probe_file
+from .store.sqlite import LEDGER_FILE, probe_file
 
 __all__ = [
     "Settings",

@@ -7,7 +7,8 @@ run time: any module may use it.
 
 ::
 
-    where             DATA_DIR, INBOX_FILE, WAREHOUSE_FILE, LEDGER_FILE, KEY_FILE
+    where             DATA_DIR, INBOX_FILE, WAREHOUSE_FILE, KEY_FILE
+                      (the SQLite ledger's file: store.sqlite.LEDGER_FILE)
     how it is reached HOST, PORT, WEBHOOK_PATH, ENV_PREFIX, env(), STORE_ENV
     the receiver      DEFAULT_TOLERANCE, DEFAULT_MAX_BODY, DEFAULT_DEDUPE_DAYS
     the dispatcher    RetryPolicy, DEFAULT_CONCURRENCY, DEFAULT_HANDLER_TIMEOUT,
@@ -47,7 +48,6 @@ __all__ = [
     "HOST",
     "INBOX_FILE",
     "KEY_FILE",
-    "LEDGER_FILE",
     "PORT",
     "PRUNE_EVERY",
     "REGIONS",
@@ -66,8 +66,6 @@ DATA_DIR = Path(".cio-webhooks")
 INBOX_FILE = "inbox.db"
 #: The warehouse, beside the inbox.
 WAREHOUSE_FILE = "warehouse.db"
-#: The policies' ledger of a SQLite store, beside the inbox.
-LEDGER_FILE = "actions.db"
 #: The signing key ``serve`` generates when none is configured, in the data directory.
 KEY_FILE = "signing-key"
 

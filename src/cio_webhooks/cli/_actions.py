@@ -13,8 +13,8 @@ import click
 
 from .._exceptions import ConfigError
 from ..events import iso
-from ..settings import LEDGER_FILE
 from ..store import Ledger, StoreURL, open_store
+from ..store.sqlite import LEDGER_FILE
 from ._options import existing_store, run, store_options, store_url
 from ._output import print_rows
 

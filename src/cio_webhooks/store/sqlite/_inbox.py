@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 from ..._exceptions import StoreUnavailable
 from ...events import Event
 from ...handlers import parse_pattern
-from ...settings import LEDGER_FILE
 from .._model import (
     EventFilter,
     Gauges,
@@ -44,9 +43,12 @@ from .._model import (
 from ._files import connect_readonly, readonly_uri
 from ._ledger import SQLiteLedger
 
-__all__ = ["SQLiteStore", "connect_readonly", "readonly_uri"]
+__all__ = ["LEDGER_FILE", "SQLiteStore", "connect_readonly", "readonly_uri"]
 
 T = TypeVar("T")
+
+#: The policies' ledger of a SQLite store: a second file beside the inbox.
+LEDGER_FILE = "actions.db"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
