@@ -116,7 +116,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
+        # When the current request's read time is up (None: no deadline running), and
+        # the one timer that checks it.  The timer is not cancelled and re-made for every
+        # request on a kept-alive connection: it stays, and when it fires early for a
+        # deadline that has moved, it is set again for the rest.
+        self._deadline_at: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._reading_head = True  # the next bytes belong to a request head
         self._head_bytes = 0  # bytes received since that head began
 
@@ -135,12 +140,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._arm_deadline()  # a connection that never sends a byte is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_deadline()
+        self._deadline_at = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.idle.pop(self, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None:  # a new request on a kept-alive connection
+        if self._deadline_at is None:  # a new request on a kept-alive connection
             self._arm_deadline()
         if self._reading_head:
             self._head_bytes += len(data)
@@ -199,16 +207,24 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _arm_deadline(self) -> None:
-        self._disarm_deadline()
-        self._deadline = self.loop.call_later(self.limits.read_timeout, self._read_timed_out)
+        self._deadline_at = self.loop.time() + self.limits.read_timeout
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline_at, self._check_deadline)
 
     def _disarm_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline_at = None  # the timer, when it fires, finds nothing to do
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._deadline_at is None:
+            return
+        if self.loop.time() < self._deadline_at:  # re-armed since: wait for the rest
+            self._timer = self.loop.call_at(self._deadline_at, self._check_deadline)
+            return
+        self._read_timed_out()
 
     def _read_timed_out(self) -> None:
-        self._deadline = None
+        self._deadline_at = None
         if self.transport.is_closing():
             return
         phase = "head" if self._reading_head else "body"
