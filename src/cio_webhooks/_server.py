@@ -106,6 +106,44 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _OneWritePerResponse:
+    """The connection's transport, but what is written goes out once per response.
+
+    uvicorn writes a response's head and its body separately, and each ``write``
+    is a send on the socket (no Nagle delay on loopback or with TCP_NODELAY): two
+    system calls and two segments where one does.  Writes are kept until the
+    response is complete (``flush`` from ``on_response_complete``), the connection
+    is closed, or at the latest the end of this turn of the event loop (a
+    ``100 Continue``, a streamed body), so nothing waits on a later event.
+    Everything else is the real transport's."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class LimitedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus ``limits`` (set on a subclass by ``protocol_for``)."""
 
@@ -128,7 +166,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     # Connection events
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._out = _OneWritePerResponse(transport, self.loop)
+        super().connection_made(cast(asyncio.Transport, self._out))
         if len(self.connections) > self.limits.max_connections and not self._make_room():
             log.warning(
                 "event=connection_refused reason=max_connections limit=%d",
@@ -180,6 +219,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        self._out.flush()
         pipelined = bool(self.pipeline)
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
