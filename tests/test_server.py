@@ -426,6 +426,40 @@ def test_half_sent_requests_are_closed_after_the_read_timeout(tmp_path: Path) ->
     assert srv.inbox_ids() == {"after-slow-clients"}
 
 
+def _kept_alive_post(event_id: str) -> bytes:
+    body, headers = signed_request(make_event(event_id), key=KEY)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (
+        b"POST /webhooks/customerio HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"{head}Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+def test_a_kept_alive_connection_gets_whole_answers_and_a_full_read_time_per_request(
+    tmp_path: Path,
+) -> None:
+    srv = Server(tmp_path / "data", extra=["--read-timeout", "1"]).start()
+    try:
+        sock = _connect(srv)
+        sock.sendall(_kept_alive_post("kept-alive-1"))
+        # Head and body leave in one write, so one read holds the whole answer.
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert answer.endswith(b'{"ok":true,"status":"stored"}')
+        time.sleep(0.6)
+        # The first request's read time would be up 0.4 s into this one: the second
+        # has its own second, so its body may still come 0.6 s after its head.
+        second = _kept_alive_post("kept-alive-2")
+        sock.sendall(second[:-10])
+        time.sleep(0.6)
+        sock.sendall(second[-10:])
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        srv.stop()
+    assert srv.inbox_ids() == {"kept-alive-1", "kept-alive-2"}
+
+
 def test_an_oversized_request_head_is_answered_431(tmp_path: Path) -> None:
     srv = Server(tmp_path / "data", extra=["--max-header-size", "4096"]).start()
     try:

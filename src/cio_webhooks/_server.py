@@ -108,6 +108,44 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
+class _OneWritePerResponse:
+    """The connection's transport, but what is written goes out once per response.
+
+    uvicorn writes a response's head and its body separately, and each ``write``
+    is a send on the socket (no Nagle delay on loopback or with TCP_NODELAY): two
+    system calls and two segments where one does.  Writes are kept until the
+    response is complete (``flush`` from ``on_response_complete``), the connection
+    is closed, or at the latest the end of this turn of the event loop (a
+    ``100 Continue``, a streamed body), so nothing waits on a later event.
+    Everything else is the real transport's."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class LimitedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus ``limits`` (set on a subclass by ``protocol_for``)."""
 
@@ -118,14 +156,20 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
+        # When the current request's read time is up (None: no deadline running), and
+        # the one timer that checks it.  The timer is not cancelled and re-made for every
+        # request on a kept-alive connection: it stays, and when it fires early for a
+        # deadline that has moved, it is set again for the rest.
+        self._deadline_at: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._reading_head = True  # the next bytes belong to a request head
         self._head_bytes = 0  # bytes received since that head began
 
     # Connection events
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._out = _OneWritePerResponse(transport, self.loop)
+        super().connection_made(cast(asyncio.Transport, self._out))
         if len(self.connections) > self.limits.max_connections and not self._make_room():
             log.warning(
                 "event=connection_refused reason=max_connections limit=%d",
@@ -137,12 +181,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._arm_deadline()  # a connection that never sends a byte is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_deadline()
+        self._deadline_at = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.idle.pop(self, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None:  # a new request on a kept-alive connection
+        if self._deadline_at is None:  # a new request on a kept-alive connection
             self._arm_deadline()
         if self._reading_head:
             self._head_bytes += len(data)
@@ -174,6 +221,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        self._out.flush()
         pipelined = bool(self.pipeline)
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
@@ -201,16 +249,24 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _arm_deadline(self) -> None:
-        self._disarm_deadline()
-        self._deadline = self.loop.call_later(self.limits.read_timeout, self._read_timed_out)
+        self._deadline_at = self.loop.time() + self.limits.read_timeout
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline_at, self._check_deadline)
 
     def _disarm_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline_at = None  # the timer, when it fires, finds nothing to do
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._deadline_at is None:
+            return
+        if self.loop.time() < self._deadline_at:  # re-armed since: wait for the rest
+            self._timer = self.loop.call_at(self._deadline_at, self._check_deadline)
+            return
+        self._read_timed_out()
 
     def _read_timed_out(self) -> None:
-        self._deadline = None
+        self._deadline_at = None
         if self.transport.is_closing():
             return
         phase = "head" if self._reading_head else "body"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -36,7 +37,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ._exceptions import InvalidEvent, SignatureError, StoreUnavailable
 from .events import Event, parse_event
@@ -76,21 +77,15 @@ class _ClientGone(Exception):
     """The client disconnected before sending the whole body."""
 
 
-_STORED = (200, b'{"ok":true,"status":"stored"}')
-_DUPLICATE = (200, b'{"ok":true,"status":"duplicate"}')
-_QUARANTINED = (200, b'{"ok":true,"status":"quarantined"}')
-_BAD_SIGNATURE = (401, b'{"error":"invalid_signature"}')
-_TOO_LARGE = (413, b'{"error":"body_too_large"}')
-_UNAVAILABLE = (503, b'{"error":"store_unavailable","retry":true}')
-_NOT_ALLOWED = (405, b'{"error":"method_not_allowed"}')
+class _Answer:
+    """One canned response: both ASGI messages, built once and sent as they are (the
+    server reads them and copies the headers out; nothing mutates them), so that the
+    hot path builds no dict, list or header per request."""
 
+    __slots__ = ("body", "start")
 
-async def _send(
-    send: Send, answer: tuple[int, bytes], extra: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
-    status, body = answer
-    await send(
-        {
+    def __init__(self, status: int, body: bytes, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        self.start: Message = {
             "type": "http.response.start",
             "status": status,
             "headers": [
@@ -99,8 +94,21 @@ async def _send(
                 *extra,
             ],
         }
-    )
-    await send({"type": "http.response.body", "body": body})
+        self.body: Message = {"type": "http.response.body", "body": body}
+
+
+_STORED = _Answer(200, b'{"ok":true,"status":"stored"}')
+_DUPLICATE = _Answer(200, b'{"ok":true,"status":"duplicate"}')
+_QUARANTINED = _Answer(200, b'{"ok":true,"status":"quarantined"}')
+_BAD_SIGNATURE = _Answer(401, b'{"error":"invalid_signature"}')
+_TOO_LARGE = _Answer(413, b'{"error":"body_too_large"}')
+_UNAVAILABLE = _Answer(503, b'{"error":"store_unavailable","retry":true}')
+_NOT_ALLOWED = _Answer(405, b'{"error":"method_not_allowed"}', [(b"allow", b"POST")])
+
+
+async def _send(send: Send, answer: _Answer) -> None:
+    await send(answer.start)
+    await send(answer.body)
 
 
 class Receiver:
@@ -138,7 +146,7 @@ class Receiver:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
-            await _send(send, _NOT_ALLOWED, [(b"allow", b"POST")])
+            await _send(send, _NOT_ALLOWED)
             return
         signature: str | None = None
         timestamp: str | None = None
@@ -193,7 +201,7 @@ class Receiver:
         self.counters.rejected_signature += 1
         log.warning("event=request_rejected reason=invalid_signature detail=%s", detail)
 
-    async def _late(self, body: bytes, now: float, skew: float) -> tuple[int, bytes]:
+    async def _late(self, body: bytes, now: float, skew: float) -> _Answer:
         if abs(skew) > self.horizon:
             self.counters.stale += 1
             log.warning(
@@ -238,7 +246,7 @@ class Receiver:
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _store(self, body: bytes, now: float) -> tuple[int, bytes]:
+    async def _store(self, body: bytes, now: float) -> _Answer:
         """Store an authentic body as an event, else quarantine it.  Only a failing
         store answers non-2xx (503); any other error keeps the body in quarantine."""
         event: Event | None = None
@@ -267,7 +275,7 @@ class Receiver:
 
     async def _quarantine(
         self, body: bytes, reason: str, now: float, event_id: str | None, *, count: bool = True
-    ) -> tuple[int, bytes]:
+    ) -> _Answer:
         # Surrogates cannot be stored as text: escape them, the raw body keeps the rest.
         reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
         try:
@@ -284,7 +292,7 @@ class Receiver:
         log.warning("event=quarantined reason=%s", reason[:500])
         return _QUARANTINED
 
-    def _unavailable(self, exc: Exception) -> tuple[int, bytes]:
+    def _unavailable(self, exc: Exception) -> _Answer:
         # Not stored: a 503 makes Customer.io keep the event and retry it.
         self.counters.store_unavailable += 1
         log.error("event=store_unavailable error=%s", str(exc))
@@ -322,6 +330,9 @@ def create_app(
         await inbox.open()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(task(stop)) for task in background]
+        # What start-up made (modules, routes, the server) lives until exit: keep the
+        # collector from walking it again on every full collection under load.
+        gc.freeze()
         try:
             yield
         finally:
