@@ -32,7 +32,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..._exceptions import StoreUnavailable
 from ...events import Event
-from ...handlers import parse_pattern
 from .._model import (
     EventFilter,
     Gauges,
@@ -46,6 +45,16 @@ from .._model import (
     StoreStats,
     Wanted,
 )
+from .._rows import (
+    CLAIM_COLUMNS,
+    CLAIM_SCAN,
+    DUE,
+    EVENT_COLUMNS,
+    jobs,
+    split_claim,
+    stored_event,
+    where_clause,
+)
 from .._url import StoreURL
 from ._ingest import SEQ_LOCK, GroupWriter, insert_rows, put_row, unavailable
 from ._migrations import applied_versions, migrate, migrations
@@ -54,13 +63,11 @@ from ._wakeup import Listener, channel_for
 if TYPE_CHECKING:
     from ._ledger import PostgresLedger
 
-__all__ = ["CLAIM_SCAN", "PostgresStore"]
+__all__ = ["PostgresStore"]
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 
-#: Due events one claim looks at when it may skip those no handler wants (as SQLite).
-CLAIM_SCAN = 1000
 #: Connections of one store's pool: at least, at most.
 POOL_SIZE = (1, 8)
 #: Seconds to wait for a connection (the server down answers a put with 503 by then).
@@ -69,59 +76,9 @@ CONNECT_TIMEOUT = 5.0
 #: events must not hold a million row locks in one transaction.
 CHUNK = 1000
 
-_EVENT_COLUMNS = (
-    "seq, event_id, object_type, metric, occurred_at, received_at, state, attempts,"
-    " next_attempt_at, last_error, body, backfilled"
-)
-_DUE = "state IN ('pending', 'retrying')"
 
-
-def _stored(row: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(
-        seq=row[0],
-        event_id=row[1],
-        object_type=row[2],
-        metric=row[3],
-        occurred_at=row[4],
-        received_at=row[5],
-        state=JobState(row[6]),
-        attempts=row[7],
-        next_attempt_at=row[8],
-        last_error=row[9],
-        body=bytes(row[10]),
-        backfilled=bool(row[11]),
-    )
-
-
-def _where(where: EventFilter) -> tuple[str, list[Any]]:
-    clauses: list[str] = ["seq > %s"]
-    params: list[Any] = [where.after_seq]
-    if where.since is not None:
-        clauses.append("received_at >= %s")
-        params.append(where.since)
-    if where.until is not None:
-        clauses.append("received_at < %s")
-        params.append(where.until)
-    if where.states:
-        clauses.append("state = ANY(%s::text[])")
-        params.append([s.value for s in where.states])
-    if where.event_ids:
-        clauses.append("event_id = ANY(%s::text[])")
-        params.append(list(where.event_ids))
-    if where.kinds:
-        alternatives = []
-        for pattern in where.kinds:
-            obj, metric = parse_pattern(pattern)
-            parts = []
-            if obj is not None:
-                parts.append("object_type = %s")
-                params.append(obj)
-            if metric is not None:
-                parts.append("metric = %s")
-                params.append(metric)
-            alternatives.append(" AND ".join(parts) or "true")
-        clauses.append("(" + " OR ".join(f"({a})" for a in alternatives) + ")")
-    return " AND ".join(clauses), params
+def _where_sql(where: EventFilter) -> tuple[str, list[Any]]:
+    return where_clause(where, "%s")
 
 
 def _run_columns(run: HandlerRun) -> tuple[Any, ...]:
@@ -414,20 +371,12 @@ class PostgresStore:
             # FOR UPDATE re-checks the WHERE on the newest row version, so an event
             # another claim took (and committed) meanwhile is not taken again.
             cur = await conn.execute(
-                "SELECT seq, event_id, object_type, metric, received_at, attempts, backfilled,"
-                f" claim_token IS NOT NULL FROM events WHERE {_DUE} AND next_attempt_at <= %s"
+                f"SELECT {CLAIM_COLUMNS} FROM events WHERE {DUE} AND next_attempt_at <= %s"
                 f" AND claim_token {held} ORDER BY next_attempt_at LIMIT %s"
                 " FOR UPDATE SKIP LOCKED",
                 [now, scan],
             )
-            rows = await cur.fetchall()
-            claimed: list[Any] = []
-            unwanted: list[int] = []
-            for row in rows:
-                if wanted is not None and not wanted(row[2], row[3], bool(row[6])):
-                    unwanted.append(row[0])
-                elif len(claimed) < limit:
-                    claimed.append(row)
+            claimed, unwanted = split_claim(await cur.fetchall(), wanted, limit)
             if unwanted:
                 await conn.execute(
                     "UPDATE events SET state = 'done', next_attempt_at = %s, last_error = NULL,"
@@ -452,29 +401,13 @@ class PostgresStore:
             done: dict[int, set[str]] = {}
             for seq, handler in await cur.fetchall():
                 done.setdefault(seq, set()).add(handler)
-            claimed.sort(key=lambda r: r[0])
-            return [
-                Job(
-                    seq=r[0],
-                    event_id=r[1],
-                    object_type=r[2],
-                    metric=r[3],
-                    body=bytes(bodies[r[0]]),
-                    received_at=r[4],
-                    attempts=r[5] + 1,
-                    token=token,
-                    succeeded=frozenset(done.get(r[0], ())),
-                    backfilled=bool(r[6]),
-                    interrupted=bool(r[7]),
-                )
-                for r in claimed
-            ]
+            return jobs(claimed, bodies=bodies, succeeded=done, token=token)
 
         return await self._write("claiming", take)
 
     async def interrupted_due(self, *, now: float) -> bool:
         rows = await self._rows(
-            f"SELECT EXISTS (SELECT 1 FROM events WHERE {_DUE} AND next_attempt_at <= %s"
+            f"SELECT EXISTS (SELECT 1 FROM events WHERE {DUE} AND next_attempt_at <= %s"
             " AND claim_token IS NOT NULL)",
             [now],
         )
@@ -488,7 +421,7 @@ class PostgresStore:
             cur = await conn.execute(
                 "UPDATE events e SET next_attempt_at = %s"
                 " FROM unnest(%s::bigint[], %s::text[]) AS j(seq, token)"
-                f" WHERE e.seq = j.seq AND e.claim_token = j.token AND e.{_DUE}",
+                f" WHERE e.seq = j.seq AND e.claim_token = j.token AND e.{DUE}",
                 [until, [j.seq for j in jobs], [j.token for j in jobs]],
             )
             return cur.rowcount
@@ -553,7 +486,7 @@ class PostgresStore:
 
     # -- operations --------------------------------------------------------------------
     async def requeue(self, where: EventFilter, *, now: float, rerun: str | None = None) -> int:
-        where_sql, params = _where(where)
+        where_sql, params = _where_sql(where)
         total = 0
         after = 0
 
@@ -586,7 +519,7 @@ class PostgresStore:
         return total
 
     async def discard(self, where: EventFilter, *, now: float) -> int:
-        where_sql, params = _where(where)
+        where_sql, params = _where_sql(where)
 
         async def run(conn: Conn) -> int:
             cur = await conn.execute(
@@ -696,7 +629,7 @@ class PostgresStore:
         remaining = where.limit
         while remaining is None or remaining > 0:
             size = batch if remaining is None else min(batch, remaining)
-            where_sql, params = _where(
+            where_sql, params = _where_sql(
                 EventFilter(
                     since=where.since,
                     until=where.until,
@@ -707,11 +640,11 @@ class PostgresStore:
                 )
             )
             rows = await self._rows(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where_sql} ORDER BY seq LIMIT %s",
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {where_sql} ORDER BY seq LIMIT %s",
                 [*params, size],
             )
             for row in rows:
-                yield _stored(row)
+                yield stored_event(row)
             if len(rows) < size:
                 return
             after = rows[-1][0]
@@ -726,11 +659,11 @@ class PostgresStore:
     async def get_event(self, event_id: str) -> StoredEvent | None:
         try:
             rows = await self._rows(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = %s", [event_id]
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = %s", [event_id]
             )
         except psycopg.DataError:  # an id PostgreSQL text cannot hold is not stored here
             return None
-        return _stored(rows[0]) if rows else None
+        return stored_event(rows[0]) if rows else None
 
     async def handler_runs(self, seq: int) -> list[HandlerRun]:
         rows = await self._rows(
@@ -772,8 +705,8 @@ class PostgresStore:
 
     async def gauges(self, *, now: float) -> Gauges:
         rows = await self._rows(
-            f"SELECT (SELECT count(*) FROM events WHERE {_DUE}),"
-            f" (SELECT min(received_at) FROM events WHERE {_DUE}),"
+            f"SELECT (SELECT count(*) FROM events WHERE {DUE}),"
+            f" (SELECT min(received_at) FROM events WHERE {DUE}),"
             " (SELECT count(*) FROM events WHERE state = 'dead'),"
             " (SELECT count(*) FROM quarantine)"
         )
@@ -797,7 +730,7 @@ class PostgresStore:
         quarantined, oldest = (
             await self._rows(
                 "SELECT (SELECT count(*) FROM quarantine),"
-                f" (SELECT min(received_at) FROM events WHERE {_DUE})"
+                f" (SELECT min(received_at) FROM events WHERE {DUE})"
             )
         )[0]
         return StoreStats(

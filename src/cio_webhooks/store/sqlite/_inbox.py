@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 from ..._exceptions import StoreUnavailable
 from ...events import Event
-from ...handlers import parse_pattern
 from .._model import (
     EventFilter,
     Gauges,
@@ -39,6 +38,16 @@ from .._model import (
     StoredEvent,
     StoreStats,
     Wanted,
+)
+from .._rows import (
+    CLAIM_COLUMNS,
+    CLAIM_SCAN,
+    DUE,
+    EVENT_COLUMNS,
+    jobs,
+    split_claim,
+    stored_event,
+    where_clause,
 )
 from ._files import connect_readonly, readonly_uri
 from ._ledger import SQLiteLedger
@@ -128,13 +137,6 @@ _INSERT = (
     "INSERT INTO events (event_id, object_type, metric, occurred_at, received_at, body,"
     " next_attempt_at, updated_at, state, backfilled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (event_id) DO NOTHING"
-)
-#: Due events one claim looks at when it may skip those no handler wants: bounds the
-#: time one claim holds the writer.
-CLAIM_SCAN = 1000
-_EVENT_COLUMNS = (
-    "seq, event_id, object_type, metric, occurred_at, received_at, state, attempts,"
-    " next_attempt_at, last_error, body, backfilled"
 )
 
 
@@ -309,52 +311,8 @@ def _check_inbox(conn: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError("not a cio-webhooks inbox")
 
 
-def _where(where: EventFilter) -> tuple[str, list[Any]]:
-    clauses: list[str] = ["seq > ?"]
-    params: list[Any] = [where.after_seq]
-    if where.since is not None:
-        clauses.append("received_at >= ?")
-        params.append(where.since)
-    if where.until is not None:
-        clauses.append("received_at < ?")
-        params.append(where.until)
-    if where.states:
-        clauses.append(f"state IN ({','.join('?' * len(where.states))})")
-        params.extend(s.value for s in where.states)
-    if where.event_ids:
-        clauses.append(f"event_id IN ({','.join('?' * len(where.event_ids))})")
-        params.extend(where.event_ids)
-    if where.kinds:
-        alternatives = []
-        for pattern in where.kinds:
-            obj, metric = parse_pattern(pattern)
-            parts = []
-            if obj is not None:
-                parts.append("object_type = ?")
-                params.append(obj)
-            if metric is not None:
-                parts.append("metric = ?")
-                params.append(metric)
-            alternatives.append(" AND ".join(parts) or "1")
-        clauses.append("(" + " OR ".join(f"({a})" for a in alternatives) + ")")
-    return " AND ".join(clauses), params
-
-
-def _stored(row: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(
-        seq=row[0],
-        event_id=row[1],
-        object_type=row[2],
-        metric=row[3],
-        occurred_at=row[4],
-        received_at=row[5],
-        state=JobState(row[6]),
-        attempts=row[7],
-        next_attempt_at=row[8],
-        last_error=row[9],
-        body=bytes(row[10]),
-        backfilled=bool(row[11]),
-    )
+def _where_sql(where: EventFilter) -> tuple[str, list[Any]]:
+    return where_clause(where, "?")
 
 
 class SQLiteStore:
@@ -555,19 +513,11 @@ class SQLiteStore:
         def take(conn: sqlite3.Connection) -> list[Job]:
             # One writer, so nothing comes between these reads and the updates below.
             rows = conn.execute(
-                "SELECT seq, event_id, object_type, metric, received_at, attempts, backfilled,"
-                " claim_token IS NOT NULL FROM events"
-                " WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
+                f"SELECT {CLAIM_COLUMNS} FROM events WHERE {DUE} AND next_attempt_at <= ?"
                 f" AND claim_token {held} ORDER BY next_attempt_at LIMIT ?",
                 (now, scan),
             ).fetchall()
-            claimed: list[Any] = []
-            unwanted: list[int] = []
-            for row in rows:
-                if wanted is not None and not wanted(row[2], row[3], bool(row[6])):
-                    unwanted.append(row[0])
-                elif len(claimed) < limit:
-                    claimed.append(row)
+            claimed, unwanted = split_claim(rows, wanted, limit)
             if unwanted:
                 conn.execute(
                     "UPDATE events SET state = 'done', next_attempt_at = ?, last_error = NULL,"
@@ -594,23 +544,7 @@ class SQLiteStore:
                 seqs,
             ):
                 done.setdefault(seq, set()).add(handler)
-            claimed.sort(key=lambda r: r[0])
-            return [
-                Job(
-                    seq=r[0],
-                    event_id=r[1],
-                    object_type=r[2],
-                    metric=r[3],
-                    body=bytes(bodies[r[0]]),
-                    received_at=r[4],
-                    attempts=r[5] + 1,
-                    token=token,
-                    succeeded=frozenset(done.get(r[0], ())),
-                    backfilled=bool(r[6]),
-                    interrupted=bool(r[7]),
-                )
-                for r in claimed
-            ]
+            return jobs(claimed, bodies=bodies, succeeded=done, token=token)
 
         return await self._writer.submit(take, isolated=True)
 
@@ -684,7 +618,7 @@ class SQLiteStore:
 
     # -- operations --------------------------------------------------------------------
     async def requeue(self, where: EventFilter, *, now: float, rerun: str | None = None) -> int:
-        sql, params = _where(where)
+        sql, params = _where_sql(where)
         seqs: list[int] = await self._read(
             lambda c: [seq for (seq,) in c.execute(f"SELECT seq FROM events WHERE {sql}", params)]
         )
@@ -717,7 +651,7 @@ class SQLiteStore:
         return len(seqs)
 
     async def discard(self, where: EventFilter, *, now: float) -> int:
-        sql, params = _where(where)
+        sql, params = _where_sql(where)
 
         def run(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
@@ -817,8 +751,8 @@ class SQLiteStore:
         remaining = where.limit
         while remaining is None or remaining > 0:
             size = batch if remaining is None else min(batch, remaining)
-            sql, params = _where(dataclasses.replace(where, after_seq=after, limit=None))
-            query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY seq LIMIT ?"
+            sql, params = _where_sql(dataclasses.replace(where, after_seq=after, limit=None))
+            query = f"SELECT {EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY seq LIMIT ?"
             args = [*params, size]
 
             def page(
@@ -828,7 +762,7 @@ class SQLiteStore:
 
             rows = await self._read(page)
             for row in rows:
-                yield _stored(row)
+                yield stored_event(row)
             if len(rows) < size:
                 return
             after = rows[-1][0]
@@ -843,10 +777,10 @@ class SQLiteStore:
     async def get_event(self, event_id: str) -> StoredEvent | None:
         row = await self._read(
             lambda c: c.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
             ).fetchone()
         )
-        return _stored(row) if row else None
+        return stored_event(row) if row else None
 
     async def handler_runs(self, seq: int) -> list[HandlerRun]:
         rows = await self._read(
