@@ -15,7 +15,7 @@ from cio_webhooks._exceptions import StoreUnavailable
 from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import make_event
 
-from .conftest import NOW
+from ..conftest import NOW
 
 _QUARANTINE_INDEX = (
     "CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)\n"
