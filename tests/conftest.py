@@ -34,12 +34,23 @@ def pg_database() -> Iterator[str]:
     """A libpq URL of a database made for this test run, dropped at its end."""
     name = f"cio_test_{os.getpid()}_{secrets.token_hex(3)}"
     with psycopg.connect(PG_SERVER, autocommit=True) as admin:
+        _drop_orphans(admin)
         admin.execute(f"CREATE DATABASE {name}")
     base = PG_SERVER.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
     finally:
         with psycopg.connect(PG_SERVER, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _drop_orphans(admin: psycopg.Connection[Any]) -> None:
+    """Drop the databases of earlier test runs that were killed before dropping theirs
+    (their process is gone)."""
+    rows = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'cio_test_%'")
+    for (name,) in rows.fetchall():
+        pid = name.split("_")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
