@@ -47,9 +47,15 @@ class StoreURL:
         shown = [(k, "***" if k == "password" else v) for k, v in query]
         if self.schema != DEFAULT_PG_SCHEMA:
             shown.append(("schema", self.schema))
-        return urllib.parse.urlunsplit(
-            (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown), "")
-        )
+        return _pg_url(netloc, parts.path, shown)
+
+
+def _pg_url(netloc: str, path: str, query: list[tuple[str, str]]) -> str:
+    """``postgresql://netloc/path?query``, keeping ``//`` when there is no host
+    (``postgresql:///db?host=/var/run/postgresql``, a unix socket): ``urlunsplit``
+    drops it, and libpq reads ``postgresql:/db`` as no URL at all."""
+    encoded = urllib.parse.urlencode(query, safe="/*")
+    return f"postgresql://{netloc}{path}" + (f"?{encoded}" if encoded else "")
 
 
 def parse_store_url(url: str) -> StoreURL:
@@ -75,10 +81,7 @@ def parse_store_url(url: str) -> StoreURL:
                 kept.append((key, value))
         if not schema.replace("_", "").isalnum() or schema[0].isdigit():
             raise ConfigError(f"store URL: schema {schema!r} must be letters, digits and _")
-        dsn = urllib.parse.urlunsplit(
-            ("postgresql", parts.netloc, parts.path, urllib.parse.urlencode(kept), "")
-        )
-        return StoreURL("postgresql", dsn=dsn, schema=schema)
+        return StoreURL("postgresql", dsn=_pg_url(parts.netloc, parts.path, kept), schema=schema)
     raise ConfigError(
         f"store URL {scheme}:... is not supported: use sqlite:///PATH or postgresql://..."
     )

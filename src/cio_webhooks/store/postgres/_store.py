@@ -22,12 +22,12 @@ import asyncio
 import contextlib
 import json
 import secrets
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from ..._exceptions import StoreUnavailable
@@ -267,9 +267,13 @@ class PostgresStore:
 
     def _where_it_is(self) -> str:
         """host:port of the server, for error messages (never the password)."""
-        parts = urllib.parse.urlsplit(self.dsn)
-        host = parts.hostname or "localhost"
-        return host if parts.port is None else f"{host}:{parts.port}"
+        try:
+            info = conninfo_to_dict(self.dsn)  # host may be in the query (a socket dir)
+        except psycopg.Error:
+            info = {}
+        host = str(info.get("host") or "localhost")
+        port = info.get("port")
+        return host if port is None else f"{host}:{port}"
 
     async def _run(
         self, doing: str, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = False

@@ -1,0 +1,39 @@
+"""Store URLs as users write them: every form the README and libpq accept."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from cio_webhooks.store import open_store, parse_store_url
+
+from .conftest import opened
+
+SOCKET_DIR = "/var/run/postgresql"
+
+
+def test_a_unix_socket_url_keeps_its_empty_host() -> None:
+    # urlunsplit turned postgresql:///db into postgresql:/db, which libpq refuses.
+    parsed = parse_store_url(f"postgresql:///cio?host={SOCKET_DIR}&schema=s")
+    assert parsed.dsn is not None
+    assert conninfo_to_dict(parsed.dsn) == {"dbname": "cio", "host": SOCKET_DIR}
+    assert str(parsed).startswith("postgresql:///cio?")
+
+
+@pytest.mark.skipif(
+    not os.path.exists(f"{SOCKET_DIR}/.s.PGSQL.5432"), reason="no PostgreSQL socket here"
+)
+async def test_a_store_opens_through_a_unix_socket(pg_url: str) -> None:
+    parts = urllib.parse.urlsplit(pg_url)
+    url = f"postgresql://{parts.username}@{parts.path}?host={SOCKET_DIR}&{parts.query}"
+    async with opened(url) as store:
+        assert (await store.stats()).events == 0
+
+
+def test_the_password_is_masked_and_the_rest_kept() -> None:
+    parsed = parse_store_url("postgres://u:s3cret@h:5/db?sslmode=require&schema=x")
+    assert str(parsed) == "postgresql://u:***@h:5/db?sslmode=require&schema=x"
+    assert open_store(parsed).url.count("s3cret") == 0
