@@ -8,6 +8,7 @@ import urllib.parse
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from cio_webhooks import ConfigError
 from cio_webhooks.store import open_store, parse_store_url
 
 from .conftest import opened
@@ -37,3 +38,40 @@ def test_the_password_is_masked_and_the_rest_kept() -> None:
     parsed = parse_store_url("postgres://u:s3cret@h:5/db?sslmode=require&schema=x")
     assert str(parsed) == "postgresql://u:***@h:5/db?sslmode=require&schema=x"
     assert open_store(parsed).url.count("s3cret") == 0
+
+
+@pytest.mark.parametrize(
+    "netloc",
+    [
+        "u:ab#cd@h:5432",  # '#' starts a fragment: "ab" became the host
+        "u:ab?cd@h:5432",  # '?' starts the query
+        "u:ab/cd@h:5432",  # '/' starts the path
+        "u:top@secret@h:5432",  # libpq reads the host "secret@h"
+        "u:ab%zz@h:5432",  # not an escape
+        "u:ab%cd@h:5432",  # an escape, but not UTF-8
+    ],
+)
+def test_a_password_with_an_unencoded_reserved_character_is_refused_unquoted(
+    netloc: str,
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_store_url(f"postgresql://{netloc}/db")
+    for part in ("ab", "cd", "secret", "zz"):
+        assert part not in str(caught.value).replace("percent-encoded", "")
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@[::1/db", "postgresql://u@h:99999/db"])
+def test_a_bad_host_or_port_is_a_usage_error(url: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_store_url(url)
+
+
+def test_query_values_reach_libpq_as_written() -> None:
+    # libpq decodes %XX but not '+': re-encoding a space as '+' broke options=-c...
+    parsed = parse_store_url(
+        "postgresql://u@h/db?options=-c%20statement_timeout%3D5000&schema=s&password=a+b"
+    )
+    assert parsed.dsn is not None
+    assert conninfo_to_dict(parsed.dsn)["options"] == "-c statement_timeout=5000"
+    assert conninfo_to_dict(parsed.dsn)["password"] == "a+b"
+    assert parsed.schema == "s"
