@@ -183,3 +183,10 @@ def test_a_reader_that_stops_early_gets_no_error(tmp_path: Path) -> None:
     export.stdout.close()
     assert export.wait(timeout=60) == ExitCode.FAILED
     assert export.stderr.read() == b""
+
+
+def test_an_error_quoting_data_shows_it_as_written(inbox: Path) -> None:
+    # rich turned ":ab:" (an event_id, a handler name, a piece of a URL) into an emoji.
+    code, _, err = invoke("dlq", "show", ":ab:x", "--db", str(inbox))
+    assert code != 0
+    assert "':ab:x'" in err
