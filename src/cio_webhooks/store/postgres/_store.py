@@ -47,7 +47,7 @@ from .._model import (
     Wanted,
 )
 from .._url import StoreURL
-from ._ingest import SEQ_LOCK, GroupWriter, insert_rows, put_row, unavailable
+from ._ingest import SEQ_LOCK, GroupWriter, delivery_key, insert_rows, put_row, unavailable
 from ._migrations import applied_versions, migrate, migrations
 from ._wakeup import Listener, channel_for
 
@@ -135,7 +135,7 @@ def _delivery_id(body: bytes) -> str | None:
     except (ValueError, AttributeError):
         return None
     value = data.get("delivery_id") if isinstance(data, dict) else None
-    return None if value is None or isinstance(value, dict | list) else str(value)
+    return None if value is None or isinstance(value, dict | list) else delivery_key(str(value))
 
 
 class PostgresStore:
