@@ -75,3 +75,17 @@ def test_query_values_reach_libpq_as_written() -> None:
     assert conninfo_to_dict(parsed.dsn)["options"] == "-c statement_timeout=5000"
     assert conninfo_to_dict(parsed.dsn)["password"] == "a+b"
     assert parsed.schema == "s"
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///tmp/x.db?mode=ro", "sqlite:x.db#frag", "sqlite:///var/lib/cio/"]
+)
+def test_a_sqlite_url_with_a_query_or_a_directory_is_refused(url: str) -> None:
+    # Each became a file of a surprising name ("x.db?mode=ro", "cio") without a word.
+    with pytest.raises(ConfigError, match="SQLite URL is a file path"):
+        parse_store_url(url)
+
+
+def test_a_sqlite_file_name_may_hold_escaped_characters() -> None:
+    assert str(parse_store_url("sqlite:///tmp/a%3Fb%20c.db").path) == "/tmp/a?b c.db"
+    assert str(parse_store_url("sqlite:////tmp/abs.db").path).endswith("/tmp/abs.db")

@@ -77,6 +77,12 @@ def parse_store_url(url: str) -> StoreURL:
         path = rest[2:] if rest.startswith("//") else rest  # sqlite:///abs -> /abs
         if not path or path == "/":
             raise ConfigError(f"store URL {url!r} names no file")
+        if "?" in path or "#" in path or path.endswith("/"):
+            # sqlite:///x.db?mode=ro made a file named "x.db?mode=ro", silently.
+            raise ConfigError(
+                f"store URL {url!r}: a SQLite URL is a file path, with no ?query, #fragment"
+                " or trailing / (write ? and # in a file name as %3F and %23)"
+            )
         return StoreURL("sqlite", path=Path(urllib.parse.unquote(path)))
     if scheme in ("postgresql", "postgres"):
         parts = _split_pg_url(url)
