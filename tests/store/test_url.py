@@ -89,3 +89,11 @@ def test_a_sqlite_url_with_a_query_or_a_directory_is_refused(url: str) -> None:
 def test_a_sqlite_file_name_may_hold_escaped_characters() -> None:
     assert str(parse_store_url("sqlite:///tmp/a%3Fb%20c.db").path) == "/tmp/a?b c.db"
     assert str(parse_store_url("sqlite:////tmp/abs.db").path).endswith("/tmp/abs.db")
+
+
+def test_a_schema_name_past_63_bytes_is_refused() -> None:
+    # PostgreSQL truncates identifiers to 63 bytes: "a"*63 + "x" and "a"*63 + "y"
+    # were the same schema, so two stores meant to be apart shared one queue.
+    assert parse_store_url(f"postgresql://h/db?schema={'a' * 63}").schema == "a" * 63
+    with pytest.raises(ConfigError, match="longer than 63 bytes"):
+        parse_store_url(f"postgresql://h/db?schema={'a' * 63}x")

@@ -95,6 +95,10 @@ def parse_store_url(url: str) -> StoreURL:
                 kept.append(f"{key}={value}")
         if not schema.replace("_", "").isalnum() or schema[0].isdigit():
             raise ConfigError(f"store URL: schema {schema!r} must be letters, digits and _")
+        if len(schema.encode()) > 63:
+            # PostgreSQL cuts a longer name to 63 bytes: two long names that share
+            # those would be one store.
+            raise ConfigError(f"store URL: schema {schema!r} is longer than 63 bytes")
         return StoreURL("postgresql", dsn=_pg_url(parts.netloc, parts.path, kept), schema=schema)
     raise ConfigError(
         f"store URL {scheme}:... is not supported: use sqlite:///PATH or postgresql://..."
