@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import psycopg
 import pytest
 
-from cio_webhooks import EventFilter, JobState, PutResult, StoreUnavailable
+from cio_webhooks import ConfigError, EventFilter, JobState, PutResult, StoreUnavailable
 from cio_webhooks.store import Outcome, Store, StoredEvent, open_store, parse_store_url
 from cio_webhooks.store.postgres import PostgresStore
 from cio_webhooks.store.postgres._ingest import SEQ_LOCK
@@ -281,3 +281,9 @@ async def test_a_worker_is_woken_by_a_put_in_another_process(pg_url: str, pg: St
 async def test_a_put_before_open_is_refused_not_left_waiting(pg_url: str) -> None:
     with pytest.raises(StoreUnavailable, match="not open"):
         await open_store(pg_url).put(ev("early"))
+
+
+async def test_an_option_libpq_does_not_know_is_a_configuration_error(pg_url: str) -> None:
+    # It was StoreUnavailable (exit 3, "try again when it is back"), naming "localhost".
+    with pytest.raises(ConfigError, match="bogusopt"):
+        await open_store(f"{pg_url}&bogusopt=1").open()

@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from ..._exceptions import StoreUnavailable
+from ..._exceptions import ConfigError, StoreUnavailable
 from ...events import Event
 from ...handlers import parse_pattern
 from .._model import (
@@ -209,8 +209,15 @@ class PostgresStore:
     async def migrate(self) -> list[int]:
         """Bring the schema up to date (see ``_migrations``) on a connection of its own;
         the versions applied.  A read-only store only checks that the schema exists and
-        is not newer than this code.  Raises ``StoreUnavailable``."""
+        is not newer than this code.  Raises ``StoreUnavailable``, or ``ConfigError``
+        for a URL libpq cannot read."""
         known = {m.version for m in migrations()}
+        try:
+            conninfo_to_dict(self.dsn)
+        except psycopg.ProgrammingError as exc:
+            # An option libpq does not know (a typo in the URL's query): fix the URL,
+            # not "try again when the store is back".
+            raise ConfigError(f"store URL {self.url}: {exc}") from None
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
