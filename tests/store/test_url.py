@@ -97,3 +97,9 @@ def test_a_schema_name_past_63_bytes_is_refused() -> None:
     assert parse_store_url(f"postgresql://h/db?schema={'a' * 63}").schema == "a" * 63
     with pytest.raises(ConfigError, match="longer than 63 bytes"):
         parse_store_url(f"postgresql://h/db?schema={'a' * 63}x")
+
+
+def test_a_schema_name_postgresql_reserves_is_a_usage_error() -> None:
+    # It failed at CREATE SCHEMA: "cannot open the store", exit 3 (try again later).
+    with pytest.raises(ConfigError, match="pg_ names are PostgreSQL's own"):
+        parse_store_url("postgresql://h/db?schema=pg_cio")

@@ -95,6 +95,9 @@ def parse_store_url(url: str) -> StoreURL:
                 kept.append(f"{key}={value}")
         if not schema.replace("_", "").isalnum() or schema[0].isdigit():
             raise ConfigError(f"store URL: schema {schema!r} must be letters, digits and _")
+        if schema.startswith("pg_"):
+            # PostgreSQL refuses it at CREATE SCHEMA: a bad setting, not an outage.
+            raise ConfigError(f"store URL: schema {schema!r}: pg_ names are PostgreSQL's own")
         if len(schema.encode()) > 63:
             # PostgreSQL cuts a longer name to 63 bytes: two long names that share
             # those would be one store.
