@@ -336,7 +336,12 @@ class PostgresStore:
         if self.readonly or self._closed or not self._opened:
             return False
         try:
-            rows = await self._rows("SELECT NOT pg_is_in_recovery()")
+            # A standby, and a primary made read-only (default_transaction_read_only,
+            # as some failovers and disk-full guards do), both refuse every INSERT.
+            rows = await self._rows(
+                "SELECT NOT pg_is_in_recovery()"
+                " AND current_setting('transaction_read_only') = 'off'"
+            )
         except Exception:
             return False
         return bool(rows and rows[0][0])
