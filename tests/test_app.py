@@ -268,6 +268,7 @@ async def test_store_refusing_writes_is_503(
     assert ready.status_code == 503
     assert metrics.status_code == 200  # a sick store must not take the metrics down
     assert 'outcome="store_unavailable"} 1' in metrics.text
+    assert "\ncio_webhooks_store_up 0\n" in metrics.text  # the backlog gauges are absent
     assert app.receiver.counters.store_unavailable == 1
 
 
@@ -313,6 +314,7 @@ async def test_metrics_count_outcomes(client: httpx2.AsyncClient) -> None:
     assert "cio_webhooks_inbox_dead_letters 0\n" in text
     assert "cio_webhooks_inbox_quarantined 0\n" in text
     assert "cio_webhooks_inbox_oldest_backlog_age_seconds 0\n" in text
+    assert "cio_webhooks_store_up 1\n" in text
 
 
 async def test_concurrent_requests_share_commits_and_all_land(

@@ -358,6 +358,10 @@ def create_app(
         except Exception as exc:  # metrics must not fail because the store is sick
             log.error("event=metrics_store_error error=%s", str(exc))
             gauges = {}
+        # Without the store the inbox gauges are absent, and an alert on a growing
+        # backlog sees no series at all: store_up says why, and can be alerted on.
+        lines.append("# TYPE cio_webhooks_store_up gauge")
+        lines.append(f"cio_webhooks_store_up {1 if gauges else 0}")
         for name, number in gauges.items():
             lines.append(f"# TYPE cio_webhooks_inbox_{name} gauge")
             lines.append(f"cio_webhooks_inbox_{name} {number:g}")

@@ -22,6 +22,7 @@ from cio_webhooks.store.sqlite import SQLiteLedger, SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
 from ..test_reports import EVENTS, write_warehouse
+from .test_store_copy import opened
 
 NOW = 1_700_000_000.0
 
@@ -827,3 +828,36 @@ def test_serve_stopped_by_a_bad_policy_file_leaves_no_empty_store_behind(tmp_pat
     assert code == 2
     assert "'action' must be one of" in err
     assert not data.exists() or list(data.iterdir()) == []
+
+
+def test_quarantine_reingest_leaves_a_body_postgresql_cannot_hold_and_goes_on(
+    pg_url: str,
+) -> None:
+    # PostgreSQL text cannot hold a NUL: reingest --all stopped on it ("unexpected
+    # ValueError", exit 1) and left every later body in quarantine.
+    nul = json.dumps(make_event("nul\x00id")).encode()
+    good = json.dumps(make_event("good-now", delivery_id=7)).encode()
+
+    async def build() -> None:
+        async with opened(pg_url) as store:
+            await store.quarantine(nul, "could not store the event", received_at=NOW)
+            await store.quarantine(good, "old parser", received_at=NOW, event_id="good-now")
+
+    asyncio.run(build())
+    code, out, err = invoke("quarantine", "reingest", "--all", "--store", pg_url)
+    assert code == 0, err
+    assert out.split() == [
+        "stored=1",
+        "duplicate=0",
+        "still_invalid=0",
+        "stale_left=0",
+        "refused=1",
+    ]
+    assert "stays" in err
+
+    async def state() -> tuple[bool, int]:
+        async with opened(pg_url) as store:
+            stored = await store.get_event("good-now") is not None
+            return stored, len(await store.quarantined(limit=10))
+
+    assert asyncio.run(state()) == (True, 1)

@@ -183,3 +183,26 @@ def test_a_reader_that_stops_early_gets_no_error(tmp_path: Path) -> None:
     export.stdout.close()
     assert export.wait(timeout=60) == ExitCode.FAILED
     assert export.stderr.read() == b""
+
+
+def test_an_error_quoting_data_shows_it_as_written(inbox: Path) -> None:
+    # rich turned ":ab:" (an event_id, a handler name, a piece of a URL) into an emoji.
+    code, _, err = invoke("dlq", "show", ":ab:x", "--db", str(inbox))
+    assert code != 0
+    assert "':ab:x'" in err
+
+
+@pytest.mark.parametrize("command", [("stats",), ("serve", "--port", "0"), ("worker",)])
+def test_a_blank_store_variable_is_an_error_not_the_sqlite_default(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    # click reads CIO_WEBHOOKS_STORE= as unset: a receiver meant for PostgreSQL started
+    # on a local SQLite file, acknowledging events no worker would ever read.
+    result = CliRunner().invoke(
+        main,
+        [*command, "--data-dir", str(tmp_path / "data")],
+        env={"CIO_WEBHOOKS_STORE": "", "CIO_WEBHOOKS_SIGNING_KEYS": "k"},
+    )
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "CIO_WEBHOOKS_STORE is set but blank" in result.stderr
+    assert not (tmp_path / "data" / "inbox.db").exists()

@@ -136,6 +136,20 @@ async def test_a_value_the_store_refuses_fails_only_its_own_put(store: Store, ba
     assert await store.put(ev("after")) is PutResult.STORED
 
 
+async def test_a_nul_in_data_alone_does_not_keep_an_event_from_its_handlers(
+    store: Store,
+) -> None:
+    # The body is kept as bytes; only the delivery_id column is text.  PostgreSQL
+    # refused the whole event for a NUL in data.delivery_id (SQLite stored it).
+    event = ev("nul-in-data", delivery_id="d\x00x", subject="a\x00b")
+    assert await store.put(event) is PutResult.STORED
+    stored = await store.get_event("nul-in-data")
+    assert stored is not None
+    assert stored.body == event.raw
+    [job] = await store.claim(now=NOW, limit=10, lease=60)
+    assert job.event_id == "nul-in-data"
+
+
 async def test_the_receiver_keeps_an_event_the_store_refuses(store: Store) -> None:
     app = create_app(store, [KEY])
     transport = httpx2.ASGITransport(app=app)

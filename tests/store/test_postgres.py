@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 import sys
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,14 +13,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import psycopg
 import pytest
 
-from cio_webhooks import EventFilter, JobState, PutResult, StoreUnavailable
+from cio_webhooks import ConfigError, EventFilter, JobState, PutResult, StoreUnavailable
 from cio_webhooks.store import Outcome, Store, StoredEvent, open_store, parse_store_url
 from cio_webhooks.store.postgres import PostgresStore
 from cio_webhooks.store.postgres._ingest import SEQ_LOCK
 from cio_webhooks.store.postgres._migrations import migrate, migrations
 from cio_webhooks.testing import free_port
 
-from ..conftest import NOW
+from ..conftest import NOW, PG_SERVER
 from .conftest import ev, opened
 
 
@@ -281,3 +282,35 @@ async def test_a_worker_is_woken_by_a_put_in_another_process(pg_url: str, pg: St
 async def test_a_put_before_open_is_refused_not_left_waiting(pg_url: str) -> None:
     with pytest.raises(StoreUnavailable, match="not open"):
         await open_store(pg_url).put(ev("early"))
+
+
+async def test_an_option_libpq_does_not_know_is_a_configuration_error(pg_url: str) -> None:
+    # It was StoreUnavailable (exit 3, "try again when it is back"), naming "localhost".
+    with pytest.raises(ConfigError, match="bogusopt"):
+        await open_store(f"{pg_url}&bogusopt=1").open()
+
+
+async def test_a_read_only_server_is_not_ready(pg_database: str) -> None:
+    # /readyz said "ready" while every INSERT failed with "read-only transaction" (a
+    # primary made read-only, as some failovers and disk-full guards do).
+    name = f"ro_{secrets.token_hex(4)}"
+    base = pg_database.rsplit("/", 1)[0]
+    with psycopg.connect(PG_SERVER, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        async with opened(f"{base}/{name}?schema=s") as store:
+            assert await store.ready()
+            with psycopg.connect(f"{base}/{name}", autocommit=True) as admin:
+                admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+            async def not_ready() -> bool:
+                return not await store.ready()
+
+            await eventually(not_ready, within=10)
+    finally:
+        with psycopg.connect(PG_SERVER, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -37,8 +37,9 @@ from .._exceptions import CioWebhooksError, ConfigError, StoreUnavailable
 
 __all__ = ["ExitCode", "err", "exit_code", "exit_codes", "fail", "redact"]
 
-#: Errors and notes go to stderr, one line each (greppable), whatever the width.
-err = Console(stderr=True, soft_wrap=True)
+#: Errors and notes go to stderr, one line each (greppable), whatever the width, and
+#: as written: they quote data, in which rich would turn ":ab:" into an emoji.
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 class ExitCode(enum.IntEnum):

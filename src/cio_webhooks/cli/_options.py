@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import math
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -139,11 +140,18 @@ def store_options(fn: F) -> F:
 
 def store_url(data_dir: Path, db: Path | None, store: str | None) -> StoreURL:
     """The store ``--store``/``--db``/``--data-dir`` name; ConfigError when both
-    ``--store`` and ``--db`` are given (or the URL names no store)."""
+    ``--store`` and ``--db`` are given, the URL names no store, or ``CIO_WEBHOOKS_STORE``
+    is set but blank."""
     if store is not None and db is not None:
         raise ConfigError("--store and --db both name the store: pass one of them")
     if store is not None:
         return parse_store_url(store)
+    if db is None and STORE_ENV in os.environ:
+        # click reads a blank variable as unset: a templated CIO_WEBHOOKS_STORE that came
+        # out empty put a receiver on a local SQLite file that no worker reads.
+        raise ConfigError(
+            f"{STORE_ENV} is set but blank: name the store, or unset it for the SQLite default"
+        )
     return sqlite_store(db) if db is not None else default_store(data_dir)
 
 

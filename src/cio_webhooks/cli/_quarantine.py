@@ -98,10 +98,12 @@ async def quarantine_reingest(store: Operations, idents: tuple[int, ...], all_: 
     """Read quarantined bodies again (say, after an upgrade).  Those that are events now
     are stored, deduplicated, and dispatched like any event; they leave the quarantine.
 
-    Stale bodies (signed beyond the dedupe horizon) are reingested only when named."""
+    Stale bodies (signed beyond the dedupe horizon) are reingested only when named.
+    A body the store cannot hold as an event stays quarantined (counted ``refused``)."""
     if bool(idents) == all_:
         raise ConfigError("name quarantine IDs or pass --all")
     counts = dict.fromkeys(("stored", "duplicate", "still_invalid", "stale_left"), 0)
+    refused = 0
     async for q in _quarantined_bodies(store, idents):
         if all_ and q.reason.startswith(STALE_REASON):
             counts["stale_left"] += 1
@@ -111,8 +113,17 @@ async def quarantine_reingest(store: Operations, idents: tuple[int, ...], all_: 
         except InvalidEvent:
             counts["still_invalid"] += 1
             continue
-        result = await store.release_quarantined(q.id, event)
+        try:
+            result = await store.release_quarantined(q.id, event)
+        except ValueError as exc:
+            # A value this store cannot hold (PostgreSQL: a NUL in the event_id): the
+            # body stays quarantined, and the other bodies are still read again.
+            err.print(f"note: quarantined body {q.id} stays: {exc}", highlight=False, markup=False)
+            refused += 1
+            continue
         counts[result.value] += 1
+    if refused:
+        counts["refused"] = refused
     click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
 
 

@@ -35,7 +35,15 @@ from ..._exceptions import StoreUnavailable
 from ...events import Event
 from .._model import PutResult
 
-__all__ = ["SEQ_LOCK", "GroupWriter", "PutRow", "insert_rows", "put_row", "unavailable"]
+__all__ = [
+    "SEQ_LOCK",
+    "GroupWriter",
+    "PutRow",
+    "delivery_key",
+    "insert_rows",
+    "put_row",
+    "unavailable",
+]
 
 log = logging.getLogger("cio_webhooks.store")
 
@@ -81,8 +89,16 @@ def put_row(event: Event, state: str) -> PutRow:
         body=event.raw,
         state=state,
         backfilled=event.backfilled,
-        delivery_id=event.data.delivery_id,
+        delivery_id=delivery_key(event.data.delivery_id),
     )
+
+
+def delivery_key(delivery_id: str | None) -> str | None:
+    """The ``delivery_id`` column of an event: its ``data.delivery_id``, or NULL when
+    PostgreSQL text cannot hold it (a NUL).  The column only finds an event's delivery
+    for ``reconcile`` (which no id with a NUL matches); the body keeps the value, and an
+    odd field in ``data`` must not keep an event from its handlers."""
+    return None if delivery_id is None or "\x00" in delivery_id else delivery_id
 
 
 def unavailable(exc: BaseException, doing: str) -> StoreUnavailable | None:

@@ -22,15 +22,15 @@ import asyncio
 import contextlib
 import json
 import secrets
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from ..._exceptions import StoreUnavailable
+from ..._exceptions import ConfigError, StoreUnavailable
 from ...events import Event
 from .._model import (
     EventFilter,
@@ -56,7 +56,7 @@ from .._rows import (
     where_clause,
 )
 from .._url import StoreURL
-from ._ingest import SEQ_LOCK, GroupWriter, insert_rows, put_row, unavailable
+from ._ingest import SEQ_LOCK, GroupWriter, delivery_key, insert_rows, put_row, unavailable
 from ._migrations import applied_versions, migrate, migrations
 from ._wakeup import Listener, channel_for
 
@@ -92,7 +92,7 @@ def _delivery_id(body: bytes) -> str | None:
     except (ValueError, AttributeError):
         return None
     value = data.get("delivery_id") if isinstance(data, dict) else None
-    return None if value is None or isinstance(value, dict | list) else str(value)
+    return None if value is None or isinstance(value, dict | list) else delivery_key(str(value))
 
 
 class PostgresStore:
@@ -166,8 +166,15 @@ class PostgresStore:
     async def migrate(self) -> list[int]:
         """Bring the schema up to date (see ``_migrations``) on a connection of its own;
         the versions applied.  A read-only store only checks that the schema exists and
-        is not newer than this code.  Raises ``StoreUnavailable``."""
+        is not newer than this code.  Raises ``StoreUnavailable``, or ``ConfigError``
+        for a URL libpq cannot read."""
         known = {m.version for m in migrations()}
+        try:
+            conninfo_to_dict(self.dsn)
+        except psycopg.ProgrammingError as exc:
+            # An option libpq does not know (a typo in the URL's query): fix the URL,
+            # not "try again when the store is back".
+            raise ConfigError(f"store URL {self.url}: {exc}") from None
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
@@ -224,9 +231,13 @@ class PostgresStore:
 
     def _where_it_is(self) -> str:
         """host:port of the server, for error messages (never the password)."""
-        parts = urllib.parse.urlsplit(self.dsn)
-        host = parts.hostname or "localhost"
-        return host if parts.port is None else f"{host}:{parts.port}"
+        try:
+            info = conninfo_to_dict(self.dsn)  # host may be in the query (a socket dir)
+        except psycopg.Error:
+            info = {}
+        host = str(info.get("host") or "localhost")
+        port = info.get("port")
+        return host if port is None else f"{host}:{port}"
 
     async def _run(
         self, doing: str, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = False
@@ -282,7 +293,12 @@ class PostgresStore:
         if self.readonly or self._closed or not self._opened:
             return False
         try:
-            rows = await self._rows("SELECT NOT pg_is_in_recovery()")
+            # A standby, and a primary made read-only (default_transaction_read_only,
+            # as some failovers and disk-full guards do), both refuse every INSERT.
+            rows = await self._rows(
+                "SELECT NOT pg_is_in_recovery()"
+                " AND current_setting('transaction_read_only') = 'off'"
+            )
         except Exception:
             return False
         return bool(rows and rows[0][0])
