@@ -224,6 +224,22 @@ async def test_a_seq_is_not_read_while_a_lower_one_may_still_commit(pg_url: str,
     assert seen == ["first", "held", "later"]
 
 
+async def test_a_put_that_cannot_commit_in_time_is_store_unavailable_not_a_hang(
+    pg_url: str, pg: Store
+) -> None:
+    # Customer.io waits 4 s: past PUT_DEADLINE the receiver must be able to answer 503.
+    dsn = parse_store_url(pg_url).dsn
+    assert dsn is not None
+    async with await psycopg.AsyncConnection.connect(dsn) as other:
+        await other.execute(f"SELECT pg_advisory_xact_lock({SEQ_LOCK})")  # a stuck writer
+        with pytest.raises(StoreUnavailable, match="took over"):
+            await pg.put(ev("stuck"))
+        await other.rollback()
+    # The store recovers at once: the event Customer.io sends again is stored.
+    assert await pg.put(ev("stuck")) in (PutResult.STORED, PutResult.DUPLICATE)
+    assert [e.event_id async for e in pg.iter_events(EventFilter())] == ["stuck"]
+
+
 async def test_the_url_names_the_schema_but_no_password(pg_database: str) -> None:
     parts = urllib.parse.urlsplit(pg_database)
     with_password = parts._replace(netloc=f"root:pw@{parts.hostname}:{parts.port}").geturl()

@@ -53,6 +53,12 @@ SEQ_LOCK = 0x63696F5F73657121  # "cio_seq!"
 #: How many puts one group commit carries at most.
 MAX_BATCH = 512
 
+#: Seconds a group commit may take before its puts fail with ``StoreUnavailable``.
+#: Customer.io waits 4 s for an answer and treats no answer as a failed delivery that
+#: stalls the stream for an hour; a 503 in time makes it keep the event and retry.
+#: (A commit cut off here may still have happened: the retry is then a DUPLICATE.)
+PUT_DEADLINE = 2.5
+
 _INSERT = """
 INSERT INTO events (event_id, object_type, metric, occurred_at, received_at, body,
                     next_attempt_at, updated_at, state, backfilled, delivery_id)
@@ -209,7 +215,12 @@ class GroupWriter:
                     break
                 batch.append(nxt)
             try:
-                results = await self._commit(batch)
+                async with asyncio.timeout(PUT_DEADLINE):
+                    results = await self._commit(batch)
+            except TimeoutError as exc:
+                error = StoreUnavailable(f"storing events took over {PUT_DEADLINE:g} s")
+                error.__cause__ = exc
+                results = [error] * len(batch)
             except Exception as exc:
                 error = unavailable(exc, "storing events") or StoreUnavailable(
                     f"storing events failed: {type(exc).__name__}: {exc}"
