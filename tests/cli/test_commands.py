@@ -110,6 +110,18 @@ def test_dlq_list_show_retry_discard(data_dir: Path) -> None:
     assert out.strip() == "discarded 0 event(s)"  # it is pending now, not dead
 
 
+@pytest.mark.parametrize("command", ["retry", "discard"])
+def test_dlq_naming_an_event_that_is_no_dead_letter_is_refused(
+    data_dir: Path, command: str
+) -> None:
+    code, out, err = invoke("dlq", command, "dead1", "ok0", "typo", "--data-dir", str(data_dir))
+    assert code == 2
+    assert out == ""
+    assert err == ("error: not dead letters, nothing done: 'ok0' (done), 'typo' (no such event)\n")
+    [still] = json.loads(invoke("dlq", "list", "--data-dir", str(data_dir), "--json")[1])
+    assert still["event_id"] == "dead1"
+
+
 def test_dlq_list_as_a_table(data_dir: Path) -> None:
     code, out, _ = invoke("dlq", "list", "--data-dir", str(data_dir))
     assert code == 0

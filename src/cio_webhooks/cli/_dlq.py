@@ -55,9 +55,21 @@ async def dlq_show(store: Operations, event_id: str) -> None:
     await _show(store, event_id)
 
 
-def _ids_or_all(event_ids: tuple[str, ...], all_: bool) -> EventFilter:
+async def _dead_letters(store: Operations, event_ids: tuple[str, ...], all_: bool) -> EventFilter:
+    """The dead letters named (every one with ``--all``).  A named event that is not a
+    dead letter refuses the whole command: a typo must not pass as "0 event(s)"."""
     if not event_ids and not all_:
         raise ConfigError("name EVENT_IDs or pass --all")
+    if event_ids and not all_:
+        wrong = []
+        for event_id in event_ids:
+            stored = await store.get_event(event_id)
+            if stored is None:
+                wrong.append(f"{event_id!r} (no such event)")
+            elif stored.state is not JobState.DEAD:
+                wrong.append(f"{event_id!r} ({stored.state.value})")
+        if wrong:
+            raise ConfigError(f"not dead letters, nothing done: {', '.join(wrong)}")
     return EventFilter(states=(JobState.DEAD,), event_ids=event_ids)
 
 
@@ -68,7 +80,7 @@ def _ids_or_all(event_ids: tuple[str, ...], all_: bool) -> EventFilter:
 @with_store
 async def dlq_retry(store: Operations, event_ids: tuple[str, ...], all_: bool) -> None:
     """Make dead letters due again; handlers that succeeded are not re-run."""
-    n = await store.requeue(_ids_or_all(event_ids, all_), now=time.time())
+    n = await store.requeue(await _dead_letters(store, event_ids, all_), now=time.time())
     click.echo(f"requeued {n} event(s)")
 
 
@@ -79,5 +91,5 @@ async def dlq_retry(store: Operations, event_ids: tuple[str, ...], all_: bool) -
 @with_store
 async def dlq_discard(store: Operations, event_ids: tuple[str, ...], all_: bool) -> None:
     """Give up on dead letters (they stay stored and exported)."""
-    n = await store.discard(_ids_or_all(event_ids, all_), now=time.time())
+    n = await store.discard(await _dead_letters(store, event_ids, all_), now=time.time())
     click.echo(f"discarded {n} event(s)")
