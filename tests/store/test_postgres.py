@@ -327,6 +327,10 @@ async def test_a_read_only_server_is_not_ready(pg_database: str) -> None:
                 return not await store.ready()
 
             await eventually(not_ready, within=10)
+        # A store already migrated opens on the read-only server (a standby being
+        # promoted): starting writes nothing when the schema is up to date.
+        async with opened(f"{base}/{name}?schema=s") as again:
+            assert not await again.ready()
     finally:
         with psycopg.connect(PG_SERVER, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

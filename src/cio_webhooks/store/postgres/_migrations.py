@@ -64,6 +64,10 @@ async def migrate(conn: psycopg.AsyncConnection[Any], schema: str) -> list[int]:
     return the versions applied (empty when it was up to date).  ``conn`` must be in
     autocommit mode (not inside a transaction)."""
     ident = sql.Identifier(schema)
+    if {m.version for m in migrations()} <= await applied_versions(conn, schema):
+        # Up to date: write nothing, so a receiver starts on a server that is read-only
+        # for now (a standby being promoted) and many starts take no lock.
+        return []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
         await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
