@@ -268,6 +268,23 @@ async def test_a_reserved_call_once_finished_is_settled(ledger: Ledger) -> None:
     assert row.request == '{"action": "unsubscribe", "person": "42"}'
 
 
+@pytest.mark.parametrize(
+    "person",
+    ["nul\x00inside", "x" * 20_000, "lone\ud800surrogate"],
+    ids=["nul", "20-kB", "surrogate"],
+)
+async def test_any_person_id_is_decided_and_counted_apart(ledger: Ledger, person: str) -> None:
+    # Customer.io ids are short, but an event may carry anything: the ledger must still
+    # decide once (PostgreSQL can neither hold a NUL nor index 20 kB as they are).
+    assert await act(ledger, "e1", person=person) is Verdict.ACT
+    await finish(ledger, "e1", "ok", person=person)
+    assert await act(ledger, "e1", person=person) is Verdict.SETTLED
+    assert await acting_hits(ledger, [("a", DAY), ("b", 2 * DAY)], person=person) == []
+    other = person[:-1] + "?"
+    assert await acting_hits(ledger, [("c", DAY), ("d", 2 * DAY)], person=other) == []
+    assert await acting_hits(ledger, [("f", 3 * DAY)], person=person) == ["f"]
+
+
 async def test_a_skipped_decision_is_settled_too(ledger: Ledger) -> None:
     assert await act(ledger, "e1", person=None) is Verdict.ACT
     await finish(ledger, "e1", "skipped", person=None)

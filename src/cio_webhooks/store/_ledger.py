@@ -18,6 +18,7 @@ around them.
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 import secrets
 import socket
@@ -247,6 +248,30 @@ class LedgerBookkeeping(Generic[Unwritten]):
         """Forget that this ledger is calling: a reservation left ``in_flight`` (the
         call was cancelled) is then taken over by the next attempt."""
         self._calling.discard(Reservation(rule, event_id, dry_run))
+
+
+#: Longest person id (UTF-8 bytes) kept as it is: PostgreSQL cannot index much more.
+MAX_PERSON_BYTES = 1024
+
+
+def person_key(person: str | None) -> str | None:
+    """``person`` as the ledger keeps it: as it is, unless a database could not hold or
+    index it (PostgreSQL) (a NUL, a lone surrogate, more than ``MAX_PERSON_BYTES``): then
+    ``sha256:<hex>`` of it, so that thresholds still count each person apart."""
+    if person is None:
+        return None
+    raw = person.encode("utf-8", "surrogatepass")
+    if "\x00" in person or len(raw) > MAX_PERSON_BYTES or not _encodable(person):
+        return f"sha256:{hashlib.sha256(raw).hexdigest()}"
+    return person
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Ledger(Protocol):

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, TypeVar
 
 import psycopg
+import psycopg.errors
 from psycopg import AsyncCursor, sql
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool
@@ -56,6 +57,7 @@ from .._ledger import (
     Standing,
     Verdict,
     Window,
+    person_key,
     window_start,
 )
 
@@ -108,9 +110,16 @@ class PostgresLedger(LedgerBookkeeping[Transaction[None]]):
                     await cur.execute("SET TRANSACTION READ ONLY")
                 return await fn(cur)
         except psycopg.Error as exc:
-            raise StoreUnavailable(
-                f"ledger in schema {self.schema}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: psycopg.Error) -> Exception:
+        """``StoreUnavailable`` when the store failed; ``ValueError`` when PostgreSQL
+        refused a value (a NUL in a person id, one too long to index): the policy's
+        retries then say what is wrong instead of blaming a healthy store."""
+        text = f"ledger in schema {self.schema}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, psycopg.errors.DataError | psycopg.errors.ProgramLimitExceeded):
+            return ValueError(f"{text} (a value PostgreSQL cannot hold)")
+        return StoreUnavailable(text)
 
     async def _lock(self, cur: AsyncCursor[TupleRow], kind: str, *key: str) -> None:
         """Take the advisory lock ``kind`` on ``key`` until this transaction ends."""
@@ -132,6 +141,7 @@ class PostgresLedger(LedgerBookkeeping[Transaction[None]]):
     ) -> Verdict:
         """Decide, atomically, whether this caller carries out ``rule`` for ``event_id``
         (see ``Ledger.reserve``)."""
+        person = person_key(person)
         key = Reservation(rule, event_id, dry_run)
         unrecorded = self.unrecorded(key)
         if unrecorded is not None:  # made, but its outcome was not written: write it now
@@ -231,6 +241,7 @@ class PostgresLedger(LedgerBookkeeping[Transaction[None]]):
     ) -> None:
         """Settle a reservation of this ledger and append its audit row (``request``
         stored as JSON), in one transaction (see ``Ledger.finish``)."""
+        person = person_key(person)
         audit = (
             at,
             event_id,
@@ -324,9 +335,7 @@ class PostgresLedger(LedgerBookkeeping[Transaction[None]]):
                 async for row in cur.stream(query):
                     yield tuple(row)
         except psycopg.Error as exc:
-            raise StoreUnavailable(
-                f"ledger in schema {self.schema}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._translate(exc) from exc
 
     async def import_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
         columns = list(LEDGER_TABLES[table])

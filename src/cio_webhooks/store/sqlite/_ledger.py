@@ -26,6 +26,7 @@ from .._ledger import (
     Standing,
     Verdict,
     Window,
+    person_key,
     window_start,
 )
 from ._files import connect_readonly
@@ -241,6 +242,7 @@ class SQLiteLedger(LedgerBookkeeping[Callable[[sqlite3.Connection], None]]):
         is first recorded as a hit at ``occurred_at``, once: only the hit that
         completes a window acts, and a hit seen before never decides again.
         """
+        person = person_key(person)
         key = Reservation(rule, event_id, dry_run)
         unrecorded = self.unrecorded(key)
         if unrecorded is not None:  # made, but its outcome was not written: write it now
@@ -314,6 +316,7 @@ class SQLiteLedger(LedgerBookkeeping[Callable[[sqlite3.Connection], None]]):
     ) -> None:
         """Settle a reservation of this log (``ok``, ``failed``, ``skipped``, ``dry_run``)
         and append its audit row (``request`` stored as JSON), in one transaction."""
+        person = person_key(person)
 
         def run(c: sqlite3.Connection) -> None:
             c.execute(
