@@ -474,6 +474,21 @@ def test_an_oversized_request_head_is_answered_431(tmp_path: Path) -> None:
         srv.stop()
 
 
+def test_an_oversized_head_pipelined_after_a_request_in_one_write_is_answered_431(
+    tmp_path: Path,
+) -> None:
+    # The second head begins after the first body, inside the same read: its size is
+    # still checked, though the bytes counted since a head began were reset in between.
+    srv = Server(tmp_path / "data", extra=["--max-header-size", "4096"]).start()
+    try:
+        sock = _connect(srv)
+        big = HALF_HEAD + b"X-Big: " + b"a" * 5000 + b"\r\nContent-Length: 2\r\n\r\n{}"
+        sock.sendall(_kept_alive_post("before-the-big-head") + big)
+        assert b"HTTP/1.1 431 Request Header Fields Too Large\r\n" in _answer(sock)
+    finally:
+        srv.stop()
+
+
 def test_a_signed_post_succeeds_while_hundreds_of_slowloris_connections_are_open(
     tmp_path: Path,
 ) -> None:

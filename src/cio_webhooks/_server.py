@@ -164,6 +164,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._reading_head = True  # the next bytes belong to a request head
         self._head_bytes = 0  # bytes received since that head began
+        self._chunk_bytes = 0  # size of the data being parsed
 
     # Connection events
 
@@ -191,8 +192,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._deadline_at is None:  # a new request on a kept-alive connection
             self._arm_deadline()
+        self._chunk_bytes = len(data)
         if self._reading_head:
-            self._head_bytes += len(data)
+            self._head_bytes += self._chunk_bytes
         super().data_received(data)
         # A head that never ends: refuse it before it is buffered any further.  (A head
         # completed within this data is measured exactly in on_headers_complete.)
@@ -204,10 +206,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self.idle.pop(self, None)
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > self.limits.max_header_size:
-            self._refuse_head()
-            return
+        # The bytes received since the head began, plus this chunk (which may hold a
+        # pipelined head that began after the previous body), bound the head's size
+        # from above: only a head that may be over the limit is measured.
+        if self._head_bytes + self._chunk_bytes > self.limits.max_header_size:
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > self.limits.max_header_size:
+                self._refuse_head()
+                return
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
