@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -270,6 +271,32 @@ async def test_store_refusing_writes_is_503(
     assert 'outcome="store_unavailable"} 1' in metrics.text
     assert "\ncio_webhooks_store_up 0\n" in metrics.text  # the backlog gauges are absent
     assert app.receiver.counters.store_unavailable == 1
+
+
+class SilentInbox(SQLiteStore):
+    """A store that does not answer at all (a server behind a dead network path)."""
+
+    async def ready(self) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+    async def gauges(self, *, now: float) -> Gauges:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_probes_answer_without_a_store_that_does_not_answer(
+    tmp_path: Path, clock: FixedClock
+) -> None:
+    app = create_app(SilentInbox(tmp_path / "inbox.db"), [KEY], clock=clock)
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        ready = await c.get("/readyz")
+        metrics = await c.get("/metrics")
+    assert ready.status_code == 503
+    assert metrics.status_code == 200
+    assert "\ncio_webhooks_store_up 0\n" in metrics.text
 
 
 async def test_full_sqlite_file_is_503_then_recovers_nothing_lost(

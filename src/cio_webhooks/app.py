@@ -42,7 +42,13 @@ from starlette.types import Message, Receive, Scope, Send
 from ._exceptions import InvalidEvent, SignatureError, StoreUnavailable
 from .events import Event, parse_event
 from .handlers import Router
-from .settings import DEFAULT_DEDUPE_DAYS, DEFAULT_MAX_BODY, DEFAULT_TOLERANCE, WEBHOOK_PATH
+from .settings import (
+    DEFAULT_DEDUPE_DAYS,
+    DEFAULT_MAX_BODY,
+    DEFAULT_TOLERANCE,
+    PROBE_TIMEOUT,
+    WEBHOOK_PATH,
+)
 from .signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from .store import Ingest, PutResult, Store
 
@@ -344,7 +350,12 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
-        if await inbox.ready():
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                ready = await inbox.ready()
+        except TimeoutError:
+            ready = False
+        if ready:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "store_unavailable"}, status_code=503)
 
@@ -354,7 +365,9 @@ def create_app(
             value: Any = getattr(receiver.counters, f.name)
             lines.append(f'cio_webhooks_requests_total{{outcome="{f.name}"}} {value}')
         try:
-            gauges = dataclasses.asdict(await inbox.gauges(now=clock()))
+            # A scrape must not hang on a store that does not answer: give up in time.
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                gauges = dataclasses.asdict(await inbox.gauges(now=clock()))
         except Exception as exc:  # metrics must not fail because the store is sick
             log.error("event=metrics_store_error error=%s", str(exc))
             gauges = {}

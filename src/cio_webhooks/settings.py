@@ -49,6 +49,7 @@ __all__ = [
     "INBOX_FILE",
     "KEY_FILE",
     "PORT",
+    "PROBE_TIMEOUT",
     "PRUNE_EVERY",
     "REGIONS",
     "STORE_ENV",
@@ -143,6 +144,9 @@ DEFAULT_READ_TIMEOUT = 10.0
 #: Open connections.  One more closes the oldest idle one (waiting for a head or kept
 #: alive); when none is idle it is answered 503 (Customer.io retries it) and closed.
 DEFAULT_MAX_CONNECTIONS = 1000
+#: Seconds ``/readyz`` and ``/metrics`` wait for the store before answering without it
+#: (not ready; ``cio_webhooks_store_up 0``): probes and scrapes have short timeouts.
+PROBE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
