@@ -508,7 +508,7 @@ async def test_an_audit_file_of_the_first_release_is_migrated(
         {"email_bounced": True, "email_bounced_at": NOW + 3, "email_bounced_reason": ANY}
     ]
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
 
 
 async def test_an_event_without_a_person_is_skipped_not_retried(defaults: Pipeline) -> None:

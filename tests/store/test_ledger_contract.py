@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import random
 import socket
@@ -283,6 +284,36 @@ async def test_any_person_id_is_decided_and_counted_apart(ledger: Ledger, person
     other = person[:-1] + "?"
     assert await acting_hits(ledger, [("c", DAY), ("d", 2 * DAY)], person=other) == []
     assert await acting_hits(ledger, [("f", 3 * DAY)], person=person) == ["f"]
+
+
+async def test_a_long_person_id_of_a_version_1_sqlite_file_still_counts(tmp_path: Path) -> None:
+    """Version 1 kept a long person id as it was; after the upgrade that person's hits
+    and windows acted on still count (no second action in a window acted on)."""
+    from cio_webhooks.store.sqlite._ledger import SCHEMA_VERSION
+
+    path = tmp_path / "actions.db"
+    person = "x" * 2000
+    old = SQLiteLedger(path)
+    hits = [("a", NOW + DAY), ("b", NOW + 2 * DAY), ("c", NOW + 3 * DAY)]
+    assert await acting_hits(old, hits, person=person) == ["c"]
+    await finish(old, "c", "ok", person=person)
+    await old.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # as version 1 wrote it
+        for table in ("hits", "decisions", "actions"):
+            db.execute(f"UPDATE {table} SET person = ? WHERE person IS NOT NULL", (person,))
+        db.execute("PRAGMA user_version = 1")
+    upgraded = SQLiteLedger(path)
+    try:
+        later = [("d", NOW + 4 * DAY), ("e", NOW + 5 * DAY), ("f", NOW + 6 * DAY)]
+        assert await acting_hits(upgraded, later, person=person) == []
+        assert await act(upgraded, "c", person=person) is Verdict.SETTLED
+    finally:
+        await upgraded.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert {row[0] for row in db.execute("SELECT person FROM hits")} == {
+            f"sha256:{hashlib.sha256(person.encode()).hexdigest()}"
+        }
 
 
 async def test_a_skipped_decision_is_settled_too(ledger: Ledger) -> None:

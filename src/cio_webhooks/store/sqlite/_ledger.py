@@ -34,8 +34,9 @@ from ._files import connect_readonly
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
 #: The schema version this code writes (``PRAGMA user_version``); 0 is the first
-#: release's layout (``rule_hits``, no decisions), migrated on open.
-SCHEMA_VERSION = 1
+#: release's layout (``rule_hits``, no decisions), migrated on open; 1 kept every
+#: person id as it was, 2 keeps it as ``person_key`` does.
+SCHEMA_VERSION = 2
 
 ACTIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS actions (
@@ -91,6 +92,16 @@ INSERT OR IGNORE INTO decisions (rule, event_id, dry_run, person, window_start, 
            max(a.created_at)
     FROM actions a GROUP BY a.rule, a.event_id, a.dry_run;
 DROP TABLE rule_hits;
+"""
+
+#: Version 1 kept a person id with a NUL or of more than ``MAX_PERSON_BYTES`` as it
+#: was; ``reserve`` now looks it up as ``person_key`` gives it.  Rewritten, the
+#: person's earlier hits and windows still count, and a window acted on is not acted
+#: on again after the upgrade.
+_MIGRATE_FROM_1 = """
+UPDATE hits SET person = cio_person_key(person) WHERE person IS NOT cio_person_key(person);
+UPDATE decisions SET person = cio_person_key(person) WHERE person IS NOT cio_person_key(person);
+UPDATE actions SET person = cio_person_key(person) WHERE person IS NOT cio_person_key(person);
 """
 
 
@@ -187,7 +198,8 @@ class SQLiteLedger(LedgerBookkeeping[Callable[[sqlite3.Connection], None]]):
     def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")  # two processes opening a new file: one migrates
         try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
                 old = conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rule_hits'"
                 ).fetchone()
@@ -196,6 +208,9 @@ class SQLiteLedger(LedgerBookkeeping[Callable[[sqlite3.Connection], None]]):
                 if old:
                     for statement in _statements(_MIGRATE_FROM_0):
                         conn.execute(statement)
+                conn.create_function("cio_person_key", 1, person_key, deterministic=True)
+                for statement in _statements(_MIGRATE_FROM_1):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
