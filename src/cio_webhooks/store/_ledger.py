@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import os
 import secrets
 import socket
@@ -188,7 +189,12 @@ class LedgerBookkeeping(Generic[Unwritten]):
     """What a ledger instance knows that its tables do not: who it is (``owner``,
     ``host:pid:token``), which of its reservations it is still calling for, and which
     calls went through whose outcome it could not write (``Unwritten``: whatever the
-    backend needs to write it later).  Backends subclass it and keep their SQL."""
+    backend needs to write it later).  Backends subclass it and keep their SQL.
+
+    ``reserve`` and ``finish`` are here, once: the person's key, the outcome not
+    written yet, and the release.  A backend supplies ``_write`` (run an ``Unwritten``
+    in one transaction), ``_reserve`` (the decision, serialised) and ``_settle`` (the
+    ``Unwritten`` that settles a reservation and appends its audit row)."""
 
     def __init__(self) -> None:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -248,6 +254,85 @@ class LedgerBookkeeping(Generic[Unwritten]):
         """Forget that this ledger is calling: a reservation left ``in_flight`` (the
         call was cancelled) is then taken over by the next attempt."""
         self._calling.discard(Reservation(rule, event_id, dry_run))
+
+    async def reserve(
+        self,
+        *,
+        rule: str,
+        event_id: str,
+        person: str | None,
+        dry_run: bool,
+        now: float,
+        threshold: Window | None = None,
+        occurred_at: float | None = None,
+    ) -> Verdict:
+        """See ``Ledger.reserve``."""
+        key = Reservation(rule, event_id, dry_run)
+        unrecorded = self.unrecorded(key)
+        if unrecorded is not None:  # made, but its outcome was not written: write it now
+            await self._write(unrecorded)
+            self.recorded(key)
+            return Verdict.SETTLED
+        return await self._reserve(
+            key, person=person_key(person), now=now, threshold=threshold, occurred_at=occurred_at
+        )
+
+    async def finish(
+        self,
+        *,
+        rule: str,
+        event_id: str,
+        person: str | None,
+        action: str,
+        request: Mapping[str, Any],
+        status: str,
+        detail: str | None,
+        dry_run: bool,
+        at: float,
+    ) -> None:
+        """See ``Ledger.finish``; ``request`` is stored as JSON."""
+        key = Reservation(rule, event_id, dry_run)
+        audit = (
+            at,
+            event_id,
+            rule,
+            person_key(person),
+            action,
+            json.dumps(request, default=str),
+            status,
+            detail,
+            dry_run,
+        )
+        write = self._settle(key, status=status, at=at, audit=audit)
+        try:
+            await self._write(write)
+        except Exception:
+            self.not_recorded(key, status, write)
+            raise
+        self.release(rule=rule, event_id=event_id, dry_run=dry_run)
+
+    async def _write(self, write: Unwritten) -> None:
+        """Run ``write`` in one transaction."""
+        raise NotImplementedError
+
+    async def _reserve(
+        self,
+        key: Reservation,
+        *,
+        person: str | None,
+        now: float,
+        threshold: Window | None,
+        occurred_at: float | None,
+    ) -> Verdict:
+        """``reserve`` in one serialised transaction (``person`` is ``person_key``'s)."""
+        raise NotImplementedError
+
+    def _settle(
+        self, key: Reservation, *, status: str, at: float, audit: tuple[Any, ...]
+    ) -> Unwritten:
+        """What settles ``key`` as ``status`` (if this ledger still holds it) and appends
+        ``audit`` (the ``actions`` row without its id), in one transaction."""
+        raise NotImplementedError
 
 
 #: Longest person id (UTF-8 bytes) kept as it is: PostgreSQL cannot index much more.

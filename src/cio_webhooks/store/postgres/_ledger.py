@@ -36,8 +36,7 @@ transaction READ ONLY, so PostgreSQL itself refuses its writes.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -57,7 +56,6 @@ from .._ledger import (
     Standing,
     Verdict,
     Window,
-    person_key,
     window_start,
 )
 
@@ -128,26 +126,21 @@ class PostgresLedger(LedgerBookkeeping[Transaction[None]]):
             (kind, "\x1f".join((self.schema, *key))),
         )
 
-    async def reserve(
+    async def _write(self, write: Transaction[None]) -> None:
+        await self._transaction(write)
+
+    async def _reserve(
         self,
+        key: Reservation,
         *,
-        rule: str,
-        event_id: str,
         person: str | None,
-        dry_run: bool,
         now: float,
-        threshold: Window | None = None,
-        occurred_at: float | None = None,
+        threshold: Window | None,
+        occurred_at: float | None,
     ) -> Verdict:
-        """Decide, atomically, whether this caller carries out ``rule`` for ``event_id``
-        (see ``Ledger.reserve``)."""
-        person = person_key(person)
-        key = Reservation(rule, event_id, dry_run)
-        unrecorded = self.unrecorded(key)
-        if unrecorded is not None:  # made, but its outcome was not written: write it now
-            await self._transaction(unrecorded)
-            self.recorded(key)
-            return Verdict.SETTLED
+        """Decide, atomically, whether this caller carries out ``key`` (see
+        ``Ledger.reserve``)."""
+        rule, event_id, dry_run = key.rule, key.event_id, key.dry_run
 
         async def run(cur: AsyncCursor[TupleRow]) -> Verdict:
             await self._lock(cur, _EVENT_LOCK, rule, event_id)
@@ -226,34 +219,9 @@ class PostgresLedger(LedgerBookkeeping[Transaction[None]]):
         taken = [float(row[0]) for row in await cur.fetchall()]
         return window_start(hits, taken, at=at, count=threshold.count, within=within)
 
-    async def finish(
-        self,
-        *,
-        rule: str,
-        event_id: str,
-        person: str | None,
-        action: str,
-        request: Mapping[str, Any],
-        status: str,
-        detail: str | None,
-        dry_run: bool,
-        at: float,
-    ) -> None:
-        """Settle a reservation of this ledger and append its audit row (``request``
-        stored as JSON), in one transaction (see ``Ledger.finish``)."""
-        person = person_key(person)
-        audit = (
-            at,
-            event_id,
-            rule,
-            person,
-            action,
-            json.dumps(request, default=str),
-            status,
-            detail,
-            dry_run,
-        )
-
+    def _settle(
+        self, key: Reservation, *, status: str, at: float, audit: tuple[Any, ...]
+    ) -> Transaction[None]:
         async def run(cur: AsyncCursor[TupleRow]) -> None:
             await cur.execute(
                 self._sql(
@@ -261,7 +229,7 @@ class PostgresLedger(LedgerBookkeeping[Transaction[None]]):
                     " updated_at = %s"
                     " WHERE rule = %s AND event_id = %s AND dry_run = %s AND owner = %s"
                 ),
-                (status, at, rule, event_id, dry_run, self.owner),
+                (status, at, key.rule, key.event_id, key.dry_run, self.owner),
             )
             await cur.execute(
                 self._sql(
@@ -271,12 +239,7 @@ class PostgresLedger(LedgerBookkeeping[Transaction[None]]):
                 audit,
             )
 
-        try:
-            await self._transaction(run)
-        except Exception:
-            self.not_recorded(Reservation(rule, event_id, dry_run), status, run)
-            raise
-        self.release(rule=rule, event_id=event_id, dry_run=dry_run)
+        return run
 
     async def decision(self, rule: str, event_id: str, *, dry_run: bool = False) -> str | None:
         """The state of the decision on (``event_id``, ``rule``), or None when there is none."""

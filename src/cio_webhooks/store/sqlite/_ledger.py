@@ -8,11 +8,10 @@ may share it; every decision is one ``BEGIN IMMEDIATE`` transaction.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,33 +236,19 @@ class SQLiteLedger(LedgerBookkeeping[Callable[[sqlite3.Connection], None]]):
         """Run ``fn(connection)`` in a worker thread; return its result."""
         return await asyncio.to_thread(self._run, fn)
 
-    async def reserve(
-        self,
-        *,
-        rule: str,
-        event_id: str,
-        person: str | None,
-        dry_run: bool,
-        now: float,
-        threshold: Window | None = None,
-        occurred_at: float | None = None,
-    ) -> Verdict:
-        """Decide, atomically, whether this caller carries out ``rule`` for ``event_id``.
+    async def _write(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        await asyncio.to_thread(self._transaction, write)
 
-        ``ACT`` reserves it (state ``in_flight``, owned by this log): make the call,
-        then ``finish``.  A failed call, or one left in flight by a dead process (or
-        one whose lease ran out), is reserved again.  Raises ``ActionInFlight`` while
-        another live caller holds it.  With a ``threshold`` (and a person), the event
-        is first recorded as a hit at ``occurred_at``, once: only the hit that
-        completes a window acts, and a hit seen before never decides again.
-        """
-        person = person_key(person)
-        key = Reservation(rule, event_id, dry_run)
-        unrecorded = self.unrecorded(key)
-        if unrecorded is not None:  # made, but its outcome was not written: write it now
-            await asyncio.to_thread(self._transaction, unrecorded)
-            self.recorded(key)
-            return Verdict.SETTLED
+    async def _reserve(
+        self,
+        key: Reservation,
+        *,
+        person: str | None,
+        now: float,
+        threshold: Window | None,
+        occurred_at: float | None,
+    ) -> Verdict:
+        rule, event_id, dry_run = key.rule, key.event_id, key.dry_run
 
         def run(c: sqlite3.Connection) -> Verdict:
             rows = c.execute(
@@ -316,51 +301,22 @@ class SQLiteLedger(LedgerBookkeeping[Callable[[sqlite3.Connection], None]]):
         verdict: Verdict = await asyncio.to_thread(self._transaction, run)
         return verdict
 
-    async def finish(
-        self,
-        *,
-        rule: str,
-        event_id: str,
-        person: str | None,
-        action: str,
-        request: Mapping[str, Any],
-        status: str,
-        detail: str | None,
-        dry_run: bool,
-        at: float,
-    ) -> None:
-        """Settle a reservation of this log (``ok``, ``failed``, ``skipped``, ``dry_run``)
-        and append its audit row (``request`` stored as JSON), in one transaction."""
-        person = person_key(person)
-
+    def _settle(
+        self, key: Reservation, *, status: str, at: float, audit: tuple[Any, ...]
+    ) -> Callable[[sqlite3.Connection], None]:
         def run(c: sqlite3.Connection) -> None:
             c.execute(
                 "UPDATE decisions SET state = ?, owner = NULL, lease_until = NULL, updated_at = ?"
                 " WHERE rule = ? AND event_id = ? AND dry_run = ? AND owner = ?",
-                (status, at, rule, event_id, int(dry_run), self.owner),
+                (status, at, key.rule, key.event_id, int(key.dry_run), self.owner),
             )
             c.execute(
                 "INSERT INTO actions (created_at, event_id, rule, person, action, request, status,"
                 " detail, dry_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    at,
-                    event_id,
-                    rule,
-                    person,
-                    action,
-                    json.dumps(request, default=str),
-                    status,
-                    detail,
-                    int(dry_run),
-                ),
+                (*audit[:-1], int(audit[-1])),
             )
 
-        try:
-            await asyncio.to_thread(self._transaction, run)
-        except Exception:
-            self.not_recorded(Reservation(rule, event_id, dry_run), status, run)
-            raise
-        self.release(rule=rule, event_id=event_id, dry_run=dry_run)
+        return run
 
     async def decision(self, rule: str, event_id: str, *, dry_run: bool = False) -> str | None:
         """The state of the decision on (``event_id``, ``rule``), or None when there is none."""
