@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import random
@@ -19,7 +18,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,7 @@ from cio_webhooks.policies import (
     render,
 )
 from cio_webhooks.settings import Settings
-from cio_webhooks.store import IN_FLIGHT_LEASE, ActionInFlight, Verdict, Window
+from cio_webhooks.store import IN_FLIGHT_LEASE, Verdict
 from cio_webhooks.store.sqlite import SQLiteLedger, SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event, signed_request
 
@@ -322,80 +321,6 @@ async def test_a_replay_a_month_later_does_not_act_again(defaults: Pipeline) -> 
     await defaults.drain()
     assert len(unsubscribes(defaults.fake)) == 1
     assert len(defaults.fake.calls()) == 4 + 1
-
-
-THREE_IN_30_DAYS = Window(count=3, within=30 * 86400)
-
-
-async def acting_hits(log: SQLiteLedger, hits: Sequence[tuple[str, float]]) -> list[str]:
-    """Record ``(event_id, occurred_at)`` hits in this order; the ids reserved to act."""
-    acted = []
-    for event_id, at in hits:
-        with contextlib.suppress(ActionInFlight):  # the one that acted holds it
-            verdict = await log.reserve(
-                rule="r",
-                event_id=event_id,
-                person="42",
-                dry_run=False,
-                now=NOW,
-                threshold=THREE_IN_30_DAYS,
-                occurred_at=at,
-            )
-            if verdict is Verdict.ACT:
-                acted.append(event_id)
-    return acted
-
-
-@pytest.mark.parametrize(
-    "order", list(itertools.permutations(range(5))), ids=lambda o: "".join(map(str, o))
-)
-async def test_any_order_of_hits_in_one_window_acts_exactly_once(
-    tmp_path: Path, order: tuple[int, ...]
-) -> None:
-    days = [0, 3, 11, 20, 29]  # five hits, all within 30 days of each other
-    log = SQLiteLedger(tmp_path / "actions.db")
-    acted = await acting_hits(log, [(f"b{i}", NOW + days[i] * DAY) for i in order])
-    assert acted == [f"b{order[2]}"]  # the third hit to arrive, whatever its time
-    await log.close()
-
-
-async def test_a_new_window_needs_count_new_hits_after_the_last_one(tmp_path: Path) -> None:
-    """Once per window: an action covers ``within_days`` from the first hit it counted;
-    hits inside never count again, and ``count`` hits beyond it act again."""
-    log = SQLiteLedger(tmp_path / "actions.db")
-    hits = [("d0", 0), ("d10", 10), ("d20", 20), ("d25", 25), ("d29", 29)]
-    hits += [("d30", 30), ("d40", 40), ("d50", 50)]
-    acted = await acting_hits(log, [(e, NOW + d * DAY) for e, d in hits])
-    assert acted == ["d20", "d50"]  # windows [0, 30) and [30, 60)
-    await log.close()
-
-
-async def test_concurrent_logs_on_one_file_act_once(tmp_path: Path) -> None:
-    """Several workers tomorrow: two logs (two connections) race over the same hits."""
-    first, second = SQLiteLedger(tmp_path / "actions.db"), SQLiteLedger(tmp_path / "actions.db")
-    hits = [(f"b{i}", NOW + i * DAY) for i in range(6)]
-    results = await asyncio.gather(
-        acting_hits(first, hits), acting_hits(second, hits[::-1]), acting_hits(first, hits[2:])
-    )
-    assert sum(len(r) for r in results) == 1
-    await first.close()
-    await second.close()
-
-
-async def test_a_cancelled_call_of_this_process_is_taken_up_again(tmp_path: Path) -> None:
-    """The dispatcher's handler timeout cancels a call: the next attempt reserves it."""
-    log = SQLiteLedger(tmp_path / "actions.db")
-
-    async def reserve() -> Verdict:
-        return await log.reserve(rule="r", event_id="e1", person="42", dry_run=False, now=NOW)
-
-    assert await reserve() is Verdict.ACT
-    with pytest.raises(ActionInFlight):  # still calling
-        await reserve()
-    log.release(rule="r", event_id="e1", dry_run=False)  # as Policies.apply on a cancel
-    assert await reserve() is Verdict.ACT
-    assert await log.decision("r", "e1") == "in_flight"
-    await log.close()
 
 
 async def test_a_read_only_log_never_migrates_or_writes(tmp_path: Path) -> None:

@@ -667,6 +667,17 @@ async def test_concurrent_workers_act_once_per_event(place: Place) -> None:
     assert len(await workers[0].recent(limit=1000)) == len(events)
 
 
+async def test_workers_racing_over_the_same_hits_act_once(place: Place) -> None:
+    """Two workers (and one of them twice at once) race over the same hits, none of
+    them finishing: one window, one reservation."""
+    first, second = await place.worker(), await place.worker()
+    hits = [(f"b{i}", NOW + i * DAY) for i in range(6)]
+    results = await asyncio.gather(
+        acting_hits(first, hits), acting_hits(second, hits[::-1]), acting_hits(first, hits[2:])
+    )
+    assert sum(len(r) for r in results) == 1
+
+
 async def test_concurrent_workers_act_once_per_threshold_window(place: Place) -> None:
     """Each person has two windows of three hits (days 0-2 and 40-42) and a fourth hit
     in the first: whatever worker sees which hit when, each window acts once.  Every
