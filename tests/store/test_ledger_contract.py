@@ -421,6 +421,22 @@ async def test_a_call_whose_outcome_could_not_be_written_is_recorded_not_made_ag
     assert await act(ledger, "e1") is Verdict.SETTLED
 
 
+async def test_the_outcome_of_a_call_made_is_written_once_the_store_takes_writes_again(
+    place: Place, ledger: Ledger
+) -> None:
+    # Retried in place: another worker taking the event over would call again.
+    assert await act(ledger, "e1") is Verdict.ACT
+    await place.break_audit()
+    finishing = asyncio.create_task(finish(ledger, "e1", "ok"))
+    await asyncio.sleep(0.3)  # the first tries fail (the retries span about 2.6 s)
+    assert not finishing.done()
+    await place.mend_audit()
+    await finishing  # written by a later try: no error for the dispatcher to retry
+    assert await ledger.decision("r", "e1") == "ok"
+    [row] = await ledger.recent()
+    assert (row.event_id, row.status) == ("e1", "ok")
+
+
 async def test_a_failed_call_whose_outcome_could_not_be_written_is_called_again(
     place: Place, ledger: Ledger
 ) -> None:

@@ -17,6 +17,7 @@ around them.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import json
@@ -48,6 +49,11 @@ __all__ = [
 #: takes it over: longer than a whole Track call with its retries (``POLICY_HTTP``)
 #: plus the dispatcher's handler timeout.
 IN_FLIGHT_LEASE = 120.0
+
+#: Seconds between the tries to write the outcome of a call Customer.io took, when
+#: writing it fails (a busy or briefly unreachable store): about 2.6 s in all, well
+#: inside a policy handler's timeout.
+OUTCOME_RETRY_PAUSES = (0.1, 0.5, 2.0)
 
 #: The columns of an audit row, in the order ``recent`` and
 #: ``cio-webhooks actions list`` give them.
@@ -304,11 +310,19 @@ class LedgerBookkeeping(Generic[Unwritten]):
             dry_run,
         )
         write = self._settle(key, status=status, at=at, audit=audit)
-        try:
-            await self._write(write)
-        except Exception:
-            self.not_recorded(key, status, write)
-            raise
+        # Customer.io took an ``ok`` call: its outcome is worth a few seconds' wait.  The
+        # record kept by ``not_recorded`` lives in this process only; a retry of the
+        # event that lands on another worker would call again once the lease ends.
+        pauses = OUTCOME_RETRY_PAUSES if status == "ok" else ()
+        for pause in (*pauses, None):
+            try:
+                await self._write(write)
+                break
+            except Exception:
+                if pause is None:
+                    self.not_recorded(key, status, write)
+                    raise
+            await asyncio.sleep(pause)
         self.release(rule=rule, event_id=event_id, dry_run=dry_run)
 
     async def _write(self, write: Unwritten) -> None:
