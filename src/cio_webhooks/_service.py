@@ -225,8 +225,6 @@ def build_policies(
     if settings.dry_run:
         config = PolicyConfig(config.rules, dry_run=True)
     live = [r.name for r in config.rules if not (config.dry_run or r.dry_run)]
-    if ledger is None:
-        ledger = open_service_store(settings).ledger()
     if missing and live:
         raise ConfigError(
             f"policies {settings.policies} make live Track API calls, but {missing} is not"
@@ -238,6 +236,8 @@ def build_policies(
             missing,
             "only one Track credential is set; every rule is a dry run",
         )
+    if ledger is None:
+        ledger = open_service_store(settings).ledger()
     track = None
     if settings.track_site_id and settings.track_api_key:
         track = TrackClient(
