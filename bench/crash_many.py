@@ -31,9 +31,10 @@ the same port).  Then it waits until the store has nothing pending or retrying
   or take ``CRASH_GRACE``);
 - audit rows (``actions list``) against the calls.
 
-A killed worker's claims come back when their lease runs out (``Dispatcher.lease``:
-120 s with the three default rules), so a run with worker kills lasts at least
-that long after the last one.  Exits 1 when an invariant does not hold.
+A killed worker's claims come back when their lease runs out (``Dispatcher.lease``,
+``DEFAULT_LEASE``: 30 s, kept alive by a heartbeat only while the worker lives), so a
+run with worker kills lasts at least that long after the last one.  Exits 1 when an
+invariant does not hold.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ starts it again at once.  When every event is handled it prints, per signal,
 how many events Customer.io received 0, 1, 2, ... calls for.
 
 Events claimed by a killed server come back after the dispatcher's lease
-(90 s), so a SIGKILL run takes two minutes or so; ``--timeout`` bounds each run.
+(``DEFAULT_LEASE``, 30 s), so a SIGKILL run takes at least that long after its last
+kill (its duration was not re-measured with the 30 s lease); ``--timeout`` bounds
+each run.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ signed load (``bench/crash_many.py``): nothing acked is lost, nothing is stored 
 acted on twice outside the documented crash window, everything is handled.
 
 Slow by nature: a killed worker's claims come back only when their lease runs out
-(``Dispatcher.lease``, 120 s with the default rules), so the test lasts that long
-and a little more.  Its counts are printed (``pytest -s``, or on a failure).
+(``Dispatcher.lease``, ``DEFAULT_LEASE``: 30 s), so the test lasts that long and a
+little more.  Its counts are printed (``pytest -s``, or on a failure).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ __all__ = [
     "build_router",
     "check_storage",
     "default_store",
+    "ledger_file",
     "ledger_path",
     "load_or_create_key",
     "open_service_store",
@@ -109,12 +110,17 @@ def policies_active(settings: Settings) -> bool:
     return settings.policies is not None or has_track
 
 
-def ledger_path(settings: Settings) -> Path | None:
-    """The SQLite ledger file (``--actions-db``, else beside the inbox); None for a
-    store that keeps its ledger inside (PostgreSQL)."""
-    if settings.store.path is None:
+def ledger_file(store: StoreURL, actions_db: Path | None = None) -> Path | None:
+    """The SQLite ledger file of ``store`` (``actions_db``, else beside the inbox); None
+    for a store that keeps its ledger inside (PostgreSQL)."""
+    if store.path is None:
         return None
-    return settings.actions_db or settings.store.path.parent / LEDGER_FILE
+    return actions_db or store.path.parent / LEDGER_FILE
+
+
+def ledger_path(settings: Settings) -> Path | None:
+    """The ledger file of the service's settings (``ledger_file``)."""
+    return ledger_file(settings.store, settings.actions_db)
 
 
 def actions_path(settings: Settings) -> Path | None:
@@ -219,8 +225,6 @@ def build_policies(
     if settings.dry_run:
         config = PolicyConfig(config.rules, dry_run=True)
     live = [r.name for r in config.rules if not (config.dry_run or r.dry_run)]
-    if ledger is None:
-        ledger = open_service_store(settings).ledger()
     if missing and live:
         raise ConfigError(
             f"policies {settings.policies} make live Track API calls, but {missing} is not"
@@ -232,6 +236,8 @@ def build_policies(
             missing,
             "only one Track credential is set; every rule is a dry run",
         )
+    if ledger is None:
+        ledger = open_service_store(settings).ledger()
     track = None
     if settings.track_site_id and settings.track_api_key:
         track = TrackClient(

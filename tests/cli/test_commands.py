@@ -874,3 +874,40 @@ def test_quarantine_reingest_leaves_a_body_postgresql_cannot_hold_and_goes_on(
             return stored, len(await store.quarantined(limit=10))
 
     assert asyncio.run(state()) == (True, 1)
+
+
+def test_actions_list_reads_the_ledger_file_serve_was_given(tmp_path: Path) -> None:
+    # serve/worker --actions-db put the ledger elsewhere: actions list must find it there.
+    elsewhere = tmp_path / "audit" / "ledger.db"
+    elsewhere.parent.mkdir()
+
+    async def record() -> None:
+        log = SQLiteLedger(elsewhere)
+        await log.finish(
+            event_id="ev-1",
+            rule="r",
+            person="id:p",
+            action="unsubscribe",
+            request={"person": "id:p", "attributes": {}},
+            status="ok",
+            detail="",
+            dry_run=False,
+            at=NOW,
+        )
+        await log.close()
+
+    asyncio.run(record())
+    code, out, err = invoke("actions", "list", "--data-dir", str(tmp_path), "--json")
+    assert code == 2
+    assert "--actions-db" in err
+    code, out, err = invoke(
+        "actions", "list", "--data-dir", str(tmp_path), "--actions-db", str(elsewhere), "--json"
+    )
+    assert (code, err) == (0, "")
+    assert [row["event_id"] for row in json.loads(out)] == ["ev-1"]
+
+
+def test_actions_list_refuses_actions_db_for_postgresql(pg_url: str) -> None:
+    code, _, err = invoke("actions", "list", "--store", pg_url, "--actions-db", "a.db")
+    assert code == 2
+    assert "--actions-db is for a SQLite store" in err

@@ -12,9 +12,10 @@ from typing import Any
 import click
 
 from .._exceptions import ConfigError
+from .._service import ledger_file
 from ..events import iso
+from ..settings import env
 from ..store import Ledger, StoreURL, open_store
-from ..store.sqlite import LEDGER_FILE
 from ._options import existing_store, run, store_options, store_url
 from ._output import print_rows
 
@@ -29,18 +30,21 @@ def actions() -> None:
 
 
 @asynccontextmanager
-async def _ledger(url: StoreURL) -> AsyncIterator[Ledger]:
+async def _ledger(url: StoreURL, actions_db: Path | None) -> AsyncIterator[Ledger]:
     """The policies' ledger of the store, read-only.  A SQLite store keeps it in its
-    own file beside the inbox, which must exist (nothing is created)."""
-    if url.path is None:
+    own file (``--actions-db``, else beside the inbox), which must exist (nothing is
+    created)."""
+    path = ledger_file(url, actions_db)
+    if path is None:
+        if actions_db is not None:
+            raise ConfigError(f"--actions-db is for a SQLite store, not {url.backend}")
         async with existing_store(url, readonly=True) as store:
             yield store.ledger()
         return
-    path = url.path.parent / LEDGER_FILE
     if not path.is_file():
         raise ConfigError(
             f"no actions recorded at {path} (no policy has run yet,"
-            " or pass --store, --db or --data-dir)"
+            " or pass --store, --db, --data-dir or --actions-db)"
         )
     store = open_store(url, readonly=True, ledger_path=path)
     try:
@@ -51,6 +55,13 @@ async def _ledger(url: StoreURL) -> AsyncIterator[Ledger]:
 
 @actions.command("list")
 @store_options
+@click.option(
+    "--actions-db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=env("ACTIONS_DB"),
+    help="The ledger file of a SQLite store, if serve/worker were given one."
+    " [default: actions.db next to the inbox]",
+)
 @click.option("--event-id", help="Only the actions of this event.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only actions with this outcome.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
@@ -59,6 +70,7 @@ def actions_list(
     data_dir: Path,
     db: Path | None,
     store: str | None,
+    actions_db: Path | None,
     event_id: str | None,
     status: str | None,
     limit: int,
@@ -72,7 +84,7 @@ def actions_list(
     url = store_url(data_dir, db, store)
 
     async def recent() -> list[dict[str, Any]]:
-        async with _ledger(url) as ledger:
+        async with _ledger(url, actions_db) as ledger:
             found = await ledger.recent(limit=limit, event_id=event_id, status=status)
         return [dataclasses.asdict(row) for row in found]
 

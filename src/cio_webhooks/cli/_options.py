@@ -36,6 +36,7 @@ __all__ = [
     "existing_store",
     "parse_since",
     "reading_store",
+    "require_inbox",
     "routing_options",
     "run",
     "store_options",
@@ -166,6 +167,13 @@ def unavailable(url: StoreURL, exc: StoreUnavailable) -> StoreUnavailable:
     return exc if str(url) in text else StoreUnavailable(f"cannot open the store {url}: {text}")
 
 
+def require_inbox(url: StoreURL) -> None:
+    """ConfigError when ``url`` names a SQLite file that does not exist (a server store
+    is checked when it is opened)."""
+    if url.path is not None and not url.path.is_file():
+        raise ConfigError(f"no inbox at {url.path} (pass --store, --db or --data-dir)")
+
+
 @contextlib.asynccontextmanager
 async def existing_store(url: StoreURL, *, readonly: bool) -> AsyncIterator[Store]:
     """The store ``url`` names, opened; it must exist.  A command never creates a store
@@ -173,8 +181,7 @@ async def existing_store(url: StoreURL, *, readonly: bool) -> AsyncIterator[Stor
     is checked read-only first.  A SQLite file that is missing or not an inbox is a
     ConfigError (exit 2); a server store that cannot be reached, or holds no store, is
     ``StoreUnavailable`` (exit 3)."""
-    if url.path is not None and not url.path.is_file():
-        raise ConfigError(f"no inbox at {url.path} (pass --store, --db or --data-dir)")
+    require_inbox(url)
     reader = open_store(url, readonly=True)
     try:
         await reader.open()  # checks that it is a store, changing nothing

@@ -21,6 +21,7 @@ from ._options import (
     app_api_options,
     existing_store,
     parse_since,
+    require_inbox,
     run,
     store_options,
     store_url,
@@ -87,8 +88,7 @@ def reconcile_command(
 ) -> None:
     """Compare Customer.io's deliveries (App API /messages) with the events we stored."""
     url = store_url(data_dir, db, store)
-    if url.path is not None and not url.path.is_file():  # before any note about the warehouse
-        raise ConfigError(f"no inbox at {url.path} (pass --store, --db or --data-dir)")
+    require_inbox(url)  # before any note about the warehouse
     received = _received(warehouse, warehouse_beside(url, data_dir))
     result = run(_compare(url, since, backfill, received, app_api_key, region, app_url))
     if as_json:
