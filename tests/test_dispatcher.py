@@ -315,6 +315,18 @@ def is_state(inbox: Store, event_id: str, wanted: JobState) -> Callable[[], Awai
     return check
 
 
+@contextlib.asynccontextmanager
+async def running(d: Dispatcher) -> AsyncIterator[None]:
+    """``d.run`` in the background for the block; stopped (and drained) after it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
 class Blocking:
     """A sync handler that blocks its thread until ``release``; records who started."""
 
@@ -327,6 +339,12 @@ class Blocking:
         with self._lock:
             self.started.add(ev.event_id)
         self.gate.wait()
+
+    def __enter__(self) -> Blocking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.gate.set()  # however the test's block ends: no thread is left blocked
 
     def has_started(self, count: int = 1) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
@@ -482,24 +500,19 @@ async def test_an_event_replayed_while_it_runs_runs_again_after_never_twice_at_o
     router.add(blocking, "*", name="h")
     await inbox.put(event("e1"))
     d = dispatcher(inbox, router, clock)
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    try:
-        await eventually(blocking.has_started(), "the handler started")
-        await inbox.requeue(EventFilter(event_ids=("e1",)), now=clock(), rerun="*")
-        d.wake()
+    async with running(d):
+        with blocking:
+            await eventually(blocking.has_started(), "the handler started")
+            await inbox.requeue(EventFilter(event_ids=("e1",)), now=clock(), rerun="*")
+            d.wake()
 
-        async def claimed_again() -> bool:
-            stored = await inbox.get_event("e1")
-            return stored is not None and stored.attempts == 1
+            async def claimed_again() -> bool:
+                stored = await inbox.get_event("e1")
+                return stored is not None and stored.attempts == 1
 
-        await eventually(claimed_again, "the replayed event was claimed again")
-        assert d.in_flight == 2  # the new run waits for the old one
-    finally:
-        blocking.gate.set()
-    await eventually(is_state(inbox, "e1", JobState.DONE), "the replay ran")
-    stop.set()
-    await asyncio.wait_for(task, 10)
+            await eventually(claimed_again, "the replayed event was claimed again")
+            assert d.in_flight == 2  # the new run waits for the old one
+        await eventually(is_state(inbox, "e1", JobState.DONE), "the replay ran")
 
 
 async def test_a_blocked_handler_does_not_hold_up_other_events(
@@ -511,23 +524,18 @@ async def test_a_blocked_handler_does_not_hold_up_other_events(
     spam = Flaky()
     router.add(spam, "*.spammed", name="spam")
     d = dispatcher(inbox, router, clock)
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    try:
-        await inbox.put(event("slow"))
-        d.wake()
-        await eventually(blocking.has_started(), "the slow handler started")
-        for i in range(5):
-            await inbox.put(event(f"spam{i}", metric="spammed"))
+    async with running(d):
+        with blocking:
+            await inbox.put(event("slow"))
             d.wake()
-        for i in range(5):
-            await eventually(is_state(inbox, f"spam{i}", JobState.DONE), f"spam{i} done")
-        assert await state(inbox, "slow") is JobState.PENDING  # still running, still claimed
-    finally:
-        blocking.gate.set()
-    await eventually(is_state(inbox, "slow", JobState.DONE), "the slow event finished")
-    stop.set()
-    await asyncio.wait_for(task, 10)
+            await eventually(blocking.has_started(), "the slow handler started")
+            for i in range(5):
+                await inbox.put(event(f"spam{i}", metric="spammed"))
+                d.wake()
+            for i in range(5):
+                await eventually(is_state(inbox, f"spam{i}", JobState.DONE), f"spam{i} done")
+            assert await state(inbox, "slow") is JobState.PENDING  # still running, still claimed
+        await eventually(is_state(inbox, "slow", JobState.DONE), "the slow event finished")
 
 
 async def test_retries_come_due_on_schedule_while_another_event_is_blocked(
@@ -539,26 +547,21 @@ async def test_retries_come_due_on_schedule_while_another_event_is_blocked(
     flaky = Flaky(failures=1)
     router.add(flaky, "*.spammed", name="flaky")
     d = dispatcher(inbox, router, clock)  # base 10 s, jitter 25 %
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    try:
-        await inbox.put(event("slow"))
-        await eventually(blocking.has_started(), "the slow handler started")
-        await inbox.put(event("f1", metric="spammed"))
-        d.wake()
-        await eventually(is_state(inbox, "f1", JobState.RETRYING), "the first attempt failed")
-        stored = await inbox.get_event("f1")
-        assert stored is not None
-        delay = stored.next_attempt_at - clock()
-        assert 7.5 <= delay <= 12.5
-        clock.advance(delay)
-        await eventually(is_state(inbox, "f1", JobState.DONE), "the retry ran when due")
-        assert flaky.calls["f1"] == 2
-        assert await state(inbox, "slow") is JobState.PENDING
-    finally:
-        blocking.gate.set()
-    stop.set()
-    await asyncio.wait_for(task, 10)
+    async with running(d):
+        with blocking:
+            await inbox.put(event("slow"))
+            await eventually(blocking.has_started(), "the slow handler started")
+            await inbox.put(event("f1", metric="spammed"))
+            d.wake()
+            await eventually(is_state(inbox, "f1", JobState.RETRYING), "the first attempt failed")
+            stored = await inbox.get_event("f1")
+            assert stored is not None
+            delay = stored.next_attempt_at - clock()
+            assert 7.5 <= delay <= 12.5
+            clock.advance(delay)
+            await eventually(is_state(inbox, "f1", JobState.DONE), "the retry ran when due")
+            assert flaky.calls["f1"] == 2
+            assert await state(inbox, "slow") is JobState.PENDING
 
 
 # More sync handlers at once than asyncio's default executor ever has threads (32).
@@ -576,11 +579,9 @@ async def test_every_sync_handler_starts_at_once_on_the_dispatchers_own_threads(
         await inbox.put(event(f"e{i}"))
     d = Dispatcher(inbox, router, clock=clock, concurrency=MANY)
     batch = asyncio.create_task(d.run_once())
-    try:
+    with blocking:
         # None waits for a thread, so each one's timeout counts from its start.
         await eventually(blocking.has_started(MANY), "every handler started")
-    finally:
-        blocking.gate.set()
     assert await asyncio.wait_for(batch, 10) == MANY
 
 
@@ -594,14 +595,12 @@ async def test_store_reads_never_wait_behind_blocked_sync_handlers(
         await inbox.put(event(f"e{i}"))
     d = Dispatcher(inbox, router, clock=clock, concurrency=MANY)
     batch = asyncio.create_task(d.run_once())
-    try:
+    with blocking:
         # Enough to take every thread of asyncio's default executor, were they on it.
         await eventually(blocking.has_started(DEFAULT_POOL), "the handlers started")
         # Reads run on asyncio's default executor; a hang here is the failure.
         stored = await asyncio.wait_for(inbox.get_event("e0"), 10)
         assert stored is not None
-    finally:
-        blocking.gate.set()
     await asyncio.wait_for(batch, 10)
 
 
@@ -617,7 +616,7 @@ async def test_a_timed_out_sync_handler_keeps_its_slot_until_it_returns(
         inbox, router, clock=clock, rng=random.Random(1), concurrency=1, handler_timeout=0.05
     )
     await inbox.put(event("stuck"))
-    try:
+    with blocking:
         assert await d.run_once() == 1
         stored = await inbox.get_event("stuck")
         assert stored is not None
@@ -626,8 +625,6 @@ async def test_a_timed_out_sync_handler_keeps_its_slot_until_it_returns(
         await inbox.put(event("q", metric="spammed"))
         # Its thread still runs: no thread for another handler, so nothing is claimed.
         assert await d.run_once() == 0
-    finally:
-        blocking.gate.set()
 
     async def claimed() -> bool:
         return await d.run_once() == 1
@@ -762,7 +759,7 @@ async def test_a_drain_that_times_out_leaves_the_event_claimed_for_a_retry(
     d = Dispatcher(inbox, router, clock=clock, drain_timeout=0.1)
     stop = asyncio.Event()
     task = asyncio.create_task(d.run(stop))
-    try:
+    with blocking:
         await eventually(blocking.has_started(), "the handler started")
         with caplog.at_level(logging.WARNING, logger="cio_webhooks.dispatcher"):
             stop.set()
@@ -773,8 +770,6 @@ async def test_a_drain_that_times_out_leaves_the_event_claimed_for_a_retry(
         # Nothing recorded: still claimed, due again when the lease expires.
         assert (stored.state, stored.attempts) == (JobState.PENDING, 1)
         assert stored.next_attempt_at == clock() + d.lease
-    finally:
-        blocking.gate.set()
     [job] = await inbox.claim(now=clock() + d.lease, limit=1, lease=60, interrupted=True)
     assert job.interrupted
 
@@ -928,7 +923,7 @@ async def test_a_long_handler_keeps_its_claim_past_the_lease(
     elsewhere = Flaky()
     other = Router()
     other.add(elsewhere, "*", name="long")
-    try:
+    with blocking:
         await eventually(blocking.has_started(), "the handler started")
         assert d.heartbeating
         for _ in range(4):  # 80 s: well past the 30 s lease
@@ -937,8 +932,6 @@ async def test_a_long_handler_keeps_its_claim_past_the_lease(
             assert not await queue.interrupted_due(now=clock())
             # Another dispatcher on the same store (a new one: none of its reads cached).
             assert await Dispatcher(queue, other, clock=clock).run_once() == 0
-    finally:
-        blocking.gate.set()
     assert await running == 1
     stored = await queue.get_event("e1")
     assert stored is not None
