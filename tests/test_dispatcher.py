@@ -569,16 +569,21 @@ MANY = 40
 DEFAULT_POOL = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
 
 
-async def test_every_sync_handler_starts_at_once_on_the_dispatchers_own_threads(
-    inbox: SQLiteStore, clock: FixedClock
-) -> None:
+async def many_blocked(inbox: SQLiteStore, clock: FixedClock) -> tuple[Blocking, asyncio.Task[int]]:
+    """``MANY`` events, each for one blocking sync handler, and a batch taking them all."""
     router = Router()
     blocking = Blocking()
     router.add(blocking, "*", name="h")
     for i in range(MANY):
         await inbox.put(event(f"e{i}"))
     d = Dispatcher(inbox, router, clock=clock, concurrency=MANY)
-    batch = asyncio.create_task(d.run_once())
+    return blocking, asyncio.create_task(d.run_once())
+
+
+async def test_every_sync_handler_starts_at_once_on_the_dispatchers_own_threads(
+    inbox: SQLiteStore, clock: FixedClock
+) -> None:
+    blocking, batch = await many_blocked(inbox, clock)
     with blocking:
         # None waits for a thread, so each one's timeout counts from its start.
         await eventually(blocking.has_started(MANY), "every handler started")
@@ -588,13 +593,7 @@ async def test_every_sync_handler_starts_at_once_on_the_dispatchers_own_threads(
 async def test_store_reads_never_wait_behind_blocked_sync_handlers(
     inbox: SQLiteStore, clock: FixedClock
 ) -> None:
-    router = Router()
-    blocking = Blocking()
-    router.add(blocking, "*", name="h")
-    for i in range(MANY):
-        await inbox.put(event(f"e{i}"))
-    d = Dispatcher(inbox, router, clock=clock, concurrency=MANY)
-    batch = asyncio.create_task(d.run_once())
+    blocking, batch = await many_blocked(inbox, clock)
     with blocking:
         # Enough to take every thread of asyncio's default executor, were they on it.
         await eventually(blocking.has_started(DEFAULT_POOL), "the handlers started")
