@@ -899,6 +899,19 @@ async def test_a_retry_waits_as_long_as_the_server_asked(
 # Leases and heartbeat: a short lease, kept alive while the handlers run.
 
 
+def gated() -> tuple[Router, asyncio.Event, asyncio.Event]:
+    """A router whose one async handler ``h`` sets ``started`` and waits for ``gate``."""
+    router = Router()
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @router.on("*", name="h")
+    async def waits(ev: Event) -> None:
+        started.set()
+        await gate.wait()
+
+    return router, started, gate
+
+
 def lease_ends(inbox: Store, event_id: str, at_least: float) -> Callable[[], Awaitable[bool]]:
     """The event is still claimed, until ``at_least`` or later (a heartbeat came)."""
 
@@ -941,14 +954,7 @@ async def test_a_long_handler_keeps_its_claim_past_the_lease(
 async def test_a_dead_dispatchers_events_are_claimed_again_after_the_short_lease(
     queue: Store, clock: FixedClock
 ) -> None:
-    router = Router()
-    started, gate = asyncio.Event(), asyncio.Event()
-
-    @router.on("*", name="h")
-    async def hangs(ev: Event) -> None:
-        started.set()
-        await gate.wait()
-
+    router, started, _ = gated()  # never opened: the worker dies first
     await queue.put(event("e1"))
     dead = Dispatcher(queue, router, clock=clock)
     assert dead.lease == DEFAULT_LEASE
@@ -978,14 +984,7 @@ async def test_a_dead_dispatchers_events_are_claimed_again_after_the_short_lease
 async def test_the_heartbeat_stops_once_the_events_in_flight_are_finished(
     queue: Store, clock: FixedClock
 ) -> None:
-    router = Router()
-    started, gate = asyncio.Event(), asyncio.Event()
-
-    @router.on("*", name="h")
-    async def waits(ev: Event) -> None:
-        started.set()
-        await gate.wait()
-
+    router, started, gate = gated()
     await queue.put(event("e1"))
     d = dispatcher(queue, router, clock)
     assert not d.heartbeating
