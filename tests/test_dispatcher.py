@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from cio_webhooks._service import build_policies, sqlite_store
 from cio_webhooks.customerio.fake import FakeCustomerIO
 from cio_webhooks.dispatcher import DEFAULT_LEASE
 from cio_webhooks.settings import Settings
+from cio_webhooks.store import Store, open_store
 from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
@@ -58,8 +59,22 @@ class Flaky:
 HEARTBEAT = 0.01
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A new store of each backend, for the dispatcher's behaviours that rest on the
+    queue's claims (leases, heartbeat, fencing): they must hold on PostgreSQL too."""
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path / 'inbox.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    store = open_store(url)
+    await store.open()
+    yield store
+    await store.close()
+
+
 def dispatcher(
-    inbox: SQLiteStore, router: Router, clock: FixedClock, *, handler_timeout: float = 30.0
+    inbox: Store, router: Router, clock: FixedClock, *, handler_timeout: float = 30.0
 ) -> Dispatcher:
     retry = RetryPolicy(max_attempts=3, base=10, max_delay=1000, jitter=0.25)
     return Dispatcher(
@@ -73,7 +88,7 @@ def dispatcher(
     )
 
 
-async def state(inbox: SQLiteStore, event_id: str) -> JobState:
+async def state(inbox: Store, event_id: str) -> JobState:
     stored = await inbox.get_event(event_id)
     assert stored is not None
     return stored.state
@@ -198,15 +213,15 @@ async def test_retries_survive_a_restart(tmp_path: Path, clock: FixedClock) -> N
 
 
 async def test_claimed_but_unfinished_events_are_reclaimed_after_the_lease(
-    inbox: SQLiteStore, clock: FixedClock
+    queue: Store, clock: FixedClock
 ) -> None:
-    await inbox.put(event("e1"))
-    [job] = await inbox.claim(now=clock(), limit=10, lease=90)  # then the worker dies
-    assert await inbox.claim(now=clock() + 89, limit=10, lease=90, interrupted=True) == []
+    await queue.put(event("e1"))
+    [job] = await queue.claim(now=clock(), limit=10, lease=90)  # then the worker dies
+    assert await queue.claim(now=clock() + 89, limit=10, lease=90, interrupted=True) == []
     # Due again, but only to a claim of interrupted events (the dispatcher runs those
     # one at a time): a plain claim leaves it.
-    assert await inbox.claim(now=clock() + 91, limit=10, lease=90) == []
-    [again] = await inbox.claim(now=clock() + 91, limit=10, lease=90, interrupted=True)
+    assert await queue.claim(now=clock() + 91, limit=10, lease=90) == []
+    [again] = await queue.claim(now=clock() + 91, limit=10, lease=90, interrupted=True)
     assert (again.event_id, again.interrupted) == (job.event_id, True)
 
 
@@ -292,12 +307,24 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-def is_state(inbox: SQLiteStore, event_id: str, wanted: JobState) -> Callable[[], Awaitable[bool]]:
+def is_state(inbox: Store, event_id: str, wanted: JobState) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         stored = await inbox.get_event(event_id)
         return stored is not None and stored.state is wanted
 
     return check
+
+
+@contextlib.asynccontextmanager
+async def running(d: Dispatcher) -> AsyncIterator[None]:
+    """``d.run`` in the background for the block; stopped (and drained) after it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
 
 
 class Blocking:
@@ -312,6 +339,12 @@ class Blocking:
         with self._lock:
             self.started.add(ev.event_id)
         self.gate.wait()
+
+    def __enter__(self) -> Blocking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.gate.set()  # however the test's block ends: no thread is left blocked
 
     def has_started(self, count: int = 1) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
@@ -428,7 +461,7 @@ async def test_a_crashing_handler_does_not_use_up_the_attempts_of_the_events_bes
 
 
 async def test_a_replay_made_while_handlers_run_is_not_overwritten(
-    inbox: SQLiteStore, clock: FixedClock
+    queue: Store, clock: FixedClock
 ) -> None:
     router = Router()
     gate = asyncio.Event()
@@ -440,23 +473,23 @@ async def test_a_replay_made_while_handlers_run_is_not_overwritten(
         if calls[ev.event_id] == 1:
             await gate.wait()
 
-    await inbox.put(event("e1"))
-    d = dispatcher(inbox, router, clock)
+    await queue.put(event("e1"))
+    d = dispatcher(queue, router, clock)
     first = asyncio.create_task(d.run_once())
 
     async def running() -> bool:
         return calls["e1"] == 1
 
     await eventually(running, "the handler started")
-    assert await inbox.requeue(EventFilter(event_ids=("e1",)), now=clock(), rerun="*") == 1
+    assert await queue.requeue(EventFilter(event_ids=("e1",)), now=clock(), rerun="*") == 1
     gate.set()
     assert await first == 1
-    stored = await inbox.get_event("e1")
+    stored = await queue.get_event("e1")
     assert stored is not None
     assert (stored.state, stored.attempts) == (JobState.PENDING, 0)  # the replay's, not DONE
     assert await d.run_once() == 1
     assert calls["e1"] == 2
-    assert await state(inbox, "e1") is JobState.DONE
+    assert await state(queue, "e1") is JobState.DONE
 
 
 async def test_an_event_replayed_while_it_runs_runs_again_after_never_twice_at_once(
@@ -467,24 +500,19 @@ async def test_an_event_replayed_while_it_runs_runs_again_after_never_twice_at_o
     router.add(blocking, "*", name="h")
     await inbox.put(event("e1"))
     d = dispatcher(inbox, router, clock)
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    try:
-        await eventually(blocking.has_started(), "the handler started")
-        await inbox.requeue(EventFilter(event_ids=("e1",)), now=clock(), rerun="*")
-        d.wake()
+    async with running(d):
+        with blocking:
+            await eventually(blocking.has_started(), "the handler started")
+            await inbox.requeue(EventFilter(event_ids=("e1",)), now=clock(), rerun="*")
+            d.wake()
 
-        async def claimed_again() -> bool:
-            stored = await inbox.get_event("e1")
-            return stored is not None and stored.attempts == 1
+            async def claimed_again() -> bool:
+                stored = await inbox.get_event("e1")
+                return stored is not None and stored.attempts == 1
 
-        await eventually(claimed_again, "the replayed event was claimed again")
-        assert d.in_flight == 2  # the new run waits for the old one
-    finally:
-        blocking.gate.set()
-    await eventually(is_state(inbox, "e1", JobState.DONE), "the replay ran")
-    stop.set()
-    await asyncio.wait_for(task, 10)
+            await eventually(claimed_again, "the replayed event was claimed again")
+            assert d.in_flight == 2  # the new run waits for the old one
+        await eventually(is_state(inbox, "e1", JobState.DONE), "the replay ran")
 
 
 async def test_a_blocked_handler_does_not_hold_up_other_events(
@@ -496,23 +524,18 @@ async def test_a_blocked_handler_does_not_hold_up_other_events(
     spam = Flaky()
     router.add(spam, "*.spammed", name="spam")
     d = dispatcher(inbox, router, clock)
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    try:
-        await inbox.put(event("slow"))
-        d.wake()
-        await eventually(blocking.has_started(), "the slow handler started")
-        for i in range(5):
-            await inbox.put(event(f"spam{i}", metric="spammed"))
+    async with running(d):
+        with blocking:
+            await inbox.put(event("slow"))
             d.wake()
-        for i in range(5):
-            await eventually(is_state(inbox, f"spam{i}", JobState.DONE), f"spam{i} done")
-        assert await state(inbox, "slow") is JobState.PENDING  # still running, still claimed
-    finally:
-        blocking.gate.set()
-    await eventually(is_state(inbox, "slow", JobState.DONE), "the slow event finished")
-    stop.set()
-    await asyncio.wait_for(task, 10)
+            await eventually(blocking.has_started(), "the slow handler started")
+            for i in range(5):
+                await inbox.put(event(f"spam{i}", metric="spammed"))
+                d.wake()
+            for i in range(5):
+                await eventually(is_state(inbox, f"spam{i}", JobState.DONE), f"spam{i} done")
+            assert await state(inbox, "slow") is JobState.PENDING  # still running, still claimed
+        await eventually(is_state(inbox, "slow", JobState.DONE), "the slow event finished")
 
 
 async def test_retries_come_due_on_schedule_while_another_event_is_blocked(
@@ -524,26 +547,21 @@ async def test_retries_come_due_on_schedule_while_another_event_is_blocked(
     flaky = Flaky(failures=1)
     router.add(flaky, "*.spammed", name="flaky")
     d = dispatcher(inbox, router, clock)  # base 10 s, jitter 25 %
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    try:
-        await inbox.put(event("slow"))
-        await eventually(blocking.has_started(), "the slow handler started")
-        await inbox.put(event("f1", metric="spammed"))
-        d.wake()
-        await eventually(is_state(inbox, "f1", JobState.RETRYING), "the first attempt failed")
-        stored = await inbox.get_event("f1")
-        assert stored is not None
-        delay = stored.next_attempt_at - clock()
-        assert 7.5 <= delay <= 12.5
-        clock.advance(delay)
-        await eventually(is_state(inbox, "f1", JobState.DONE), "the retry ran when due")
-        assert flaky.calls["f1"] == 2
-        assert await state(inbox, "slow") is JobState.PENDING
-    finally:
-        blocking.gate.set()
-    stop.set()
-    await asyncio.wait_for(task, 10)
+    async with running(d):
+        with blocking:
+            await inbox.put(event("slow"))
+            await eventually(blocking.has_started(), "the slow handler started")
+            await inbox.put(event("f1", metric="spammed"))
+            d.wake()
+            await eventually(is_state(inbox, "f1", JobState.RETRYING), "the first attempt failed")
+            stored = await inbox.get_event("f1")
+            assert stored is not None
+            delay = stored.next_attempt_at - clock()
+            assert 7.5 <= delay <= 12.5
+            clock.advance(delay)
+            await eventually(is_state(inbox, "f1", JobState.DONE), "the retry ran when due")
+            assert flaky.calls["f1"] == 2
+            assert await state(inbox, "slow") is JobState.PENDING
 
 
 # More sync handlers at once than asyncio's default executor ever has threads (32).
@@ -551,42 +569,37 @@ MANY = 40
 DEFAULT_POOL = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
 
 
-async def test_every_sync_handler_starts_at_once_on_the_dispatchers_own_threads(
-    inbox: SQLiteStore, clock: FixedClock
-) -> None:
+async def many_blocked(inbox: SQLiteStore, clock: FixedClock) -> tuple[Blocking, asyncio.Task[int]]:
+    """``MANY`` events, each for one blocking sync handler, and a batch taking them all."""
     router = Router()
     blocking = Blocking()
     router.add(blocking, "*", name="h")
     for i in range(MANY):
         await inbox.put(event(f"e{i}"))
     d = Dispatcher(inbox, router, clock=clock, concurrency=MANY)
-    batch = asyncio.create_task(d.run_once())
-    try:
+    return blocking, asyncio.create_task(d.run_once())
+
+
+async def test_every_sync_handler_starts_at_once_on_the_dispatchers_own_threads(
+    inbox: SQLiteStore, clock: FixedClock
+) -> None:
+    blocking, batch = await many_blocked(inbox, clock)
+    with blocking:
         # None waits for a thread, so each one's timeout counts from its start.
         await eventually(blocking.has_started(MANY), "every handler started")
-    finally:
-        blocking.gate.set()
     assert await asyncio.wait_for(batch, 10) == MANY
 
 
 async def test_store_reads_never_wait_behind_blocked_sync_handlers(
     inbox: SQLiteStore, clock: FixedClock
 ) -> None:
-    router = Router()
-    blocking = Blocking()
-    router.add(blocking, "*", name="h")
-    for i in range(MANY):
-        await inbox.put(event(f"e{i}"))
-    d = Dispatcher(inbox, router, clock=clock, concurrency=MANY)
-    batch = asyncio.create_task(d.run_once())
-    try:
+    blocking, batch = await many_blocked(inbox, clock)
+    with blocking:
         # Enough to take every thread of asyncio's default executor, were they on it.
         await eventually(blocking.has_started(DEFAULT_POOL), "the handlers started")
         # Reads run on asyncio's default executor; a hang here is the failure.
         stored = await asyncio.wait_for(inbox.get_event("e0"), 10)
         assert stored is not None
-    finally:
-        blocking.gate.set()
     await asyncio.wait_for(batch, 10)
 
 
@@ -602,7 +615,7 @@ async def test_a_timed_out_sync_handler_keeps_its_slot_until_it_returns(
         inbox, router, clock=clock, rng=random.Random(1), concurrency=1, handler_timeout=0.05
     )
     await inbox.put(event("stuck"))
-    try:
+    with blocking:
         assert await d.run_once() == 1
         stored = await inbox.get_event("stuck")
         assert stored is not None
@@ -611,8 +624,6 @@ async def test_a_timed_out_sync_handler_keeps_its_slot_until_it_returns(
         await inbox.put(event("q", metric="spammed"))
         # Its thread still runs: no thread for another handler, so nothing is claimed.
         assert await d.run_once() == 0
-    finally:
-        blocking.gate.set()
 
     async def claimed() -> bool:
         return await d.run_once() == 1
@@ -747,7 +758,7 @@ async def test_a_drain_that_times_out_leaves_the_event_claimed_for_a_retry(
     d = Dispatcher(inbox, router, clock=clock, drain_timeout=0.1)
     stop = asyncio.Event()
     task = asyncio.create_task(d.run(stop))
-    try:
+    with blocking:
         await eventually(blocking.has_started(), "the handler started")
         with caplog.at_level(logging.WARNING, logger="cio_webhooks.dispatcher"):
             stop.set()
@@ -758,8 +769,6 @@ async def test_a_drain_that_times_out_leaves_the_event_claimed_for_a_retry(
         # Nothing recorded: still claimed, due again when the lease expires.
         assert (stored.state, stored.attempts) == (JobState.PENDING, 1)
         assert stored.next_attempt_at == clock() + d.lease
-    finally:
-        blocking.gate.set()
     [job] = await inbox.claim(now=clock() + d.lease, limit=1, lease=60, interrupted=True)
     assert job.interrupted
 
@@ -890,7 +899,20 @@ async def test_a_retry_waits_as_long_as_the_server_asked(
 # Leases and heartbeat: a short lease, kept alive while the handlers run.
 
 
-def lease_ends(inbox: SQLiteStore, event_id: str, at_least: float) -> Callable[[], Awaitable[bool]]:
+def gated() -> tuple[Router, asyncio.Event, asyncio.Event]:
+    """A router whose one async handler ``h`` sets ``started`` and waits for ``gate``."""
+    router = Router()
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @router.on("*", name="h")
+    async def waits(ev: Event) -> None:
+        started.set()
+        await gate.wait()
+
+    return router, started, gate
+
+
+def lease_ends(inbox: Store, event_id: str, at_least: float) -> Callable[[], Awaitable[bool]]:
     """The event is still claimed, until ``at_least`` or later (a heartbeat came)."""
 
     async def check() -> bool:
@@ -902,48 +924,39 @@ def lease_ends(inbox: SQLiteStore, event_id: str, at_least: float) -> Callable[[
 
 
 async def test_a_long_handler_keeps_its_claim_past_the_lease(
-    inbox: SQLiteStore, clock: FixedClock
+    queue: Store, clock: FixedClock
 ) -> None:
     router = Router()
     blocking = Blocking()  # sync: its thread blocks, the heartbeat goes on
     router.add(blocking, "*", name="long")
-    await inbox.put(event("e1"))
-    d = dispatcher(inbox, router, clock)
+    await queue.put(event("e1"))
+    d = dispatcher(queue, router, clock)
     running = asyncio.create_task(d.run_once())
     elsewhere = Flaky()
     other = Router()
     other.add(elsewhere, "*", name="long")
-    try:
+    with blocking:
         await eventually(blocking.has_started(), "the handler started")
         assert d.heartbeating
         for _ in range(4):  # 80 s: well past the 30 s lease
             clock.advance(20)
-            await eventually(lease_ends(inbox, "e1", clock() + d.lease), "a heartbeat came")
-            assert not await inbox.interrupted_due(now=clock())
+            await eventually(lease_ends(queue, "e1", clock() + d.lease), "a heartbeat came")
+            assert not await queue.interrupted_due(now=clock())
             # Another dispatcher on the same store (a new one: none of its reads cached).
-            assert await Dispatcher(inbox, other, clock=clock).run_once() == 0
-    finally:
-        blocking.gate.set()
+            assert await Dispatcher(queue, other, clock=clock).run_once() == 0
     assert await running == 1
-    stored = await inbox.get_event("e1")
+    stored = await queue.get_event("e1")
     assert stored is not None
     assert (stored.state, stored.attempts) == (JobState.DONE, 1)
     assert elsewhere.calls["e1"] == 0
 
 
 async def test_a_dead_dispatchers_events_are_claimed_again_after_the_short_lease(
-    inbox: SQLiteStore, clock: FixedClock
+    queue: Store, clock: FixedClock
 ) -> None:
-    router = Router()
-    started, gate = asyncio.Event(), asyncio.Event()
-
-    @router.on("*", name="h")
-    async def hangs(ev: Event) -> None:
-        started.set()
-        await gate.wait()
-
-    await inbox.put(event("e1"))
-    dead = Dispatcher(inbox, router, clock=clock)
+    router, started, _ = gated()  # never opened: the worker dies first
+    await queue.put(event("e1"))
+    dead = Dispatcher(queue, router, clock=clock)
     assert dead.lease == DEFAULT_LEASE
     running = asyncio.create_task(dead.run_once())
     await asyncio.wait_for(started.wait(), 10)
@@ -959,46 +972,39 @@ async def test_a_dead_dispatchers_events_are_claimed_again_after_the_short_lease
     other = Router()
     other.add(survivor, "*", name="h")
     clock.advance(DEFAULT_LEASE - 1)
-    assert await Dispatcher(inbox, other, clock=clock).run_once() == 0
+    assert await Dispatcher(queue, other, clock=clock).run_once() == 0
     clock.advance(1)
-    assert await Dispatcher(inbox, other, clock=clock).run_once() == 1
+    assert await Dispatcher(queue, other, clock=clock).run_once() == 1
     assert survivor.calls["e1"] == 1
-    stored = await inbox.get_event("e1")
+    stored = await queue.get_event("e1")
     assert stored is not None
     assert (stored.state, stored.attempts) == (JobState.DONE, 2)
 
 
 async def test_the_heartbeat_stops_once_the_events_in_flight_are_finished(
-    inbox: SQLiteStore, clock: FixedClock
+    queue: Store, clock: FixedClock
 ) -> None:
-    router = Router()
-    started, gate = asyncio.Event(), asyncio.Event()
-
-    @router.on("*", name="h")
-    async def waits(ev: Event) -> None:
-        started.set()
-        await gate.wait()
-
-    await inbox.put(event("e1"))
-    d = dispatcher(inbox, router, clock)
+    router, started, gate = gated()
+    await queue.put(event("e1"))
+    d = dispatcher(queue, router, clock)
     assert not d.heartbeating
     running = asyncio.create_task(d.run_once())
     await asyncio.wait_for(started.wait(), 10)
     clock.advance(10)
-    await eventually(lease_ends(inbox, "e1", clock() + d.lease), "a heartbeat came")
+    await eventually(lease_ends(queue, "e1", clock() + d.lease), "a heartbeat came")
     assert d.heartbeating
     gate.set()
     assert await running == 1
     assert not d.heartbeating
     assert await d.extend_claims() == 0  # nothing left to extend
-    stored = await inbox.get_event("e1")
+    stored = await queue.get_event("e1")
     assert stored is not None
     assert stored.state is JobState.DONE
 
     # The next claim starts a heartbeat of its own.
     started.clear()
     gate.clear()
-    await inbox.put(event("e2"))
+    await queue.put(event("e2"))
     running = asyncio.create_task(d.run_once())
     await asyncio.wait_for(started.wait(), 10)
     assert d.heartbeating
@@ -1008,7 +1014,7 @@ async def test_the_heartbeat_stops_once_the_events_in_flight_are_finished(
 
 
 async def test_a_claim_taken_away_is_no_longer_extended_and_the_others_still_are(
-    inbox: SQLiteStore, clock: FixedClock, caplog: pytest.LogCaptureFixture
+    queue: Store, clock: FixedClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     router = Router()
     gate = asyncio.Event()
@@ -1019,9 +1025,9 @@ async def test_a_claim_taken_away_is_no_longer_extended_and_the_others_still_are
         calls[ev.event_id] += 1
         await gate.wait()
 
-    await inbox.put(event("e1"))
-    await inbox.put(event("e2"))
-    d = dispatcher(inbox, router, clock)
+    await queue.put(event("e1"))
+    await queue.put(event("e2"))
+    d = dispatcher(queue, router, clock)
     running = asyncio.create_task(d.run_once())
 
     async def both_running() -> bool:
@@ -1029,19 +1035,19 @@ async def test_a_claim_taken_away_is_no_longer_extended_and_the_others_still_are
 
     await eventually(both_running, "both handlers started")
     with caplog.at_level(logging.INFO, logger="cio_webhooks.dispatcher"):
-        assert await inbox.discard(EventFilter(event_ids=("e1",)), now=clock()) == 1
+        assert await queue.discard(EventFilter(event_ids=("e1",)), now=clock()) == 1
 
         async def dropped() -> bool:
             return "event=claim_lost event_id=e1" in caplog.text
 
         await eventually(dropped, "the heartbeat found e1's claim gone")
         clock.advance(20)
-        await eventually(lease_ends(inbox, "e2", clock() + d.lease), "e2 is still extended")
+        await eventually(lease_ends(queue, "e2", clock() + d.lease), "e2 is still extended")
         assert d.heartbeating
         gate.set()
         assert await running == 2
-    assert await state(inbox, "e1") is JobState.DISCARDED  # its outcome was dropped
-    assert await state(inbox, "e2") is JobState.DONE
+    assert await state(queue, "e1") is JobState.DISCARDED  # its outcome was dropped
+    assert await state(queue, "e2") is JobState.DONE
     assert "event=claim_lost event_id=e2" not in caplog.text
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from cio_webhooks import StoreUnavailable, normalise, parse_event
 from cio_webhooks.events import NORMALISED_FIELDS
 from cio_webhooks.sinks import SQLiteWarehouse
+from cio_webhooks.store import Store, open_store
 from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
@@ -229,10 +231,23 @@ async def test_a_reader_never_creates_a_warehouse(tmp_path: Path) -> None:
 # The generic path: any store, read through the contract (``source=``), no ATTACH.
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def source(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A new store of each backend for the generic path: it exists for PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path / 'inbox.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    store = open_store(url)
+    await store.open()
+    yield store
+    await store.close()
+
+
 def generic_for(
-    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock, *, batch_size: int = 2000
+    inbox: Store, tmp_path: Path, clock: FixedClock, *, batch_size: int = 2000
 ) -> SQLiteWarehouse:
-    """Forced onto the generic path: a SQLite store read through the contract."""
+    """Forced onto the generic path: any store read through the contract."""
     return SQLiteWarehouse(
         tmp_path / "generic.db", source=inbox, clock=clock, batch_size=batch_size
     )
@@ -251,6 +266,15 @@ def test_a_warehouse_following_a_sqlite_store_takes_the_fast_path(
     warehouse = SQLiteWarehouse.following(tmp_path / "warehouse.db", inbox)
     assert warehouse.inbox == inbox.path.resolve()
     assert warehouse.source is inbox
+
+
+async def test_a_warehouse_following_a_postgresql_store_takes_the_generic_path(
+    pg_url: str, tmp_path: Path
+) -> None:
+    store = open_store(pg_url)
+    warehouse = SQLiteWarehouse.following(tmp_path / "warehouse.db", store)
+    assert warehouse.inbox is None
+    assert warehouse.source is store
 
 
 async def test_the_generic_path_gives_the_same_rows_as_the_fast_path(
@@ -274,16 +298,16 @@ async def test_the_generic_path_gives_the_same_rows_as_the_fast_path(
 
 
 async def test_the_generic_path_resumes_from_its_cursor_after_a_restart(
-    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock
+    source: Store, tmp_path: Path, clock: FixedClock
 ) -> None:
     for i in range(5):
-        await inbox.put(parse_event(json.dumps(make_event(f"a{i}")).encode(), received_at=NOW))
-    first = generic_for(inbox, tmp_path, clock, batch_size=3)
+        await source.put(parse_event(json.dumps(make_event(f"a{i}")).encode(), received_at=NOW))
+    first = generic_for(source, tmp_path, clock, batch_size=3)
     assert await first.load() == 3
     await first.close()  # stops mid-way
     for i in range(4):
-        await inbox.put(parse_event(json.dumps(make_event(f"b{i}")).encode(), received_at=NOW))
-    second = generic_for(inbox, tmp_path, clock, batch_size=3)
+        await source.put(parse_event(json.dumps(make_event(f"b{i}")).encode(), received_at=NOW))
+    second = generic_for(source, tmp_path, clock, batch_size=3)
     assert await second.cursor() == 3
     assert await load_all(second) == 6
     await second.close()
@@ -292,16 +316,16 @@ async def test_the_generic_path_resumes_from_its_cursor_after_a_restart(
 
 
 async def test_the_generic_path_skips_nothing_stored_while_it_loads(
-    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock
+    source: Store, tmp_path: Path, clock: FixedClock
 ) -> None:
-    warehouse = generic_for(inbox, tmp_path, clock, batch_size=4)
+    warehouse = generic_for(source, tmp_path, clock, batch_size=4)
     stored = asyncio.Event()
     total = 200
 
     async def receive() -> None:
         for i in range(total):
             body = json.dumps(make_event(f"e{i}")).encode()
-            await inbox.put(parse_event(body, received_at=NOW + i))
+            await source.put(parse_event(body, received_at=NOW + i))
             if i % 7 == 0:
                 await asyncio.sleep(0)  # let the loader in between writes
         stored.set()
@@ -324,15 +348,15 @@ async def test_the_generic_path_skips_nothing_stored_while_it_loads(
 
 
 async def test_the_generic_path_skips_a_body_that_no_longer_parses_and_goes_on(
-    inbox: SQLiteStore, tmp_path: Path, clock: FixedClock, caplog: pytest.LogCaptureFixture
+    source: Store, tmp_path: Path, clock: FixedClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = parse_event(json.dumps(make_event("good-1")).encode(), received_at=NOW)
-    await inbox.put(good)
+    await source.put(good)
     # As stored by an older version with looser checks: the routing columns are
     # there, the body is no event any more.
-    await inbox.put(dataclasses.replace(good, event_id="old-1", raw=b"not json"))
-    await inbox.put(parse_event(json.dumps(make_event("good-2")).encode(), received_at=NOW))
-    warehouse = generic_for(inbox, tmp_path, clock)
+    await source.put(dataclasses.replace(good, event_id="old-1", raw=b"not json"))
+    await source.put(parse_event(json.dumps(make_event("good-2")).encode(), received_at=NOW))
+    warehouse = generic_for(source, tmp_path, clock)
     with caplog.at_level(logging.WARNING, logger="cio_webhooks.sinks"):
         assert await warehouse.load() == 3
     assert await warehouse.load() == 0  # past it: never stalls

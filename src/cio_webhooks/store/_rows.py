@@ -4,19 +4,25 @@ locking); the meaning of a row is defined here once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..handlers import parse_pattern
-from ._model import EventFilter, Job, JobState, StoredEvent, Wanted
+from ._model import EventFilter, Gauges, Job, JobState, Quarantined, StoredEvent, StoreStats, Wanted
 
 __all__ = [
     "CLAIM_COLUMNS",
     "CLAIM_SCAN",
     "DUE",
     "EVENT_COLUMNS",
+    "QUARANTINE_COLUMNS",
+    "gauges",
     "jobs",
+    "pages",
+    "quarantined",
     "split_claim",
+    "store_stats",
     "stored_event",
     "where_clause",
 ]
@@ -31,6 +37,8 @@ EVENT_COLUMNS = (
     "seq, event_id, object_type, metric, occurred_at, received_at, state, attempts,"
     " next_attempt_at, last_error, body, backfilled"
 )
+#: The columns ``quarantined`` reads, in its order.
+QUARANTINE_COLUMNS = "id, received_at, event_id, reason, body"
 #: The columns ``split_claim`` and ``jobs`` read, in their order.
 CLAIM_COLUMNS = (
     "seq, event_id, object_type, metric, received_at, attempts, backfilled, claim_token IS NOT NULL"
@@ -55,6 +63,65 @@ def stored_event(row: Sequence[Any]) -> StoredEvent:
     )
 
 
+def quarantined(row: Sequence[Any]) -> Quarantined:
+    """A row of ``QUARANTINE_COLUMNS``."""
+    return Quarantined(
+        id=row[0], received_at=row[1], event_id=row[2], reason=row[3], body=bytes(row[4])
+    )
+
+
+async def pages(
+    where: EventFilter,
+    batch: int,
+    page: Callable[[EventFilter, int], Awaitable[Sequence[Sequence[Any]]]],
+) -> AsyncIterator[StoredEvent]:
+    """``iter_events`` over ``page(filter, size)``: the backend's rows of
+    ``EVENT_COLUMNS`` matching ``filter`` (its ``limit`` unset), in ``seq`` order, at
+    most ``size`` of them."""
+    after = where.after_seq
+    remaining = where.limit
+    while remaining is None or remaining > 0:
+        size = batch if remaining is None else min(batch, remaining)
+        rows = await page(dataclasses.replace(where, after_seq=after, limit=None), size)
+        for row in rows:
+            yield stored_event(row)
+        if len(rows) < size:
+            return
+        after = rows[-1][0]
+        if remaining is not None:
+            remaining -= len(rows)
+
+
+def gauges(
+    *, backlog: int, oldest: float | None, dead: int, quarantined: int, now: float
+) -> Gauges:
+    """``Gauges`` from its counts and the ``received_at`` of the oldest due event."""
+    return Gauges(
+        backlog=backlog,
+        dead_letters=dead,
+        quarantined=quarantined,
+        oldest_backlog_age_seconds=max(0.0, now - oldest) if oldest is not None else 0.0,
+    )
+
+
+def store_stats(
+    states: Iterable[tuple[str, int]],
+    kinds: Iterable[tuple[str, str, int]],
+    *,
+    quarantined: int,
+    oldest: float | None,
+) -> StoreStats:
+    """``StoreStats`` from ``(state, count)`` and ``(object_type, metric, count)`` rows."""
+    counts = dict(states)
+    return StoreStats(
+        events=sum(counts.values()),
+        states={s.value: counts.get(s.value, 0) for s in JobState},
+        kinds={f"{o}.{m}": n for o, m, n in kinds},
+        quarantined=quarantined,
+        oldest_unfinished_received_at=oldest,
+    )
+
+
 def split_claim(
     rows: Iterable[Sequence[Any]], wanted: Wanted | None, limit: int
 ) -> tuple[list[Sequence[Any]], list[int]]:
@@ -74,11 +141,15 @@ def jobs(
     claimed: Sequence[Sequence[Any]],
     *,
     bodies: Mapping[int, bytes],
-    succeeded: Mapping[int, set[str]],
+    succeeded: Iterable[tuple[int, str]],
     token: str,
 ) -> list[Job]:
     """The ``Job``s of claimed rows (``CLAIM_COLUMNS``, read before the claim counted
-    its attempt), in ``seq`` order."""
+    its attempt), in ``seq`` order; ``succeeded``: their ``(seq, handler)`` runs that
+    are ok."""
+    done: dict[int, set[str]] = {}
+    for seq, handler in succeeded:
+        done.setdefault(seq, set()).add(handler)
     return [
         Job(
             seq=r[0],
@@ -89,7 +160,7 @@ def jobs(
             received_at=r[4],
             attempts=r[5] + 1,  # the claim is the attempt
             token=token,
-            succeeded=frozenset(succeeded.get(r[0], ())),
+            succeeded=frozenset(done.get(r[0], ())),
             backfilled=bool(r[6]),
             interrupted=bool(r[7]),
         )

@@ -37,7 +37,6 @@ from .._model import (
     Gauges,
     HandlerRun,
     Job,
-    JobState,
     Outcome,
     PutResult,
     Quarantined,
@@ -50,8 +49,13 @@ from .._rows import (
     CLAIM_SCAN,
     DUE,
     EVENT_COLUMNS,
+    QUARANTINE_COLUMNS,
+    gauges,
     jobs,
+    pages,
+    quarantined,
     split_claim,
+    store_stats,
     stored_event,
     where_clause,
 )
@@ -414,10 +418,7 @@ class PostgresStore:
                 " AND seq = ANY(%s::bigint[])",
                 [seqs],
             )
-            done: dict[int, set[str]] = {}
-            for seq, handler in await cur.fetchall():
-                done.setdefault(seq, set()).add(handler)
-            return jobs(claimed, bodies=bodies, succeeded=done, token=token)
+            return jobs(claimed, bodies=bodies, succeeded=await cur.fetchall(), token=token)
 
         return await self._write("claiming", take)
 
@@ -637,35 +638,16 @@ class PostgresStore:
             total += removed
         return total
 
-    async def iter_events(
-        self, where: EventFilter, *, batch: int = 1000
-    ) -> AsyncIterator[StoredEvent]:
+    def iter_events(self, where: EventFilter, *, batch: int = 1000) -> AsyncIterator[StoredEvent]:
         # seq order is commit order (see _ingest.SEQ_LOCK): each page is a prefix.
-        after = where.after_seq
-        remaining = where.limit
-        while remaining is None or remaining > 0:
-            size = batch if remaining is None else min(batch, remaining)
-            where_sql, params = _where_sql(
-                EventFilter(
-                    since=where.since,
-                    until=where.until,
-                    kinds=where.kinds,
-                    states=where.states,
-                    event_ids=where.event_ids,
-                    after_seq=after,
-                )
-            )
-            rows = await self._rows(
+        async def page(part: EventFilter, size: int) -> list[tuple[Any, ...]]:
+            where_sql, params = _where_sql(part)
+            return await self._rows(
                 f"SELECT {EVENT_COLUMNS} FROM events WHERE {where_sql} ORDER BY seq LIMIT %s",
                 [*params, size],
             )
-            for row in rows:
-                yield stored_event(row)
-            if len(rows) < size:
-                return
-            after = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
+
+        return pages(where, batch, page)
 
     async def schema_version(self) -> int:
         """The newest migration applied to the schema (``cio-webhooks migrate``)."""
@@ -699,14 +681,10 @@ class PostgresStore:
         else:
             cond, params = "", []
         rows = await self._rows(
-            f"SELECT id, received_at, event_id, reason, body FROM quarantine {cond}"
-            " ORDER BY id DESC LIMIT %s",
+            f"SELECT {QUARANTINE_COLUMNS} FROM quarantine {cond} ORDER BY id DESC LIMIT %s",
             [*params, limit],
         )
-        return [
-            Quarantined(id=r[0], received_at=r[1], event_id=r[2], reason=r[3], body=bytes(r[4]))
-            for r in rows
-        ]
+        return [quarantined(r) for r in rows]
 
     # -- metrics -----------------------------------------------------------------------
     async def delivery_metrics(self, *, occurred_since: float) -> set[tuple[str, str]]:
@@ -726,33 +704,19 @@ class PostgresStore:
             " (SELECT count(*) FROM events WHERE state = 'dead'),"
             " (SELECT count(*) FROM quarantine)"
         )
-        backlog, oldest, dead, quarantined = rows[0]
-        return Gauges(
-            backlog=backlog,
-            dead_letters=dead,
-            quarantined=quarantined,
-            oldest_backlog_age_seconds=max(0.0, now - oldest) if oldest is not None else 0.0,
-        )
+        backlog, oldest, dead, held = rows[0]
+        return gauges(backlog=backlog, oldest=oldest, dead=dead, quarantined=held, now=now)
 
     async def stats(self) -> StoreStats:
-        states = dict(await self._rows("SELECT state, count(*) FROM events GROUP BY state"))
-        kinds = {
-            f"{o}.{m}": n
-            for o, m, n in await self._rows(
-                "SELECT object_type, metric, count(*) FROM events"
-                " GROUP BY object_type, metric ORDER BY 3 DESC, 1, 2"
-            )
-        }
-        quarantined, oldest = (
+        states = await self._rows("SELECT state, count(*) FROM events GROUP BY state")
+        kinds = await self._rows(
+            "SELECT object_type, metric, count(*) FROM events"
+            " GROUP BY object_type, metric ORDER BY 3 DESC, 1, 2"
+        )
+        held, oldest = (
             await self._rows(
                 "SELECT (SELECT count(*) FROM quarantine),"
                 f" (SELECT min(received_at) FROM events WHERE {DUE})"
             )
         )[0]
-        return StoreStats(
-            events=sum(states.values()),
-            states={s.value: states.get(s.value, 0) for s in JobState},
-            kinds=kinds,
-            quarantined=quarantined,
-            oldest_unfinished_received_at=oldest,
-        )
+        return store_stats(states, kinds, quarantined=held, oldest=oldest)

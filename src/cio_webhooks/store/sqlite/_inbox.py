@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import queue
 import secrets
 import sqlite3
@@ -31,7 +30,6 @@ from .._model import (
     Gauges,
     HandlerRun,
     Job,
-    JobState,
     Outcome,
     PutResult,
     Quarantined,
@@ -44,8 +42,13 @@ from .._rows import (
     CLAIM_SCAN,
     DUE,
     EVENT_COLUMNS,
+    QUARANTINE_COLUMNS,
+    gauges,
     jobs,
+    pages,
+    quarantined,
     split_claim,
+    store_stats,
     stored_event,
     where_clause,
 )
@@ -538,13 +541,11 @@ class SQLiteStore:
             bodies = dict(
                 conn.execute(f"SELECT seq, body FROM events WHERE seq IN ({marks})", seqs)
             )
-            done: dict[int, set[str]] = {}
-            for seq, handler in conn.execute(
+            succeeded = conn.execute(
                 f"SELECT seq, handler FROM handler_runs WHERE status = 'ok' AND seq IN ({marks})",
                 seqs,
-            ):
-                done.setdefault(seq, set()).add(handler)
-            return jobs(claimed, bodies=bodies, succeeded=done, token=token)
+            )
+            return jobs(claimed, bodies=bodies, succeeded=succeeded, token=token)
 
         return await self._writer.submit(take, isolated=True)
 
@@ -552,7 +553,7 @@ class SQLiteStore:
         def run(c: sqlite3.Connection) -> bool:
             return bool(
                 c.execute(
-                    "SELECT EXISTS (SELECT 1 FROM events WHERE state IN ('pending', 'retrying')"
+                    f"SELECT EXISTS (SELECT 1 FROM events WHERE {DUE}"
                     " AND next_attempt_at <= ? AND claim_token IS NOT NULL)",
                     (now,),
                 ).fetchone()[0]
@@ -565,7 +566,7 @@ class SQLiteStore:
             return sum(
                 conn.execute(
                     "UPDATE events SET next_attempt_at = ? WHERE seq = ? AND claim_token = ?"
-                    " AND state IN ('pending', 'retrying')",
+                    f" AND {DUE}",
                     (until, job.seq, job.token),
                 ).rowcount
                 for job in jobs
@@ -744,30 +745,13 @@ class SQLiteStore:
             total += removed
         return total
 
-    async def iter_events(
-        self, where: EventFilter, *, batch: int = 1000
-    ) -> AsyncIterator[StoredEvent]:
-        after = where.after_seq
-        remaining = where.limit
-        while remaining is None or remaining > 0:
-            size = batch if remaining is None else min(batch, remaining)
-            sql, params = _where_sql(dataclasses.replace(where, after_seq=after, limit=None))
+    def iter_events(self, where: EventFilter, *, batch: int = 1000) -> AsyncIterator[StoredEvent]:
+        async def page(part: EventFilter, size: int) -> list[Any]:
+            sql, params = _where_sql(part)
             query = f"SELECT {EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY seq LIMIT ?"
-            args = [*params, size]
+            return await self._read(lambda c: c.execute(query, [*params, size]).fetchall())
 
-            def page(
-                c: sqlite3.Connection, query: str = query, args: list[Any] = args
-            ) -> list[Any]:
-                return c.execute(query, args).fetchall()
-
-            rows = await self._read(page)
-            for row in rows:
-                yield stored_event(row)
-            if len(rows) < size:
-                return
-            after = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
+        return pages(where, batch, page)
 
     async def schema_version(self) -> int:
         """The inbox's ``PRAGMA user_version`` (``SCHEMA_VERSION`` once opened)."""
@@ -803,15 +787,11 @@ class SQLiteStore:
             sql, params = "", []
         rows = await self._read(
             lambda c: c.execute(
-                f"SELECT id, received_at, event_id, reason, body FROM quarantine {sql}"
-                " ORDER BY id DESC LIMIT ?",
+                f"SELECT {QUARANTINE_COLUMNS} FROM quarantine {sql} ORDER BY id DESC LIMIT ?",
                 [*params, limit],
             ).fetchall()
         )
-        return [
-            Quarantined(id=r[0], received_at=r[1], event_id=r[2], reason=r[3], body=bytes(r[4]))
-            for r in rows
-        ]
+        return [quarantined(r) for r in rows]
 
     async def delivery_metrics(self, *, occurred_since: float) -> set[tuple[str, str]]:
         def run(c: sqlite3.Connection) -> set[tuple[str, str]]:
@@ -834,40 +814,23 @@ class SQLiteStore:
         def run(c: sqlite3.Connection) -> Gauges:
             # Each of these reads a partial index or a small table, never all events.
             backlog, oldest = c.execute(
-                "SELECT count(*), min(received_at) FROM events"
-                " WHERE state IN ('pending', 'retrying')"
+                f"SELECT count(*), min(received_at) FROM events WHERE {DUE}"
             ).fetchone()
             dead = c.execute("SELECT count(*) FROM events WHERE state = 'dead'").fetchone()[0]
-            quarantined = c.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-            return Gauges(
-                backlog=backlog,
-                dead_letters=dead,
-                quarantined=quarantined,
-                oldest_backlog_age_seconds=max(0.0, now - oldest) if oldest else 0.0,
-            )
+            held = c.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+            return gauges(backlog=backlog, oldest=oldest, dead=dead, quarantined=held, now=now)
 
         return await self._read(run)
 
     async def stats(self) -> StoreStats:
         def run(c: sqlite3.Connection) -> StoreStats:
-            states = dict(c.execute("SELECT state, count(*) FROM events GROUP BY state"))
-            kinds = {
-                f"{o}.{m}": n
-                for o, m, n in c.execute(
-                    "SELECT object_type, metric, count(*) FROM events"
-                    " GROUP BY object_type, metric ORDER BY 3 DESC"
-                )
-            }
-            quarantined = c.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-            oldest = c.execute(
-                "SELECT min(received_at) FROM events WHERE state IN ('pending', 'retrying')"
-            ).fetchone()[0]
-            return StoreStats(
-                events=sum(states.values()),
-                states={s.value: states.get(s.value, 0) for s in JobState},
-                kinds=kinds,
-                quarantined=quarantined,
-                oldest_unfinished_received_at=oldest,
+            states = c.execute("SELECT state, count(*) FROM events GROUP BY state")
+            kinds = c.execute(
+                "SELECT object_type, metric, count(*) FROM events"
+                " GROUP BY object_type, metric ORDER BY 3 DESC, 1, 2"
             )
+            held = c.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+            oldest = c.execute(f"SELECT min(received_at) FROM events WHERE {DUE}").fetchone()[0]
+            return store_stats(states, kinds, quarantined=held, oldest=oldest)
 
         return await self._read(run)
