@@ -53,7 +53,8 @@ SEQ_LOCK = 0x63696F5F73657121  # "cio_seq!"
 #: How many puts one group commit carries at most.
 MAX_BATCH = 512
 
-#: Seconds a group commit may take before its puts fail with ``StoreUnavailable``.
+#: Seconds a put may wait, queued and then committing, before it fails with
+#: ``StoreUnavailable``; a group commit that takes longer is given up as well.
 #: Customer.io waits 4 s for an answer and treats no answer as a failed delivery that
 #: stalls the stream for an hour; a 503 in time makes it keep the event and retry.
 #: (A commit cut off here may still have happened: the retry is then a DUPLICATE.)
@@ -187,7 +188,15 @@ class GroupWriter:
             raise StoreUnavailable("the store is not open")
         future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Put(row, future))
-        return await future
+        # The deadline counts from here, not from when a writer takes the batch: a put
+        # queued behind stuck writers would otherwise wait up to twice as long, and
+        # psycopg may take seconds to give up a query it was told to cancel.  Cancelling
+        # the future is at once; the writer skips it (stored or not: a 503 is safe).
+        try:
+            async with asyncio.timeout(PUT_DEADLINE):
+                return await future
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"storing events took over {PUT_DEADLINE:g} s") from exc
 
     async def stop(self) -> None:
         """Commit what is queued, then stop the writer tasks."""
