@@ -13,7 +13,7 @@ import httpx2
 import psycopg
 import pytest
 
-from cio_webhooks import Event, JobState, StoreUnavailable, create_app
+from cio_webhooks import ConfigError, Event, JobState, StoreUnavailable, create_app
 from cio_webhooks.app import WebhookApp
 from cio_webhooks.store import Gauges, PutResult, open_store, parse_store_url
 from cio_webhooks.store.postgres import _ingest
@@ -548,3 +548,12 @@ async def test_on_postgresql_a_request_queued_behind_stuck_writers_is_503_in_tim
         assert max(elapsed for _, elapsed in answers) < 0.8, answers
     finally:
         await store.close()
+
+
+async def test_a_signing_key_that_is_not_text_is_refused_at_start_not_per_request(
+    inbox: SQLiteStore,
+) -> None:
+    # As from a variable holding a byte that is not UTF-8 (decoded with surrogateescape):
+    # verify() could not encode it, and every request, the valid keys' too, failed 500.
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        create_app(inbox, [KEY, "new-key\udcff"])
