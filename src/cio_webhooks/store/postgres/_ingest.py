@@ -133,6 +133,11 @@ def _columns(rows: Iterable[PutRow]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+def _expire(future: asyncio.Future[PutResult]) -> None:
+    if not future.done():
+        future.set_exception(StoreUnavailable(f"storing events took over {PUT_DEADLINE:g} s"))
+
+
 @dataclass(slots=True)
 class _Put:
     row: PutRow
@@ -168,17 +173,19 @@ class GroupWriter:
             raise StoreUnavailable("the store is closed")
         if not self._tasks:
             raise StoreUnavailable("the store is not open")
-        future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PutResult] = loop.create_future()
         self._queue.put_nowait(_Put(row, future))
         # The deadline counts from here, not from when a writer takes the batch: a put
         # queued behind stuck writers would otherwise wait up to twice as long, and
-        # psycopg may take seconds to give up a query it was told to cancel.  Cancelling
-        # the future is at once; the writer skips it (stored or not: a 503 is safe).
+        # psycopg may take seconds to give up a query it was told to cancel.  The timer
+        # fails the future at once; the writer then skips it (stored or not, a 503 is
+        # safe).  A plain timer: asyncio.timeout cost ~4.6 us per put, this ~1.7.
+        timer = loop.call_at(loop.time() + PUT_DEADLINE, _expire, future)
         try:
-            async with asyncio.timeout(PUT_DEADLINE):
-                return await future
-        except TimeoutError as exc:
-            raise StoreUnavailable(f"storing events took over {PUT_DEADLINE:g} s") from exc
+            return await future
+        finally:
+            timer.cancel()
 
     async def stop(self) -> None:
         """Commit what is queued, then stop the writer tasks."""
