@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import psycopg
 import pytest
 
-from cio_webhooks import Event, JobState, StoreUnavailable, create_app
+from cio_webhooks import ConfigError, Event, JobState, StoreUnavailable, create_app
 from cio_webhooks.app import WebhookApp
-from cio_webhooks.store import Gauges, PutResult
+from cio_webhooks.store import Gauges, PutResult, open_store, parse_store_url
+from cio_webhooks.store.postgres import _ingest
 from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event, signed_request
 
@@ -509,3 +512,48 @@ async def test_the_webhook_path_with_a_trailing_slash_is_the_webhook(
     answer = await client.post("/webhooks/customerio/", content=body, headers=headers)
     assert answer.status_code == 200  # not 404: a 4xx stalls Customer.io's stream
     assert await inbox.get_event("slash") is not None
+
+
+async def test_on_postgresql_a_request_queued_behind_stuck_writers_is_503_in_time(
+    pg_url: str, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Customer.io waits 4 s, and no answer stalls its stream for an hour: the deadline
+    # counts from the request's put, not from when a writer gets to its batch.
+    monkeypatch.setattr(_ingest, "PUT_DEADLINE", 0.5)
+    store = open_store(pg_url)
+    await store.open()
+    dsn = parse_store_url(pg_url).dsn
+    assert dsn is not None
+    app = create_app(store, [KEY], clock=clock)
+    transport = httpx2.ASGITransport(app=app)
+    try:
+        async with (
+            await psycopg.AsyncConnection.connect(dsn) as other,
+            httpx2.AsyncClient(transport=transport, base_url="http://t") as c,
+        ):
+            await other.execute("SELECT pg_advisory_xact_lock(%s)", [_ingest.SEQ_LOCK])
+
+            async def timed(event_id: str) -> tuple[int, float]:
+                started = time.monotonic()
+                response = await post_event(c, make_event(event_id))
+                return response.status_code, time.monotonic() - started
+
+            tasks = []
+            for i in range(3):  # one batch per writer, and one waiting for a writer
+                tasks.append(asyncio.create_task(timed(f"stuck-{i}")))
+                await asyncio.sleep(0.05)
+            answers = await asyncio.gather(*tasks)
+            await other.rollback()
+        assert [status for status, _ in answers] == [503, 503, 503]
+        assert max(elapsed for _, elapsed in answers) < 0.8, answers
+    finally:
+        await store.close()
+
+
+async def test_a_signing_key_that_is_not_text_is_refused_at_start_not_per_request(
+    inbox: SQLiteStore,
+) -> None:
+    # As from a variable holding a byte that is not UTF-8 (decoded with surrogateescape):
+    # verify() could not encode it, and every request, the valid keys' too, failed 500.
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        create_app(inbox, [KEY, "new-key\udcff"])

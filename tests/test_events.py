@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from cio_webhooks import InvalidEvent, normalise, parse_event
+from cio_webhooks import Event, EventData, InvalidEvent, normalise, parse_event
 from cio_webhooks.events import MAX_TIMESTAMP, METRICS_BY_OBJECT_TYPE, NORMALISED_FIELDS, iso
 
 from .conftest import sample_files
@@ -40,6 +41,30 @@ def test_events_are_immutable() -> None:
     event = parse_event(b'{"event_id":"e1","object_type":"email","metric":"sent"}')
     with pytest.raises(AttributeError):
         event.metric = "opened"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("backfilled", [False, True])
+def test_parse_event_builds_the_event_the_constructor_builds(backfilled: bool) -> None:
+    # parse_event sets Event's slots directly (no __init__): every field must be set,
+    # and the result must be the Event the dataclass would build, equal and hashed alike.
+    body = b'{"event_id":"e1","object_type":"email","metric":"sent","timestamp":5,"data":{}}'
+    event = parse_event(body, received_at=2.5, backfilled=backfilled)
+    built = Event(
+        event_id="e1",
+        object_type="email",
+        metric="sent",
+        timestamp=5,
+        data=EventData(),
+        raw=body,
+        received_at=2.5,
+        backfilled=backfilled,
+    )
+    assert {f.name: getattr(event, f.name) for f in dataclasses.fields(Event)} == {
+        f.name: getattr(built, f.name) for f in dataclasses.fields(Event)
+    }
+    assert event == built
+    assert hash(event) == hash(built)
+    assert dataclasses.replace(event, metric="opened").metric == "opened"
 
 
 def test_event_of_every_documented_kind_parses() -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cio_webhooks import MissingSignature, SignatureMismatch, StaleTimestamp, sign, verify
-from cio_webhooks.signature import signed_headers
+from cio_webhooks.signature import signed_headers, verify_values
 
 from .conftest import SAMPLES
 
@@ -179,3 +179,27 @@ def test_errors_do_not_contain_the_key() -> None:
     with pytest.raises(SignatureMismatch) as caught:
         verify(BODY, HEADERS, ["super-secret-key"], tolerance=0, now=TS)
     assert "super-secret-key" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("signature", "timestamp"),
+    [(VECTOR["x_cio_signature"], VECTOR["x_cio_timestamp"]), (None, "1"), ("a" * 64, None)],
+    ids=["vector", "no-signature", "no-timestamp"],
+)
+def test_verify_values_is_verify_on_the_header_values(
+    signature: str | None, timestamp: str | None
+) -> None:
+    # The receiver reads the two values in its one scan of the raw header list.
+    headers = {
+        name: value
+        for name, value in (("X-CIO-Signature", signature), ("X-CIO-Timestamp", timestamp))
+        if value is not None
+    }
+    if signature is None or timestamp is None:
+        with pytest.raises(MissingSignature):
+            verify_values(BODY, signature, timestamp, [KEY], now=TS)
+        with pytest.raises(MissingSignature):
+            verify(BODY, headers, [KEY], now=TS)
+    else:
+        assert verify_values(BODY, signature, timestamp, [KEY], now=TS) == TS
+        assert verify(BODY, headers, [KEY], now=TS) == TS

@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from ._exceptions import InvalidEvent, SignatureError, StoreUnavailable
+from ._exceptions import ConfigError, InvalidEvent, SignatureError, StoreUnavailable
 from .events import Event, parse_event
 from .handlers import Router
 from .settings import (
@@ -49,7 +49,7 @@ from .settings import (
     PROBE_TIMEOUT,
     WEBHOOK_PATH,
 )
-from .signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from .signature import verify_values
 from .store import Ingest, PutResult, Store
 
 __all__ = ["Counters", "Receiver", "WebhookApp", "create_app"]
@@ -141,6 +141,14 @@ class Receiver:
     ) -> None:
         if not keys:
             raise ValueError("the receiver needs at least one signing key")
+        try:
+            # Checked once, here: ``verify`` encodes every key for every request, and one
+            # key that cannot be (undecodable bytes, as from a mis-set environment
+            # variable) would fail every request with a 500, the valid keys' too.
+            for key in keys:
+                key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError("a signing key holds bytes that are not UTF-8 text") from None
         self.inbox = inbox
         self.keys = tuple(keys)
         self.tolerance = tolerance
@@ -187,13 +195,7 @@ class Receiver:
         now = self.clock()
         try:
             # Tolerance 0: verify only authenticates; the timestamp is judged below.
-            sent_at = verify(
-                body,
-                {SIGNATURE_HEADER: signature or "", TIMESTAMP_HEADER: timestamp or ""},
-                self.keys,
-                tolerance=0,
-                now=now,
-            )
+            sent_at = verify_values(body, signature, timestamp, self.keys, tolerance=0, now=now)
         except SignatureError as exc:
             self._reject(str(exc))
             await _send(send, _BAD_SIGNATURE)

@@ -29,6 +29,7 @@ __all__ = [
     "sign",
     "signed_headers",
     "verify",
+    "verify_values",
 ]
 
 SIGNATURE_HEADER = "X-CIO-Signature"
@@ -86,8 +87,27 @@ def verify(
     lookups try the canonical and the lowercase name.  A mapping cannot carry a
     header twice: callers holding raw header lists refuse repeated headers first.
     """
-    signature = _header(headers, SIGNATURE_HEADER)
-    raw_timestamp = _header(headers, TIMESTAMP_HEADER)
+    return verify_values(
+        body,
+        _header(headers, SIGNATURE_HEADER),
+        _header(headers, TIMESTAMP_HEADER),
+        keys,
+        tolerance=tolerance,
+        now=now,
+    )
+
+
+def verify_values(
+    body: bytes,
+    signature: str | None,
+    raw_timestamp: str | None,
+    keys: Iterable[str],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: float,
+) -> int:
+    """``verify`` for a caller that has already read the two header values (the
+    receiver, from its scan of the raw header list; None: the header is absent)."""
     if not signature or not raw_timestamp:
         raise MissingSignature("missing X-CIO-Signature or X-CIO-Timestamp header")
     if not (len(raw_timestamp) <= 20 and raw_timestamp.isascii() and raw_timestamp.isdigit()):

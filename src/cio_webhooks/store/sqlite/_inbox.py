@@ -447,7 +447,8 @@ class SQLiteStore:
     async def put(self, event: Event, *, handled: bool = False) -> PutResult:
         # A backfilled event is recorded, not handled: its actions were taken (or
         # deliberately not taken) when it was missed.
-        params = _put_params(event, "done" if handled or event.backfilled else "pending")
+        state = "done" if handled or event.backfilled else "pending"
+        params = _put_params(event, state)
 
         # One statement (see _Write.isolated): a value SQLite cannot take fails this
         # put alone, never the others in its group commit.
@@ -456,7 +457,7 @@ class SQLiteStore:
             return PutResult.STORED if stored else PutResult.DUPLICATE
 
         result = await self._writer.submit(insert, isolated=False)
-        if params[8] == "pending" and result is PutResult.STORED:
+        if state == "pending" and result is PutResult.STORED:
             self._work.set()
         return result
 
