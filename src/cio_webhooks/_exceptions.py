@@ -10,6 +10,7 @@ CioWebhooksError
 │                             older than the dedupe horizon -> quarantined), never 401
 ├── InvalidEvent              an authentic body that is not a Customer.io event (quarantined)
 ├── StoreUnavailable          the store could not durably take a write (answered 503)
+├── SinkError                 a warehouse sink could not take a write (the loader retries)
 └── ConfigError               bad configuration or arguments (CLI exit code 2)
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "MissingSignature",
     "SignatureError",
     "SignatureMismatch",
+    "SinkError",
     "StaleTimestamp",
     "StoreUnavailable",
 ]
@@ -65,6 +67,13 @@ class InvalidEvent(CioWebhooksError):
 
 class StoreUnavailable(CioWebhooksError):
     """The store could not durably take a write; the sender should retry."""
+
+
+class SinkError(CioWebhooksError):
+    """A warehouse sink could not take a write (unreachable, refused, bad credentials).
+
+    The loader retries that sink with backoff; ingest and the other sinks go on.
+    """
 
 
 class ConfigError(CioWebhooksError):

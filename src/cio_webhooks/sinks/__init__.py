@@ -1,9 +1,63 @@
-"""Warehouse sinks: where every stored event lands as one normalised row.
+"""Warehouse sinks: where every stored event lands as rows, seconds after it is acked.
 
-A sink never writes to the inbox, so it cannot slow down ingest.
+::
+
+    store --(loader: seq order, one cursor per sink in the store)--> Batch --> Sink.write
+             _loader.py                                             _rows.py   sqlite.py
+                                                                               postgres.py
+                                                                               bigquery.py
+                                                                               parquet.py
+
+A sink never reads or writes the inbox, so it cannot slow down ingest; a failing sink
+backs off on its own.  ``open_sink`` makes a sink from its URL (``_url``).
 """
 
-from ._base import Sink
+from __future__ import annotations
+
+import importlib
+
+from .._exceptions import ConfigError
+from ._contract import Batch, Sink
+from ._rows import (
+    CHANNEL_VIEWS,
+    DELIVERY_COLUMNS,
+    DELIVERY_METRICS,
+    EVENT_COLUMNS,
+    Column,
+    Privacy,
+    delivery_rows,
+    event_row,
+    merge_delivery,
+)
+from ._url import KINDS, SinkURL, parse_sink_url, parse_sink_urls
 from .sqlite import SQLiteWarehouse
 
-__all__ = ["SQLiteWarehouse", "Sink"]
+__all__ = [
+    "CHANNEL_VIEWS",
+    "DELIVERY_COLUMNS",
+    "DELIVERY_METRICS",
+    "EVENT_COLUMNS",
+    "Batch",
+    "Column",
+    "Privacy",
+    "SQLiteWarehouse",
+    "Sink",
+    "SinkURL",
+    "delivery_rows",
+    "event_row",
+    "merge_delivery",
+    "open_sink",
+    "parse_sink_url",
+    "parse_sink_urls",
+]
+
+
+def open_sink(url: SinkURL) -> Sink:
+    """The sink ``url`` names (not yet opened: the loader calls ``open``).  Each kind's
+    module (``sinks.<kind>``, with a ``from_url``) is imported only here, so that a
+    deployment without BigQuery never imports its client."""
+    if url.kind not in KINDS:
+        raise ConfigError(f"sink kind {url.kind!r} is not supported")
+    module = importlib.import_module(f"{__name__}.{url.kind}")
+    sink: Sink = module.from_url(url)
+    return sink
