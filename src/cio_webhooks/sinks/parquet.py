@@ -1,0 +1,453 @@
+"""The Parquet sink: a directory of Hive-partitioned Parquet files, one dataset per table.
+
+::
+
+    DIR/events/date=YYYY-MM-DD/object_type=X/part-<lo:020d>-<hi:020d>.parquet
+    DIR/deliveries/bucket=NN/deliveries.parquet
+    DIR/_parquet_sink.json      the layout (bucket count), checked on open
+    DIR/.staging/               temp files and compaction work, never read
+
+Read it as one dataset, e.g. with DuckDB::
+
+    SELECT * FROM read_parquet('DIR/events/**/*.parquet', hive_partitioning = true)
+    SELECT * FROM read_parquet('DIR/deliveries/**/*.parquet', hive_partitioning = true)
+
+or ``pyarrow.dataset.dataset("DIR/events", partitioning="hive")`` (pandas alike).
+``date`` is the UTC day of ``occurred_at`` (``__HIVE_DEFAULT_PARTITION__``, read as
+NULL, when it has none); ``object_type`` (URL-quoted in the directory name) also stays a
+column in the files.  The ``object_type`` partition is what the SQL sinks' per-channel
+views are: ``WHERE object_type = 'email'`` reads only that channel's files.  Columns are
+typed: ``timestamp("ms", "UTC")`` for times, ``bool``, ``string`` (``raw`` is JSON text);
+files are zstd-compressed.
+
+Every file appears whole: it is written under ``.staging/``, fsynced and renamed into
+place (same filesystem, so the rename is atomic), and the directory is fsynced.
+
+**Events: one row per event_id, at every moment a reader looks.**  A file is named by
+the ``seq`` range of the batch that wrote it (a compacted file: the range of the files
+it merged).  The store gives every ``event_id`` one ``seq`` for good, and an event's
+partition follows from its own fields, so an event written again (a replayed batch, or
+a re-read from the same cursor with a larger batch after a crash) can only sit in a
+file of its own partition whose range overlaps the new batch's.  ``write`` reads those
+files (none in the steady state, where a batch starts past every file), and then only
+ever replaces a file by one *of the same name*:
+
+- an overlapping file that holds some of the batch's events is rewritten in place
+  with those rows refreshed (the rename swaps old content for new in one step);
+- the batch's other events go to ``part-<first_seq>-<last_seq>``, merged with what
+  that file already holds when it exists.
+
+No step moves a row between files, so a reader never sees an event twice, nor misses
+one that was there before.  (A batch spans several partitions, each written in its own
+step: a batch interrupted part-way shows some of its events until it is written again,
+as any batch not yet written shows none.)
+
+**Compaction** moves rows between files, which renames cannot do atomically one file at
+a time; it swaps the whole partition directory instead.  When a partition holds more
+than ``compact_at`` files, its rows (deduplicated by ``event_id``, sorted by
+``occurred_at``) are written to one file in a new directory under ``.staging/``, and
+``renameat2(RENAME_EXCHANGE)`` swaps that directory with the partition in one step;
+the old files, now in ``.staging/``, are then deleted.  A crash at any point leaves
+either the old partition or the new one visible, and leftovers in ``.staging/`` that
+``open`` removes.  Where the kernel or filesystem cannot exchange (not Linux), the old
+directory is renamed away and the new one in: for that instant the partition reads as
+empty, never doubled.  A query that listed the files just before a compaction may fail
+with "file not found": run it again.
+
+**Deliveries: one row per delivery_id, at every moment.**  Parquet cannot update a row,
+so each ``delivery_id`` belongs to one of ``buckets`` files for good (CRC-32 of the id
+modulo the bucket count, kept in ``_parquet_sink.json``).  ``write`` reads each bucket
+file its batch touches, folds the batch's rows in with ``merge_delivery`` and replaces
+the file under the same name.  A delivery's row is therefore in exactly one file, and a
+reader sees the row before the write or after it, never both; ``merge_delivery`` being
+idempotent and order-independent, replays and arrival order change nothing.  A write
+costs one read and rewrite of every bucket it touches, so the sink asks the loader for
+large, infrequent batches (``batch_size``, ``interval``).
+
+Only one loader writes a sink at a time (it holds a lease in the store); within the
+process, a lock serialises writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import datetime as dt
+import errno
+import json
+import os
+import re
+import shutil
+import threading
+import urllib.parse
+import uuid
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .._exceptions import SinkError
+from ._contract import Batch
+from ._rows import (
+    DELIVERY_COLUMNS,
+    EVENT_COLUMNS,
+    KEEP_ALL,
+    Column,
+    DeliveryRow,
+    EventRow,
+    Privacy,
+    merge_delivery,
+)
+from ._url import SinkURL
+
+__all__ = ["DELIVERY_BUCKETS", "NULL_PARTITION", "ParquetSink", "from_url"]
+
+T = TypeVar("T")
+
+#: How many files ``deliveries`` is split into.  Fixed for a directory once written.
+DELIVERY_BUCKETS = 64
+#: The Hive name of a NULL partition value (pyarrow and DuckDB read it as NULL).
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+_LAYOUT = "_parquet_sink.json"
+_STAGING = ".staging"
+_PART = re.compile(r"^part-(\d{20})-(\d{20})\.parquet$")
+_DELIVERIES_FILE = "deliveries.parquet"
+_EVENT_ID = 0
+_OCCURRED_AT = [c.name for c in EVENT_COLUMNS].index("occurred_at")
+_OBJECT_TYPE = [c.name for c in EVENT_COLUMNS].index("object_type")
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _arrow_type(column: Column) -> pa.DataType:
+    if column.kind == "timestamp":
+        return pa.timestamp("ms", tz="UTC")
+    if column.kind == "bool":
+        return pa.bool_()
+    return pa.string()
+
+
+def _schema(columns: Sequence[Column]) -> pa.Schema:
+    return pa.schema([pa.field(c.name, _arrow_type(c)) for c in columns])
+
+
+EVENTS_SCHEMA = _schema(EVENT_COLUMNS)
+DELIVERIES_SCHEMA = _schema(DELIVERY_COLUMNS)
+
+
+def _to_time(text: str | None) -> dt.datetime | None:
+    return None if text is None else dt.datetime.fromisoformat(text)
+
+
+def _to_text(value: dt.datetime | None) -> str | None:
+    # The inverse of _to_time, in events.iso's form, so merge_delivery compares like text.
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _table(schema: pa.Schema, rows: Sequence[Sequence[Any]]) -> pa.Table:
+    """``rows`` (``_rows`` form: ISO text for times) as a table of ``schema``."""
+    arrays = []
+    for i, field in enumerate(schema):
+        values = [row[i] for row in rows]
+        if pa.types.is_timestamp(field.type):
+            values = [_to_time(v) for v in values]
+        arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _rows_of(table: pa.Table) -> list[tuple[Any, ...]]:
+    """A table's rows in ``_rows`` form (the inverse of ``_table``)."""
+    columns = []
+    for field in table.schema:
+        values = table.column(field.name).to_pylist()
+        if pa.types.is_timestamp(field.type):
+            values = [_to_text(v) for v in values]
+        columns.append(values)
+    return list(zip(*columns, strict=True)) if columns else []
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: a file written before a column was
+    added reads with that column NULL."""
+    arrays = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _read(path: Path, schema: pa.Schema) -> pa.Table:
+    # A file read on its own: without the partition columns a dataset read would add.
+    return _conform(pq.ParquetFile(path).read(), schema)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression="zstd")
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _partition(value: str | None) -> str:
+    return NULL_PARTITION if value is None else urllib.parse.quote(value, safe="")
+
+
+def _bucket(delivery_id: str, buckets: int) -> int:
+    return zlib.crc32(delivery_id.encode("utf-8", "surrogatepass")) % buckets
+
+
+class ParquetSink:
+    """Events and deliveries as Parquet files under ``directory`` (see the module
+    docstring for the layout and why every row is there exactly once)."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        name: str = "parquet",
+        url: str | None = None,
+        privacy: Privacy = KEEP_ALL,
+        batch_size: int = 50_000,
+        interval: float = 30.0,
+        compact_at: int = 16,
+        buckets: int = DELIVERY_BUCKETS,
+    ) -> None:
+        self.directory = Path(directory)
+        self.name = name
+        self.url = url or f"parquet://{self.directory}"
+        self.privacy = privacy
+        self.batch_size = batch_size
+        self.interval = interval
+        self.compact_at = compact_at
+        self.buckets = buckets
+        self._lock = threading.Lock()
+        self._ready = False
+
+    @property
+    def events_dir(self) -> Path:
+        return self.directory / "events"
+
+    @property
+    def deliveries_dir(self) -> Path:
+        return self.directory / "deliveries"
+
+    @property
+    def _staging(self) -> Path:
+        return self.directory / _STAGING
+
+    async def open(self) -> None:
+        """Create the directories, check the layout and remove what a crash left in
+        ``.staging/``; idempotent."""
+        await self._call(self._prepare)
+
+    async def write(self, batch: Batch) -> None:
+        """Upsert the batch's events by ``event_id`` and merge its deliveries (see the
+        module docstring); ``SinkError`` when the directory cannot take it."""
+
+        def run() -> None:
+            if not self._ready:
+                self._prepare()
+            self._write_events(batch)
+            self._write_deliveries(batch.deliveries)
+
+        await self._call(run)
+
+    async def close(self) -> None:
+        """Nothing to release: every write is complete on disk when it returns."""
+
+    async def compact(self) -> None:
+        """Compact every partition holding more than one file (``write`` compacts a
+        partition once it holds more than ``compact_at``)."""
+
+        def run() -> None:
+            if not self._ready:
+                self._prepare()
+            for partition in sorted(p for p in self.events_dir.glob("*/*") if p.is_dir()):
+                if len(self._parts(partition)) > 1:
+                    self._compact(partition)
+
+        await self._call(run)
+
+    # -- in a worker thread, under self._lock ------------------------------------------
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return fn()
+
+        try:
+            return await asyncio.to_thread(locked)
+        except (OSError, pa.ArrowException) as exc:
+            self._ready = False  # check the directories again on the next write
+            raise SinkError(f"parquet sink {self.name} ({self.directory}): {exc}") from exc
+
+    def _prepare(self) -> None:
+        for path in (self.events_dir, self.deliveries_dir, self._staging):
+            path.mkdir(parents=True, exist_ok=True)
+        layout = self.directory / _LAYOUT
+        if layout.exists():
+            buckets = json.loads(layout.read_text()).get("delivery_buckets")
+            if buckets != self.buckets:
+                raise SinkError(
+                    f"parquet sink {self.name}: {self.directory} was written with"
+                    f" {buckets} delivery buckets, not {self.buckets}"
+                )
+        else:
+            tmp = self._staging / f"{uuid.uuid4().hex}.tmp"
+            tmp.write_text(json.dumps({"version": 1, "delivery_buckets": self.buckets}))
+            os.replace(tmp, layout)
+        # Only this sink writes here (the loader's lease): what is staged is a leftover.
+        for leftover in self._staging.iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        self._ready = True
+
+    def _install(self, table: pa.Table, path: Path) -> None:
+        """Write ``table`` to ``path`` whole: staged, fsynced, renamed over."""
+        tmp = self._staging / f"{uuid.uuid4().hex}.tmp"
+        try:
+            _write_file(table, tmp)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    @staticmethod
+    def _parts(partition: Path) -> list[tuple[int, int, Path]]:
+        found = []
+        for entry in os.scandir(partition):
+            match = _PART.match(entry.name)
+            if match:
+                found.append((int(match[1]), int(match[2]), Path(entry.path)))
+        return sorted(found)
+
+    def _write_events(self, batch: Batch) -> None:
+        by_partition: dict[Path, list[EventRow]] = defaultdict(list)
+        for row in batch.events:
+            at = row[_OCCURRED_AT]
+            day = at[:10] if at else None
+            path = (
+                self.events_dir
+                / f"date={_partition(day)}"
+                / f"object_type={_partition(row[_OBJECT_TYPE])}"
+            )
+            by_partition[path].append(row)
+        for partition, rows in sorted(by_partition.items()):
+            self._write_partition(partition, rows, batch.first_seq, batch.last_seq)
+
+    def _write_partition(self, partition: Path, rows: list[EventRow], lo: int, hi: int) -> None:
+        partition.mkdir(parents=True, exist_ok=True)
+        pending = {row[_EVENT_ID]: row for row in rows}
+        target = partition / f"part-{lo:020d}-{hi:020d}.parquet"
+        held: pa.Table | None = None
+        # Events written before can only be in a file whose seq range meets this one.
+        for first, last, path in self._parts(partition):
+            if first > hi or last < lo:
+                continue
+            table = _read(path, EVENTS_SCHEMA)
+            if path == target:
+                held = table  # merged below, with the batch's new events
+                continue
+            refreshed = self._refresh(table, pending)
+            if refreshed is not None:
+                self._install(refreshed, path)
+        if held is not None:
+            refreshed = self._refresh(held, pending)
+            held = held if refreshed is None else refreshed
+            new = pa.concat_tables([held, _table(EVENTS_SCHEMA, list(pending.values()))])
+        else:
+            new = _table(EVENTS_SCHEMA, list(pending.values()))
+        if new.num_rows:
+            self._install(new, target)
+        if len(self._parts(partition)) > self.compact_at:
+            self._compact(partition)
+
+    @staticmethod
+    def _refresh(table: pa.Table, pending: dict[str, EventRow]) -> pa.Table | None:
+        """``table`` with its rows of events in ``pending`` replaced by theirs (taken
+        out of ``pending``); None when it holds none of them."""
+        ids = table.column("event_id").to_pylist()
+        hits = [i for i, event_id in enumerate(ids) if event_id in pending]
+        if not hits:
+            return None
+        replaced = set(hits)
+        keep = [i for i in range(len(ids)) if i not in replaced]
+        fresh = _table(EVENTS_SCHEMA, [pending.pop(ids[i]) for i in hits])
+        return pa.concat_tables([table.take(keep), fresh])
+
+    def _compact(self, partition: Path) -> None:
+        parts = self._parts(partition)
+        if not parts:
+            return
+        tables = [_read(path, EVENTS_SCHEMA) for _, _, path in parts]
+        merged = pa.concat_tables(tables)
+        # One row per event_id, the one from the file with the latest range: there are
+        # no duplicates to drop unless a store renumbered its events.
+        last_index = {event_id: i for i, event_id in enumerate(merged["event_id"].to_pylist())}
+        merged = merged.take(sorted(last_index.values())).sort_by("occurred_at")
+        lo, hi = parts[0][0], max(last for _, last, _ in parts)
+        work = self._staging / uuid.uuid4().hex
+        work.mkdir()
+        _write_file(merged, work / f"part-{lo:020d}-{hi:020d}.parquet")
+        _fsync_dir(work)
+        if not _exchange(work, partition):
+            # No atomic swap here: empty for an instant rather than doubled.
+            old = self._staging / uuid.uuid4().hex
+            os.rename(partition, old)
+            os.rename(work, partition)
+            work = old
+        _fsync_dir(partition.parent)
+        shutil.rmtree(work)
+
+    def _write_deliveries(self, rows: Iterable[DeliveryRow]) -> None:
+        by_bucket: dict[int, list[DeliveryRow]] = defaultdict(list)
+        for row in rows:
+            by_bucket[_bucket(row[0], self.buckets)].append(row)
+        for bucket, batch_rows in sorted(by_bucket.items()):
+            path = self.deliveries_dir / f"bucket={bucket:02d}" / _DELIVERIES_FILE
+            held: dict[str, DeliveryRow] = {}
+            if path.exists():
+                held = {row[0]: row for row in _rows_of(_read(path, DELIVERIES_SCHEMA))}
+            for row in batch_rows:
+                seen = held.get(row[0])
+                held[row[0]] = row if seen is None else merge_delivery(seen, row)
+            self._install(_table(DELIVERIES_SCHEMA, [held[k] for k in sorted(held)]), path)
+
+
+def from_url(url: SinkURL) -> ParquetSink:
+    """The sink ``parquet:///DIR`` names (not opened yet)."""
+    return ParquetSink(url.path, name=url.name, url=str(url) or None, privacy=url.privacy)
