@@ -407,7 +407,7 @@ class ParquetSink:
         replaced = set(hits)
         keep = [i for i in range(len(ids)) if i not in replaced]
         fresh = _table(EVENTS_SCHEMA, [pending.pop(ids[i]) for i in hits])
-        return pa.concat_tables([table.take(keep), fresh])
+        return pa.concat_tables([table.take(pa.array(keep, type=pa.int64())), fresh])
 
     def _compact(self, partition: Path) -> None:
         parts = self._parts(partition)
