@@ -71,6 +71,7 @@ process, a lock serialises writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import datetime as dt
 import errno
@@ -197,6 +198,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_dirs(path: Path) -> None:
+    """``mkdir -p`` that makes each new directory durable: a file renamed into a
+    directory whose own entry a power cut loses is lost with it."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir()
+        _fsync_dir(path.parent)
+
+
 def _write_file(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd")
     with path.open("rb") as f:
@@ -308,13 +320,13 @@ class ParquetSink:
 
         try:
             return await asyncio.to_thread(locked)
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, ValueError, pa.ArrowException) as exc:
             self._ready = False  # check the directories again on the next write
             raise SinkError(f"parquet sink {self.name} ({self.directory}): {exc}") from exc
 
     def _prepare(self) -> None:
         for path in (self.events_dir, self.deliveries_dir, self._staging):
-            path.mkdir(parents=True, exist_ok=True)
+            _make_dirs(path)
         layout = self.directory / _LAYOUT
         if layout.exists():
             buckets = json.loads(layout.read_text()).get("delivery_buckets")
@@ -340,7 +352,7 @@ class ParquetSink:
         tmp = self._staging / f"{uuid.uuid4().hex}.tmp"
         try:
             _write_file(table, tmp)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(path.parent)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -370,7 +382,7 @@ class ParquetSink:
             self._write_partition(partition, rows, batch.first_seq, batch.last_seq)
 
     def _write_partition(self, partition: Path, rows: list[EventRow], lo: int, hi: int) -> None:
-        partition.mkdir(parents=True, exist_ok=True)
+        _make_dirs(partition)
         pending = {row[_EVENT_ID]: row for row in rows}
         target = partition / f"part-{lo:020d}-{hi:020d}.parquet"
         held: pa.Table | None = None
