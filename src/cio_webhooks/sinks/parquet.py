@@ -49,10 +49,10 @@ than ``compact_at`` files, its rows (deduplicated by ``event_id``, sorted by
 ``renameat2(RENAME_EXCHANGE)`` swaps that directory with the partition in one step;
 the old files, now in ``.staging/``, are then deleted.  A crash at any point leaves
 either the old partition or the new one visible, and leftovers in ``.staging/`` that
-``open`` removes.  Where the kernel or filesystem cannot exchange (not Linux), the old
-directory is renamed away and the new one in: for that instant the partition reads as
-empty, never doubled.  A query that listed the files just before a compaction may fail
-with "file not found": run it again.
+``open`` removes.  Where the kernel or filesystem cannot exchange two directories
+(``open`` tries it; not Linux, or a filesystem without it), partitions are not
+compacted: the sink stays exact, with more files.  A query that listed the files just
+before a compaction may fail with "file not found": run it again.
 
 **Deliveries: one row per delivery_id, at every moment.**  Parquet cannot update a row,
 so each ``delivery_id`` belongs to one of ``buckets`` files for good (CRC-32 of the id
@@ -265,6 +265,7 @@ class ParquetSink:
         self.buckets = buckets
         self._lock = threading.Lock()
         self._ready = False
+        self._can_swap = False  # whether directories can be exchanged (set by open)
 
     @property
     def events_dir(self) -> Path:
@@ -339,6 +340,10 @@ class ParquetSink:
             tmp = self._staging / f"{uuid.uuid4().hex}.tmp"
             tmp.write_text(json.dumps({"version": 1, "delivery_buckets": self.buckets}))
             os.replace(tmp, layout)
+        probe = self._staging / f"probe-{uuid.uuid4().hex}"
+        (probe / "a").mkdir(parents=True)
+        (probe / "b").mkdir()
+        self._can_swap = _exchange(probe / "a", probe / "b")
         # Only this sink writes here (the loader's lease): what is staged is a leftover.
         for leftover in self._staging.iterdir():
             if leftover.is_dir():
@@ -423,26 +428,25 @@ class ParquetSink:
 
     def _compact(self, partition: Path) -> None:
         parts = self._parts(partition)
-        if not parts:
+        # Without an atomic swap, moving rows between files would show them twice or
+        # not at all for a moment, and a crash between two renames could lose them.
+        if not parts or not self._can_swap:
             return
         tables = [_read(path, EVENTS_SCHEMA) for _, _, path in parts]
         merged = pa.concat_tables(tables)
         # One row per event_id, the one from the file with the latest range: there are
         # no duplicates to drop unless a store renumbered its events.
         last_index = {event_id: i for i, event_id in enumerate(merged["event_id"].to_pylist())}
-        merged = merged.take(sorted(last_index.values())).sort_by("occurred_at")
+        keep = pa.array(sorted(last_index.values()), type=pa.int64())
+        merged = merged.take(keep).sort_by("occurred_at")
         lo, hi = parts[0][0], max(last for _, last, _ in parts)
         work = self._staging / uuid.uuid4().hex
         work.mkdir()
         _write_file(merged, work / f"part-{lo:020d}-{hi:020d}.parquet")
         _fsync_dir(work)
-        if not _exchange(work, partition):
-            # No atomic swap here: empty for an instant rather than doubled.
-            old = self._staging / uuid.uuid4().hex
-            os.rename(partition, old)
-            os.rename(work, partition)
-            work = old
-        _fsync_dir(partition.parent)
+        if _exchange(work, partition):
+            _fsync_dir(partition.parent)
+        # ``work`` now holds the old files (or, without a swap, the unused new one).
         shutil.rmtree(work)
 
     def _write_deliveries(self, rows: Iterable[DeliveryRow]) -> None:
