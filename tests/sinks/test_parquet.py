@@ -177,6 +177,8 @@ async def test_compaction_merges_a_partitions_files_keeping_one_row_per_event(
     events = [make_event(f"ev-{i:02d}", at=T0 + i) for i in range(12)]
     partition = tmp_path / "lake/events/date=2026-01-01/object_type=email"
     async with parquet_peer(tmp_path / "lake", compact_at=4) as peer:
+        if not peer.sink.can_compact:
+            pytest.skip("this filesystem cannot exchange two directories atomically")
         for seq, event in enumerate(events, start=1):
             await peer.sink.write(batch_of([event], seq, seq))
             assert len(list(partition.iterdir())) <= 4

@@ -268,6 +268,12 @@ class ParquetSink:
         self._can_swap = False  # whether directories can be exchanged (set by open)
 
     @property
+    def can_compact(self) -> bool:
+        """Whether this directory's filesystem can swap a partition atomically (known
+        once opened); without it, partitions keep one file per batch."""
+        return self._can_swap
+
+    @property
     def events_dir(self) -> Path:
         return self.directory / "events"
 
