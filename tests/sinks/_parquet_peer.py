@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 
+from cio_webhooks.sinks import Sink
 from cio_webhooks.sinks._rows import DELIVERY_COLUMNS, EVENT_COLUMNS, KEEP_ALL, Column, Privacy
 from cio_webhooks.sinks.parquet import ParquetSink
 
@@ -69,7 +70,8 @@ async def parquet_peer(
     """A ``ParquetSink`` on ``directory`` (e.g. pytest's ``tmp_path / "lake"``), opened,
     closed on exit; ``options`` go to ``ParquetSink``."""
     sink = ParquetSink(directory, privacy=privacy, **options)
-    await sink.open()
+    contract: Sink = sink  # mypy checks that the Parquet sink keeps the loader's contract
+    await contract.open()
     try:
         yield ParquetPeer(sink)
     finally:

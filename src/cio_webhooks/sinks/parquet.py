@@ -73,7 +73,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import datetime as dt
 import errno
 import json
 import os
@@ -89,6 +88,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .._exceptions import SinkError
@@ -140,25 +140,16 @@ EVENTS_SCHEMA = _schema(EVENT_COLUMNS)
 DELIVERIES_SCHEMA = _schema(DELIVERY_COLUMNS)
 
 
-def _to_time(text: str | None) -> dt.datetime | None:
-    return None if text is None else dt.datetime.fromisoformat(text)
-
-
-def _to_text(value: dt.datetime | None) -> str | None:
-    # The inverse of _to_time, in events.iso's form, so merge_delivery compares like text.
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _table(schema: pa.Schema, rows: Sequence[Sequence[Any]]) -> pa.Table:
     """``rows`` (``_rows`` form: ISO text for times) as a table of ``schema``."""
     arrays = []
     for i, field in enumerate(schema):
         values = [row[i] for row in rows]
         if pa.types.is_timestamp(field.type):
-            values = [_to_time(v) for v in values]
-        arrays.append(pa.array(values, type=field.type))
+            # Arrow parses events.iso's text itself (in C: ~20x parsing in Python).
+            arrays.append(pa.array(values, type=pa.string()).cast(field.type))
+        else:
+            arrays.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -166,10 +157,12 @@ def _rows_of(table: pa.Table) -> list[tuple[Any, ...]]:
     """A table's rows in ``_rows`` form (the inverse of ``_table``)."""
     columns = []
     for field in table.schema:
-        values = table.column(field.name).to_pylist()
+        column = table.column(field.name)
         if pa.types.is_timestamp(field.type):
-            values = [_to_text(v) for v in values]
-        columns.append(values)
+            # events.iso's form (%S of a millisecond timestamp has the .fff), so that
+            # merge_delivery compares the times it reads back as the text it was given.
+            column = pc.strftime(column, format="%Y-%m-%dT%H:%M:%SZ")
+        columns.append(column.to_pylist())
     return list(zip(*columns, strict=True)) if columns else []
 
 
@@ -379,17 +372,16 @@ class ParquetSink:
         return sorted(found)
 
     def _write_events(self, batch: Batch) -> None:
-        by_partition: dict[Path, list[EventRow]] = defaultdict(list)
+        by_partition: dict[tuple[str | None, str | None], list[EventRow]] = defaultdict(list)
         for row in batch.events:
             at = row[_OCCURRED_AT]
-            day = at[:10] if at else None
-            path = (
+            by_partition[at[:10] if at else None, row[_OBJECT_TYPE]].append(row)
+        for (day, object_type), rows in by_partition.items():
+            partition = (
                 self.events_dir
                 / f"date={_partition(day)}"
-                / f"object_type={_partition(row[_OBJECT_TYPE])}"
+                / f"object_type={_partition(object_type)}"
             )
-            by_partition[path].append(row)
-        for partition, rows in sorted(by_partition.items()):
             self._write_partition(partition, rows, batch.first_seq, batch.last_seq)
 
     def _write_partition(self, partition: Path, rows: list[EventRow], lo: int, hi: int) -> None:
