@@ -72,9 +72,7 @@ class Emulator:
         it answers."""
         executable = BQ_VENV / "bin" / "bqemulator"
         if not executable.exists():
-            raise EmulatorError(
-                f"{executable} is missing: run `make bq-emulator` (make test does)"
-            )
+            raise EmulatorError(f"{executable} is missing: run `make bq-emulator` (make test does)")
         self._starts += 1
         log = self.workdir / f"emulator-{self._starts}.log"
         command = [
@@ -213,7 +211,7 @@ class Reader:
             result = client.query(f"SELECT * FROM {name} ORDER BY {order_by}").result()
             return [{k: as_text(v) for k, v in row.items()} for row in result]
         finally:
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
 
     def events(self) -> list[dict[str, Any]]:
         return self.rows("events", "event_id")
