@@ -29,10 +29,13 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cio_webhooks.sinks.bigquery import BigQuerySink
 
 ROOT = Path(__file__).resolve().parents[2]
 BQ_VENV = Path(os.environ.get("CIO_WEBHOOKS_BQ_VENV", ROOT / ".venv-bq"))
@@ -221,3 +224,35 @@ class Reader:
 
 
 ReadBack = Callable[[], list[dict[str, Any]]]
+
+
+@dataclass
+class Peer:
+    """An opened sink and what reads its tables back."""
+
+    sink: BigQuerySink
+    #: Every ``events`` row (by event_id) as a dict, times as ISO text.
+    events: ReadBack
+    #: Every ``deliveries`` row (by delivery_id) as a dict, times as ISO text.
+    deliveries: ReadBack
+    reader: Reader
+
+
+@contextlib.asynccontextmanager
+async def bigquery_peer(
+    emulator: Emulator, parameters: str = "", *, salt: bytes | None = None
+) -> AsyncIterator[Peer]:
+    """A ``BigQuerySink`` made from its URL on a dataset of its own, opened; closed
+    after the block.  ``parameters`` are more URL parameters (``email=hash&raw=drop``,
+    ``table_prefix=cio_``); ``salt`` is the personal-data salt ``email=hash`` needs."""
+    from cio_webhooks.sinks import parse_sink_url
+    from cio_webhooks.sinks.bigquery import from_url
+
+    url = f"bigquery://{PROJECT}/{new_dataset()}?api_endpoint={emulator.endpoint}"
+    sink = from_url(parse_sink_url(f"{url}&{parameters}" if parameters else url, salt=salt))
+    await sink.open()
+    reader = Reader(emulator.endpoint, sink.dataset, sink.table_prefix)
+    try:
+        yield Peer(sink, reader.events, reader.deliveries, reader)
+    finally:
+        await sink.close()

@@ -30,7 +30,7 @@ from cio_webhooks.sinks._rows import as_dicts
 from cio_webhooks.sinks.bigquery import BigQuerySink, from_url
 
 from ..conftest import NOW, SAMPLES
-from ._bigquery_peer import PROJECT, Emulator, Reader, new_dataset, running_emulator
+from ._bigquery_peer import PROJECT, Emulator, Peer, Reader, bigquery_peer, running_emulator
 
 SALT = b"pepper"
 
@@ -54,51 +54,47 @@ def batch_of(events: Sequence[Event], privacy: Privacy, loaded_at: float = NOW) 
 
 
 @pytest.fixture
-async def sink(bigquery_emulator: Emulator) -> AsyncIterator[BigQuerySink]:
-    url = f"bigquery://{PROJECT}/{new_dataset()}?api_endpoint={bigquery_emulator.endpoint}"
-    opened = from_url(parse_sink_url(url))
-    await opened.open()
-    yield opened
-    await opened.close()
-
-
-def reader(sink: BigQuerySink, emulator: Emulator) -> Reader:
-    return Reader(emulator.endpoint, sink.dataset, sink.table_prefix)
+async def peer(bigquery_emulator: Emulator) -> AsyncIterator[Peer]:
+    async with bigquery_peer(bigquery_emulator) as opened:
+        yield opened
 
 
 async def test_every_sample_lands_once_as_its_row(
-    sink: BigQuerySink, bigquery_emulator: Emulator
+    peer: Peer,
 ) -> None:
+    sink = peer.sink
     batch = batch_of(samples(), sink.privacy)
 
     await sink.write(batch)
 
     expected = sorted(as_dicts(EVENT_COLUMNS, batch.events), key=lambda r: r["event_id"])
-    assert reader(sink, bigquery_emulator).events() == expected
+    assert peer.events() == expected
 
 
 async def test_a_replayed_batch_leaves_one_row_per_event_refreshed(
-    sink: BigQuerySink, bigquery_emulator: Emulator
+    peer: Peer,
 ) -> None:
+    sink = peer.sink
     await sink.write(batch_of(samples(), sink.privacy, loaded_at=NOW))
 
     await sink.write(batch_of(samples(), sink.privacy, loaded_at=NOW + 60))
 
-    rows = reader(sink, bigquery_emulator).events()
+    rows = peer.events()
     assert len(rows) == len(samples())
     assert {r["loaded_at"] for r in rows} == {iso(NOW + 60)}
 
 
 async def test_deliveries_hold_one_row_per_delivery_of_the_samples(
-    sink: BigQuerySink, bigquery_emulator: Emulator
+    peer: Peer,
 ) -> None:
+    sink = peer.sink
     batch = batch_of(samples(), sink.privacy)
 
     await sink.write(batch)
     await sink.write(batch)
 
     expected = sorted(as_dicts(DELIVERY_COLUMNS, batch.deliveries), key=lambda r: r["delivery_id"])
-    assert reader(sink, bigquery_emulator).deliveries() == expected
+    assert peer.deliveries() == expected
 
 
 def delivery_events(delivery_id: str) -> list[Event]:
@@ -125,8 +121,9 @@ def delivery_events(delivery_id: str) -> list[Event]:
 
 
 async def test_a_deliveries_row_is_the_same_whatever_order_its_events_arrive_in(
-    sink: BigQuerySink, bigquery_emulator: Emulator
+    peer: Peer,
 ) -> None:
+    sink = peer.sink
     # Every order of the four events, one delivery per order: the k-th write holds the
     # k-th event of each, so every merge after the first goes through the stored row.
     orders = list(itertools.permutations(range(4)))
@@ -135,7 +132,7 @@ async def test_a_deliveries_row_is_the_same_whatever_order_its_events_arrive_in(
         step = [events[f"d{i}"][order[k]] for i, order in enumerate(orders)]
         await sink.write(batch_of(step, sink.privacy))
 
-    rows = reader(sink, bigquery_emulator).deliveries()
+    rows = peer.deliveries()
     assert len(rows) == len(orders)
     for row in rows:
         (expected,) = as_dicts(
@@ -147,29 +144,22 @@ async def test_a_deliveries_row_is_the_same_whatever_order_its_events_arrive_in(
 
 
 async def test_views_select_the_events_of_their_channel(
-    sink: BigQuerySink, bigquery_emulator: Emulator
+    peer: Peer,
 ) -> None:
+    sink = peer.sink
     await sink.write(batch_of(samples(), sink.privacy))
 
-    read = reader(sink, bigquery_emulator)
     for view, object_type in CHANNEL_VIEWS.items():
-        expected = [r for r in read.events() if r["object_type"] == object_type]
-        assert read.rows(view, "event_id") == expected, view
+        expected = [r for r in peer.events() if r["object_type"] == object_type]
+        assert peer.reader.rows(view, "event_id") == expected, view
 
 
 async def test_table_prefix_names_every_table_and_view(bigquery_emulator: Emulator) -> None:
     from google.cloud import bigquery
 
-    dataset = new_dataset()
-    sink = from_url(
-        parse_sink_url(
-            f"bigquery://{PROJECT}/{dataset}?api_endpoint={bigquery_emulator.endpoint}"
-            "&table_prefix=cio_"
-        )
-    )
-    await sink.open()
-    await sink.write(batch_of(samples(), sink.privacy))
-    await sink.close()
+    async with bigquery_peer(bigquery_emulator, "table_prefix=cio_") as peer:
+        await peer.sink.write(batch_of(samples(), peer.sink.privacy))
+    dataset = peer.sink.dataset
 
     client = bigquery_client(bigquery_emulator)
     names = {t.table_id for t in client.list_tables(f"{PROJECT}.{dataset}")}
@@ -185,49 +175,38 @@ async def test_table_prefix_names_every_table_and_view(bigquery_emulator: Emulat
     ]
 
 
-async def test_open_twice_keeps_the_rows(sink: BigQuerySink, bigquery_emulator: Emulator) -> None:
+async def test_open_twice_keeps_the_rows(peer: Peer) -> None:
+    sink = peer.sink
     await sink.write(batch_of(samples(), sink.privacy))
 
     await sink.open()
 
-    assert len(reader(sink, bigquery_emulator).events()) == len(samples())
+    assert len(peer.events()) == len(samples())
 
 
 async def test_hashed_addresses_and_dropped_content_show_in_the_rows(
     bigquery_emulator: Emulator,
 ) -> None:
-    url = (
-        f"bigquery://{PROJECT}/{new_dataset()}?api_endpoint={bigquery_emulator.endpoint}"
-        "&email=hash&content=drop"
-    )
-    sink = from_url(parse_sink_url(url, salt=SALT))
-    await sink.open()
     with_content = parse_event((SAMPLES / "email_sent_with_content.raw.json").read_bytes())
-    await sink.write(batch_of([with_content], sink.privacy))
-    await sink.close()
+    async with bigquery_peer(bigquery_emulator, "email=hash&content=drop", salt=SALT) as peer:
+        await peer.sink.write(batch_of([with_content], peer.sink.privacy))
 
-    (row,) = reader(sink, bigquery_emulator).events()
+    (row,) = peer.events()
     hashed = hashlib.sha256(SALT + b"test@example.com").hexdigest()
     assert row["recipient"] == hashed
     data = json.loads(row["raw"])["data"]
     assert data["recipient"] == hashed
     assert "content" not in data
     assert "headers" not in data
-    (delivery,) = reader(sink, bigquery_emulator).deliveries()
+    (delivery,) = peer.deliveries()
     assert delivery["recipient"] == hashed
 
 
 async def test_dropped_addresses_and_raw_show_in_the_rows(bigquery_emulator: Emulator) -> None:
-    url = (
-        f"bigquery://{PROJECT}/{new_dataset()}?api_endpoint={bigquery_emulator.endpoint}"
-        "&email=drop&raw=drop"
-    )
-    sink = from_url(parse_sink_url(url))
-    await sink.open()
-    await sink.write(batch_of(samples(), sink.privacy))
-    await sink.close()
+    async with bigquery_peer(bigquery_emulator, "email=drop&raw=drop") as peer:
+        await peer.sink.write(batch_of(samples(), peer.sink.privacy))
 
-    rows = reader(sink, bigquery_emulator).events()
+    rows = peer.events()
     assert len(rows) == len(samples())
     assert {(r["email"], r["recipient"], r["raw"]) for r in rows} == {(None, None, None)}
 
