@@ -163,9 +163,8 @@ async def test_table_prefix_names_every_table_and_view(bigquery_emulator: Emulat
 
     client = bigquery_client(bigquery_emulator)
     names = {t.table_id for t in client.list_tables(f"{PROJECT}.{dataset}")}
-    expected = {f"cio_{n}" for n in ("events", "deliveries", *CHANNEL_VIEWS)}
-    assert expected <= names
-    assert all(n.startswith("cio_") for n in names)
+    # The staging tables of each write are gone.
+    assert names == {f"cio_{n}" for n in ("events", "deliveries", *CHANNEL_VIEWS)}
     events = client.get_table(f"{PROJECT}.{dataset}.cio_events")
     assert isinstance(events.time_partitioning, bigquery.TimePartitioning)
     assert events.time_partitioning.field == "occurred_at"
@@ -182,6 +181,20 @@ async def test_open_twice_keeps_the_rows(peer: Peer) -> None:
     await sink.open()
 
     assert len(peer.events()) == len(samples())
+
+
+async def test_a_table_dropped_behind_the_sinks_back_is_made_again(
+    peer: Peer, bigquery_emulator: Emulator
+) -> None:
+    first, second = samples()[:5], samples()[5:]
+    await peer.sink.write(batch_of(first, peer.sink.privacy))
+    bigquery_client(bigquery_emulator).delete_table(peer.sink.table("events"))
+
+    with pytest.raises(SinkError, match="merge events"):
+        await peer.sink.write(batch_of(second, peer.sink.privacy))
+    await peer.sink.write(batch_of(second, peer.sink.privacy))
+
+    assert [r["event_id"] for r in peer.events()] == sorted(e.event_id for e in second)
 
 
 async def test_hashed_addresses_and_dropped_content_show_in_the_rows(

@@ -11,11 +11,16 @@ Credentials: a service-account key file (``credentials=``); else, with an
 Rows stay unique without relying on ``insertId`` (streaming dedupe is best-effort
 and lasts about a minute): every write loads the batch into a staging table with a
 load job (``WRITE_TRUNCATE``), then ``MERGE``\\ s it into the table on its key, updating
-rows that exist and inserting the others.  A replayed batch therefore refreshes the
-same rows.  The load goes through the resumable upload protocol (the client's choice
-when it is not told the size): the emulator the tests run against refuses the
-client's one-request multipart upload (its media part is typed ``*/*``), and real
-BigQuery takes both.
+rows that exist and inserting the others, and drops the staging table.  A replayed
+batch therefore refreshes the same rows.  Each batch stages into tables of its own
+(named by the sink and the batch's first seq, expiring after a day if never dropped):
+BigQuery takes at most 1,500 load jobs a day into one table, failed ones included,
+which one fixed staging table would reach at a write a minute plus retries.
+
+The load goes through the resumable upload protocol (the client's choice when it is
+not told the size): the emulator the tests run against refuses the client's
+one-request multipart upload (its media part is typed ``*/*``); real BigQuery takes
+both.
 
 ``deliveries`` is read-modify-write: the rows of the batch's delivery_ids are read,
 each is folded with the batch's row by ``merge_delivery``, and the results replace
@@ -81,11 +86,13 @@ log = logging.getLogger("cio_webhooks.sinks")
 #: Seconds one API call may take, its retries included, before ``write`` gives up
 #: with ``SinkError`` (the loader then retries the batch with backoff).
 DEFAULT_TIMEOUT = 120.0
-#: BigQuery allows 1,500 load jobs a day into one table (the staging tables here):
-#: one write a minute stays under it.
+#: Every write runs five jobs (two loads, a read, two MERGEs) and each MERGE bills at
+#: least 10 MB per table it reads: one write a minute keeps that small.
 DEFAULT_INTERVAL = 60.0
 DEFAULT_BATCH_SIZE = 50_000
 
+#: How long a staging table outlives a sink that stopped before dropping it.
+_STAGING_LIFETIME = dt.timedelta(days=1)
 #: Retries of an upload that fails to connect (1 s, then 2 s apart): the loader
 #: retries the whole batch with its own backoff, and the client's default (6, up to a
 #: minute) would outlast ``timeout``.
@@ -131,6 +138,9 @@ class BigQuerySink:
         self._api_endpoint = api_endpoint
         self._location = location
         self._client: bigquery.Client | None = None
+        # True once open() made every table; a write finding a table gone clears it,
+        # so that the next write makes the tables again.
+        self._ready = False
 
     def table(self, name: str) -> str:
         """The full id of table ``name`` (prefix applied)."""
@@ -149,12 +159,18 @@ class BigQuerySink:
         """Upsert the events by event_id, then merge the deliveries (two MERGEs: a
         failure between them leaves events written and the batch replayed, which
         changes nothing more)."""
-        if self._client is None:
+        if not self._ready:
             await self.open()
-        await asyncio.to_thread(self._write, batch)
+        try:
+            await asyncio.to_thread(self._write, batch)
+        except SinkError as exc:
+            if _is_not_found(exc.__cause__):
+                self._ready = False
+            raise
 
     async def close(self) -> None:
         client, self._client = self._client, None
+        self._ready = False
         if client is not None:
             await asyncio.to_thread(client.close)
 
@@ -231,20 +247,24 @@ class BigQuerySink:
         for table in (events, deliveries, *views):
             with self._failing(f"create {table.table_id}"):
                 client.create_table(table, exists_ok=True, retry=retry, timeout=self.timeout)
+        self._ready = True
 
     def _write(self, batch: Batch) -> None:
+        # Staging tables of this batch: named by its first seq, so that a replay (which
+        # starts at the same seq) overwrites the ones a crash left behind.
+        tag = f"{self.name.replace('-', '_')}_{batch.first_seq}"
         if batch.events:
-            self._merge_events(batch.events)
+            self._merge_events(batch.events, f"staging_events_{tag}")
         if batch.deliveries:
-            self._merge_deliveries(batch.deliveries)
+            self._merge_deliveries(batch.deliveries, f"staging_deliveries_{tag}")
 
-    def _merge_events(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _merge_events(self, rows: Sequence[tuple[Any, ...]], staging: str) -> None:
         from google.cloud import bigquery
 
         # The loader's batches hold each event_id once; a MERGE would insert a repeated
         # one twice (nothing in BigQuery enforces a key), so the last row wins here.
         rows = list({r[0]: r for r in rows}.values())
-        self._stage("staging_events", EVENT_COLUMNS, rows)
+        self._stage(staging, EVENT_COLUMNS, rows)
         times = [r[_OCCURRED] for r in rows if r[_OCCURRED] is not None]
         # An event_id's occurred_at never changes, so its stored row lies in the batch's
         # range of days: naming that range lets BigQuery prune the other partitions.
@@ -261,11 +281,12 @@ class BigQuerySink:
         on = f"T.event_id = S.event_id AND ({' OR '.join(prune)})"
         self._query(
             "merge events",
-            _merge(self._quoted("events"), self._quoted("staging_events"), EVENT_COLUMNS, on),
+            _merge(self._quoted("events"), self._quoted(staging), EVENT_COLUMNS, on),
             parameters,
         )
+        self._drop(staging)
 
-    def _merge_deliveries(self, rows: Sequence[DeliveryRow]) -> None:
+    def _merge_deliveries(self, rows: Sequence[DeliveryRow], staging: str) -> None:
         from google.cloud import bigquery
 
         ids = bigquery.ArrayQueryParameter("ids", "STRING", [r[0] for r in rows])
@@ -277,23 +298,29 @@ class BigQuerySink:
         )
         held = {row[0]: tuple(_text(v) for v in row) for row in stored}
         merged = [merge_delivery(held[r[0]], r) if r[0] in held else r for r in rows]
-        self._stage("staging_deliveries", DELIVERY_COLUMNS, merged)
+        self._stage(staging, DELIVERY_COLUMNS, merged)
         on = "T.delivery_id = S.delivery_id AND T.delivery_id IN UNNEST(@ids)"
         self._query(
             "merge deliveries",
-            _merge(
-                self._quoted("deliveries"), self._quoted("staging_deliveries"), DELIVERY_COLUMNS, on
-            ),
+            _merge(self._quoted("deliveries"), self._quoted(staging), DELIVERY_COLUMNS, on),
             [ids],
         )
+        self._drop(staging)
 
     def _stage(
         self, table: str, columns: Sequence[Column], rows: Sequence[tuple[Any, ...]]
     ) -> None:
-        """Replace the staging table's rows with ``rows`` (one load job)."""
+        """Make the staging table ``table`` hold ``rows``: created (expiring in a day,
+        should the sink stop before dropping it) and filled by one load job."""
         from google.cloud import bigquery
 
         assert self._client is not None
+        staging = bigquery.Table(self.table(table), schema=_schema(columns))
+        staging.expires = dt.datetime.now(dt.UTC) + _STAGING_LIFETIME
+        with self._failing(f"create {self.table_prefix}{table}"):
+            self._client.create_table(
+                staging, exists_ok=True, retry=self._retry(), timeout=self.timeout
+            )
         names = [c.name for c in columns]
         lines = b"\n".join(msgspec.json.encode(dict(zip(names, r, strict=True))) for r in rows)
         config = bigquery.LoadJobConfig(
@@ -312,6 +339,18 @@ class BigQuerySink:
                 timeout=self.timeout,
             )
             job.result(retry=self._retry(), timeout=self.timeout)
+
+    def _drop(self, table: str) -> None:
+        """Drop a staging table; a failure only leaves it to expire (the rows are in)."""
+        from google.api_core.exceptions import GoogleAPIError
+
+        assert self._client is not None
+        try:
+            self._client.delete_table(
+                self.table(table), not_found_ok=True, retry=self._retry(), timeout=self.timeout
+            )
+        except (GoogleAPIError, OSError) as exc:
+            log.warning("sink %s: could not drop %s (%s)", self.name, table, type(exc).__name__)
 
     def _query(self, what: str, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         from google.cloud import bigquery
@@ -349,6 +388,12 @@ class BigQuerySink:
             raise SinkError(
                 f"sink {self.name}: {what} in {self.url} failed: {type(exc).__name__}: {summary}"
             ) from exc
+
+
+def _is_not_found(exc: BaseException | None) -> bool:
+    from google.api_core.exceptions import NotFound
+
+    return isinstance(exc, NotFound)
 
 
 def _is_client_error(exc: Exception) -> bool:
