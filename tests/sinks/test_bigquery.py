@@ -271,3 +271,42 @@ def bigquery_client(emulator: Emulator) -> Any:
         credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
         client_options=ClientOptions(api_endpoint=emulator.endpoint),
     )
+
+
+async def test_a_key_the_token_service_refuses_raises_sink_error_without_the_key(
+    tmp_path: Path, bigquery_emulator: Emulator
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    key = tmp_path / "key.json"
+    key.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": PROJECT,
+                "private_key_id": "k1",
+                "private_key": pem,
+                "client_email": "loader@demo.iam.gserviceaccount.com",
+                "client_id": "1",
+                # Nothing listens on port 1: the token request fails.
+                "token_uri": "http://127.0.0.1:1/token",
+            }
+        )
+    )
+    sink = BigQuerySink(
+        PROJECT, "keyed", credentials=str(key), api_endpoint=bigquery_emulator.endpoint, timeout=2
+    )
+
+    with pytest.raises(SinkError, match="sink bigquery: ") as caught:
+        await sink.open()
+
+    body = pem.splitlines()[1]
+    assert body not in str(caught.value)
+    assert "PRIVATE KEY" not in str(caught.value)
