@@ -89,7 +89,8 @@ DEFAULT_TIMEOUT = 120.0
 #: Every write runs five jobs (two loads, a read, two MERGEs) and each MERGE bills at
 #: least 10 MB per table it reads: one write a minute keeps that small.
 DEFAULT_INTERVAL = 60.0
-DEFAULT_BATCH_SIZE = 50_000
+#: A batch is held in memory as NDJSON for its load (a few KB per event with ``raw``).
+DEFAULT_BATCH_SIZE = 20_000
 
 #: How long a staging table outlives a sink that stopped before dropping it.
 _STAGING_LIFETIME = dt.timedelta(days=1)
