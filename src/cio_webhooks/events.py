@@ -279,6 +279,8 @@ def _envelope(body: bytes) -> _Envelope:
         except UnicodeDecodeError:
             return _replaced_utf8(_lenient_envelope(_valid_utf8(body)))
     except msgspec.DecodeError as exc:
+        if _is_utf8_error(exc):
+            return _replaced_utf8(_envelope(_valid_utf8(body)))
         raise InvalidEvent(f"body is not JSON: {exc}") from None
     except UnicodeDecodeError:
         # Invalid or overlong UTF-8 inside a string: read it as U+FFFD; ``raw`` keeps
@@ -286,6 +288,12 @@ def _envelope(body: bytes) -> _Envelope:
         return _replaced_utf8(_envelope(_valid_utf8(body)))
     except RecursionError:
         raise InvalidEvent("body is nested too deeply to read") from None
+
+
+def _is_utf8_error(exc: msgspec.DecodeError) -> bool:
+    # msgspec before 0.20 raised UnicodeDecodeError for invalid UTF-8 inside a string;
+    # later versions raise DecodeError("Invalid UTF-8 encoded string").
+    return "UTF-8" in str(exc)
 
 
 def _valid_utf8(body: bytes) -> bytes:
@@ -326,7 +334,7 @@ class Event:
         """The raw payload as a dict, including fields this model does not know."""
         try:
             value: dict[str, Any] = msgspec.json.decode(self.raw)
-        except UnicodeDecodeError:
+        except (UnicodeDecodeError, msgspec.DecodeError):
             value = msgspec.json.decode(_valid_utf8(self.raw))
         return value
 
