@@ -122,3 +122,14 @@ def test_dropped_addresses_and_content_leave_the_rest_of_the_body() -> None:
 def test_the_raw_column_can_be_turned_off() -> None:
     row = event_row(event("p3", "sent", NOW), STAMP, Privacy(raw=False))
     assert row[[c.name for c in EVENT_COLUMNS].index("raw")] is None
+
+
+def test_the_one_pass_fold_agrees_with_merging_each_event() -> None:
+    events = [*one_delivery(), *samples()]
+    rows = [event_row(e, STAMP) for e in events]
+    by_delivery: dict = {}  # type: ignore[type-arg]
+    for row in rows:
+        for part in delivery_rows([row], STAMP):
+            held = by_delivery.get(part[0])
+            by_delivery[part[0]] = part if held is None else merge_delivery(held, part)
+    assert sorted(delivery_rows(rows, STAMP)) == sorted(by_delivery.values())
