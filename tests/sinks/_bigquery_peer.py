@@ -245,11 +245,12 @@ async def bigquery_peer(
     """A ``BigQuerySink`` made from its URL on a dataset of its own, opened; closed
     after the block.  ``parameters`` are more URL parameters (``email=hash&raw=drop``,
     ``table_prefix=cio_``); ``salt`` is the personal-data salt ``email=hash`` needs."""
-    from cio_webhooks.sinks import parse_sink_url
-    from cio_webhooks.sinks.bigquery import from_url
+    from cio_webhooks.sinks import open_sink, parse_sink_url
+    from cio_webhooks.sinks.bigquery import BigQuerySink
 
     url = f"bigquery://{PROJECT}/{new_dataset()}?api_endpoint={emulator.endpoint}"
-    sink = from_url(parse_sink_url(f"{url}&{parameters}" if parameters else url, salt=salt))
+    sink = open_sink(parse_sink_url(f"{url}&{parameters}" if parameters else url, salt=salt))
+    assert isinstance(sink, BigQuerySink)
     await sink.open()
     reader = Reader(emulator.endpoint, sink.dataset, sink.table_prefix)
     try:

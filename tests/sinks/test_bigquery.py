@@ -28,22 +28,13 @@ from cio_webhooks.sinks import (
 )
 from cio_webhooks.sinks._rows import as_dicts
 from cio_webhooks.sinks.bigquery import BigQuerySink, from_url
+from cio_webhooks.testing import make_event
 
 from ..conftest import NOW, SAMPLES
 from ._bigquery_peer import PROJECT, Emulator, Peer, Reader, bigquery_peer, running_emulator
+from ._data import samples
 
 SALT = b"pepper"
-
-
-def samples() -> list[Event]:
-    """The sample events, one per event_id as the store keeps them (Customer.io's
-    documented samples reuse an event_id)."""
-    unique: dict[str, Event] = {}
-    for i, path in enumerate(sorted(SAMPLES.glob("*.json"))):
-        if "signature-vector" not in path.name:
-            parsed = parse_event(path.read_bytes(), received_at=NOW + i)
-            unique.setdefault(parsed.event_id, parsed)
-    return list(unique.values())
 
 
 def batch_of(events: Sequence[Event], privacy: Privacy, loaded_at: float = NOW) -> Batch:
@@ -82,6 +73,22 @@ async def test_a_replayed_batch_leaves_one_row_per_event_refreshed(
     rows = peer.events()
     assert len(rows) == len(samples())
     assert {r["loaded_at"] for r in rows} == {iso(NOW + 60)}
+
+
+async def test_an_event_without_a_time_is_kept_once_in_the_null_partition(peer: Peer) -> None:
+    body = make_event("no-time", "email", "sent")
+    body["timestamp"] = None
+    timeless = parse_event(json.dumps(body).encode(), received_at=NOW)
+    timed = parse_event(json.dumps(make_event("timed")).encode(), received_at=NOW)
+
+    await peer.sink.write(batch_of([timeless, timed], peer.sink.privacy))
+    await peer.sink.write(batch_of([timeless, timed], peer.sink.privacy, loaded_at=NOW + 1))
+
+    rows = peer.events()
+    assert [(r["event_id"], r["occurred_at"]) for r in rows] == [
+        ("no-time", None),
+        ("timed", iso(1_700_000_000)),
+    ]
 
 
 async def test_deliveries_hold_one_row_per_delivery_of_the_samples(
