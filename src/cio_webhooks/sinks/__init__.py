@@ -57,12 +57,20 @@ __all__ = [
 ]
 
 
+#: Sink kinds whose module is named otherwise.
+_MODULES = {"postgresql": "postgres"}
+
+
 def open_sink(url: SinkURL) -> Sink:
     """The sink ``url`` names (not yet opened: the loader calls ``open``).  Each kind's
     module (``sinks.<kind>``, with a ``from_url``) is imported only here, so that a
     deployment without BigQuery never imports its client."""
     if url.kind not in KINDS:
         raise ConfigError(f"sink kind {url.kind!r} is not supported")
-    module = importlib.import_module(f"{__name__}.{url.kind}")
+    module = importlib.import_module(f"{__name__}.{_MODULES.get(url.kind, url.kind)}")
     sink: Sink = module.from_url(url)
+    if url.batch_size is not None:
+        sink.batch_size = url.batch_size
+    if url.interval is not None:
+        sink.interval = url.interval
     return sink

@@ -461,4 +461,17 @@ def from_url(url: SinkURL) -> BigQuerySink:
         credentials=options.get("credentials") or None,
         api_endpoint=options.get("api_endpoint") or None,
         location=options.get("location") or None,
+        timeout=_seconds(url.name, options.get("timeout")),
     )
+
+
+def _seconds(name: str, text: str | None) -> float:
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"sink {name}: timeout must be a number of seconds > 0")
+    return value
