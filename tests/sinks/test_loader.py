@@ -6,6 +6,10 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -246,3 +250,26 @@ async def test_a_body_that_no_longer_parses_is_skipped_and_the_loader_goes_on(
     [status] = await sink_statuses(source, now=clock())
     assert (status.seq, status.rows_behind) == (3, 0)
     await sink.close()
+
+
+async def test_the_lease_of_a_loader_that_died_on_this_host_is_taken_over_at_once(
+    source: Store, tmp_path: Path, clock: FixedClock
+) -> None:
+    await put(source, *ids(2))
+    sink = SQLiteWarehouse(tmp_path / "warehouse.db")
+    host = socket.gethostname()
+    dead = Loader(source, [sink], clock=clock, owner=f"{host}:{dead_pid()}:gone")
+    assert await dead.load(sink) == 2  # then SIGKILLed, its lease still running
+    alive = Loader(source, [sink], clock=clock, owner=f"{host}:{os.getpid()}:alive")
+    assert await alive.load(sink) == 0  # taken over without waiting
+    another = Loader(source, [sink], clock=clock, owner=f"{host}:{os.getpid()}:another")
+    with pytest.raises(SinkError, match="another process"):
+        await another.load(sink)  # a live holder keeps its lease
+    await sink.close()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from .._exceptions import InvalidEvent, SinkError, StoreUnavailable
 from ..events import parse_event
-from ..store import EventFilter, Store
+from ..store import EventFilter, Store, owner_alive
 from ._contract import Batch, Sink
 from ._rows import delivery_rows, event_row, loaded_stamp
 
@@ -187,6 +187,8 @@ class Loader:
             state = await self.store.register_sink(sink.name, sink.url, now=now)
             self._cursor[sink.name] = state.seq
         held = await self.store.lease_sink(sink.name, self.owner, now=now, until=now + self.lease)
+        if not held:
+            held = await self._take_from_the_dead(sink.name, now)
         progress = self.progress[sink.name]
         if held and not progress.leased:
             # Another loader may have moved the cursor while it held the sink.
@@ -195,6 +197,22 @@ class Loader:
         progress.leased = held
         self._lease_until[sink.name] = now + self.lease if held else 0.0
         return held
+
+    async def _take_from_the_dead(self, name: str, now: float) -> bool:
+        """Take the lease of a loader that died on this host (SIGKILL, OOM) without
+        waiting for it to run out: a worker restarted after a crash loads at once.
+        Its lease counts as over at its own end time, so a live loader that renewed it
+        meanwhile keeps it."""
+        for state in await self.store.sink_states():
+            if state.name != name or state.owner is None or state.lease_until is None:
+                continue
+            if owner_alive(state.owner):
+                return False
+            log.info("event=sink_lease_taken_over sink=%s dead_owner=%s", name, state.owner)
+            return await self.store.lease_sink(
+                name, self.owner, now=max(now, state.lease_until), until=now + self.lease
+            )
+        return False
 
     async def _stored_cursor(self, name: str) -> int:
         for state in await self.store.sink_states():

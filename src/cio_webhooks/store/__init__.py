@@ -33,6 +33,7 @@ from ._ledger import (
     Reservation,
     Verdict,
     Window,
+    owner_alive,
 )
 from ._model import (
     EventFilter,
@@ -84,6 +85,7 @@ __all__ = [
     "Wanted",
     "Window",
     "open_store",
+    "owner_alive",
     "parse_store_url",
 ]
 
