@@ -25,6 +25,8 @@ from cio_webhooks.reports import COUNTS, RATES, ReportRow, delivery_report
 from cio_webhooks.sinks import SQLiteWarehouse
 from cio_webhooks.testing import make_event
 
+from .sinks._data import batch
+
 DAY = 86400
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 LATER = T0 + DAY  # 2023-11-15
@@ -54,9 +56,11 @@ def write_warehouse(path: Path, *batches: Sequence[bytes]) -> Path:
     async def run() -> None:
         sink = SQLiteWarehouse(path)
         try:
-            for cursor, batch in enumerate(batches, 1):
-                events = [parse_event(body, received_at=T0) for body in batch]
-                await sink.write(events, cursor=cursor, loaded_at=T0)
+            seq = 1
+            for bodies in batches:
+                events = [parse_event(body, received_at=T0) for body in bodies]
+                await sink.write(batch(events, first_seq=seq))
+                seq += len(events)
         finally:
             await sink.close()
 
@@ -358,8 +362,8 @@ def test_a_real_event_after_its_backfilled_stand_in_counts_once(tmp_path: Path) 
 
     async def run() -> None:
         sink = SQLiteWarehouse(tmp_path / "warehouse.db")
-        await sink.write(stand_ins, cursor=1, loaded_at=T0)
-        await sink.write(real, cursor=2, loaded_at=LATER)
+        await sink.write(batch(stand_ins))
+        await sink.write(batch(real, first_seq=len(stand_ins) + 1))
         await sink.close()
 
     asyncio.run(run())

@@ -18,6 +18,7 @@ import importlib
 
 from .._exceptions import ConfigError
 from ._contract import Batch, Sink
+from ._loader import Loader
 from ._rows import (
     CHANNEL_VIEWS,
     DELIVERY_COLUMNS,
@@ -29,6 +30,7 @@ from ._rows import (
     event_row,
     merge_delivery,
 )
+from ._status import SinkStatus, sink_statuses
 from ._url import KINDS, SinkURL, parse_sink_url, parse_sink_urls
 from .sqlite import SQLiteWarehouse
 
@@ -39,9 +41,11 @@ __all__ = [
     "EVENT_COLUMNS",
     "Batch",
     "Column",
+    "Loader",
     "Privacy",
     "SQLiteWarehouse",
     "Sink",
+    "SinkStatus",
     "SinkURL",
     "delivery_rows",
     "event_row",
@@ -49,7 +53,12 @@ __all__ = [
     "open_sink",
     "parse_sink_url",
     "parse_sink_urls",
+    "sink_statuses",
 ]
+
+
+#: Sink kinds whose module is named otherwise.
+_MODULES = {"postgresql": "postgres"}
 
 
 def open_sink(url: SinkURL) -> Sink:
@@ -58,6 +67,10 @@ def open_sink(url: SinkURL) -> Sink:
     deployment without BigQuery never imports its client."""
     if url.kind not in KINDS:
         raise ConfigError(f"sink kind {url.kind!r} is not supported")
-    module = importlib.import_module(f"{__name__}.{url.kind}")
+    module = importlib.import_module(f"{__name__}.{_MODULES.get(url.kind, url.kind)}")
     sink: Sink = module.from_url(url)
+    if url.batch_size is not None:
+        sink.batch_size = url.batch_size
+    if url.interval is not None:
+        sink.interval = url.interval
     return sink

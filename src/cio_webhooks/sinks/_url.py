@@ -18,6 +18,8 @@ Parameters every kind takes:
   SHA-256, salt from ``CIO_WEBHOOKS_PII_SALT``); ``raw=keep|drop``: the raw JSON
   column; ``content=keep|drop``: message ``content``/``headers`` inside it.
 - ``table_prefix``: before every table and view name (SQL kinds).
+- ``batch_size``, ``interval``: the most events one write takes, and the seconds
+  between writes while events keep coming (defaults: the kind's own).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ KINDS = ("sqlite", "postgresql", "bigquery", "parquet")
 #: The PostgreSQL schema of a sink whose URL names none: not the store's, so that a
 #: sink on the store's own database never meets the inbox's tables.
 DEFAULT_SINK_SCHEMA = "cio_warehouse"
-_COMMON = {"name", "email", "raw", "content"}
+_COMMON = {"name", "email", "raw", "content", "batch_size", "interval"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,30}$")
 
@@ -60,6 +62,8 @@ class SinkURL:
     table_prefix: str = ""
     options: dict[str, str] = field(default_factory=dict)
     shown: str = ""
+    batch_size: int | None = None
+    interval: float | None = None
 
     @property
     def path(self) -> Path:
@@ -93,7 +97,7 @@ def parse_sink_url(url: str, *, salt: bytes | None = None) -> SinkURL:
     for item in (q for q in query.split("&") if q):
         key, _, value = item.partition("=")
         key = urllib.parse.unquote(key)
-        if key in _COMMON or key == "table_prefix" or kind != "postgresql":
+        if key in _COMMON or key in ("table_prefix", "schema") or kind != "postgresql":
             params[key] = urllib.parse.unquote(value)
         else:
             passthrough.append(item)  # libpq's own parameters, byte for byte
@@ -101,6 +105,7 @@ def parse_sink_url(url: str, *, salt: bytes | None = None) -> SinkURL:
     if not _NAME.match(name):
         raise ConfigError(f"sink name {name!r}: letters, digits, _ and -, starting with a letter")
     privacy = _privacy(params, salt)
+    pace = _pace(name, params)
     prefix = params.pop("table_prefix", "")
     if prefix and not _PREFIX.match(prefix):
         raise ConfigError(f"sink {name}: table_prefix {prefix!r} must be letters, digits and _")
@@ -109,7 +114,7 @@ def parse_sink_url(url: str, *, salt: bytes | None = None) -> SinkURL:
         if params:
             raise ConfigError(f"sink {name}: unknown parameter(s) {', '.join(sorted(params))}")
         shown = f"{kind}://{target}" if target.startswith("/") else f"{kind}:{target}"
-        return SinkURL(kind, name, target, privacy, prefix, {}, shown)
+        return SinkURL(kind, name, target, privacy, prefix, {}, shown, *pace)
     if kind == "postgresql":
         schema = params.pop("schema", None) or DEFAULT_SINK_SCHEMA
         if params:
@@ -127,14 +132,27 @@ def parse_sink_url(url: str, *, salt: bytes | None = None) -> SinkURL:
     project, dataset = parts.netloc, parts.path.strip("/")
     if not project or not dataset or "/" in dataset:
         raise ConfigError(f"sink {name}: expected bigquery://PROJECT/DATASET")
-    known = {"credentials", "location", "api_endpoint"}
+    known = {"credentials", "location", "api_endpoint", "timeout"}
     if set(params) - known:
         raise ConfigError(
             f"sink {name}: unknown parameter(s) {', '.join(sorted(set(params) - known))}"
         )
     options = {"project": project, "dataset": dataset, **params}
     shown = f"bigquery://{project}/{dataset}"
-    return SinkURL(kind, name, f"{project}/{dataset}", privacy, prefix, options, shown)
+    return SinkURL(kind, name, f"{project}/{dataset}", privacy, prefix, options, shown, *pace)
+
+
+def _pace(name: str, params: dict[str, str]) -> tuple[int | None, float | None]:
+    batch_size = params.pop("batch_size", None)
+    interval = params.pop("interval", None)
+    try:
+        size = int(batch_size) if batch_size is not None else None
+        pause = float(interval) if interval is not None else None
+    except ValueError:
+        raise ConfigError(f"sink {name}: batch_size and interval must be numbers") from None
+    if (size is not None and size < 1) or (pause is not None and not 0 <= pause < float("inf")):
+        raise ConfigError(f"sink {name}: batch_size >= 1 and a finite interval >= 0")
+    return size, pause
 
 
 def _privacy(params: dict[str, str], salt: bytes | None) -> Privacy:

@@ -4,7 +4,7 @@
 
     store/
       _model.py     events, jobs, outcomes, typed results (StoreStats, Gauges, ...)
-      _contract.py  Ingest | Queue | Operations | Metrics -> Store
+      _contract.py  Ingest | Queue | Operations | Metrics | SinkCursors -> Store
       _ledger.py    Ledger: the policies' exactly-once record
       _url.py       sqlite:///... | postgresql://...
       sqlite/       SQLiteStore, SQLiteLedger (embedded, the default)
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._contract import Ingest, Metrics, Operations, Queue, Store, Versioned
+from ._contract import Ingest, Metrics, Operations, Queue, SinkCursors, Store, Versioned
 from ._ledger import (
     AUDIT_COLUMNS,
     IN_FLIGHT_LEASE,
@@ -33,6 +33,7 @@ from ._ledger import (
     Reservation,
     Verdict,
     Window,
+    owner_alive,
 )
 from ._model import (
     EventFilter,
@@ -44,6 +45,7 @@ from ._model import (
     Outcome,
     PutResult,
     Quarantined,
+    SinkState,
     StoredEvent,
     StoreStats,
     Wanted,
@@ -72,6 +74,8 @@ __all__ = [
     "Quarantined",
     "Queue",
     "Reservation",
+    "SinkCursors",
+    "SinkState",
     "Store",
     "StoreStats",
     "StoreURL",
@@ -81,6 +85,7 @@ __all__ = [
     "Wanted",
     "Window",
     "open_store",
+    "owner_alive",
     "parse_store_url",
 ]
 

@@ -1,0 +1,34 @@
+"""Fixtures of the sink tests: a store of each backend to load from, and one BigQuery
+emulator for the session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from cio_webhooks.store import Store, open_store
+
+from ._bigquery_peer import Emulator, client_environment, running_emulator
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def source(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A new store of each backend for the loader to follow."""
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path / 'inbox.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    store = open_store(url)
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture(scope="session")
+def bigquery_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """One BigQuery emulator for the session, on 127.0.0.1 (each test uses a dataset
+    of its own: ``_bigquery_peer.new_dataset``)."""
+    with client_environment(), running_emulator(tmp_path_factory.mktemp("bqemulator")) as em:
+        yield em

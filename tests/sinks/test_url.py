@@ -1,0 +1,74 @@
+"""Sink URLs: kinds, names, parameters, and what they show."""
+
+from __future__ import annotations
+
+import pytest
+
+from cio_webhooks import ConfigError
+from cio_webhooks.sinks import open_sink, parse_sink_url, parse_sink_urls
+
+
+def test_each_kind_parses_with_its_defaults() -> None:
+    sqlite = parse_sink_url("sqlite:///var/lib/cio/warehouse.db")
+    assert (sqlite.kind, sqlite.name, sqlite.target) == (
+        "sqlite",
+        "sqlite",
+        "/var/lib/cio/warehouse.db",
+    )
+    relative = parse_sink_url("parquet:lake")
+    assert (relative.kind, relative.target, str(relative)) == ("parquet", "lake", "parquet:lake")
+    pg = parse_sink_url("postgresql://u@db.example/wh?table_prefix=cio_&sslmode=require")
+    assert pg.options == {"schema": "cio_warehouse"}
+    assert pg.table_prefix == "cio_"
+    assert "sslmode=require" in pg.target
+    bq = parse_sink_url("bigquery://proj/ds?location=EU&timeout=30")
+    assert bq.options == {"project": "proj", "dataset": "ds", "location": "EU", "timeout": "30"}
+
+
+def test_a_password_never_shows() -> None:
+    url = parse_sink_url("postgresql://u:s3cret@db/wh?password=other")
+    assert "s3cret" not in str(url)
+    assert "other" not in str(url)
+
+
+def test_privacy_and_pace_options_apply_to_the_sink(tmp_path: object) -> None:
+    url = parse_sink_url(
+        "sqlite:///tmp/w.db?email=hash&raw=keep&content=drop&batch_size=10&interval=2",
+        salt=b"s",
+    )
+    assert (url.privacy.addresses, url.privacy.raw, url.privacy.content) == ("hash", True, False)
+    sink = open_sink(url)
+    assert (sink.batch_size, sink.interval) == (10, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://x", "expected one of"),
+        ("sqlite://", "names no path"),
+        ("sqlite:///w.db?colour=blue", "unknown parameter"),
+        ("sqlite:///w.db?email=maybe", "use keep, hash or drop"),
+        ("sqlite:///w.db?email=hash", "needs a salt"),
+        ("sqlite:///w.db?name=1bad", "sink name"),
+        ("sqlite:///w.db?table_prefix=a-b", "table_prefix"),
+        ("sqlite:///w.db?batch_size=0", "batch_size"),
+        ("bigquery://proj", "PROJECT/DATASET"),
+        ("bigquery://p/d?timeout=soon", "timeout"),
+        ("postgresql://u:pw@h/db?schema=pg_x", "pg_ names"),
+    ],
+)
+def test_a_bad_url_is_a_config_error_that_names_no_secret(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        open_sink(parse_sink_url(url))
+    assert "pw" not in str(caught.value)
+
+
+def test_two_sinks_of_one_kind_need_names() -> None:
+    with pytest.raises(ConfigError, match="named 'sqlite'"):
+        parse_sink_urls(["sqlite:///a.db", "sqlite:///b.db"])
+    named = parse_sink_urls(["sqlite:///a.db", "sqlite:///b.db?name=archive"])
+    assert [u.name for u in named] == ["sqlite", "archive"]
+
+
+def test_a_postgresql_sink_takes_its_schema_from_the_url() -> None:
+    assert parse_sink_url("postgresql://h/db?schema=analytics").options == {"schema": "analytics"}
