@@ -4,6 +4,7 @@ one row whatever the order, atomic files, failures as SinkError, PII options."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -30,7 +31,8 @@ from cio_webhooks.sinks._rows import (
 )
 from cio_webhooks.sinks.parquet import ParquetSink
 
-from ..conftest import SAMPLES, sample_files
+from ..conftest import SAMPLES
+from ._data import samples
 from ._parquet_peer import parquet_peer, read_deliveries, read_events
 
 LOADED = 1_767_323_045.678  # 2026-01-02T03:04:05.678Z
@@ -74,16 +76,6 @@ def spread(n: int) -> list[Event]:
         )
         for i in range(n)
     ]
-
-
-def samples() -> list[Event]:
-    """The samples as the store would hand them over: three of them share an event_id
-    (Customer.io's documentation reuses it), and the store keeps the first."""
-    events: dict[str, Event] = {}
-    for path in sample_files():
-        event = parse_event(path.read_bytes(), received_at=LOADED - 5)
-        events.setdefault(event.event_id, event)
-    return list(events.values())
 
 
 def ids(rows: list[dict[str, Any]]) -> Counter[str]:
@@ -273,24 +265,28 @@ async def test_a_directory_written_with_other_buckets_is_refused(tmp_path: Path)
 
 async def test_personal_data_options_show_in_the_files(tmp_path: Path) -> None:
     event = parse_event((SAMPLES / "email_sent_with_content.raw.json").read_bytes())
-    assert event.data.recipient or event.data.identifiers
-    hashed = Privacy(addresses="hash", salt=b"pepper", content=False)
-    async with parquet_peer(tmp_path / "hash", hashed) as peer:
-        await peer.sink.write(batch_of([event], 1, 1, hashed))
+    address = "test@example.com"
+    assert event.data.recipient == address
+    digest = hashlib.sha256(b"pepper" + address.encode()).hexdigest()
+    async with parquet_peer(tmp_path / "hash", "email=hash&content=drop", salt=b"pepper") as peer:
+        await peer.sink.write(batch_of([event], 1, 1, peer.sink.privacy))
         (row,) = peer.events()
         (delivery,) = peer.deliveries()
-    expected = event_row(event, None, hashed)
-    assert row["email"] == expected[EVENT_COLUMNS.index(EVENT_COLUMNS[6])]
-    assert row["email"] is None or len(row["email"]) == 64
-    assert delivery["recipient"] == hashed.address(event.data.recipient)
-    assert "content" not in json.loads(row["raw"])["data"]
-    assert "ann@" not in row["raw"]
+    assert (row["recipient"], delivery["recipient"]) == (digest, digest)
+    data = json.loads(row["raw"])["data"]
+    assert (data["recipient"], "content" in data, "headers" in data) == (digest, False, False)
+    assert address not in row["raw"]
 
-    dropped = Privacy(addresses="drop", raw=False)
-    async with parquet_peer(tmp_path / "drop", dropped) as peer:
-        await peer.sink.write(batch_of([event], 1, 1, dropped))
+    async with parquet_peer(tmp_path / "drop", "email=drop&raw=drop") as peer:
+        await peer.sink.write(batch_of([event], 1, 1, peer.sink.privacy))
         (row,) = peer.events()
-    assert (row["email"], row["recipient"], row["raw"]) == (None, None, None)
+        (delivery,) = peer.deliveries()
+    assert (row["email"], row["recipient"], row["raw"], delivery["recipient"]) == (
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 async def test_open_sink_makes_a_parquet_sink_from_its_url(tmp_path: Path) -> None:
