@@ -213,7 +213,7 @@ async def test_a_write_while_the_server_is_down_is_a_sink_error_then_succeeds(
     pg_database: str,
 ) -> None:
     info = psycopg.conninfo.conninfo_to_dict(pg_database)
-    proxy = Proxy((str(info.get("host", "127.0.0.1")), int(info.get("port", 5432))))
+    proxy = Proxy((str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432)))))
     database = pg_database.rsplit("/", 1)[1]
     url = sink_url(f"postgresql://{info['user']}:s3cret-pw@127.0.0.1:{proxy.port}/{database}")
     sink = from_url(url)

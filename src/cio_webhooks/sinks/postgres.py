@@ -19,8 +19,9 @@ character, in ``events`` and ``deliveries`` alike.  A sink that raised on such a
 would raise on it for ever (the loader retries the same batch), and every later event
 would wait behind it.
 
-``write`` is one transaction: the events are COPYed into a temporary staging table (emptied at commit) and
-upserted by ``event_id`` (a replayed batch refreshes its rows, never duplicates them);
+``write`` is one transaction: the events are COPYed into a temporary staging table
+(emptied at commit) and upserted by ``event_id`` (a replayed batch refreshes its rows,
+never duplicates them);
 the batch's deliveries rows are read ``FOR UPDATE``, joined with the batch's rows by
 ``merge_delivery`` in Python, COPYed and upserted whole.  Only one loader writes a sink
 at a time (its lease in the store), the row locks guard the rest.
@@ -51,7 +52,7 @@ from ._rows import (
 )
 from ._url import DEFAULT_SINK_SCHEMA, SinkURL
 
-__all__ = ["OPEN_LOCK", "PostgresSink", "from_url", "pg_type", "sanitise_text"]
+__all__ = ["OPEN_LOCK", "PostgresSink", "from_url", "pg_type", "sanitise_text", "scrub"]
 
 #: The advisory lock ``open`` holds while it creates tables and views, so that two
 #: processes opening the same sink at once do not race on CREATE (any constant of ours).
@@ -204,9 +205,7 @@ class PostgresSink:
     # -- connection and errors ------------------------------------------------------------
     def _error(self, doing: str, exc: BaseException) -> SinkError:
         message = f"sink {self.name} ({self.url}): {doing} failed: {type(exc).__name__}: {exc}"
-        for secret in _passwords(self.dsn):
-            message = message.replace(secret, "***")
-        return SinkError(message)
+        return SinkError(scrub(message, self.dsn))
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
@@ -350,6 +349,13 @@ class PostgresSink:
 
     async def close(self) -> None:
         await self._drop()
+
+
+def scrub(message: str, dsn: str) -> str:
+    """``message`` with the password of ``dsn`` masked, wherever libpq quoted it."""
+    for secret in _passwords(dsn):
+        message = message.replace(secret, "***")
+    return message
 
 
 def _passwords(dsn: str) -> list[str]:
