@@ -22,6 +22,7 @@ PUBLIC = {
     "SignatureMismatch",
     "StaleTimestamp",
     "StoreUnavailable",
+    "SinkError",
     # signatures
     "sign",
     "signed_headers",
@@ -53,6 +54,13 @@ PUBLIC = {
     "Quarantined",
     "StoreStats",
     "StoredEvent",
+    # warehouse sinks, by URL
+    "open_sink",
+    "parse_sink_url",
+    "SinkURL",
+    "Sink",
+    "Batch",
+    "Loader",
     # the service
     "Dispatcher",
     "RetryPolicy",

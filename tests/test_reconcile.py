@@ -21,7 +21,7 @@ from cio_webhooks.customerio import AppClient
 from cio_webhooks.customerio.fake import FakeCustomerIO
 from cio_webhooks.reconcile import COMPARED_METRICS, reconcile
 from cio_webhooks.reports import delivery_report
-from cio_webhooks.sinks import SQLiteWarehouse
+from cio_webhooks.sinks import Loader, SQLiteWarehouse
 from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
@@ -123,9 +123,8 @@ async def test_backfill_stores_them_once_and_a_second_run_finds_nothing(
     assert second.backfilled == 0
 
     # They reach the warehouse and the report, marked as backfilled.
-    warehouse = SQLiteWarehouse(tmp_path / "warehouse.db", inbox=inbox.path)
-    while await warehouse.load():
-        pass
+    warehouse = SQLiteWarehouse(tmp_path / "warehouse.db")
+    await Loader(inbox, [warehouse]).catch_up()
     await warehouse.close()
     [row] = delivery_report(tmp_path / "warehouse.db", by="campaign")
     assert (row.sent, row.delivered, row.opened, row.bounced) == (3, 2, 1, 1)
@@ -179,9 +178,8 @@ async def received_everything_then_pruned(tmp_path: Path) -> SQLiteStore:
 
 async def load_warehouse(tmp_path: Path, inbox: SQLiteStore) -> int:
     """Load all the inbox holds into the warehouse next to it; the warehouse's row count."""
-    warehouse = SQLiteWarehouse(tmp_path / "warehouse.db", inbox=inbox.path)
-    while await warehouse.load():
-        pass
+    warehouse = SQLiteWarehouse(tmp_path / "warehouse.db")
+    await Loader(inbox, [warehouse]).catch_up()
     await warehouse.close()
     with contextlib.closing(sqlite3.connect(tmp_path / "warehouse.db")) as db:
         return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
@@ -253,8 +251,8 @@ async def test_cli_backfill_after_the_inbox_pruned_adds_nothing(
 
 async def test_report_compare_api(fake: FakeCustomerIO, inbox: SQLiteStore, tmp_path: Path) -> None:
     fake.campaign_series["7"] = {"sent": [2, 1], "delivered": [2, 0], "opened": [1, 0]}
-    warehouse = SQLiteWarehouse(tmp_path / "warehouse.db", inbox=inbox.path)
-    await warehouse.load()
+    warehouse = SQLiteWarehouse(tmp_path / "warehouse.db")
+    await Loader(inbox, [warehouse]).catch_up()
     await warehouse.close()
     result = await invoke(
         "report",

@@ -41,6 +41,8 @@ from cio_webhooks.testing import make_event
 from tests.conftest import sample_files
 from tests.sinks._postgres_peer import sink_url
 
+from .sinks._data import batch
+
 DAY = 86400
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 LATER = T0 + DAY  # 2023-11-15
@@ -74,8 +76,11 @@ def write_warehouse(path: Path, *batches: Sequence[bytes | Event]) -> Path:
     async def run() -> None:
         sink = SQLiteWarehouse(path)
         try:
-            for cursor, batch in enumerate(batches, 1):
-                await sink.write(parsed(batch), cursor=cursor, loaded_at=T0)
+            seq = 1
+            for bodies in batches:
+                events = parsed(bodies)
+                await sink.write(batch(events, first_seq=seq))
+                seq += len(events)
         finally:
             await sink.close()
 
@@ -443,7 +448,7 @@ def test_postgresql_and_sqlite_give_the_same_rows_for_the_samples(
     by: str, tmp_path: Path, pg_database: str
 ) -> None:
     # One batch each, one per event_id as the store keeps them (three documentation
-    # samples share an id: the SQLite file keeps the first copy, a sink the last).
+    # samples share an id).
     unique = {parse_event(p.read_bytes()).event_id: p for p in reversed(sample_files())}
     samples = [[path.read_bytes()] for path in sorted(unique.values())]
     on_sqlite = delivery_report(write_warehouse(tmp_path / "w.db", *samples), by=by)

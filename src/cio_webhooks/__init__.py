@@ -9,6 +9,8 @@ The public API (``__all__``; ``tests/test_public_api.py`` guards it)::
     Store, Ingest, Queue, Operations,      the store contract, split by who uses it, with
     Metrics, Ledger, JobState, ...         its typed results (store/); no backend class
     Dispatcher, RetryPolicy                handlers with durable retries and a DLQ
+    open_sink, parse_sink_url, SinkURL,    warehouse sinks by URL, the Sink contract and
+    Sink, Batch, Loader                    the loader that feeds them (sinks/)
     create_app                             the ASGI service
     testing.FixedClock, testing.signed_request   helpers for your own tests
 
@@ -18,6 +20,7 @@ Exceptions (_exceptions.py)::
     ├── SignatureError (MissingSignature, SignatureMismatch, StaleTimestamp)
     ├── InvalidEvent
     ├── StoreUnavailable
+    ├── SinkError
     └── ConfigError
 """
 
@@ -28,6 +31,7 @@ from ._exceptions import (
     MissingSignature,
     SignatureError,
     SignatureMismatch,
+    SinkError,
     StaleTimestamp,
     StoreUnavailable,
 )
@@ -37,6 +41,7 @@ from .events import Event, EventData, Identifiers, normalise, parse_event
 from .handlers import Router, load_router
 from .settings import RetryPolicy
 from .signature import sign, signed_headers, verify
+from .sinks import Batch, Loader, Sink, SinkURL, open_sink, parse_sink_url
 from .store import (
     EventFilter,
     HandlerRun,
@@ -59,6 +64,7 @@ from .store import (
 )
 
 __all__ = [
+    "Batch",
     "CioWebhooksError",
     "ConfigError",
     "Dispatcher",
@@ -72,6 +78,7 @@ __all__ = [
     "Job",
     "JobState",
     "Ledger",
+    "Loader",
     "Metrics",
     "MissingSignature",
     "Operations",
@@ -83,6 +90,9 @@ __all__ = [
     "Router",
     "SignatureError",
     "SignatureMismatch",
+    "Sink",
+    "SinkError",
+    "SinkURL",
     "StaleTimestamp",
     "Store",
     "StoreStats",
@@ -92,8 +102,10 @@ __all__ = [
     "create_app",
     "load_router",
     "normalise",
+    "open_sink",
     "open_store",
     "parse_event",
+    "parse_sink_url",
     "parse_store_url",
     "sign",
     "signed_headers",

@@ -21,7 +21,7 @@ from .dispatcher import Clock, Dispatcher
 from .handlers import Router, load_router
 from .policies import DEFAULT_RULES, POLICY_HTTP, Policies, PolicyConfig, load_policies
 from .settings import INBOX_FILE, KEY_FILE, PRUNE_EVERY, Settings
-from .sinks import SQLiteWarehouse
+from .sinks import Loader, SinkURL, open_sink, parse_sink_urls
 from .store import Ledger, Store, StoreURL, open_store
 from .store.sqlite import LEDGER_FILE, probe_file
 
@@ -322,6 +322,14 @@ async def dispatch_then_close(
             await policies.close()
 
 
+def sink_urls(settings: Settings) -> list[SinkURL]:
+    """The sinks of ``settings``: its URLs, else the SQLite file ``warehouse``."""
+    path = settings.warehouse
+    urls = settings.sinks or (f"sqlite://{path}" if path.is_absolute() else f"sqlite:{path}",)
+    salt = settings.pii_salt.encode() if settings.pii_salt else None
+    return parse_sink_urls(urls, salt=salt)
+
+
 def background_tasks(
     settings: Settings, inbox: Store, *, clock: Clock = time.time
 ) -> tuple[list[Background], Dispatcher]:
@@ -332,7 +340,7 @@ def background_tasks(
     dispatcher = Dispatcher(
         inbox, router, retry=settings.retry, clock=clock, drain_timeout=settings.drain_timeout
     )
-    warehouse = SQLiteWarehouse.following(settings.warehouse, inbox, clock=clock)
+    loader = Loader(inbox, [open_sink(url) for url in sink_urls(settings)], clock=clock)
 
     async def pruner(stop: asyncio.Event) -> None:
         await prune_periodically(inbox, settings.dedupe_days, stop, clock=clock)
@@ -348,7 +356,7 @@ def background_tasks(
             check_region=settings.region,
         )
 
-    return [dispatch, warehouse.run, pruner], dispatcher
+    return [dispatch, loader.run, pruner], dispatcher
 
 
 def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:

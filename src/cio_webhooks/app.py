@@ -50,6 +50,7 @@ from .settings import (
     WEBHOOK_PATH,
 )
 from .signature import verify_values
+from .sinks._status import metric_lines, sink_statuses
 from .store import Ingest, PutResult, Store
 
 __all__ = ["Counters", "Receiver", "WebhookApp", "create_app"]
@@ -380,6 +381,13 @@ def create_app(
         for name, number in gauges.items():
             lines.append(f"# TYPE cio_webhooks_inbox_{name} gauge")
             lines.append(f"cio_webhooks_inbox_{name} {number:g}")
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                sinks = await sink_statuses(inbox, now=clock()) if gauges else []
+        except Exception as exc:
+            log.error("event=metrics_store_error error=%s", str(exc))
+            sinks = []
+        lines.extend(metric_lines(sinks, now=clock()))
         return PlainTextResponse("\n".join(lines) + "\n")
 
     site = Starlette(

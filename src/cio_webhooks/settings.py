@@ -152,10 +152,13 @@ PROBE_TIMEOUT = 2.0
 @dataclass(frozen=True)
 class Settings:
     """One service's settings (``serve``, ``worker``).  ``store`` names the store (its
-    ``str`` hides any password); the warehouse is a SQLite file."""
+    ``str`` hides any password).  ``sinks`` are the warehouses' URLs; none means one
+    SQLite sink, the file ``warehouse``."""
 
     store: StoreURL
     warehouse: Path
+    sinks: tuple[str, ...] = field(default=(), repr=False)  # URLs may hold passwords
+    pii_salt: str | None = field(default=None, repr=False)
     signing_keys: tuple[str, ...] = field(default=(), repr=False)
     tolerance: float = DEFAULT_TOLERANCE
     max_body: int = DEFAULT_MAX_BODY

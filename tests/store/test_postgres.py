@@ -197,6 +197,19 @@ async def test_every_shipped_migration_is_recorded(pg_url: str, pg: Store) -> No
     assert [m.version for m in migrations()][:1] == [1]
 
 
+async def test_a_read_only_look_at_a_schema_from_before_sink_cursors_finds_no_sink(
+    pg_url: str, pg: Store
+) -> None:
+    # A schema as version 2 left it: what a newer reader sees before any writer migrated.
+    dsn = parse_store_url(pg_url).dsn
+    assert dsn is not None
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(f"DROP TABLE {schema_of(pg_url)}.sink_cursors")
+        await conn.execute(f"DELETE FROM {schema_of(pg_url)}.schema_migrations WHERE version = 3")
+    async with opened(pg_url, readonly=True) as reader:
+        assert await reader.sink_states() == []
+
+
 async def test_a_seq_is_not_read_while_a_lower_one_may_still_commit(pg_url: str, pg: Store) -> None:
     # Another receiver's batch, caught between its INSERT and its COMMIT: it holds seq N.
     dsn = parse_store_url(pg_url).dsn

@@ -67,10 +67,11 @@ async def test_prune_works_in_chunks_and_removes_everything_due(inbox: SQLiteSto
 async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:  # the first released schema, without `backfilled`
-        from cio_webhooks.store.sqlite._inbox import SCHEMA, SCHEMA_VERSION
+        from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, SCHEMA, SCHEMA_VERSION
 
         version_1 = (
             SCHEMA.replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "")
+            .replace(_SINK_CURSORS, "")
             .replace(SCHEMA[SCHEMA.index(",\n    claim_token") : SCHEMA.index("\n);")], "")
             .replace(
                 "CREATE INDEX IF NOT EXISTS events_dead ON events (seq) WHERE state = 'dead';", ""
@@ -81,6 +82,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
         assert "backfilled" not in version_1
         assert "quarantine_event_id" not in version_1
         assert "claim_token" not in version_1
+        assert "sink_cursors" not in version_1
         assert "user_version = 1" in version_1
         db.executescript(version_1)
         db.execute(
@@ -92,6 +94,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
         assert stored is not None
         assert stored.backfilled is False
         assert await inbox.put(ev("new")) is PutResult.STORED
+        assert (await inbox.register_sink("wh", "sqlite:///wh.db", now=NOW)).seq == 0
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert db.execute("SELECT name FROM sqlite_master WHERE name = 'events_dead'").fetchone()
@@ -126,11 +129,12 @@ async def test_a_value_sqlite_cannot_hold_fails_only_its_own_write_in_a_group_co
 async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_id(
     tmp_path: Path,
 ) -> None:
-    from cio_webhooks.store.sqlite._inbox import SCHEMA, SCHEMA_VERSION
+    from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, SCHEMA, SCHEMA_VERSION
 
     path = tmp_path / "v3.db"
     version_3 = (
         SCHEMA.replace(_QUARANTINE_INDEX, "")
+        .replace(_SINK_CURSORS, "")
         .replace(SCHEMA[SCHEMA.index(",\n    claim_token") : SCHEMA.index("\n);")], "")
         .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 3;")
     )
@@ -152,6 +156,24 @@ async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_i
         assert await inbox.quarantine(b"more", "r", received_at=5, event_id="e1") == kept[-1].id
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_a_read_only_look_at_a_file_from_before_sink_cursors_finds_no_sink(
+    tmp_path: Path,
+) -> None:
+    from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, SCHEMA, SCHEMA_VERSION
+
+    path = tmp_path / "v5.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            SCHEMA.replace(_SINK_CURSORS, "").replace(
+                f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 5;"
+            )
+        )
+    async with SQLiteStore(path, readonly=True) as reader:
+        assert await reader.sink_states() == []
+    with sqlite3.connect(path) as db:  # and the look changed nothing
+        assert db.execute("PRAGMA user_version").fetchone() == (5,)
 
 
 async def test_a_read_only_inbox_reads_and_changes_no_file(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ registered by importing a module)::
     _replay.py      replay                     _handlers.py   handlers
     _stats.py       stats                      _reporting.py  report
     _reconcile.py   reconcile                  _actions.py    actions list
+    _sinks.py       sinks status|replay|forget
     _options.py     shared options, parsers, opening the store of --store/--db
     _output.py      tables and JSON on stdout
     _errors.py      the one table from errors to exit codes (0 ok, 1 failed,
@@ -34,6 +35,7 @@ from ._replay import replay
 from ._reporting import report
 from ._send import send
 from ._serve import serve, worker
+from ._sinks import sinks
 from ._stats import stats
 from ._store import migrate, store
 
@@ -77,5 +79,6 @@ for command in (
     reconcile_command,
     actions,
     store,
+    sinks,
 ):
     main.add_command(command)

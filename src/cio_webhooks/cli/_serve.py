@@ -23,6 +23,7 @@ from .._service import (
     check_storage,
     load_or_create_key,
     run_worker,
+    sink_urls,
     split_keys,
 )
 from ..settings import (
@@ -47,6 +48,7 @@ from ..settings import (
     Settings,
     env,
 )
+from ..sinks import parse_sink_urls
 from ._errors import err
 from ._options import (
     F,
@@ -97,6 +99,20 @@ def service_options(fn: F) -> F:
             type=click.Path(dir_okay=False, path_type=Path),
             envvar=env("WAREHOUSE"),
             help="Warehouse SQLite file. [default: next to the SQLite inbox, else in DATA_DIR]",
+        ),
+        click.option(
+            "--sink",
+            "sinks",
+            multiple=True,
+            envvar=env("SINKS"),
+            help="Warehouse sink URL, repeatable (env: comma-separated): sqlite:///PATH,"
+            " postgresql://..., bigquery://PROJECT/DATASET, parquet:///DIR."
+            " [default: the SQLite file of --warehouse]",
+        ),
+        click.option(
+            "--pii-salt",
+            envvar=env("PII_SALT"),
+            help="Salt of the email=hash sink option (keep it secret and stable).",
         ),
         click.option(
             "--max-attempts",
@@ -236,9 +252,14 @@ def _settings(
             if o[name] is not None:
                 raise ConfigError(f"{option} is for a SQLite store, not {where.backend}")
     handlers = tuple(h for spec in o["handlers"] for h in spec.split(",") if h.strip())
+    sinks = tuple(u.strip() for spec in o["sinks"] for u in spec.split(",") if u.strip())
+    salt = o["pii_salt"] or None
+    parse_sink_urls(sinks, salt=salt.encode() if salt else None)  # bad URLs fail at start
     return Settings(
         store=where,
         warehouse=o["warehouse"] or warehouse_beside(where, data_dir),
+        sinks=sinks,
+        pii_salt=salt,
         signing_keys=keys,
         tolerance=o["tolerance"],
         max_body=o["max_body"],
@@ -391,7 +412,7 @@ def serve(
         raise
     err.print(
         f"cio-webhooks listening on {url} "
-        f"(store {settings.store}, warehouse {settings.warehouse}, "
+        f"(store {settings.store}, sinks {', '.join(str(u) for u in sink_urls(settings))}, "
         f"{len(settings.signing_keys)} signing key(s), handlers: {len(settings.handlers)}"
         f"{'' if settings.dispatch else ', no dispatch'})",
         highlight=False,

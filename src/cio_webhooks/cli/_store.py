@@ -95,7 +95,9 @@ async def copy_store(
     """Copy every event (with its state, attempts and handler runs, in ``seq`` order),
     every quarantined body (oldest first) and the policies' ledger from ``source`` into
     ``target``.  What the target holds already (events by id, quarantined bodies and
-    ledger rows by content) is skipped, so a copy run again adds only what is new."""
+    ledger rows by content) is skipped, so a copy run again adds only what is new.
+    Sink cursors are not copied: ``seq``s differ between stores, so the target's
+    sinks start from its oldest event."""
     counts = CopyCounts()
     total = (await source.stats()).events
     task = progress.add_task("events", total=total) if progress else None
@@ -165,7 +167,10 @@ def store_copy(source: str, target: str, force: bool, batch: int) -> None:
     sqlite:///var/lib/cio/inbox.db to postgresql://cio@db/cio.
 
     Stop every serve and worker on the source first.  Events already in the target are
-    skipped, so a copy that stopped halfway can be run again with --force."""
+    skipped, so a copy that stopped halfway can be run again with --force.
+
+    Warehouse sink cursors are not copied: on the target, each sink loads again from
+    its oldest event (sinks upsert, so rows already loaded are refreshed, not doubled)."""
     source_url, target_url = parse_store_url(source), parse_store_url(target)
     if _same(source_url, target_url):
         raise ConfigError("--from and --to name the same store")

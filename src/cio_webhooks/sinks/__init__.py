@@ -18,6 +18,7 @@ import importlib
 
 from .._exceptions import ConfigError
 from ._contract import Batch, Sink
+from ._loader import Loader
 from ._rows import (
     CHANNEL_VIEWS,
     DELIVERY_COLUMNS,
@@ -29,6 +30,7 @@ from ._rows import (
     event_row,
     merge_delivery,
 )
+from ._status import SinkStatus, sink_statuses
 from ._url import KINDS, SinkURL, parse_sink_url, parse_sink_urls
 from .sqlite import SQLiteWarehouse
 
@@ -39,9 +41,11 @@ __all__ = [
     "EVENT_COLUMNS",
     "Batch",
     "Column",
+    "Loader",
     "Privacy",
     "SQLiteWarehouse",
     "Sink",
+    "SinkStatus",
     "SinkURL",
     "delivery_rows",
     "event_row",
@@ -49,6 +53,7 @@ __all__ = [
     "open_sink",
     "parse_sink_url",
     "parse_sink_urls",
+    "sink_statuses",
 ]
 
 

@@ -1,186 +1,110 @@
-"""The embedded warehouse: a SQLite file with one normalised ``events`` row per event.
+"""The embedded warehouse: a SQLite file with the ``events`` and ``deliveries`` tables
+and the per-channel views (``sqlite:///path/warehouse.db``, the default sink).
 
-``load`` follows a store in one of two ways, chosen when the warehouse is made
-(``SQLiteWarehouse.following`` picks for a store):
-
-- the fast path, ``inbox=`` a SQLite inbox file: one ``INSERT ... SELECT`` over the
-  attached file, so the normalisation (``_SELECT``, SQLite's JSON functions) runs
-  in C without holding the GIL: the receiver in the same process keeps its CPU.
-  ``_SELECT`` must give exactly what ``events.normalise`` gives; a test checks it
-  on every sample.
-- the generic path, ``source=`` any store (``Operations``, PostgreSQL included):
-  it reads ``iter_events`` after its cursor, parses each body in Python and hands
-  the events to ``write``.  The contract's ``seq`` cursor never skips an event,
-  so resuming after the last ``seq`` seen misses nothing.
-
-``write`` takes already parsed events; it is idempotent and moves the cursor in
-the same transaction as the rows.
+Rows come from the loader (``_loader``) like every sink's; times are ISO-8601 text
+(which SQLite's date functions read), booleans 0/1.  A write is one transaction:
+events upserted by ``event_id``, then the batch's deliveries merged with the rows
+already held (read, ``merge_delivery``, replace).
 
 The warehouse keeps every event for good, long after the inbox has pruned it, so it
 is the record of what was received: ``delivery_metrics`` answers "did we ever get
 this (delivery, metric)?" for ``reconcile``.  A real event that arrives after
 ``reconcile --backfill`` stored a stand-in for the same (delivery, metric) gets its
-own row: both are kept, told apart by ``backfilled``, and the reports count the
-pair once, from the real event (see ``reports``).
+own row: both are kept, told apart by ``backfilled``, and the reports count the pair
+once, from the real event (see ``reports``).  ``deliveries`` shows the real one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from .._exceptions import InvalidEvent, StoreUnavailable
-from ..events import NORMALISED_FIELDS, Event, iso, normalise, parse_event
-from ..store import EventFilter, Operations, Store, parse_store_url
+from .._exceptions import SinkError, StoreUnavailable
 from ..store.sqlite import connect_readonly
+from ._contract import Batch
+from ._rows import (
+    CHANNEL_VIEWS,
+    DELIVERY_COLUMNS,
+    EVENT_COLUMNS,
+    KEEP_ALL,
+    Column,
+    DeliveryRow,
+    Privacy,
+    merge_delivery,
+)
+from ._url import SinkURL
 
-__all__ = ["SQLiteWarehouse"]
-
-log = logging.getLogger("cio_webhooks.sinks")
+__all__ = ["SQLiteWarehouse", "from_url"]
 
 T = TypeVar("T")
 
-_COLUMNS = (*NORMALISED_FIELDS, "loaded_at")
-_BOOLEAN = {"prefetched", "proxied", "synthetic", "machine", "backfilled"}
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS events ("
-    + ", ".join(
-        f"{c} TEXT PRIMARY KEY"
-        if c == "event_id"
-        else f"{c} INTEGER"
-        if c in _BOOLEAN
-        else f"{c} TEXT"
-        for c in _COLUMNS
+#: Rows one write takes, and seconds between writes while events keep coming: a
+#: write's cost is mostly per transaction (the index pages it rewrites, the commit),
+#: so bigger, rarer batches under load leave the receiver in the same process its CPU.
+BATCH_SIZE = 5000
+INTERVAL = 0.5
+
+
+def _sql_type(column: Column) -> str:
+    return "INTEGER" if column.kind == "bool" else "TEXT"
+
+
+def _table(name: str, columns: Sequence[Column]) -> str:
+    key = columns[0].name
+    body = ", ".join(
+        f"{c.name} TEXT PRIMARY KEY" if c.name == key else f"{c.name} {_sql_type(c)}"
+        for c in columns
     )
-    + ");\n"
-    "CREATE TABLE IF NOT EXISTS loader_state (id INTEGER PRIMARY KEY CHECK (id = 1),"
-    " inbox_seq INTEGER NOT NULL);\n"
-)
-INDEXES = (
-    "CREATE INDEX IF NOT EXISTS events_occurred ON events (occurred_at);\n"
-    "CREATE INDEX IF NOT EXISTS events_delivery ON events (delivery_id);\n"
-)
-_INSERT = (
-    f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-    " ON CONFLICT (event_id) DO NOTHING"
-)
-_SAVE_CURSOR = (
-    "INSERT INTO loader_state (id, inbox_seq) VALUES (1, ?)"
-    " ON CONFLICT (id) DO UPDATE SET inbox_seq = excluded.inbox_seq"
-)
+    return f"CREATE TABLE IF NOT EXISTS {name} ({body})"
 
 
-def _text(path: str) -> str:
-    """A JSON id as text: numbers and strings alike, '' as NULL (like ``events._text``)."""
-    return f"NULLIF(CAST(json_extract(e.body, '$.{path}') AS TEXT), '')"
+def _upsert(name: str, columns: Sequence[Column]) -> str:
+    names = [c.name for c in columns]
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names[1:])
+    return (
+        f"INSERT INTO {name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        f" ON CONFLICT ({names[0]}) DO UPDATE SET {updates}"
+    )
 
 
-def _iso(expr: str) -> str:
-    return f"strftime('%Y-%m-%dT%H:%M:%fZ', {expr}, 'unixepoch')"
-
-
-# Column for column, the SQL twin of events.normalise().
-_SELECT = ", ".join(
-    [
-        "e.event_id",
-        "e.object_type",
-        "e.metric",
-        _iso("e.occurred_at"),
-        _iso("e.received_at"),
-        f"COALESCE({_text('data.identifiers.id')}, {_text('data.customer_id')})",
-        "COALESCE(NULLIF(json_extract(e.body, '$.data.identifiers.email'), ''),"
-        " NULLIF(json_extract(e.body, '$.data.email_address'), ''))",
-        _text("data.identifiers.cio_id"),
-        "json_extract(e.body, '$.data.delivery_id')",
-        _text("data.campaign_id"),
-        _text("data.action_id"),
-        _text("data.broadcast_id"),
-        _text("data.newsletter_id"),
-        _text("data.transactional_message_id"),
-        _text("data.journey_id"),
-        "json_extract(e.body, '$.data.recipient')",
-        "json_extract(e.body, '$.data.subject')",
-        "json_extract(e.body, '$.data.href')",
-        _text("data.link_id"),
-        "json_extract(e.body, '$.data.failure_message')",
-        "json_extract(e.body, '$.data.prefetched')",
-        "json_extract(e.body, '$.data.proxied')",
-        "json_extract(e.body, '$.data.synthetic')",
-        "json_extract(e.body, '$.data.machine')",
-        "e.backfilled",
-        _iso("?"),  # loaded_at
-    ]
-)
-_LOAD = (
-    f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}) SELECT {_SELECT}"
-    " FROM inbox.events AS e WHERE e.seq > ? AND e.seq <= ? ORDER BY e.seq"
-)
+_BOOL_EVENT = [i for i, c in enumerate(EVENT_COLUMNS) if c.kind == "bool"]
 
 
 class SQLiteWarehouse:
-    """Normalised events in SQLite.  ``received_at``/``loaded_at`` give the ingest lag.
+    """The warehouse file ``path``: a ``Sink``, and a reader for ``reconcile``.
 
-    What ``load`` and ``run`` copy from: ``inbox``, a SQLite inbox file (the fast
-    path, attached), else ``source``, any store read through the contract (the
-    generic path).  Give ``inbox`` only when it is the file of the store the
-    service runs on; ``following`` decides for a store.  ``reader`` makes one for
-    lookups only (``delivery_metrics``).
-
-    ``run`` loads every ``poll_interval`` while events trickle in, and every
-    ``busy_interval`` once a load finds ``busy_rows`` or more (sustained ingest): a
-    load's cost is mostly per transaction (the pages of the warehouse's indexes it
-    rewrites, the commit), so under load bigger, rarer batches take about half the CPU
-    per row that the receiver in the same process needs, for up to ``busy_interval``
-    more lag.  While loads find nothing, it waits longer each time, up to
-    ``idle_interval``: the first events after a quiet spell wait at most that long.
-    """
+    ``prefix`` goes before every table and view name.  ``reader`` opens an existing
+    file for lookups only (``delivery_metrics``)."""
 
     def __init__(
         self,
         path: str | Path,
         *,
-        inbox: str | Path | None = None,
-        source: Operations | None = None,
-        batch_size: int = 5000,
-        poll_interval: float = 0.05,
-        busy_interval: float = 0.5,
-        busy_rows: int = 200,
-        idle_interval: float = 1.0,
-        clock: Callable[[], float] = time.time,
+        name: str = "sqlite",
+        privacy: Privacy = KEEP_ALL,
+        prefix: str = "",
+        batch_size: int = BATCH_SIZE,
+        interval: float = INTERVAL,
     ) -> None:
         self.path = Path(path)
-        self.read_only = False
-        self.inbox = Path(inbox) if inbox is not None else None
-        self.source = source
+        self.name = name
+        self.url = f"sqlite://{self.path}" if self.path.is_absolute() else f"sqlite:{self.path}"
+        self.privacy = privacy
+        self.prefix = prefix
         self.batch_size = batch_size
-        self.poll_interval = poll_interval
-        self.busy_interval = busy_interval
-        self.busy_rows = busy_rows
-        self.idle_interval = idle_interval
-        self.clock = clock
+        self.interval = interval
+        self.read_only = False
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-
-    @classmethod
-    def following(
-        cls,
-        path: str | Path,
-        store: Store,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> SQLiteWarehouse:
-        """A warehouse at ``path`` that loads from ``store``: by attaching its file
-        when it is a SQLite store (the fast path), else through the contract."""
-        url = parse_store_url(store.url)
-        inbox = url.path if url.backend == "sqlite" else None
-        return cls(path, inbox=inbox, source=store, clock=clock)
+        self._events = f"{prefix}events"
+        self._deliveries = f"{prefix}deliveries"
+        self._insert_events = _upsert(self._events, EVENT_COLUMNS)
+        self._insert_deliveries = _upsert(self._deliveries, DELIVERY_COLUMNS)
 
     @classmethod
     def reader(cls, path: str | Path) -> SQLiteWarehouse:
@@ -190,6 +114,26 @@ class SQLiteWarehouse:
         warehouse.read_only = True
         return warehouse
 
+    def _schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute(_table(self._events, EVENT_COLUMNS))
+        # A warehouse made by an older version gains the columns added since.
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({self._events})")}
+        for column in EVENT_COLUMNS:
+            if column.name not in present:
+                conn.execute(
+                    f"ALTER TABLE {self._events} ADD COLUMN {column.name} {_sql_type(column)}"
+                )
+        conn.execute(_table(self._deliveries, DELIVERY_COLUMNS))
+        p = self.prefix
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {p}events_occurred ON {p}events (occurred_at)")
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {p}events_delivery ON {p}events (delivery_id)")
+        for view, object_type in CHANNEL_VIEWS.items():
+            conn.execute(
+                f"CREATE VIEW IF NOT EXISTS {p}{view} AS SELECT * FROM {p}events"
+                f" WHERE object_type = '{object_type}'"
+            )
+        # The cursor lives in the store now; the old loader's table is left alone.
+
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None and self.read_only:
             # Creates no file, not even a -wal or -shm beside it (see connect_readonly).
@@ -197,140 +141,81 @@ class SQLiteWarehouse:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # rebuildable from the inbox
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.executescript(SCHEMA)
-            # A warehouse made by an older version gains the columns added since.
-            present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-            for column in _COLUMNS:
-                if column not in present:
-                    kind = "INTEGER" if column in _BOOLEAN else "TEXT"
-                    conn.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
-            conn.executescript(INDEXES)
-            if self.inbox is not None:
-                conn.execute("ATTACH DATABASE ? AS inbox", (str(self.inbox),))
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # rebuildable from the store
+                conn.execute("PRAGMA busy_timeout=10000")
+                conn.execute("BEGIN IMMEDIATE")
+                self._schema(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
 
-    async def cursor(self) -> int:
-        def read() -> int:
-            with self._lock:
-                row = (
-                    self._connect()
-                    .execute("SELECT inbox_seq FROM loader_state WHERE id = 1")
-                    .fetchone()
-                )
-            return int(row[0]) if row else 0
+    async def open(self) -> None:
+        await self._call(lambda: self._connect() and None, sink=True)
 
-        return await self._call(read)
-
-    async def load(self) -> int:
-        """Copy the next batch from the inbox or the source; return how many events it
-        held (bodies skipped as unparseable included: 0 means caught up)."""
-        if self.inbox is None:
-            if self.source is not None:
-                return await self._load_from(self.source)
-            raise ValueError("SQLiteWarehouse.load needs an inbox path or a source store")
-        loaded_at = self.clock()
-
-        def run() -> int:
-            with self._lock:
-                conn = self._connect()
-                # Deferred, not IMMEDIATE: only the warehouse is written, and an
-                # immediate transaction would also lock the attached inbox.
-                conn.execute("BEGIN")
-                try:
-                    row = conn.execute(
-                        "SELECT coalesce(max(inbox_seq), 0) FROM loader_state"
-                    ).fetchone()
-                    cursor = int(row[0])
-                    last, count = conn.execute(
-                        "SELECT max(seq), count(*) FROM (SELECT seq FROM inbox.events"
-                        " WHERE seq > ? ORDER BY seq LIMIT ?)",
-                        (cursor, self.batch_size),
-                    ).fetchone()
-                    if count:
-                        conn.execute(_LOAD, (loaded_at, cursor, last))
-                        conn.execute(_SAVE_CURSOR, (last,))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    raise
-            return int(count)
-
-        return await self._call(run)
-
-    async def _load_from(self, source: Operations) -> int:
-        """The generic path: the next ``batch_size`` events after the cursor, parsed
-        here.  A body that no longer parses (stored by an older version with looser
-        checks) is skipped with a log line, and the cursor moves past it: the
-        loader never stalls on one event."""
-        cursor = await self.cursor()
-        loaded_at = self.clock()
-        events: list[Event] = []
-        held = 0
-        last = cursor
-        where = EventFilter(after_seq=cursor, limit=self.batch_size)
-        async for stored in source.iter_events(where, batch=self.batch_size):
-            held += 1
-            last = stored.seq
-            try:
-                event = parse_event(
-                    stored.body, received_at=stored.received_at, backfilled=stored.backfilled
-                )
-            except InvalidEvent as exc:
-                log.warning(
-                    "event=warehouse_skipped seq=%d event_id=%s error=%s",
-                    stored.seq,
-                    stored.event_id,
-                    str(exc),
-                )
-                continue
-            events.append(event)
-        if held:
-            await self.write(events, cursor=last, loaded_at=loaded_at)
-        return held
-
-    async def run(self, stop: asyncio.Event) -> None:
-        idle = self.poll_interval
-        try:
-            while not stop.is_set():
-                try:
-                    loaded = await self.load()
-                except StoreUnavailable as exc:
-                    log.error("event=warehouse_error error=%s", str(exc))
-                    loaded = 0
-                # Nothing new: look again later and later, up to ``idle_interval``, so
-                # an idle worker does not query its store 20 times a second.
-                idle = min(idle * 2, self.idle_interval) if not loaded else self.poll_interval
-                if loaded < self.batch_size:
-                    wait = self.busy_interval if loaded >= self.busy_rows else idle
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), wait)
-        finally:
-            await self.close()
-
-    async def write(self, events: Sequence[Event], *, cursor: int, loaded_at: float) -> None:
-        """Write parsed ``events`` idempotently and move the cursor, in one transaction."""
-        loaded = iso(loaded_at)
-        rows = [[*normalise(event).values(), loaded] for event in events]
+    async def write(self, batch: Batch) -> None:
+        events = [list(row) for row in batch.events]
+        for row in events:
+            for i in _BOOL_EVENT:
+                if row[i] is not None:
+                    row[i] = int(row[i])
 
         def run() -> None:
             with self._lock:
                 conn = self._connect()
-                conn.execute("BEGIN")
+                conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.executemany(_INSERT, rows)
-                    conn.execute(_SAVE_CURSOR, (cursor,))
+                    conn.executemany(self._insert_events, events)
+                    held = self._held_deliveries(conn, [d[0] for d in batch.deliveries])
+                    merged = [
+                        merge_delivery(held[d[0]], d) if d[0] in held else d
+                        for d in batch.deliveries
+                    ]
+                    conn.executemany(self._insert_deliveries, merged)
                     conn.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                     raise
 
-        await self._call(run)
+        await self._call(run, sink=True)
+
+    def _held_deliveries(
+        self, conn: sqlite3.Connection, ids: Sequence[str]
+    ) -> dict[str, DeliveryRow]:
+        held: dict[str, DeliveryRow] = {}
+        names = ", ".join(c.name for c in DELIVERY_COLUMNS)
+        # In slices: SQLite caps the number of parameters of one statement.
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            for row in conn.execute(
+                f"SELECT {names} FROM {self._deliveries}"
+                f" WHERE delivery_id IN ({','.join('?' * len(part))})",
+                part,
+            ):
+                held[row[0]] = tuple(row)
+        return held
+
+    async def rows(self, table: str = "events") -> list[tuple[Any, ...]]:
+        """Every row of ``events`` or ``deliveries``, in its columns' order (tests,
+        small exports)."""
+        columns = EVENT_COLUMNS if table == "events" else DELIVERY_COLUMNS
+        names = ", ".join(c.name for c in columns)
+
+        def run() -> list[tuple[Any, ...]]:
+            with self._lock:
+                return [
+                    tuple(r)
+                    for r in self._connect().execute(
+                        f"SELECT {names} FROM {self.prefix}{table} ORDER BY 1"
+                    )
+                ]
+
+        return await self._call(run)
 
     async def delivery_metrics(self, delivery_ids: Collection[str]) -> set[tuple[str, str]]:
         """``(delivery_id, metric)`` of every row, real or backfilled, for these deliveries
@@ -343,16 +228,16 @@ class SQLiteWarehouse:
                 conn = self._connect()
                 # `serve --no-dispatch` leaves an empty file until a worker loads it.
                 if not conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    (self._events,),
                 ).fetchone():
                     return found
-                # In slices: SQLite caps the number of parameters of one statement.
                 for start in range(0, len(ids), 500):
                     part = ids[start : start + 500]
                     found.update(
                         (str(delivery), str(metric))
                         for delivery, metric in conn.execute(
-                            "SELECT DISTINCT delivery_id, metric FROM events"
+                            f"SELECT DISTINCT delivery_id, metric FROM {self._events}"
                             f" WHERE delivery_id IN ({','.join('?' * len(part))})",
                             part,
                         )
@@ -361,14 +246,21 @@ class SQLiteWarehouse:
 
         return await self._call(run)
 
-    async def _call(self, fn: Callable[[], T]) -> T:
+    async def _call(self, fn: Callable[[], T], *, sink: bool = False) -> T:
         try:
             return await asyncio.to_thread(fn)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"warehouse {self.path}: {exc}") from exc
+            error = SinkError if sink else StoreUnavailable
+            raise error(f"warehouse {self.path}: {exc}") from exc
+        except OSError as exc:  # the directory cannot be made
+            raise SinkError(f"warehouse {self.path}: {exc}") from exc
 
     async def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def from_url(url: SinkURL) -> SQLiteWarehouse:
+    return SQLiteWarehouse(url.path, name=url.name, privacy=url.privacy, prefix=url.table_prefix)

@@ -4,7 +4,7 @@
 
     store/
       _model.py     events, jobs, outcomes, typed results (StoreStats, Gauges, ...)
-      _contract.py  Ingest | Queue | Operations | Metrics -> Store
+      _contract.py  Ingest | Queue | Operations | Metrics | SinkCursors -> Store
       _ledger.py    Ledger: the policies' exactly-once record
       _url.py       sqlite:///... | postgresql://...
       sqlite/       SQLiteStore, SQLiteLedger (embedded, the default)
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._contract import Ingest, Metrics, Operations, Queue, Store, Versioned
+from ._contract import Ingest, Metrics, Operations, Queue, SinkCursors, Store, Versioned
 from ._ledger import (
     AUDIT_COLUMNS,
     IN_FLIGHT_LEASE,
@@ -44,6 +44,7 @@ from ._model import (
     Outcome,
     PutResult,
     Quarantined,
+    SinkState,
     StoredEvent,
     StoreStats,
     Wanted,
@@ -72,6 +73,8 @@ __all__ = [
     "Quarantined",
     "Queue",
     "Reservation",
+    "SinkCursors",
+    "SinkState",
     "Store",
     "StoreStats",
     "StoreURL",

@@ -8,6 +8,7 @@ cannot claim, the dispatcher cannot purge, and a new backend knows what it owes:
     Queue       the dispatcher: claim, extend, finish, wait  (leases, tokens, retries)
     Operations  operator commands: requeue, discard, read, quarantine, prune, stats
     Metrics     /metrics and reconcile: gauges, delivery_metrics
+    SinkCursors the warehouse loader: one cursor (and lease) per sink
     Store       all of the above, plus lifecycle (open, close, migrate)
 
 Every backend passes the same contract suite (``tests/store/``).  The policies'
@@ -28,6 +29,7 @@ from ._model import (
     Outcome,
     PutResult,
     Quarantined,
+    SinkState,
     StoredEvent,
     StoreStats,
     Wanted,
@@ -36,7 +38,7 @@ from ._model import (
 if TYPE_CHECKING:
     from ._ledger import Ledger
 
-__all__ = ["Ingest", "Metrics", "Operations", "Queue", "Store", "Versioned"]
+__all__ = ["Ingest", "Metrics", "Operations", "Queue", "SinkCursors", "Store", "Versioned"]
 
 
 class Ingest(Protocol):
@@ -165,7 +167,11 @@ class Operations(Protocol):
         ...
 
     async def prune(self, *, received_before: float) -> int:
-        """Forget finished events received before the cutoff (ends their dedupe window)."""
+        """Forget finished events received before the cutoff (ends their dedupe window);
+        returns how many.  An event a registered sink has not loaded yet (its ``seq`` is
+        past that sink's cursor) is kept whatever its age: a sink that is down for a
+        week loses nothing.  ``SinkCursors.forget_sink`` drops a sink no longer wanted,
+        and with it what it held back."""
         ...
 
     async def stats(self) -> StoreStats: ...
@@ -194,7 +200,84 @@ class Metrics(Protocol):
         ...
 
 
-class Store(Ingest, Queue, Operations, Metrics, Protocol):
+class SinkCursors(Protocol):
+    """What the warehouse loader needs: per sink, how far it has loaded (a ``seq``), who
+    may move that on (a lease), and how it has been failing.
+
+    One loader at a time writes a sink: it takes the lease (``lease_sink``) and renews
+    it while it works; the cursor then moves only by compare-and-set on ``seq``
+    (``advance_sink``), so a loader that lost its lease, or whose sink an operator
+    rewound meanwhile, cannot move it.  Times are the caller's clock (unix seconds).
+    """
+
+    async def register_sink(self, name: str, url: str, *, now: float) -> SinkState:
+        """The cursor of sink ``name``, created at ``seq`` 0 (nothing loaded) when it is
+        new; ``url`` (display form, without credentials) replaces the one recorded."""
+        ...
+
+    async def lease_sink(self, name: str, owner: str, *, now: float, until: float) -> bool:
+        """Take or renew the lease on sink ``name`` for ``owner`` until ``until``.
+        Succeeds when the sink has no owner, ``owner`` holds it already, or the lease
+        has run out (``lease_until <= now``); False otherwise, and for an unknown sink."""
+        ...
+
+    async def advance_sink(
+        self,
+        name: str,
+        owner: str,
+        *,
+        from_seq: int,
+        to_seq: int,
+        last_received_at: float | None,
+        now: float,
+    ) -> bool:
+        """Move the cursor from ``from_seq`` to ``to_seq`` after a successful load, if
+        ``owner`` is the lease's owner and the cursor still is at ``from_seq``; False
+        (and nothing changed) otherwise, e.g. when ``rewind_sink`` came in between.
+
+        Owner means the one recorded: a lease that ran out with nobody taking it over
+        still lets its owner advance (another loader would have had to take the lease
+        first).  A success clears the error and the failure count, sets ``updated_at``
+        to ``now`` and records ``last_received_at`` (None keeps the previous one)."""
+        ...
+
+    async def sink_failed(self, name: str, owner: str, error: str, *, now: float) -> None:
+        """Record a failed load: ``error`` (at most 1000 characters kept), ``error_at``,
+        one more consecutive failure.  Ignored while another owner holds the lease."""
+        ...
+
+    async def rewind_sink(self, name: str, seq: int, *, now: float) -> bool:
+        """Set the cursor of sink ``name`` to ``seq`` (``sinks replay``): the loader
+        loads again every event after it.  False when the sink is unknown.  A load in
+        flight then cannot advance (see ``advance_sink``).  Events ``prune`` already
+        removed cannot be loaded again."""
+        ...
+
+    async def forget_sink(self, name: str) -> bool:
+        """Drop the cursor of sink ``name`` (``prune`` no longer keeps events for it);
+        False when it was unknown."""
+        ...
+
+    async def sink_states(self) -> list[SinkState]:
+        """Every sink's cursor, by name."""
+        ...
+
+    async def sink_backlog(self, seq: int, *, limit: int = 1_000_000) -> tuple[int, float | None]:
+        """How many stored events come after ``seq`` (counting at most ``limit``), and
+        the ``received_at`` of the first of them (None when there is none): a sink at
+        ``seq`` is that many rows and ``now - received_at`` seconds behind."""
+        ...
+
+    async def seq_before(self, received_at: float) -> int:
+        """The cursor that makes a sink load again every event received at or after
+        ``received_at`` (``sinks replay --since``): the largest ``seq`` of an event
+        received before it (0 when none), lowered below any event received since that
+        carries a smaller ``seq`` (arrival and ``seq`` order can disagree after a
+        ``store copy`` or across receivers' clocks)."""
+        ...
+
+
+class Store(Ingest, Queue, Operations, Metrics, SinkCursors, Protocol):
     """A whole backend.  ``url`` names it without credentials (safe to log)."""
 
     @property

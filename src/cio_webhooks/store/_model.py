@@ -24,6 +24,7 @@ __all__ = [
     "Outcome",
     "PutResult",
     "Quarantined",
+    "SinkState",
     "StoreStats",
     "StoredEvent",
     "Wanted",
@@ -167,3 +168,27 @@ class StoreStats:
     kinds: dict[str, int]  # "object_type.metric" -> count, most first
     quarantined: int
     oldest_unfinished_received_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SinkState:
+    """Where one warehouse sink's loader stands (``SinkCursors``).
+
+    ``seq`` is the last event loaded into the sink (0: nothing yet); the loader
+    takes the events after it, in ``seq`` order.  ``updated_at`` is when the cursor
+    last moved (None: never), ``last_received_at`` the ``received_at`` of the last
+    event loaded.  ``error``, ``error_at`` and ``failures`` describe the failures
+    since the last successful load (None, None, 0 after one).  ``owner`` and
+    ``lease_until`` name the loader allowed to advance the cursor and until when.
+    """
+
+    name: str
+    url: str  # display form, without credentials
+    seq: int
+    updated_at: float | None
+    last_received_at: float | None
+    error: str | None
+    error_at: float | None
+    failures: int
+    owner: str | None
+    lease_until: float | None

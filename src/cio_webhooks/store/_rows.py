@@ -9,18 +9,35 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any
 
 from ..handlers import parse_pattern
-from ._model import EventFilter, Gauges, Job, JobState, Quarantined, StoredEvent, StoreStats, Wanted
+from ._model import (
+    EventFilter,
+    Gauges,
+    Job,
+    JobState,
+    Quarantined,
+    SinkState,
+    StoredEvent,
+    StoreStats,
+    Wanted,
+)
 
 __all__ = [
     "CLAIM_COLUMNS",
     "CLAIM_SCAN",
     "DUE",
     "EVENT_COLUMNS",
+    "LOADED_BY_SINKS",
     "QUARANTINE_COLUMNS",
+    "SINK_COLUMNS",
+    "SINK_ERROR_CHARS",
+    "SinkSQL",
     "gauges",
     "jobs",
     "pages",
     "quarantined",
+    "seq_before",
+    "sink_error",
+    "sink_state",
     "split_claim",
     "store_stats",
     "stored_event",
@@ -199,3 +216,109 @@ def where_clause(where: EventFilter, mark: str) -> tuple[str, list[Any]]:
             alternatives.append(" AND ".join(parts) or "1 = 1")
         clauses.append("(" + " OR ".join(f"({a})" for a in alternatives) + ")")
     return " AND ".join(clauses), params
+
+
+#: The longest error text a sink cursor keeps (``sink_failed``).
+SINK_ERROR_CHARS = 1000
+#: The columns ``sink_state`` reads, in its order.
+SINK_COLUMNS = (
+    "name, url, seq, updated_at, last_received_at, error, error_at, failures, owner, lease_until"
+)
+
+
+def sink_state(row: Sequence[Any]) -> SinkState:
+    """A row of ``SINK_COLUMNS``."""
+    return SinkState(
+        name=row[0],
+        url=row[1],
+        seq=int(row[2]),
+        updated_at=row[3],
+        last_received_at=row[4],
+        error=row[5],
+        error_at=row[6],
+        failures=int(row[7]),
+        owner=row[8],
+        lease_until=row[9],
+    )
+
+
+def sink_error(text: str) -> str:
+    """An error as a sink cursor keeps it: NULs spelled out (PostgreSQL text cannot hold
+    them), at most ``SINK_ERROR_CHARS`` characters."""
+    text = text.replace("\x00", "\\x00")
+    if len(text) <= SINK_ERROR_CHARS:
+        return text
+    return text[: SINK_ERROR_CHARS - 1] + "\u2026"
+
+
+def seq_before(before: int | None, first_since: int | None) -> int:
+    """``seq_before`` from the largest ``seq`` received before the cutoff and the
+    smallest received at or after it (either None when there is none).
+
+    When arrival order and ``seq`` order disagree (clocks of several receivers,
+    ``store copy``), an event received after the cutoff may have a lower ``seq`` than
+    one received before it: the cursor goes below it too, so a replay from the result
+    never misses an event received since the cutoff (it may load a few older ones
+    again, which a sink's upsert absorbs)."""
+    seq = before or 0
+    if first_since is not None:
+        seq = min(seq, first_since - 1)
+    return seq
+
+
+class SinkSQL:
+    """The sink cursor statements, in a backend's placeholder (``?`` or ``%s``).
+
+    Lease: ``owner`` holds it until ``lease_until`` (exclusive); after that, or with no
+    owner, any loader may take it.  The cursor moves only by compare-and-set on
+    ``seq`` by the recorded owner (see ``SinkCursors``)."""
+
+    def __init__(self, mark: str) -> None:
+        m = mark
+        self.register = (
+            "INSERT INTO sink_cursors (name, url, seq, failures, registered_at)"
+            f" VALUES ({m}, {m}, 0, 0, {m})"
+            " ON CONFLICT (name) DO UPDATE SET url = excluded.url"
+            f" RETURNING {SINK_COLUMNS}"
+        )
+        # Params: owner, until, name, owner, now.
+        self.lease = (
+            f"UPDATE sink_cursors SET owner = {m}, lease_until = {m} WHERE name = {m}"
+            f" AND (owner IS NULL OR owner = {m} OR lease_until IS NULL OR lease_until <= {m})"
+        )
+        # Params: to_seq, now, last_received_at, name, owner, from_seq.
+        self.advance = (
+            f"UPDATE sink_cursors SET seq = {m}, updated_at = {m},"
+            f" last_received_at = coalesce({m}, last_received_at),"
+            " error = NULL, error_at = NULL, failures = 0"
+            f" WHERE name = {m} AND owner = {m} AND seq = {m}"
+        )
+        # Params: error, now, name, owner, now.
+        self.failed = (
+            f"UPDATE sink_cursors SET error = {m}, error_at = {m}, failures = failures + 1"
+            f" WHERE name = {m}"
+            f" AND (owner IS NULL OR owner = {m} OR lease_until IS NULL OR lease_until <= {m})"
+        )
+        # Params: seq, now, seq, name.
+        self.rewind = (
+            f"UPDATE sink_cursors SET seq = {m}, updated_at = {m},"
+            f" last_received_at = (SELECT received_at FROM events WHERE events.seq = {m})"
+            f" WHERE name = {m}"
+        )
+        self.forget = f"DELETE FROM sink_cursors WHERE name = {m}"
+        self.states = f"SELECT {SINK_COLUMNS} FROM sink_cursors"
+        # Params: seq, limit, seq.
+        self.backlog = (
+            "SELECT (SELECT count(*) FROM"
+            f" (SELECT seq FROM events WHERE seq > {m} ORDER BY seq LIMIT {m}) AS behind),"
+            f" (SELECT received_at FROM events WHERE seq > {m} ORDER BY seq LIMIT 1)"
+        )
+        # Params: received_at, received_at.
+        self.seq_before = (
+            f"SELECT (SELECT max(seq) FROM events WHERE received_at < {m}),"
+            f" (SELECT min(seq) FROM events WHERE received_at >= {m})"
+        )
+
+
+#: prune's condition: every registered sink has loaded the event (none is behind it).
+LOADED_BY_SINKS = "NOT EXISTS (SELECT 1 FROM sink_cursors WHERE sink_cursors.seq < events.seq)"

@@ -40,6 +40,7 @@ from .._model import (
     Outcome,
     PutResult,
     Quarantined,
+    SinkState,
     StoredEvent,
     StoreStats,
     Wanted,
@@ -49,11 +50,16 @@ from .._rows import (
     CLAIM_SCAN,
     DUE,
     EVENT_COLUMNS,
+    LOADED_BY_SINKS,
     QUARANTINE_COLUMNS,
+    SinkSQL,
     gauges,
     jobs,
     pages,
     quarantined,
+    seq_before,
+    sink_error,
+    sink_state,
     split_claim,
     store_stats,
     stored_event,
@@ -79,6 +85,8 @@ CONNECT_TIMEOUT = 5.0
 #: Rows one requeue or prune transaction changes at most: a replay of a million
 #: events must not hold a million row locks in one transaction.
 CHUNK = 1000
+
+_SINKS = SinkSQL("%s")
 
 
 def _where_sql(where: EventFilter) -> tuple[str, list[Any]]:
@@ -623,7 +631,8 @@ class PostgresStore:
         async def run(conn: Conn) -> int:
             cur = await conn.execute(
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE received_at < %s"
-                " AND state IN ('done', 'discarded') LIMIT %s FOR UPDATE SKIP LOCKED)"
+                f" AND state IN ('done', 'discarded') AND {LOADED_BY_SINKS}"
+                " LIMIT %s FOR UPDATE SKIP LOCKED)"
                 " RETURNING seq",
                 [received_before, chunk],
             )
@@ -720,3 +729,69 @@ class PostgresStore:
             )
         )[0]
         return store_stats(states, kinds, quarantined=held, oldest=oldest)
+
+    # -- sink cursors ------------------------------------------------------------------
+    async def _changed(self, doing: str, query: str, params: Sequence[Any]) -> bool:
+        """Run one sink cursor statement; True when it changed a row."""
+
+        async def run(conn: Conn) -> bool:
+            cur = await conn.execute(query.encode(), params)
+            return cur.rowcount == 1
+
+        return await self._value_write(doing, run)
+
+    async def register_sink(self, name: str, url: str, *, now: float) -> SinkState:
+        async def run(conn: Conn) -> SinkState:
+            cur = await conn.execute(_SINKS.register.encode(), [name, url, now])
+            row = await cur.fetchone()
+            assert row is not None
+            return sink_state(row)
+
+        return await self._value_write("registering a sink", run)
+
+    async def lease_sink(self, name: str, owner: str, *, now: float, until: float) -> bool:
+        return await self._changed("leasing a sink", _SINKS.lease, [owner, until, name, owner, now])
+
+    async def advance_sink(
+        self,
+        name: str,
+        owner: str,
+        *,
+        from_seq: int,
+        to_seq: int,
+        last_received_at: float | None,
+        now: float,
+    ) -> bool:
+        return await self._changed(
+            "advancing a sink",
+            _SINKS.advance,
+            [to_seq, now, last_received_at, name, owner, from_seq],
+        )
+
+    async def sink_failed(self, name: str, owner: str, error: str, *, now: float) -> None:
+        await self._changed(
+            "recording a sink failure", _SINKS.failed, [sink_error(error), now, name, owner, now]
+        )
+
+    async def rewind_sink(self, name: str, seq: int, *, now: float) -> bool:
+        return await self._changed("rewinding a sink", _SINKS.rewind, [seq, now, seq, name])
+
+    async def forget_sink(self, name: str) -> bool:
+        return await self._changed("forgetting a sink", _SINKS.forget, [name])
+
+    async def sink_states(self) -> list[SinkState]:
+        # A read-only look at a schema no newer cio-webhooks has migrated: no table, so
+        # no sink.
+        [(present,)] = await self._rows("SELECT to_regclass('sink_cursors') IS NOT NULL")
+        if not present:
+            return []
+        rows = await self._rows(_SINKS.states)
+        return sorted((sink_state(row) for row in rows), key=lambda s: s.name)
+
+    async def sink_backlog(self, seq: int, *, limit: int = 1_000_000) -> tuple[int, float | None]:
+        [(count, first)] = await self._rows(_SINKS.backlog, [seq, limit, seq])
+        return int(count), first
+
+    async def seq_before(self, received_at: float) -> int:
+        [(before, first_since)] = await self._rows(_SINKS.seq_before, [received_at, received_at])
+        return seq_before(before, first_since)

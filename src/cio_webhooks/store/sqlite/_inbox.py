@@ -33,6 +33,7 @@ from .._model import (
     Outcome,
     PutResult,
     Quarantined,
+    SinkState,
     StoredEvent,
     StoreStats,
     Wanted,
@@ -42,11 +43,16 @@ from .._rows import (
     CLAIM_SCAN,
     DUE,
     EVENT_COLUMNS,
+    LOADED_BY_SINKS,
     QUARANTINE_COLUMNS,
+    SinkSQL,
     gauges,
     jobs,
     pages,
     quarantined,
+    seq_before,
+    sink_error,
+    sink_state,
     split_claim,
     store_stats,
     stored_event,
@@ -62,7 +68,25 @@ T = TypeVar("T")
 #: The policies' ledger of a SQLite store: a second file beside the inbox.
 LEDGER_FILE = "actions.db"
 
-SCHEMA = """
+#: Warehouse sinks: how far each has loaded, and which loader may move that on.
+_SINK_CURSORS = """
+CREATE TABLE IF NOT EXISTS sink_cursors (
+    name             TEXT PRIMARY KEY, -- the warehouse sink's name
+    url              TEXT NOT NULL,    -- its display form, without credentials
+    seq              INTEGER NOT NULL, -- the last event loaded into it (0: none yet)
+    updated_at       REAL,             -- when seq last moved
+    last_received_at REAL,             -- received_at of the last event loaded
+    error            TEXT,             -- the last failure since the last success
+    error_at         REAL,
+    failures         INTEGER NOT NULL, -- consecutive failures
+    owner            TEXT,             -- the loader allowed to move seq ...
+    lease_until      REAL,             -- ... until then
+    registered_at    REAL NOT NULL
+);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS events (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id        TEXT NOT NULL UNIQUE,
@@ -102,9 +126,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
     WHERE event_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-PRAGMA user_version = 5;
 """
-SCHEMA_VERSION = 5
+    + _SINK_CURSORS
+    + """PRAGMA user_version = 6;
+"""
+)
+SCHEMA_VERSION = 6
 #: What turns a file of version N into N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
@@ -118,6 +145,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
 """,
     # Claim tokens: an outcome is recorded only while its claim holds.
     4: "ALTER TABLE events ADD COLUMN claim_token TEXT;",
+    # Warehouse sinks: one cursor per sink.
+    5: _SINK_CURSORS,
 }
 
 
@@ -306,6 +335,9 @@ def _write_error(conn: sqlite3.Connection, exc: Exception) -> Exception:
         error.__cause__ = exc
         return error
     return exc
+
+
+_SINKS = SinkSQL("?")
 
 
 def _check_inbox(conn: sqlite3.Connection) -> None:
@@ -731,7 +763,7 @@ class SQLiteStore:
                 seq
                 for (seq,) in conn.execute(
                     "SELECT seq FROM events WHERE received_at < ?"
-                    " AND state IN ('done', 'discarded') LIMIT ?",
+                    f" AND state IN ('done', 'discarded') AND {LOADED_BY_SINKS} LIMIT ?",
                     (received_before, chunk),
                 )
             ]
@@ -835,3 +867,70 @@ class SQLiteStore:
             return store_stats(states, kinds, quarantined=held, oldest=oldest)
 
         return await self._read(run)
+
+    # -- sink cursors ------------------------------------------------------------------
+    async def register_sink(self, name: str, url: str, *, now: float) -> SinkState:
+        def run(conn: sqlite3.Connection) -> SinkState:
+            return sink_state(conn.execute(_SINKS.register, (name, url, now)).fetchone())
+
+        return await self._writer.submit(run, isolated=True)
+
+    async def lease_sink(self, name: str, owner: str, *, now: float, until: float) -> bool:
+        params = (owner, until, name, owner, now)
+        return await self._writer.submit(
+            lambda c: c.execute(_SINKS.lease, params).rowcount == 1, isolated=True
+        )
+
+    async def advance_sink(
+        self,
+        name: str,
+        owner: str,
+        *,
+        from_seq: int,
+        to_seq: int,
+        last_received_at: float | None,
+        now: float,
+    ) -> bool:
+        params = (to_seq, now, last_received_at, name, owner, from_seq)
+        return await self._writer.submit(
+            lambda c: c.execute(_SINKS.advance, params).rowcount == 1, isolated=True
+        )
+
+    async def sink_failed(self, name: str, owner: str, error: str, *, now: float) -> None:
+        params = (sink_error(error), now, name, owner, now)
+        await self._writer.submit(lambda c: c.execute(_SINKS.failed, params), isolated=True)
+
+    async def rewind_sink(self, name: str, seq: int, *, now: float) -> bool:
+        params = (seq, now, seq, name)
+        return await self._writer.submit(
+            lambda c: c.execute(_SINKS.rewind, params).rowcount == 1, isolated=True
+        )
+
+    async def forget_sink(self, name: str) -> bool:
+        return await self._writer.submit(
+            lambda c: c.execute(_SINKS.forget, (name,)).rowcount == 1, isolated=True
+        )
+
+    async def sink_states(self) -> list[SinkState]:
+        def run(c: sqlite3.Connection) -> list[SinkState]:
+            # A read-only look at a file no newer cio-webhooks has opened yet: no table,
+            # so no sink.
+            if not c.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sink_cursors'"
+            ).fetchone():
+                return []
+            return [sink_state(row) for row in c.execute(_SINKS.states)]
+
+        return sorted(await self._read(run), key=lambda s: s.name)
+
+    async def sink_backlog(self, seq: int, *, limit: int = 1_000_000) -> tuple[int, float | None]:
+        count, first = await self._read(
+            lambda c: c.execute(_SINKS.backlog, (seq, limit, seq)).fetchone()
+        )
+        return int(count), first
+
+    async def seq_before(self, received_at: float) -> int:
+        before, first_since = await self._read(
+            lambda c: c.execute(_SINKS.seq_before, (received_at, received_at)).fetchone()
+        )
+        return seq_before(before, first_since)
