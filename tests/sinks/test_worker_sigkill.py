@@ -10,13 +10,15 @@ SIGKILLs at growing cursors, then a worker that runs to the end and a SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ class Target:
     url: str
     events: Callable[[], Awaitable[list[str]]]  # event_ids, one per row
     deliveries: Callable[[], Awaitable[list[dict[str, Any]]]]
+    env: dict[str, str] = field(default_factory=dict)  # for the worker
 
 
 async def _sqlite_target(tmp_path: Path, request: pytest.FixtureRequest) -> Target:
@@ -68,8 +71,52 @@ async def _sqlite_target(tmp_path: Path, request: pytest.FixtureRequest) -> Targ
     return Target(f"sqlite://{path}", events, deliveries)
 
 
+async def _postgres_target(tmp_path: Path, request: pytest.FixtureRequest) -> Target:
+    from cio_webhooks.sinks import parse_sink_url
+    from cio_webhooks.sinks.postgres import from_url
+
+    from ._postgres_peer import read_back
+
+    url = f"{request.getfixturevalue('pg_database')}?schema=w_{secrets.token_hex(6)}"
+
+    async def rows() -> Any:
+        sink = from_url(parse_sink_url(url))
+        try:
+            return await read_back(sink)
+        finally:
+            await sink.close()
+
+    async def events() -> list[str]:
+        return [r["event_id"] for r in (await rows()).events]
+
+    async def deliveries() -> list[dict[str, Any]]:
+        return list((await rows()).deliveries)
+
+    return Target(url, events, deliveries)
+
+
+async def _bigquery_target(tmp_path: Path, request: pytest.FixtureRequest) -> Target:
+    from ._bigquery_peer import PROJECT, Reader, new_dataset
+
+    emulator = request.getfixturevalue("bigquery_emulator")
+    reader = Reader(emulator.endpoint, new_dataset())
+
+    async def events() -> list[str]:
+        return [r["event_id"] for r in await asyncio.to_thread(reader.events)]
+
+    async def deliveries() -> list[dict[str, Any]]:
+        return await asyncio.to_thread(reader.deliveries)
+
+    url = f"bigquery://{PROJECT}/{reader.dataset}?api_endpoint={emulator.endpoint}"
+    # Keep the Google client in the worker from probing for cloud metadata.
+    env = {"NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:1"}
+    return Target(url, events, deliveries, env)
+
+
 SINKS: dict[str, Callable[[Path, pytest.FixtureRequest], Awaitable[Target]]] = {
     "sqlite": _sqlite_target,
+    "postgresql": _postgres_target,
+    "bigquery": _bigquery_target,
 }
 
 
@@ -92,8 +139,8 @@ def the_events() -> list[Event]:
 
 
 @pytest.fixture(params=list(SINKS))
-async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
-    yield await SINKS[request.param](tmp_path, request)
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    return await SINKS[request.param](tmp_path, request)
 
 
 async def cursor(store: Store) -> int:
@@ -123,7 +170,7 @@ async def test_a_worker_sigkilled_mid_load_leaves_no_duplicate_and_no_gap(
     for event in events:
         await store.put(event, handled=True)
     url = f"{target.url}{'&' if '?' in target.url else '?'}batch_size={BATCH}&interval=0"
-    env = {**os.environ, "CIO_WEBHOOKS_LOG_LEVEL": "info"}
+    env = {**os.environ, **target.env, "CIO_WEBHOOKS_LOG_LEVEL": "info"}
     log = tmp_path / "worker.log"
     argv = [str(BIN), "worker", "--db", str(inbox), "--sink", url]
     try:
@@ -133,10 +180,10 @@ async def test_a_worker_sigkilled_mid_load_leaves_no_duplicate_and_no_gap(
                     *argv, env=env, cwd=tmp_path, stdout=out, stderr=out
                 )
             if kill_at is not None:
-                await wait_for(lambda k=kill_at: _past(store, k), proc, log)
+                await wait_for(functools.partial(_past, store, kill_at), proc, log)
                 proc.send_signal(signal.SIGKILL)
             else:
-                await wait_for(lambda: _past(store, EVENTS), proc, log)
+                await wait_for(functools.partial(_past, store, EVENTS), proc, log)
                 proc.send_signal(signal.SIGTERM)
             await proc.wait()
     finally:
