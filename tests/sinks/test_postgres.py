@@ -32,9 +32,7 @@ from cio_webhooks.sinks._rows import as_dicts, loaded_stamp
 from cio_webhooks.sinks.postgres import PostgresSink, from_url
 from cio_webhooks.testing import make_event
 from tests.conftest import sample_files
-from tests.sinks._postgres_peer import PostgresPeer, postgres_peer, read_back, sink_url
-
-__all__ = ["postgres_peer"]  # the fixture, imported for pytest
+from tests.sinks._postgres_peer import PostgresPeer, read_back, sink_url
 
 T0 = 1_700_000_000
 LATER = T0 + 86400
