@@ -285,6 +285,15 @@ class Loader:
             self._cursor[sink.name] = last
             progress.rows += len(rows)
             progress.batches += 1
+            # One line per batch (debug: two a second under load); bench/sink_lag.py
+            # reads them to time each event from its ack to its row.
+            log.debug(
+                "event=sink_loaded sink=%s rows=%d from_seq=%d to_seq=%d",
+                sink.name,
+                len(rows),
+                first,
+                last,
+            )
         else:
             # Rewound by `sinks replay`, or the lease was lost: start from the store's.
             self._cursor[sink.name] = await self._stored_cursor(sink.name)
