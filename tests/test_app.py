@@ -557,3 +557,21 @@ async def test_a_signing_key_that_is_not_text_is_refused_at_start_not_per_reques
     # verify() could not encode it, and every request, the valid keys' too, failed 500.
     with pytest.raises(ConfigError, match="not UTF-8"):
         create_app(inbox, [KEY, "new-key\udcff"])
+
+
+async def test_metrics_show_each_sinks_lag_backlog_and_last_error(
+    client: httpx2.AsyncClient, inbox: SQLiteStore, clock: FixedClock
+) -> None:
+    await post_event(client, make_event("s1"))
+    await post_event(client, make_event("s2"))
+    now = clock()
+    await inbox.register_sink("lake", "parquet:///lake", now=now)
+    await inbox.lease_sink("lake", "me", now=now, until=now + 30)
+    await inbox.sink_failed("lake", "me", 'disk "full"', now=now)
+    clock.advance(7)
+    text = (await client.get("/metrics")).text
+    assert 'cio_webhooks_sink_rows_behind{sink="lake"} 2\n' in text
+    assert 'cio_webhooks_sink_lag_seconds{sink="lake"} 7\n' in text
+    assert 'cio_webhooks_sink_failures{sink="lake"} 1\n' in text
+    assert 'cio_webhooks_sink_up{sink="lake"} 0\n' in text
+    assert 'cio_webhooks_sink_last_error_info{sink="lake",error="disk \\"full\\""} 1\n' in text

@@ -1,7 +1,10 @@
 """Delivery reports: unique deliveries, human vs machine, rates, groupings, read-only access.
 
-Every warehouse here is written by the real ``SQLiteWarehouse`` from events parsed
-by the real ``parse_event``, so the report reads exactly what the service stores.
+Every warehouse here is written by a real sink from events parsed by the real
+``parse_event``, so the report reads exactly what the service stores.  The counting
+tests run twice (the ``write`` fixture): on the SQLite warehouse file
+(``delivery_report``) and on a PostgreSQL sink (``delivery_report_for``), and expect
+the same rows.
 """
 
 from __future__ import annotations
@@ -10,20 +13,33 @@ import asyncio
 import dataclasses
 import json
 import random
+import socket
 import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from cio_webhooks import StoreUnavailable, parse_event
-from cio_webhooks.events import normalise
+from cio_webhooks.events import Event, normalise
 from cio_webhooks.reconcile import backfill_event
-from cio_webhooks.reports import COUNTS, RATES, ReportRow, delivery_report
-from cio_webhooks.sinks import SQLiteWarehouse
+from cio_webhooks.reports import COUNTS, RATES, ReportRow, delivery_report, delivery_report_for
+from cio_webhooks.sinks import (
+    Batch,
+    SinkURL,
+    SQLiteWarehouse,
+    delivery_rows,
+    event_row,
+    parse_sink_url,
+)
+from cio_webhooks.sinks._rows import loaded_stamp
+from cio_webhooks.sinks.postgres import from_url
 from cio_webhooks.testing import make_event
+from tests.conftest import sample_files
+from tests.sinks._postgres_peer import sink_url
 
 from .sinks._data import batch
 
@@ -50,7 +66,11 @@ def ev(
     return json.dumps(payload).encode()
 
 
-def write_warehouse(path: Path, *batches: Sequence[bytes]) -> Path:
+def parsed(batch: Sequence[bytes | Event]) -> list[Event]:
+    return [b if isinstance(b, Event) else parse_event(b, received_at=T0) for b in batch]
+
+
+def write_warehouse(path: Path, *batches: Sequence[bytes | Event]) -> Path:
     """Write each batch of bodies, in the order given, through the real warehouse sink."""
 
     async def run() -> None:
@@ -58,7 +78,7 @@ def write_warehouse(path: Path, *batches: Sequence[bytes]) -> Path:
         try:
             seq = 1
             for bodies in batches:
-                events = [parse_event(body, received_at=T0) for body in bodies]
+                events = parsed(bodies)
                 await sink.write(batch(events, first_seq=seq))
                 seq += len(events)
         finally:
@@ -66,6 +86,52 @@ def write_warehouse(path: Path, *batches: Sequence[bytes]) -> Path:
 
     asyncio.run(run())
     return path
+
+
+def write_postgres(pg_database: str, *batches: Sequence[bytes | Event]) -> Report:
+    """Write each batch, in the order given, through the real PostgreSQL sink (a schema
+    of its own), as the loader would (rows from ``_rows``); the report over it."""
+    url = sink_url(pg_database, "table_prefix=cio_")
+    write_postgres_url(url, *batches)
+    return partial(delivery_report_for, url)
+
+
+def write_postgres_url(url: SinkURL | str, *batches: Sequence[bytes | Event]) -> None:
+    """Write each batch through the PostgreSQL sink ``url``."""
+    sink = from_url(parse_sink_url(url) if isinstance(url, str) else url)
+
+    async def run() -> None:
+        await sink.open()
+        try:
+            for cursor, batch in enumerate(batches, 1):
+                # The store keeps one event per event_id: a batch never repeats one.
+                events = list({e.event_id: e for e in parsed(batch)}.values())
+                stamp = loaded_stamp(T0)
+                rows = [event_row(e, stamp) for e in events]
+                await sink.write(Batch(rows, delivery_rows(rows, stamp), cursor, cursor, T0))
+        finally:
+            await sink.close()
+
+    asyncio.run(run())
+
+
+class Report(Protocol):
+    def __call__(self, *, by: str = ..., since: float | None = ...) -> list[ReportRow]: ...
+
+
+Write = Callable[..., Report]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def write(request: pytest.FixtureRequest, tmp_path: Path) -> Write:
+    """``write(*batches)``: the batches (bodies or parsed events) written through the
+    real sink of this backend; returns the report over it."""
+    if request.param == "sqlite":
+        return lambda *batches: partial(
+            delivery_report, write_warehouse(tmp_path / "warehouse.db", *batches)
+        )
+    pg_database = request.getfixturevalue("pg_database")
+    return lambda *batches: write_postgres(pg_database, *batches)
 
 
 # Arrival order is the list order: several deliveries arrive out of order.
@@ -144,12 +210,12 @@ def by_group(rows: list[ReportRow]) -> dict[str, ReportRow]:
 
 
 @pytest.fixture
-def warehouse(tmp_path: Path) -> Path:
-    return write_warehouse(tmp_path / "warehouse.db", EVENTS, REDELIVERED)
+def warehouse(write: Write) -> Report:
+    return write(EVENTS, REDELIVERED)
 
 
-def test_by_campaign_counts_unique_deliveries(warehouse: Path) -> None:
-    rows = delivery_report(warehouse, by="campaign")
+def test_by_campaign_counts_unique_deliveries(warehouse: Report) -> None:
+    rows = warehouse(by="campaign")
     assert [row.group for row in rows] == ["1", "2", "10", "(none)"]  # numeric order
     groups = by_group(rows)
     assert counts(groups["1"]) == ZERO | {
@@ -176,8 +242,8 @@ def test_by_campaign_counts_unique_deliveries(warehouse: Path) -> None:
     assert counts(groups["(none)"]) == ZERO | {"sent": 4, "delivered": 2, "failed": 1}
 
 
-def test_rates(warehouse: Path) -> None:
-    groups = by_group(delivery_report(warehouse, by="campaign"))
+def test_rates(warehouse: Report) -> None:
+    groups = by_group(warehouse(by="campaign"))
     assert groups["1"].rates == {
         "delivery_rate": 0.8,
         "open_rate": 0.5,
@@ -205,8 +271,8 @@ def test_rates(warehouse: Path) -> None:
     }
 
 
-def test_by_day_is_activity_per_utc_day(warehouse: Path) -> None:
-    groups = by_group(delivery_report(warehouse, by="day"))
+def test_by_day_is_activity_per_utc_day(warehouse: Report) -> None:
+    groups = by_group(warehouse(by="day"))
     assert list(groups) == ["2023-11-14", "2023-11-15"]
     assert counts(groups["2023-11-14"]) == ZERO | {
         "sent": 10,
@@ -230,8 +296,8 @@ def test_by_day_is_activity_per_utc_day(warehouse: Path) -> None:
     assert groups["2023-11-15"].rates["open_rate"] == 1.5  # activity, not a cohort
 
 
-def test_since_keeps_events_that_occurred_from_then_on(warehouse: Path) -> None:
-    groups = by_group(delivery_report(warehouse, by="campaign", since=T0 + DAY / 2))
+def test_since_keeps_events_that_occurred_from_then_on(warehouse: Report) -> None:
+    groups = by_group(warehouse(by="campaign", since=T0 + DAY / 2))
     assert list(groups) == ["1", "2"]
     assert counts(groups["1"]) == ZERO | {"opened": 1}  # a's human opens on day 2
     assert groups["1"].rates["open_rate"] is None
@@ -242,21 +308,21 @@ def test_since_keeps_events_that_occurred_from_then_on(warehouse: Path) -> None:
         "spammed": 1,
         "failed": 1,
     }
-    assert delivery_report(warehouse, by="campaign", since=LATER + DAY) == []
+    assert warehouse(by="campaign", since=LATER + DAY) == []
 
 
-def test_by_broadcast_and_by_newsletter(warehouse: Path) -> None:
-    broadcasts = by_group(delivery_report(warehouse, by="broadcast"))
+def test_by_broadcast_and_by_newsletter(warehouse: Report) -> None:
+    broadcasts = by_group(warehouse(by="broadcast"))
     assert list(broadcasts) == ["5", "(none)"]
     assert counts(broadcasts["5"]) == ZERO | {"sent": 1, "delivered": 1}
     assert broadcasts["(none)"].sent == 12
-    newsletters = by_group(delivery_report(warehouse, by="newsletter"))
+    newsletters = by_group(warehouse(by="newsletter"))
     assert list(newsletters) == ["9", "(none)"]
     assert counts(newsletters["9"]) == ZERO | {"sent": 1, "delivered": 1}
 
 
-def test_rows_are_frozen_and_flatten_in_a_fixed_order(warehouse: Path) -> None:
-    row = delivery_report(warehouse)[0]
+def test_rows_are_frozen_and_flatten_in_a_fixed_order(warehouse: Report) -> None:
+    row = warehouse()[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         row.sent = 0  # type: ignore[misc]
     assert list(row.as_dict()) == ["group", *COUNTS, *RATES]
@@ -264,12 +330,11 @@ def test_rows_are_frozen_and_flatten_in_a_fixed_order(warehouse: Path) -> None:
     assert compared.as_dict()["api_sent"] == 7
 
 
-def test_an_empty_warehouse_has_no_rows(tmp_path: Path) -> None:
-    path = write_warehouse(tmp_path / "warehouse.db", [])
-    assert delivery_report(path, by="day") == []
+def test_an_empty_warehouse_has_no_rows(write: Write) -> None:
+    assert write([])(by="day") == []
 
 
-def test_matches_a_per_event_count_on_random_traffic(tmp_path: Path) -> None:
+def test_matches_a_per_event_count_on_random_traffic(write: Write) -> None:
     """The SQL agrees with a plain Python count over the normalised rows."""
     rng = random.Random(7)
     bodies = []
@@ -290,7 +355,7 @@ def test_matches_a_per_event_count_on_random_traffic(tmp_path: Path) -> None:
         bodies.append(
             ev(metric, delivery, campaign=campaign, at=T0 + rng.randrange(3 * DAY), **flags)
         )
-    path = write_warehouse(tmp_path / "warehouse.db", bodies)
+    report = write(bodies)
 
     kinds: dict[str, set[str]] = defaultdict(set)  # per delivery: what happened to it
     group_of: dict[str, str] = {}
@@ -315,7 +380,7 @@ def test_matches_a_per_event_count_on_random_traffic(tmp_path: Path) -> None:
         for name in COUNTS:
             totals[name] += name in had
 
-    assert {r.group: counts(r) for r in delivery_report(path)} == expected
+    assert {r.group: counts(r) for r in report()} == expected
 
 
 def test_opens_read_only_and_never_creates_files(tmp_path: Path) -> None:
@@ -342,7 +407,7 @@ def test_a_file_that_is_not_a_warehouse_is_a_clear_error(tmp_path: Path) -> None
         delivery_report(path)
 
 
-def test_a_real_event_after_its_backfilled_stand_in_counts_once(tmp_path: Path) -> None:
+def test_a_real_event_after_its_backfilled_stand_in_counts_once(write: Write) -> None:
     """reconcile backfilled k's sent, delivered and open (webhooks down); then the
     real ones arrive after all: the open was a prefetch, on the next day."""
     message = {"id": "k", "type": "email", "campaign_id": 1, "customer_id": "p"}
@@ -360,26 +425,60 @@ def test_a_real_event_after_its_backfilled_stand_in_counts_once(tmp_path: Path) 
         )
     ]
 
-    async def run() -> None:
-        sink = SQLiteWarehouse(tmp_path / "warehouse.db")
-        await sink.write(batch(stand_ins))
-        await sink.write(batch(real, first_seq=len(stand_ins) + 1))
-        await sink.close()
-
-    asyncio.run(run())
-    path = tmp_path / "warehouse.db"
-    [row] = delivery_report(path)
+    report = write(stand_ins, real)
+    [row] = report()
     assert counts(row) == ZERO | {"sent": 1, "delivered": 1, "machine_opened": 1}
-    days = {r.group: counts(r) for r in delivery_report(path, by="day")}
+    days = {r.group: counts(r) for r in report(by="day")}
     assert days == {
         "2023-11-14": ZERO | {"sent": 1, "delivered": 1},  # the stand-in open is gone
         "2023-11-15": ZERO | {"machine_opened": 1},
     }
     # The real delivered is before the window: its stand-in, inside, does not replace it.
-    [window] = delivery_report(path, since=T0 + 3)
+    [window] = report(since=T0 + 3)
     assert counts(window) == ZERO | {"machine_opened": 1}
 
 
 def test_unknown_grouping_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="by must be one of"):
         delivery_report(tmp_path / "x.db", by="week")
+
+
+@pytest.mark.parametrize("by", ["campaign", "broadcast", "newsletter", "day"])
+def test_postgresql_and_sqlite_give_the_same_rows_for_the_samples(
+    by: str, tmp_path: Path, pg_database: str
+) -> None:
+    # One batch each, one per event_id as the store keeps them (three documentation
+    # samples share an id).
+    unique = {parse_event(p.read_bytes()).event_id: p for p in reversed(sample_files())}
+    samples = [[path.read_bytes()] for path in sorted(unique.values())]
+    on_sqlite = delivery_report(write_warehouse(tmp_path / "w.db", *samples), by=by)
+    on_postgres = write_postgres(pg_database, *samples)(by=by)
+    assert on_postgres == on_sqlite
+    assert sum(row.sent for row in on_sqlite) > 0
+
+
+def test_report_for_a_sqlite_sink_url_reads_its_file(tmp_path: Path) -> None:
+    path = write_warehouse(tmp_path / "warehouse.db", EVENTS)
+    url = parse_sink_url(f"sqlite://{path}")
+    assert delivery_report_for(url, by="day") == delivery_report(path, by="day")
+
+
+def test_report_for_a_postgresql_sink_is_read_only_and_says_what_is_missing(
+    pg_database: str,
+) -> None:
+    url = sink_url(pg_database)  # a schema nothing made
+    with pytest.raises(StoreUnavailable, match=r"not a warehouse.*lacks .*campaign_id"):
+        delivery_report_for(url)
+    report = write_postgres(pg_database, EVENTS)
+    assert by_group(report())["1"].sent == 5
+
+
+def test_report_for_an_unreachable_postgresql_hides_the_password(pg_database: str) -> None:
+    with socket.socket() as reserved:  # bound, not listening: refused
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+        url = sink_url(f"postgresql://root:s3cret-pw@127.0.0.1:{port}/x")
+        with pytest.raises(StoreUnavailable) as refused:
+            delivery_report_for(url)
+    assert "s3cret-pw" not in str(refused.value)
+    assert "root:***@127.0.0.1" in str(refused.value)

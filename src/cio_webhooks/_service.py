@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -323,9 +325,19 @@ async def dispatch_then_close(
 
 
 def sink_urls(settings: Settings) -> list[SinkURL]:
-    """The sinks of ``settings``: its URLs, else the SQLite file ``warehouse``."""
+    """The sinks of ``settings``: its URLs, else the SQLite file ``warehouse``.
+
+    That default file is local to its host.  On a server store, whose workers may run
+    on several hosts, it is named after the host (``sqlite-HOST``): each host's
+    workers keep a whole copy, as they did before sinks had cursors in the store."""
     path = settings.warehouse
-    urls = settings.sinks or (f"sqlite://{path}" if path.is_absolute() else f"sqlite:{path}",)
+    urls = settings.sinks
+    if not urls:
+        default = f"sqlite://{path}" if path.is_absolute() else f"sqlite:{path}"
+        if settings.store.backend != "sqlite":
+            host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
+            default += f"?name=sqlite-{host}"
+        urls = (default,)
     salt = settings.pii_salt.encode() if settings.pii_salt else None
     return parse_sink_urls(urls, salt=salt)
 

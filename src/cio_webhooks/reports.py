@@ -40,6 +40,11 @@ rates over delivered, with opens and clicks by humans only.
 Rows come ordered by group: numeric ids numerically, then other ids and dates as
 text, ``(none)`` last.  The counting is SQL (one pass grouping the events by
 delivery, then one over the deliveries), and the warehouse is opened read-only.
+
+The same query runs on a SQLite warehouse and on a PostgreSQL sink's ``events``
+(``delivery_report_for``): one template, with the few pieces that differ (the UTC day
+of a timestamp, the ``since`` bound, byte-wise text comparison) per dialect, so both
+give the same rows for the same events.
 """
 
 from __future__ import annotations
@@ -48,13 +53,24 @@ import contextlib
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._exceptions import StoreUnavailable
+from ._exceptions import ConfigError, StoreUnavailable
 from .events import iso
 from .store.sqlite import connect_readonly
 
-__all__ = ["COUNTS", "GROUPINGS", "NONE_GROUP", "RATES", "ReportRow", "delivery_report"]
+if TYPE_CHECKING:
+    from .sinks import SinkURL
+
+__all__ = [
+    "COUNTS",
+    "GROUPINGS",
+    "NONE_GROUP",
+    "RATES",
+    "ReportRow",
+    "delivery_report",
+    "delivery_report_for",
+]
 
 #: ``by`` -> the SQL expression of the group key (a column of ``events``).
 GROUPINGS: dict[str, str] = {
@@ -90,8 +106,10 @@ RATES = (
 )
 # Metrics counted as "the delivery had at least one such event".
 _PLAIN = ("sent", "delivered", "converted", "bounced", "spammed", "unsubscribed", "failed")
-_MACHINE_OPEN = "coalesce(prefetched, 0) OR coalesce(proxied, 0) OR coalesce(synthetic, 0)"
-_MACHINE_CLICK = "coalesce(machine, 0)"
+# ``IS TRUE``, not coalesce(flag, 0): the same in SQLite (0/1 integers) and PostgreSQL
+# (booleans), NULL counting as not set.
+_MACHINE_OPEN = "prefetched IS TRUE OR proxied IS TRUE OR synthetic IS TRUE"
+_MACHINE_CLICK = "machine IS TRUE"
 _NEEDED = {"event_id", "object_type", "metric", "occurred_at", "delivery_id", "backfilled"} | {
     "campaign_id",
     "broadcast_id",
@@ -101,6 +119,26 @@ _NEEDED = {"event_id", "object_type", "metric", "occurred_at", "delivery_id", "b
     "synthetic",
     "machine",
 }
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    """What differs between the warehouses the report reads; the counting does not."""
+
+    #: The UTC date of ``occurred_at`` as ``YYYY-MM-DD`` text.
+    day: str
+    #: The ``since`` bound, compared with ``occurred_at`` (bound to ISO text).
+    since: str
+    #: Appended to a text value so that max() compares bytes, as SQLite does.
+    binary: str
+
+
+_SQLITE = _Dialect(day="substr(occurred_at, 1, 10)", since="?", binary="")
+_POSTGRES = _Dialect(
+    day="to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    since="CAST(%s AS timestamptz)",
+    binary=' COLLATE "C"',
+)
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -153,17 +191,21 @@ class ReportRow:
         return row
 
 
-def _sql(by: str, filtered: bool) -> str:
-    key = GROUPINGS[by]
-    flags = ",\n               ".join(
-        [
-            *(f"max(metric = '{m}') AS {m}" for m in _PLAIN),
-            f"max(metric = 'opened' AND NOT ({_MACHINE_OPEN})) AS human_opened",
-            "max(metric = 'opened') AS any_opened",
-            f"max(metric = 'clicked' AND NOT ({_MACHINE_CLICK})) AS human_clicked",
-            "max(metric = 'clicked') AS any_clicked",
-        ]
-    )
+def _flag(condition: str) -> str:
+    return f"max(CASE WHEN {condition} THEN 1 ELSE 0 END)"
+
+
+def _sql(by: str, filtered: bool, table: str = "events", dialect: _Dialect = _SQLITE) -> str:
+    """The report query over ``table`` (a quoted, qualified name) in ``dialect``."""
+    key = dialect.day if by == "day" else GROUPINGS[by]
+    conditions = {
+        **{m: f"metric = '{m}'" for m in _PLAIN},
+        "human_opened": f"metric = 'opened' AND NOT ({_MACHINE_OPEN})",
+        "any_opened": "metric = 'opened'",
+        "human_clicked": f"metric = 'clicked' AND NOT ({_MACHINE_CLICK})",
+        "any_clicked": "metric = 'clicked'",
+    }
+    flags = ",\n               ".join(f"{_flag(c)} AS {name}" for name, c in conditions.items())
     # A delivery is its delivery_id; an event without one is a delivery of its own.
     delivery = (
         "NULLIF(delivery_id, ''), CASE WHEN NULLIF(delivery_id, '') IS NULL THEN event_id END"
@@ -173,27 +215,29 @@ def _sql(by: str, filtered: bool) -> str:
         grp, group_by = f"{key} AS grp", f"grp, {delivery}"
     else:
         # One group per delivery, even if only some of its events carry the id.
-        grp, group_by = f"max(NULLIF({key}, '')) AS grp", delivery
-    where = "object_type != 'customer'" + (" AND occurred_at >= ?" if filtered else "")
+        grp, group_by = f"max(NULLIF({key}, ''){dialect.binary}) AS grp", delivery
+    where = "object_type != 'customer'"
+    if filtered:
+        where += f" AND occurred_at >= {dialect.since}"
     # A stand-in is ignored once the real event for its (delivery, metric) is there.
-    where += """
-              AND NOT (coalesce(backfilled, 0) AND EXISTS (
-                  SELECT 1 FROM events AS r
+    where += f"""
+              AND NOT (backfilled IS TRUE AND EXISTS (
+                  SELECT 1 FROM {table} AS r
                   WHERE r.delivery_id = events.delivery_id AND r.metric = events.metric
-                    AND NOT coalesce(r.backfilled, 0)))"""
+                    AND r.backfilled IS NOT TRUE))"""
     return f"""
-        WITH deliveries AS (
+        WITH per_delivery AS (
             SELECT {grp},
                {flags}
-            FROM events
+            FROM {table} AS events
             WHERE {where}
             GROUP BY {group_by}
         )
         SELECT grp, sum(sent), sum(delivered), sum(human_opened),
-               sum(any_opened AND NOT human_opened), sum(human_clicked),
-               sum(any_clicked AND NOT human_clicked), sum(converted), sum(bounced),
+               sum(any_opened - human_opened), sum(human_clicked),
+               sum(any_clicked - human_clicked), sum(converted), sum(bounced),
                sum(spammed), sum(unsubscribed), sum(failed)
-        FROM deliveries GROUP BY grp
+        FROM per_delivery GROUP BY grp
     """
 
 
@@ -211,23 +255,83 @@ def delivery_report(
     ``ValueError`` for an unknown ``by`` and ``StoreUnavailable`` when the file
     cannot be read as a warehouse.  Never writes, never creates the file.
     """
+    return _sqlite_report(Path(warehouse), "events", by, since)
+
+
+def delivery_report_for(
+    url: SinkURL, *, by: str = "campaign", since: float | None = None
+) -> list[ReportRow]:
+    """The report over the ``events`` table of the SQL sink ``url`` (``sqlite`` or
+    ``postgresql``, its ``table_prefix`` and schema honoured): the same rows as
+    ``delivery_report`` gives for the same events.  Read-only.  Raises ``ValueError``
+    for an unknown ``by``, ``ConfigError`` for a sink kind without SQL here, and
+    ``StoreUnavailable`` when the warehouse cannot be read (errors show the URL
+    masked, never its password)."""
+    if url.kind == "sqlite":
+        return _sqlite_report(url.path, f"{url.table_prefix}events", by, since)
+    if url.kind == "postgresql":
+        return _postgres_report(url, by, since)
+    raise ConfigError(f"report reads sqlite and postgresql sinks, not {url.kind} ({url})")
+
+
+def _check_by(by: str) -> None:
     if by not in GROUPINGS:
         raise ValueError(f"by must be one of {', '.join(GROUPINGS)}")
-    path = Path(warehouse)
+
+
+def _lacking(where: str, columns: set[str]) -> StoreUnavailable | None:
+    if missing := _NEEDED - columns:
+        return StoreUnavailable(
+            f"warehouse {where}: not a warehouse, or one made by an older version"
+            f" (events lacks {', '.join(sorted(missing))}); run `cio-webhooks worker`"
+            " once to upgrade it"
+        )
+    return None
+
+
+def _sqlite_report(path: Path, table: str, by: str, since: float | None) -> list[ReportRow]:
+    _check_by(by)
     params = () if since is None else (iso(since),)
     try:
         # Never a side file left behind either; it waits while the loader commits.
         with contextlib.closing(connect_readonly(path)) as db:
-            columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
-            if missing := _NEEDED - columns:
-                raise StoreUnavailable(
-                    f"warehouse {path}: not a warehouse, or one made by an older version"
-                    f" (events lacks {', '.join(sorted(missing))}); run `cio-webhooks worker`"
-                    " once to upgrade it"
-                )
-            rows = db.execute(_sql(by, since is not None), params).fetchall()
+            # table_prefix is letters, digits and _ (SinkURL checks): safe to quote.
+            columns = {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
+            if error := _lacking(str(path), columns):
+                raise error
+            rows = db.execute(_sql(by, since is not None, f'"{table}"'), params).fetchall()
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"warehouse {path}: {exc}") from exc
+    return _report(rows)
+
+
+def _postgres_report(url: SinkURL, by: str, since: float | None) -> list[ReportRow]:
+    _check_by(by)
+    import psycopg
+    from psycopg import sql
+
+    from .sinks.postgres import CONNECT_TIMEOUT, scrub
+
+    schema, name = url.options["schema"], f"{url.table_prefix}events"
+    try:
+        with psycopg.connect(url.target, connect_timeout=CONNECT_TIMEOUT) as conn:
+            conn.read_only = True  # every transaction of this session
+            cur = conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = %s",
+                [schema, name],
+            )
+            if error := _lacking(str(url), {row[0] for row in cur.fetchall()}):
+                raise error
+            table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+            query = _sql(by, since is not None, table.as_string(conn), _POSTGRES)
+            rows = conn.execute(query.encode(), None if since is None else [iso(since)]).fetchall()
+    except (psycopg.Error, OSError) as exc:
+        raise StoreUnavailable(scrub(f"warehouse {url}: {exc}", url.target)) from exc
+    return _report(rows)
+
+
+def _report(rows: list[Any]) -> list[ReportRow]:
     report = [_row(NONE_GROUP if r[0] is None else str(r[0]), r[1:]) for r in rows]
     return sorted(report, key=lambda row: _order(row.group))
 

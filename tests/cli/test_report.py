@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from cio_webhooks.cli import main
 from cio_webhooks.customerio.fake import FakeCustomerIO
 from cio_webhooks.reports import COUNTS, RATES
 
-from ..test_reports import EVENTS, REDELIVERED, write_warehouse
+from ..test_reports import EVENTS, REDELIVERED, write_postgres_url, write_warehouse
 from .test_commands import table_columns
 
 # The campaign report of test_reports.EVENTS, as `report --json` gives it.
@@ -252,3 +253,31 @@ async def test_compare_api_shows_na_for_a_group_the_api_does_not_know(warehouse:
         "/v1/campaigns/2/metrics",
         "/v1/campaigns/10/metrics",
     ] * 2
+
+
+def test_sink_reports_from_a_postgresql_sink(pg_database: str) -> None:
+    # A prefix of its own in the default schema (cio_warehouse) of this run's database.
+    url = f"{pg_database}?table_prefix=r{secrets.token_hex(4)}_"
+    write_postgres_url(url, EVENTS, REDELIVERED)
+    result = report("--sink", url, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == EXPECTED
+
+
+def test_sink_reports_from_a_sqlite_sink(warehouse: Path) -> None:
+    result = report("--sink", f"sqlite://{warehouse}", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--sink", "bigquery://p/d"], "reads sqlite and postgresql sinks"),
+        (["--sink", "sqlite:///x.db", "--warehouse", "x.db"], "pass one"),
+    ],
+)
+def test_sink_refuses_what_it_cannot_read(args: list[str], says: str) -> None:
+    result = report(*args)
+    assert result.exit_code == 2
+    assert says in result.output

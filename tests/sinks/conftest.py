@@ -11,6 +11,9 @@ import pytest
 from cio_webhooks.store import Store, open_store
 
 from ._bigquery_peer import Emulator, client_environment, running_emulator
+from ._postgres_peer import postgres_peer
+
+__all__ = ["postgres_peer"]  # a fixture, here for every sink test
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -273,3 +273,16 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+async def test_a_sink_pointed_somewhere_else_loads_everything_again(
+    source: Store, tmp_path: Path, clock: FixedClock
+) -> None:
+    await put(source, *ids(4))
+    first = SQLiteWarehouse(tmp_path / "old.db")
+    assert await Loader(source, [first], clock=clock).catch_up() == 4
+    await first.close()
+    moved = SQLiteWarehouse(tmp_path / "new.db")  # same name, "sqlite", a new file
+    assert await Loader(source, [moved], clock=clock).catch_up() == 4
+    assert sorted(await landed(moved)) == sorted(ids(4))
+    await moved.close()

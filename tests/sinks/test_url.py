@@ -72,3 +72,26 @@ def test_two_sinks_of_one_kind_need_names() -> None:
 
 def test_a_postgresql_sink_takes_its_schema_from_the_url() -> None:
     assert parse_sink_url("postgresql://h/db?schema=analytics").options == {"schema": "analytics"}
+
+
+def test_the_default_sink_is_the_warehouse_file_named_per_host_on_a_server_store() -> None:
+    from pathlib import Path
+
+    from cio_webhooks._service import sink_urls
+    from cio_webhooks.settings import Settings
+    from cio_webhooks.store import parse_store_url
+
+    local = Settings(store=parse_store_url("sqlite:///a/inbox.db"), warehouse=Path("/a/w.db"))
+    [only] = sink_urls(local)
+    assert (only.kind, only.name, only.target) == ("sqlite", "sqlite", "/a/w.db")
+    # Workers on several hosts each keep a whole local copy under a cursor of their own.
+    shared = Settings(store=parse_store_url("postgresql://h/db"), warehouse=Path("/a/w.db"))
+    [per_host] = sink_urls(shared)
+    assert per_host.name.startswith("sqlite-")
+    assert per_host.name != "sqlite-"
+    configured = Settings(
+        store=parse_store_url("postgresql://h/db"),
+        warehouse=Path("/a/w.db"),
+        sinks=("parquet:///lake", "postgresql://h/db?schema=wh"),
+    )
+    assert [u.kind for u in sink_urls(configured)] == ["parquet", "postgresql"]

@@ -184,7 +184,19 @@ class Loader:
         if self._lease_until.get(sink.name, 0.0) - now > self.lease * 2 / 3:
             return True
         if sink.name not in self._cursor:
+            before = {s.name: s for s in await self.store.sink_states()}.get(sink.name)
             state = await self.store.register_sink(sink.name, sink.url, now=now)
+            if before is not None and before.url != sink.url and before.seq:
+                # The same name now writes somewhere else (a new file, another
+                # database): that place has none of the rows the cursor says are loaded.
+                log.warning(
+                    "event=sink_moved sink=%s was=%s now=%s reloading_from_seq=0",
+                    sink.name,
+                    before.url,
+                    sink.url,
+                )
+                await self.store.rewind_sink(sink.name, 0, now=now)
+                state = await self.store.register_sink(sink.name, sink.url, now=now)
             self._cursor[sink.name] = state.seq
         held = await self.store.lease_sink(sink.name, self.owner, now=now, until=now + self.lease)
         if not held:
@@ -285,6 +297,15 @@ class Loader:
             self._cursor[sink.name] = last
             progress.rows += len(rows)
             progress.batches += 1
+            # One line per batch (debug: two a second under load); bench/sink_lag.py
+            # reads them to time each event from its ack to its row.
+            log.debug(
+                "event=sink_loaded sink=%s rows=%d from_seq=%d to_seq=%d",
+                sink.name,
+                len(rows),
+                first,
+                last,
+            )
         else:
             # Rewound by `sinks replay`, or the lease was lost: start from the store's.
             self._cursor[sink.name] = await self._stored_cursor(sink.name)
