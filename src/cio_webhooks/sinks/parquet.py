@@ -25,14 +25,14 @@ place (same filesystem, so the rename is atomic), and the directory is fsynced.
 
 **Events: one row per event_id, at every moment a reader looks.**  A file is named by
 the ``seq`` range of the batch that wrote it (a compacted file: the range of the files
-it merged).  The store gives every ``event_id`` one ``seq`` for good, and an event's
-partition follows from its own fields, so an event written again (a replayed batch, or
-a re-read from the same cursor with a larger batch after a crash) can only sit in a
-file of its own partition whose range overlaps the new batch's.  ``write`` reads those
-files (none in the steady state, where a batch starts past every file), and then only
-ever replaces a file by one *of the same name*:
+it merged).  An event's partition follows from its own fields, so an event written
+again (a replayed batch, a re-read from the same cursor with a larger batch after a
+crash, whatever its ``seq`` range) can only be in a file of its own partition.
+``write`` looks its event_ids up in the ``event_id`` column of the partition's files
+(read once per file and cached while the file is unchanged: in the steady state a
+write reads nothing), and then only ever replaces a file by one *of the same name*:
 
-- an overlapping file that holds some of the batch's events is rewritten in place
+- a file that holds some of the batch's events is rewritten in place
   with those rows refreshed (the rename swaps old content for new in one step);
 - the batch's other events go to ``part-<first_seq>-<last_seq>``, merged with what
   that file already holds when it exists.
@@ -259,6 +259,8 @@ class ParquetSink:
         self._lock = threading.Lock()
         self._ready = False
         self._can_swap = False  # whether directories can be exchanged (set by open)
+        # file -> ((inode, size, mtime), its event_ids): see _event_ids.
+        self._ids: dict[Path, tuple[tuple[int, int, int], frozenset[str]]] = {}
 
     @property
     def can_compact(self) -> bool:
@@ -376,6 +378,7 @@ class ParquetSink:
         for row in batch.events:
             at = row[_OCCURRED_AT]
             by_partition[at[:10] if at else None, row[_OBJECT_TYPE]].append(row)
+        touched: set[Path] = set()
         for (day, object_type), rows in by_partition.items():
             partition = (
                 self.events_dir
@@ -383,22 +386,22 @@ class ParquetSink:
                 / f"object_type={_partition(object_type)}"
             )
             self._write_partition(partition, rows, batch.first_seq, batch.last_seq)
+            touched.add(partition)
+        # Keep the ids of the partitions being written (today's, as a rule), not all.
+        self._ids = {path: ids for path, ids in self._ids.items() if path.parent in touched}
 
     def _write_partition(self, partition: Path, rows: list[EventRow], lo: int, hi: int) -> None:
+        """Write ``rows`` (all of this partition) so that each event_id is in one file."""
         _make_dirs(partition)
         pending = {row[_EVENT_ID]: row for row in rows}
         target = partition / f"part-{lo:020d}-{hi:020d}.parquet"
         held: pa.Table | None = None
-        # Events written before can only be in a file whose seq range meets this one.
-        for first, last, path in self._parts(partition):
-            if first > hi or last < lo:
-                continue
-            table = _read(path, EVENTS_SCHEMA)
+        for _, _, path in self._parts(partition):
             if path == target:
-                held = table  # merged below, with the batch's new events
-                continue
-            refreshed = self._refresh(table, pending)
-            if refreshed is not None:
+                held = _read(path, EVENTS_SCHEMA)  # merged below, with the new events
+            elif not self._event_ids(path).isdisjoint(pending):
+                refreshed = self._refresh(_read(path, EVENTS_SCHEMA), pending)
+                assert refreshed is not None
                 self._install(refreshed, path)
         if held is not None:
             refreshed = self._refresh(held, pending)
@@ -410,6 +413,19 @@ class ParquetSink:
             self._install(new, target)
         if len(self._parts(partition)) > self.compact_at:
             self._compact(partition)
+
+    def _event_ids(self, path: Path) -> frozenset[str]:
+        """The event_ids in the file ``path``, cached while it keeps its inode, size
+        and mtime (only this sink writes it, and every write renames a new inode in)."""
+        info = path.stat()
+        key = (info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = self._ids.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        column = pq.ParquetFile(path).read(columns=["event_id"]).column("event_id")
+        ids = frozenset(column.to_pylist())
+        self._ids[path] = (key, ids)
+        return ids
 
     @staticmethod
     def _refresh(table: pa.Table, pending: dict[str, EventRow]) -> pa.Table | None:
