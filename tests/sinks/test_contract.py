@@ -109,10 +109,29 @@ def _bigquery(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
     return make
 
 
+def _parquet(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
+    from ._parquet_peer import parquet_peer
+
+    @contextlib.asynccontextmanager
+    async def make(parameters: str) -> AsyncIterator[Opened]:
+        async with parquet_peer(tmp_path / "lake", parameters, salt=SALT) as peer:
+
+            async def events() -> list[dict[str, Any]]:
+                return peer.events()
+
+            async def deliveries() -> list[dict[str, Any]]:
+                return peer.deliveries()
+
+            yield Opened(peer.sink, events, deliveries)
+
+    return make
+
+
 KINDS: dict[str, Callable[[Path, pytest.FixtureRequest], Make]] = {
     "sqlite": _sqlite,
     "postgresql": _postgresql,
     "bigquery": _bigquery,
+    "parquet": _parquet,
 }
 
 
