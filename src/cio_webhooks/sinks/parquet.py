@@ -29,8 +29,9 @@ it merged).  An event's partition follows from its own fields, so an event writt
 again (a replayed batch, a re-read from the same cursor with a larger batch after a
 crash, whatever its ``seq`` range) can only be in a file of its own partition.
 ``write`` looks its event_ids up in the ``event_id`` column of the partition's files
-(read once per file and cached while the file is unchanged: in the steady state a
-write reads nothing), and then only ever replaces a file by one *of the same name*:
+(each file's column read once, then cached while the file is unchanged, for the
+partitions the last batch wrote), and then only ever replaces a file by one *of the
+same name*:
 
 - a file that holds some of the batch's events is rewritten in place
   with those rows refreshed (the rename swaps old content for new in one step);
