@@ -113,10 +113,25 @@ async def _bigquery_target(tmp_path: Path, request: pytest.FixtureRequest) -> Ta
     return Target(url, events, deliveries, env)
 
 
+async def _parquet_target(tmp_path: Path, request: pytest.FixtureRequest) -> Target:
+    from ._parquet_peer import read_deliveries, read_events
+
+    lake = tmp_path / "lake"
+
+    async def events() -> list[str]:
+        return [r["event_id"] for r in await asyncio.to_thread(read_events, lake)]
+
+    async def deliveries() -> list[dict[str, Any]]:
+        return await asyncio.to_thread(read_deliveries, lake)
+
+    return Target(f"parquet://{lake}", events, deliveries)
+
+
 SINKS: dict[str, Callable[[Path, pytest.FixtureRequest], Awaitable[Target]]] = {
     "sqlite": _sqlite_target,
     "postgresql": _postgres_target,
     "bigquery": _bigquery_target,
+    "parquet": _parquet_target,
 }
 
 
