@@ -86,7 +86,9 @@ def metric_lines(statuses: list[SinkStatus], *, now: float) -> list[str]:
     for name, kind, value in series:
         lines.append(f"# TYPE cio_webhooks_sink_{name} {kind}")
         for s in statuses:
-            lines.append(f'cio_webhooks_sink_{name}{{sink="{_label(s.name)}"}} {value(s):g}')
+            number = value(s)
+            shown = int(number) if float(number).is_integer() else round(number, 3)
+            lines.append(f'cio_webhooks_sink_{name}{{sink="{_label(s.name)}"}} {shown}')
     lines.append("# TYPE cio_webhooks_sink_last_error_info gauge")
     for s in statuses:
         if s.error:
