@@ -4,6 +4,7 @@ one schema per test (``pg_url``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ import pytest
 
 from cio_webhooks import create_app
 from cio_webhooks.app import WebhookApp
+from cio_webhooks.store import Store, open_store
 from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, signed_request
 
@@ -103,3 +105,19 @@ def sample_files() -> list[Path]:
 def load_sample(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((SAMPLES / name).read_bytes())
     return data
+
+
+@contextlib.asynccontextmanager
+async def store_per_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A new, opened store of the backend ``request.param`` names (``sqlite`` or
+    ``postgresql``), for fixtures parametrised over both."""
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path / 'inbox.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    store = open_store(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -24,11 +24,11 @@ from cio_webhooks._service import build_policies, sqlite_store
 from cio_webhooks.customerio.fake import FakeCustomerIO
 from cio_webhooks.dispatcher import DEFAULT_LEASE
 from cio_webhooks.settings import Settings
-from cio_webhooks.store import Store, open_store
+from cio_webhooks.store import Store
 from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
 
-from .conftest import KEY, NOW
+from .conftest import KEY, NOW, store_per_backend
 from .test_server import BIN
 
 
@@ -63,14 +63,8 @@ HEARTBEAT = 0.01
 async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """A new store of each backend, for the dispatcher's behaviours that rest on the
     queue's claims (leases, heartbeat, fencing): they must hold on PostgreSQL too."""
-    if request.param == "sqlite":
-        url = f"sqlite://{tmp_path / 'inbox.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    store = open_store(url)
-    await store.open()
-    yield store
-    await store.close()
+    async with store_per_backend(request, tmp_path) as store:
+        yield store
 
 
 def dispatcher(

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cio_webhooks.store import Store, open_store
+from cio_webhooks.store import Store
 
+from ..conftest import store_per_backend
 from ._bigquery_peer import Emulator, client_environment, running_emulator
 from ._postgres_peer import postgres_peer
 
@@ -19,14 +20,8 @@ __all__ = ["postgres_peer"]  # a fixture, here for every sink test
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def source(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """A new store of each backend for the loader to follow."""
-    if request.param == "sqlite":
-        url = f"sqlite://{tmp_path / 'inbox.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    store = open_store(url)
-    await store.open()
-    yield store
-    await store.close()
+    async with store_per_backend(request, tmp_path) as store:
+        yield store
 
 
 @pytest.fixture(scope="session")

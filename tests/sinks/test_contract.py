@@ -89,42 +89,36 @@ def _postgresql(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
     return make
 
 
+def _with_peer(peer: Callable[[str], Any]) -> Make:
+    """``Make`` for a peer shaped like ``bigquery_peer``/``parquet_peer``: ``.sink``, and
+    ``.events()``/``.deliveries()`` read back synchronously."""
+
+    @contextlib.asynccontextmanager
+    async def make(parameters: str) -> AsyncIterator[Opened]:
+        async with peer(parameters) as opened:
+
+            async def events() -> list[dict[str, Any]]:
+                return list(opened.events())
+
+            async def deliveries() -> list[dict[str, Any]]:
+                return list(opened.deliveries())
+
+            yield Opened(opened.sink, events, deliveries)
+
+    return make
+
+
 def _bigquery(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
     from ._bigquery_peer import bigquery_peer
 
     emulator = request.getfixturevalue("bigquery_emulator")
-
-    @contextlib.asynccontextmanager
-    async def make(parameters: str) -> AsyncIterator[Opened]:
-        async with bigquery_peer(emulator, parameters, salt=SALT) as peer:
-
-            async def events() -> list[dict[str, Any]]:
-                return peer.events()
-
-            async def deliveries() -> list[dict[str, Any]]:
-                return peer.deliveries()
-
-            yield Opened(peer.sink, events, deliveries)
-
-    return make
+    return _with_peer(lambda parameters: bigquery_peer(emulator, parameters, salt=SALT))
 
 
 def _parquet(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
     from ._parquet_peer import parquet_peer
 
-    @contextlib.asynccontextmanager
-    async def make(parameters: str) -> AsyncIterator[Opened]:
-        async with parquet_peer(tmp_path / "lake", parameters, salt=SALT) as peer:
-
-            async def events() -> list[dict[str, Any]]:
-                return peer.events()
-
-            async def deliveries() -> list[dict[str, Any]]:
-                return peer.deliveries()
-
-            yield Opened(peer.sink, events, deliveries)
-
-    return make
+    return _with_peer(lambda parameters: parquet_peer(tmp_path / "lake", parameters, salt=SALT))
 
 
 KINDS: dict[str, Callable[[Path, pytest.FixtureRequest], Make]] = {
