@@ -16,7 +16,7 @@ import pytest
 
 from cio_webhooks import SinkError
 from cio_webhooks.events import parse_event
-from cio_webhooks.sinks import EVENT_COLUMNS, Loader, SQLiteWarehouse, sink_statuses
+from cio_webhooks.sinks import EVENT_COLUMNS, Loader, Privacy, SQLiteWarehouse, sink_statuses
 from cio_webhooks.store import Store
 from cio_webhooks.testing import FixedClock, make_event
 
@@ -286,3 +286,33 @@ async def test_a_sink_pointed_somewhere_else_loads_everything_again(
     assert await Loader(source, [moved], clock=clock).catch_up() == 4
     assert sorted(await landed(moved)) == sorted(ids(4))
     await moved.close()
+
+
+async def test_sinks_at_the_same_place_share_one_read_and_parse(
+    source: Store, tmp_path: Path, clock: FixedClock
+) -> None:
+    await put(source, *ids(50))
+    one = SQLiteWarehouse(tmp_path / "one.db", name="one")
+    two = SQLiteWarehouse(tmp_path / "two.db", name="two", privacy=Privacy(addresses="drop"))
+    loader = Loader(source, [one, two], clock=clock)
+    assert await loader.catch_up() == 100
+    # The 50 events were read and parsed once for both sinks.
+    assert loader.reads.parsed == 50
+    assert sorted(await landed(one)) == sorted(await landed(two)) == sorted(ids(50))
+    email = [c.name for c in EVENT_COLUMNS].index("email")
+    assert {r[email] for r in await two.rows("events")} == {None}  # its own privacy
+    assert {r[email] for r in await one.rows("events")} == {"person-1@example.com"}
+
+
+async def test_a_sink_behind_a_shared_read_gets_the_rest_read_fresh(
+    source: Store, tmp_path: Path, clock: FixedClock
+) -> None:
+    await put(source, *ids(10))
+    fast = SQLiteWarehouse(tmp_path / "fast.db", name="fast")
+    slow = SQLiteWarehouse(tmp_path / "slow.db", name="slow")
+    loader = Loader(source, [fast, slow], clock=clock)
+    assert await loader.load(fast) == 10
+    await put(source, *ids(5, "late"))
+    # The first 10 come from the shared read, the 5 after them from the store.
+    assert await loader.load(slow) == 15
+    assert sorted(await landed(slow)) == sorted(ids(10) + ids(5, "late"))

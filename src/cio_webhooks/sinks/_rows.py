@@ -237,9 +237,16 @@ def _raw(event: Event, privacy: Privacy) -> str | None:
     return msgspec.json.encode(body).decode()
 
 
-def event_row(event: Event, loaded_at: str | None, privacy: Privacy = KEEP_ALL) -> EventRow:
-    """The ``events`` row of ``event`` (``EVENT_COLUMNS`` order) under ``privacy``."""
-    values = list(normalised_values(event))
+def event_row(
+    event: Event,
+    loaded_at: str | None,
+    privacy: Privacy = KEEP_ALL,
+    *,
+    values: Sequence[Any] | None = None,
+) -> EventRow:
+    """The ``events`` row of ``event`` (``EVENT_COLUMNS`` order) under ``privacy``.
+    ``values``: ``normalised_values(event)`` when the caller has it already."""
+    values = list(values if values is not None else normalised_values(event))
     if privacy.addresses != "keep":
         values[_EMAIL] = privacy.address(values[_EMAIL])
         values[_RECIPIENT] = privacy.address(values[_RECIPIENT])

@@ -111,7 +111,7 @@ __all__ = ["DELIVERY_BUCKETS", "NULL_PARTITION", "ParquetSink", "from_url"]
 T = TypeVar("T")
 
 #: How many files ``deliveries`` is split into.  Fixed for a directory once written.
-DELIVERY_BUCKETS = 64
+DELIVERY_BUCKETS = 8
 #: The Hive name of a NULL partition value (pyarrow and DuckDB read it as NULL).
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 _LAYOUT = "_parquet_sink.json"
