@@ -43,11 +43,11 @@ __all__ = ["SQLiteWarehouse", "from_url"]
 
 T = TypeVar("T")
 
-#: Rows one write takes, and seconds between writes while events keep coming: a
-#: write's cost is mostly per transaction (the index pages it rewrites, the commit),
-#: so bigger, rarer batches under load leave the receiver in the same process its CPU.
+#: Rows one write takes, and seconds between writes while events keep coming.  At the
+#: full ingest rate 0.1 s gave both more requests/s and a third of the lag of 0.5 s
+#: (docs/benchmarks.md, issue 8): smaller batches hold the receiver up for less.
 BATCH_SIZE = 5000
-INTERVAL = 0.5
+INTERVAL = 0.1
 
 
 def _sql_type(column: Column) -> str:
