@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -79,12 +81,29 @@ def test_an_unknown_sink_is_a_usage_error_naming_the_known_ones(data_dir: Path) 
 
 
 def test_forget_drops_a_sink_after_confirmation(data_dir: Path) -> None:
-    code, _, _ = invoke("sinks", "forget", "broken", "--data-dir", str(data_dir), stdin="n\n")
+    code, _, _ = invoke("sinks", "forget", "local", "--data-dir", str(data_dir), stdin="n\n")
     assert code == 1  # aborted
-    code, out, _ = invoke("sinks", "forget", "broken", "--yes", "--data-dir", str(data_dir))
+    code, out, _ = invoke("sinks", "forget", "local", "--yes", "--data-dir", str(data_dir))
     assert code == 0, out
     _, out, _ = invoke("sinks", "status", "--data-dir", str(data_dir), "--json")
-    assert [s["name"] for s in json.loads(out)] == ["local"]
+    assert [s["name"] for s in json.loads(out)] == ["broken"]
+
+
+def test_forget_refuses_a_sink_a_live_process_is_loading(data_dir: Path) -> None:
+    # Forgotten under a running loader, the sink stopped loading for good and vanished
+    # from `sinks status` and /metrics: a silent stall.
+    async def lease() -> None:
+        now = time.time()
+        async with SQLiteStore(data_dir / "inbox.db") as inbox:
+            owner = f"{socket.gethostname()}:{os.getpid()}:loader"  # this live process
+            await inbox.lease_sink("local", owner, now=now, until=now + 30)
+
+    asyncio.run(lease())
+    code, _, err = invoke("sinks", "forget", "local", "--yes", "--data-dir", str(data_dir))
+    assert code == 2
+    assert "being loaded by" in err
+    _, out, _ = invoke("sinks", "status", "--data-dir", str(data_dir), "--json")
+    assert "local" in [s["name"] for s in json.loads(out)]
 
 
 def test_status_of_a_store_without_sinks_says_so(tmp_path: Path) -> None:

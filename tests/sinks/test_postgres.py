@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import secrets
 import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -285,6 +286,29 @@ async def test_email_hash_raw_and_content_options_show_in_the_rows(
     assert "headers" not in hashed["raw"]["data"]
     assert hashed["raw"]["data"]["identifiers"]["email"] == expected
     assert dropped["email"] is dropped["recipient"] is dropped["raw"] is None
+
+
+async def test_a_delivery_id_too_long_for_an_index_still_lands(
+    postgres_peer: PostgresPeer,
+) -> None:
+    """A btree entry holds about 2.7 kB: a batch with a longer delivery_id would fail
+    for ever, and every later event wait behind it."""
+    long_id = secrets.token_hex(3000)  # random: TOAST cannot compress it under the limit
+    events = [
+        parse_event(body("long-1", "sent", delivery_id=long_id)),
+        parse_event(body("long-2", "delivered", at=LATER, delivery_id=long_id)),
+    ]
+    async with postgres_peer() as (sink, rows_of):
+        await sink.write(batch(events[:1]))
+        await sink.write(batch(events[1:]))  # merged into the same deliveries row
+        rows = await rows_of()
+    assert [r["event_id"] for r in rows.events] == ["long-1", "long-2"]
+    assert rows.events[0]["delivery_id"] == rows.events[1]["delivery_id"]
+    assert rows.events[0]["delivery_id"].startswith(long_id[:500])
+    [delivery] = rows.deliveries
+    assert delivery["delivery_id"] == rows.events[0]["delivery_id"]
+    assert delivery["sent_at"] is not None
+    assert delivery["delivered_at"] is not None
 
 
 async def test_nul_characters_become_replacement_characters(postgres_peer: PostgresPeer) -> None:

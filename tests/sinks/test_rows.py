@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 
+from cio_webhooks.events import parse_event
 from cio_webhooks.sinks import (
     DELIVERY_COLUMNS,
     EVENT_COLUMNS,
@@ -117,6 +118,26 @@ def test_dropped_addresses_and_content_leave_the_rest_of_the_body() -> None:
     assert "headers" not in raw["data"]
     assert "email" not in raw["data"]["identifiers"]
     assert raw["data"]["subject"] == "Hello"
+
+
+def test_an_address_sent_as_a_number_is_hashed_or_dropped_in_the_raw_body_too() -> None:
+    # Customer.io's ids and texts come as numbers too: a phone number is one.
+    body = {
+        "event_id": "p4",
+        "object_type": "sms",
+        "metric": "replied",
+        "timestamp": NOW,
+        "data": {"delivery_id": "d", "identifiers": {"id": 1, "phone": 15551234567}, "to": 1555},
+    }
+    e = parse_event(json.dumps(body).encode())
+    raw_at = [c.name for c in EVENT_COLUMNS].index("raw")
+    hashed = json.loads(event_row(e, STAMP, Privacy(addresses="hash", salt=b"s"))[raw_at])
+    dropped = json.loads(event_row(e, STAMP, Privacy(addresses="drop"))[raw_at])
+    digest = hashlib.sha256(b"s" + b"15551234567").hexdigest()
+    assert hashed["data"]["identifiers"]["phone"] == digest
+    assert hashed["data"]["to"] == hashlib.sha256(b"s" + b"1555").hexdigest()
+    assert "phone" not in dropped["data"]["identifiers"]
+    assert "to" not in dropped["data"]
 
 
 def test_the_raw_column_can_be_turned_off() -> None:

@@ -55,6 +55,8 @@ def test_privacy_and_pace_options_apply_to_the_sink(tmp_path: object) -> None:
         ("bigquery://proj", "PROJECT/DATASET"),
         ("bigquery://p/d?timeout=soon", "timeout"),
         ("postgresql://u:pw@h/db?schema=pg_x", "pg_ names"),
+        # A typo in a libpq option: a bad setting, not a warehouse down for ever.
+        ("postgresql://u:pw@h/db?sslmod=require", "sslmod"),
     ],
 )
 def test_a_bad_url_is_a_config_error_that_names_no_secret(url: str, message: str) -> None:

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from .._exceptions import ConfigError
 from ..sinks import SinkStatus, sink_statuses
-from ..store import Store
+from ..store import Store, owner_alive
 from ._options import parse_since, reading_store, store_options, with_store
 from ._output import stdout
 
@@ -99,9 +99,17 @@ async def replay(store: Store, name: str, since: str) -> None:
 @with_store
 async def forget(store: Store, name: str, yes: bool) -> None:
     """Drop sink NAME's cursor.  Pruning keeps events a known sink has not loaded yet;
-    forget a sink you removed so that pruning can go on.  Added again, it starts
+    forget a sink you removed so that pruning can go on (refused while a live process
+    loads it).  Added again, it starts
     from the oldest event the store holds."""
-    _known(await sink_statuses(store, now=time.time()), name)
+    found = _known(await sink_statuses(store, now=time.time()), name)
+    if found.leased and found.owner is not None and owner_alive(found.owner):
+        # Its loader would go on without a cursor: no more loads, and gone from
+        # `sinks status` and /metrics, a stall nobody sees.
+        raise ConfigError(
+            f"sink {name} is being loaded by {found.owner}: remove its --sink there and"
+            " restart that process (or stop it) first"
+        )
     if not yes:
         click.confirm(f"forget sink {name}?", abort=True)
     await store.forget_sink(name)

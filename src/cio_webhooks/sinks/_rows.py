@@ -229,11 +229,13 @@ def _raw(event: Event, privacy: Privacy) -> str | None:
             parent: Any = data
             for key in path[:-1]:
                 parent = parent.get(key) if isinstance(parent, dict) else None
-            if isinstance(parent, dict) and isinstance(parent.get(path[-1]), str):
+            value = parent.get(path[-1]) if isinstance(parent, dict) else None
+            # A number too (a phone number sent as one): only null and flags say nothing.
+            if value is not None and not isinstance(value, bool | dict | list):
                 if privacy.addresses == "drop":
                     del parent[path[-1]]
                 else:
-                    parent[path[-1]] = privacy.address(parent[path[-1]])
+                    parent[path[-1]] = privacy.address(str(value))
     return msgspec.json.encode(body).decode()
 
 

@@ -126,6 +126,15 @@ def parse_sink_url(url: str, *, salt: bytes | None = None) -> SinkURL:
         except ConfigError as exc:
             raise ConfigError(str(exc).replace("store URL", f"sink {name}")) from None
         assert store.dsn is not None
+        import psycopg  # here: the other kinds and the CLI's start need no libpq
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(store.dsn)
+        except psycopg.ProgrammingError as exc:
+            # An option libpq does not know (a typo): fix the URL, rather than retry
+            # "the warehouse is down" for ever.  libpq's sentence names the option only.
+            raise ConfigError(f"sink {name}: {exc}") from None
         return SinkURL(kind, name, store.dsn, privacy, prefix, {"schema": store.schema}, str(store))
     # bigquery://PROJECT/DATASET
     parts = urllib.parse.urlsplit(url)

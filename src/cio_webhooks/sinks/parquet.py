@@ -75,6 +75,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -122,6 +123,8 @@ _EVENT_ID = 0
 _OCCURRED_AT = [c.name for c in EVENT_COLUMNS].index("occurred_at")
 _OBJECT_TYPE = [c.name for c in EVENT_COLUMNS].index("object_type")
 _RENAME_EXCHANGE = 2
+#: Longest partition value in a directory name (``object_type=`` + this < 255 bytes).
+_PARTITION_MAX = 200
 _AT_FDCWD = -100
 
 
@@ -226,7 +229,21 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _partition(value: str | None) -> str:
-    return NULL_PARTITION if value is None else urllib.parse.quote(value, safe="")
+    """The directory name of a partition value: URL-quoted, and when that is longer
+    than ``_PARTITION_MAX``, cut and ended by ``~`` and a digest of the whole value: a
+    name holds at most 255 bytes, and a sink that refused the batch would stall on it.
+    Hive readers take the value from the name, so they read such a value cut (the
+    files keep it whole); Customer.io's object types are short words."""
+    if value is None:
+        return NULL_PARTITION
+    quoted = urllib.parse.quote(value, safe="")
+    if len(quoted) <= _PARTITION_MAX:
+        return quoted
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    head = value[:_PARTITION_MAX]
+    while len(urllib.parse.quote(head, safe="")) > _PARTITION_MAX - len(digest) - 1:
+        head = head[:-1]  # whole characters only: readers URL-decode the name
+    return f"{urllib.parse.quote(head, safe='')}~{digest}"
 
 
 def _bucket(delivery_id: str, buckets: int) -> int:

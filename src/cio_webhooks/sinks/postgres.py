@@ -15,9 +15,10 @@ bytes (key order, whitespace and duplicate keys go); the store keeps the bytes.
 
 Values PostgreSQL cannot hold never stall the sink: a NUL character in a text value
 (an id, a subject, anything Customer.io sent) becomes U+FFFD, the Unicode replacement
-character, in ``events`` and ``deliveries`` alike.  A sink that raised on such a batch
-would raise on it for ever (the loader retries the same batch), and every later event
-would wait behind it.
+character, in ``events`` and ``deliveries`` alike; a ``delivery_id`` too long for a
+btree entry (over 600 characters) is cut and ended by a digest of the whole.  A sink
+that raised on such a batch would raise on it for ever (the loader retries the same
+batch), and every later event would wait behind it.
 
 ``write`` is one transaction: the events are COPYed into a temporary staging table
 (emptied at commit) and upserted by ``event_id`` (a replayed batch refreshes its rows,
@@ -30,6 +31,7 @@ at a time (its lease in the store), the row locks guard the rest.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -52,7 +54,15 @@ from ._rows import (
 )
 from ._url import DEFAULT_SINK_SCHEMA, SinkURL
 
-__all__ = ["OPEN_LOCK", "PostgresSink", "from_url", "pg_type", "sanitise_text", "scrub"]
+__all__ = [
+    "OPEN_LOCK",
+    "PostgresSink",
+    "from_url",
+    "pg_type",
+    "sanitise_text",
+    "scrub",
+    "shorten_key",
+]
 
 #: The advisory lock ``open`` holds while it creates tables and views, so that two
 #: processes opening the same sink at once do not race on CREATE (any constant of ours).
@@ -62,6 +72,9 @@ CONNECT_TIMEOUT = 5
 
 _PG_TYPES = {"text": "text", "timestamp": "timestamptz", "bool": "boolean", "json": "jsonb"}
 _NUL = "\x00"
+#: Longest ``delivery_id`` kept whole: a btree entry (the deliveries key, the events
+#: index) holds about 2.7 kB, and 600 characters are at most 2.4 kB of UTF-8.
+_KEY_MAX = 600
 _REPLACEMENT = "\ufffd"
 
 
@@ -97,21 +110,34 @@ def sanitise_json(raw: str) -> str:
     return json.dumps(_scrub_json(decoded), ensure_ascii=False)
 
 
+def shorten_key(value: str) -> str:
+    """``value`` (an indexed ``delivery_id``) when it fits a btree entry, else its first
+    ``_KEY_MAX`` characters, ``~`` and the SHA-256 of the whole: distinct ids stay
+    distinct, and the same id always reads the same."""
+    if len(value) <= _KEY_MAX:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{value[:_KEY_MAX]}~{digest}"
+
+
 def _sanitisers(columns: Sequence[Column]) -> list[tuple[int, bool]]:
     """(position, is_json) of the columns whose values may need sanitising."""
     return [(i, c.kind == "json") for i, c in enumerate(columns) if c.kind in ("text", "json")]
 
 
 _EVENT_TEXT = _sanitisers(EVENT_COLUMNS)
+_EVENT_DELIVERY = [c.name for c in EVENT_COLUMNS].index("delivery_id")
 _DELIVERY_TEXT = _sanitisers(DELIVERY_COLUMNS)
 
 
-def _sanitise(row: Sequence[Any], where: list[tuple[int, bool]]) -> tuple[Any, ...]:
+def _sanitise(row: Sequence[Any], where: list[tuple[int, bool]], key: int) -> tuple[Any, ...]:
     out = list(row)
     for i, is_json in where:
         value = out[i]
         if isinstance(value, str):
             out[i] = sanitise_json(value) if is_json else sanitise_text(value)
+    if isinstance(out[key], str):
+        out[key] = shorten_key(out[key])
     return tuple(out)
 
 
@@ -283,9 +309,12 @@ class PostgresSink:
         """Upsert the events, merge the deliveries: one transaction (see the module
         docstring).  Raises ``SinkError``; the next call connects again."""
         # Last wins for a repeated event_id: ON CONFLICT refuses to touch a row twice.
-        events = {row[0]: row for row in (_sanitise(r, _EVENT_TEXT) for r in batch.events)}.values()
+        events = {
+            row[0]: row
+            for row in (_sanitise(r, _EVENT_TEXT, _EVENT_DELIVERY) for r in batch.events)
+        }.values()
         incoming: dict[str, DeliveryRow] = {}
-        for row in (_sanitise(r, _DELIVERY_TEXT) for r in batch.deliveries):
+        for row in (_sanitise(r, _DELIVERY_TEXT, 0) for r in batch.deliveries):
             seen = incoming.get(row[0])
             incoming[row[0]] = row if seen is None else merge_delivery(seen, row)
         if not events and not incoming:
