@@ -154,3 +154,24 @@ def test_the_one_pass_fold_agrees_with_merging_each_event() -> None:
             held = by_delivery.get(part[0])
             by_delivery[part[0]] = part if held is None else merge_delivery(held, part)
     assert sorted(delivery_rows(rows, STAMP)) == sorted(by_delivery.values())
+
+
+def test_a_stand_in_open_or_click_is_never_counted_as_human() -> None:
+    row = folded(
+        [
+            event("b1", "opened", NOW + 10, backfilled=True),
+            event("b2", "clicked", NOW + 20, backfilled=True),
+            event("r1", "clicked", NOW + 30, machine=True),  # the real one was a machine
+        ]
+    )
+    assert row["opened_at"] == "2023-11-14T22:13:30.000Z"
+    assert row["human_opened_at"] is None
+    assert row["clicked_at"] == "2023-11-14T22:13:50.000Z"  # the real click replaced it
+    assert row["human_clicked_at"] is None
+    assert row["backfilled_metrics"] == "opened"
+
+
+def test_first_and_last_event_follow_the_metric_times_a_stand_in_gave_way() -> None:
+    row = folded([event("b1", "sent", NOW, backfilled=True), event("r1", "sent", NOW + 5)])
+    assert row["sent_at"] == row["first_event_at"] == row["last_event_at"]
+    assert row["sent_at"] == "2023-11-14T22:13:25.000Z"

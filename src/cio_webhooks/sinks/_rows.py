@@ -21,11 +21,13 @@ write and its cursor update) changes nothing.  Per column:
   ``backfilled_metrics`` lists the metrics whose time still comes from a stand-in.
   ``human_opened_at``/``human_clicked_at`` count opens without Customer.io's
   ``prefetched``/``proxied``/``synthetic`` flags and clicks without ``machine``
-  (a flag Customer.io did not send counts as human, as in ``reports``).
+  (a flag Customer.io did not send counts as human, as in ``reports``); a backfilled
+  open or click has no flags to tell, and counts only in ``opened_at``/``clicked_at``.
 - ``last_failure_message``: the message of the latest failure (``bounced``,
   ``dropped``, ``failed``, ``undeliverable``, ``attempted``) that carried one, with
   its time in ``last_failure_at``.
-- ``first_event_at``/``last_event_at``: the earliest and latest event time.
+- ``first_event_at``/``last_event_at``: the earliest and latest of the metric times
+  above (so a stand-in that a real event replaced leaves no trace in them).
 - the ids, person and message fields: the smallest non-null value.  Customer.io
   sends the same value on every event of a delivery; where two events disagree,
   "smallest" keeps the row independent of arrival order.
@@ -267,11 +269,20 @@ def _metrics_of(row: EventRow) -> list[str]:
     metric = row[_E["metric"]]
     if metric not in DELIVERY_METRICS:
         return []
-    if metric == "opened" and not any(row[i] for i in _HUMAN_OPEN_FLAGS):
+    # A backfilled stand-in carries no machine flags: it cannot tell a human open
+    # from a prefetch, so it feeds only opened_at/clicked_at.
+    human = not row[_E["backfilled"]]
+    if metric == "opened" and human and not any(row[i] for i in _HUMAN_OPEN_FLAGS):
         return ["opened", "human_opened"]
-    if metric == "clicked" and not row[_E["machine"]]:
+    if metric == "clicked" and human and not row[_E["machine"]]:
         return ["clicked", "human_clicked"]
     return [metric]
+
+
+def _span(times: Sequence[Any]) -> tuple[Any, Any]:
+    """The earliest and latest of a row's metric times (None, None when it has none)."""
+    present = [t for t in times if t is not None]
+    return (min(present), max(present)) if present else (None, None)
 
 
 def _smaller(a: Any, b: Any) -> Any:
@@ -311,9 +322,7 @@ def merge_delivery(a: DeliveryRow, b: DeliveryRow) -> DeliveryRow:
     fail_b = (b[_FAIL_AT], b[_FAIL_MSG]) if b[_FAIL_AT] is not None else None
     latest = max(f for f in (fail_a, fail_b) if f is not None) if fail_a or fail_b else None
     out[_FAIL_AT], out[_FAIL_MSG] = latest if latest else (None, None)
-    out[_FIRST] = _smaller(a[_FIRST], b[_FIRST])
-    last = [x for x in (a[_LAST], b[_LAST]) if x is not None]
-    out[_LAST] = max(last) if last else None
+    out[_FIRST], out[_LAST] = _span(out[_M0:_T0])
     out[_BACKFILLED] = ",".join(stand_ins) or None
     updated = [x for x in (a[_UPDATED], b[_UPDATED]) if x is not None]
     out[_UPDATED] = max(updated) if updated else None
@@ -348,7 +357,7 @@ _METRIC_INDEX = {m: i for i, m in enumerate(DELIVERY_METRICS)}
 class _Fold:
     """One delivery's row, built up event by event (the rules of ``merge_delivery``)."""
 
-    __slots__ = ("failure", "first", "last", "metrics", "out", "stand_in")
+    __slots__ = ("failure", "metrics", "out", "stand_in")
 
     def __init__(self, delivery_id: str, updated_at: str | None) -> None:
         self.out: list[Any] = [None] * len(DELIVERY_COLUMNS)
@@ -357,8 +366,6 @@ class _Fold:
         self.metrics: list[Any] = [None] * len(DELIVERY_METRICS)
         self.stand_in = [False] * len(DELIVERY_METRICS)
         self.failure: tuple[str, str] | None = None
-        self.first: str | None = None
-        self.last: str | None = None
 
     def add(self, row: EventRow) -> None:
         out = self.out
@@ -381,17 +388,13 @@ class _Fold:
             failure = (at, message)
             if self.failure is None or failure > self.failure:
                 self.failure = failure
-        if self.first is None or at < self.first:
-            self.first = at
-        if self.last is None or at > self.last:
-            self.last = at
 
     def row(self) -> DeliveryRow:
         out = self.out
         out[_M0:_T0] = self.metrics
         if self.failure is not None:
             out[_FAIL_AT], out[_FAIL_MSG] = self.failure
-        out[_FIRST], out[_LAST] = self.first, self.last
+        out[_FIRST], out[_LAST] = _span(self.metrics)
         stand_ins = [
             m
             for m, at, bf in zip(DELIVERY_METRICS, self.metrics, self.stand_in, strict=True)
