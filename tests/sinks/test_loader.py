@@ -16,7 +16,7 @@ import pytest
 
 from cio_webhooks import SinkError
 from cio_webhooks.events import parse_event
-from cio_webhooks.sinks import EVENT_COLUMNS, Loader, Privacy, SQLiteWarehouse, sink_statuses
+from cio_webhooks.sinks import EVENT_COLUMNS, Batch, Loader, Privacy, SQLiteWarehouse, sink_statuses
 from cio_webhooks.store import Store
 from cio_webhooks.testing import FixedClock, make_event
 
@@ -316,3 +316,29 @@ async def test_a_sink_behind_a_shared_read_gets_the_rest_read_fresh(
     # The first 10 come from the shared read, the 5 after them from the store.
     assert await loader.load(slow) == 15
     assert sorted(await landed(slow)) == sorted(ids(10) + ids(5, "late"))
+
+
+async def test_a_write_longer_than_the_lease_keeps_it(source: Store, tmp_path: Path) -> None:
+    """A slow warehouse (a write that outlasts the lease) keeps its sink: the lease is
+    renewed while the write runs, so no other loader writes beside it."""
+    await put(source, *ids(3))
+    slow = SlowWarehouse(tmp_path / "w.db", pause=2.5)
+    loader = Loader(source, [slow], lease=1.0)
+    assert await loader.load(slow) == 3
+    rival = Loader(source, [slow], lease=1.0)
+    with pytest.raises(SinkError, match="another process"):
+        await rival.load(slow)
+    await slow.close()
+
+
+class SlowWarehouse(SQLiteWarehouse):
+    """A SQLite warehouse whose writes take ``pause`` seconds more, as a remote one
+    answering slowly would (a sink of the test's own, not a patch of ours)."""
+
+    def __init__(self, path: Path, *, pause: float) -> None:
+        super().__init__(path)
+        self.pause = pause
+
+    async def write(self, batch: Batch) -> None:
+        await asyncio.sleep(self.pause)
+        await super().write(batch)

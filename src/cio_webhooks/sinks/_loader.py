@@ -212,6 +212,28 @@ class Loader:
         self._lease_until[sink.name] = now + self.lease if held else 0.0
         return held
 
+    async def _write(self, sink: Sink, batch: Batch) -> None:
+        """``sink.write(batch)``, renewing the lease while it runs: a write can outlast
+        the lease (a warehouse answering slowly, BigQuery's jobs), and another loader
+        taking the sink over meanwhile would write beside it."""
+        renewing = asyncio.create_task(self._keep_lease(sink))
+        try:
+            await sink.write(batch)
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _keep_lease(self, sink: Sink) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            now = self.clock()
+            if not await self.store.lease_sink(
+                sink.name, self.owner, now=now, until=now + self.lease
+            ):
+                log.warning("event=sink_lease_lost sink=%s owner=%s", sink.name, self.owner)
+                return
+            self._lease_until[sink.name] = now + self.lease
+
     async def _take_from_the_dead(self, name: str, now: float) -> bool:
         """Take the lease of a loader that died on this host (SIGKILL, OOM) without
         waiting for it to run out: a worker restarted after a crash loads at once.
@@ -285,7 +307,7 @@ class Loader:
             else delivery_rows(rows, stamp)
         )
         batch = Batch(rows, deliveries, first, last, loaded_at)
-        await sink.write(batch)
+        await self._write(sink, batch)
         moved = await self.store.advance_sink(
             sink.name,
             self.owner,

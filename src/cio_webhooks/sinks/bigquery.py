@@ -84,8 +84,9 @@ __all__ = ["DEFAULT_TIMEOUT", "BigQuerySink", "from_url"]
 log = logging.getLogger("cio_webhooks.sinks")
 
 #: Seconds one API call may take, its retries included, before ``write`` gives up
-#: with ``SinkError`` (the loader then retries the batch with backoff).
-DEFAULT_TIMEOUT = 120.0
+#: with ``SinkError`` (the loader then retries the batch with backoff).  Until then an
+#: outage shows only as growing lag, so not longer than a load job of a batch needs.
+DEFAULT_TIMEOUT = 60.0
 #: Every write runs five jobs (two loads, a read, two MERGEs) and each MERGE bills at
 #: least 10 MB per table it reads: one write a minute keeps that small.
 DEFAULT_INTERVAL = 60.0
