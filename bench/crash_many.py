@@ -448,8 +448,11 @@ async def kill_at_random(
                 if fake.track_calls(tcp_ports(victim.proc.pid)):
                     break
                 await asyncio.sleep(0.005)
-            # Read last, with nothing awaited before the kill: a dead process opens no
-            # connection, so every call from these ports was sent before it died.
+            # Frozen first, then read: the worker runs on while /proc is read, and a
+            # connection it opened in between was missing from its ports (under load,
+            # calls on it were judged "outside the crash window").  A stopped process
+            # opens nothing, and SIGKILL ends it all the same.
+            os.kill(victim.proc.pid, signal.SIGSTOP)
             ports = tcp_ports(victim.proc.pid)
         killed_at = time.monotonic()
         await fleet.kill(victim)
