@@ -59,6 +59,8 @@ __all__ = [
 
 #: Sink kinds whose module is named otherwise.
 _MODULES = {"postgresql": "postgres"}
+#: What a kind needs installed (its extra: ``pip install 'cio-webhooks[KIND]'``).
+_NEEDS = {"bigquery": "google.cloud.bigquery", "parquet": "pyarrow"}
 
 
 def open_sink(url: SinkURL) -> Sink:
@@ -67,7 +69,15 @@ def open_sink(url: SinkURL) -> Sink:
     deployment without BigQuery never imports its client."""
     if url.kind not in KINDS:
         raise ConfigError(f"sink kind {url.kind!r} is not supported")
-    module = importlib.import_module(f"{__name__}.{_MODULES.get(url.kind, url.kind)}")
+    try:
+        if url.kind in _NEEDS:  # checked at start, not at the first write
+            importlib.import_module(_NEEDS[url.kind])
+        module = importlib.import_module(f"{__name__}.{_MODULES.get(url.kind, url.kind)}")
+    except ModuleNotFoundError as exc:  # an optional dependency is not installed
+        raise ConfigError(
+            f"sink {url.name}: {url.kind} needs {exc.name!r}: pip install"
+            f" 'cio-webhooks[{url.kind}]'"
+        ) from exc
     sink: Sink = module.from_url(url)
     if url.batch_size is not None:
         sink.batch_size = url.batch_size
