@@ -97,3 +97,22 @@ def test_the_default_sink_is_the_warehouse_file_named_per_host_on_a_server_store
         sinks=("parquet:///lake", "postgresql://h/db?schema=wh"),
     )
     assert [u.kind for u in sink_urls(configured)] == ["parquet", "postgresql"]
+
+
+def test_a_kind_whose_dependency_is_missing_says_which_extra_to_install() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['pyarrow'] = None\n"  # as if pyarrow were not installed
+        "from cio_webhooks import ConfigError\n"
+        "from cio_webhooks.sinks import open_sink, parse_sink_url\n"
+        "try:\n"
+        "    open_sink(parse_sink_url('parquet:///tmp/lake'))\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert "pip install 'cio-webhooks[parquet]'" in out
