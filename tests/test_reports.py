@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import pytest
 
 from cio_webhooks import StoreUnavailable, parse_event
-from cio_webhooks.events import Event, normalise
+from cio_webhooks.events import Event, iso, normalise
 from cio_webhooks.reconcile import backfill_event
 from cio_webhooks.reports import COUNTS, RATES, ReportRow, delivery_report, delivery_report_for
 from cio_webhooks.sinks import (
@@ -35,7 +35,6 @@ from cio_webhooks.sinks import (
     event_row,
     parse_sink_url,
 )
-from cio_webhooks.sinks._rows import loaded_stamp
 from cio_webhooks.sinks.postgres import from_url
 from cio_webhooks.testing import make_event
 from tests.conftest import sample_files
@@ -106,7 +105,7 @@ def write_postgres_url(url: SinkURL | str, *batches: Sequence[bytes | Event]) ->
             for cursor, batch in enumerate(batches, 1):
                 # The store keeps one event per event_id: a batch never repeats one.
                 events = list({e.event_id: e for e in parsed(batch)}.values())
-                stamp = loaded_stamp(T0)
+                stamp = iso(T0)
                 rows = [event_row(e, stamp) for e in events]
                 await sink.write(Batch(rows, delivery_rows(rows, stamp), cursor, cursor, T0))
         finally:

@@ -334,7 +334,7 @@ def sink_urls(settings: Settings) -> list[SinkURL]:
     urls = settings.sinks
     if not urls:
         default = f"sqlite://{path}" if path.is_absolute() else f"sqlite:{path}"
-        if settings.store.backend != "sqlite":
+        if not settings.store.on_this_host:
             host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
             default += f"?name=sqlite-{host}"
         urls = (default,)

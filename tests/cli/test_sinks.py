@@ -115,3 +115,21 @@ def test_status_of_a_store_without_sinks_says_so(tmp_path: Path) -> None:
     code, out, _ = invoke("sinks", "status", "--data-dir", str(tmp_path))
     assert code == 0
     assert "no sinks yet" in out
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///tmp/w.db?email=hash", "needs a salt"),
+        ("ftp://lake", "expected one of"),
+        ("postgresql://u:s3cret@h/db?sslmod=require", "sslmod"),
+    ],
+)
+def test_a_worker_with_a_bad_sink_exits_2_before_it_starts(
+    data_dir: Path, url: str, message: str
+) -> None:
+    code, _, err = invoke("worker", "--data-dir", str(data_dir), "--sink", url)
+    assert code == 2
+    assert message in err
+    assert "s3cret" not in err
+    assert "Traceback" not in err

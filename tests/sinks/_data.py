@@ -6,9 +6,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from cio_webhooks.events import Event, parse_event
+from cio_webhooks.events import Event, iso, parse_event
 from cio_webhooks.sinks import Batch, Privacy, delivery_rows, event_row
-from cio_webhooks.sinks._rows import KEEP_ALL, loaded_stamp
+from cio_webhooks.sinks._rows import KEEP_ALL
 from cio_webhooks.testing import make_event
 
 from ..conftest import NOW, sample_files
@@ -52,6 +52,6 @@ def samples() -> list[Event]:
 
 
 def batch(events: Sequence[Event], *, first_seq: int = 1, privacy: Privacy = KEEP_ALL) -> Batch:
-    stamp = loaded_stamp(LOADED)
+    stamp = iso(LOADED)
     rows = [event_row(e, stamp, privacy) for e in events]
     return Batch(rows, delivery_rows(rows, stamp), first_seq, first_seq + len(rows) - 1, LOADED)

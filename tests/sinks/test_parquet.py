@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from cio_webhooks._exceptions import SinkError
-from cio_webhooks.events import Event, parse_event
+from cio_webhooks.events import Event, iso, parse_event
 from cio_webhooks.sinks import Batch, open_sink, parse_sink_url
 from cio_webhooks.sinks._rows import (
     DELIVERY_COLUMNS,
@@ -27,7 +27,6 @@ from cio_webhooks.sinks._rows import (
     as_dicts,
     delivery_rows,
     event_row,
-    loaded_stamp,
 )
 from cio_webhooks.sinks.parquet import ParquetSink
 
@@ -60,7 +59,7 @@ def make_event(
 
 
 def batch_of(events: list[Event], first: int, last: int, privacy: Privacy = KEEP_ALL) -> Batch:
-    stamp = loaded_stamp(LOADED)
+    stamp = iso(LOADED)
     rows = [event_row(e, stamp, privacy) for e in events]
     return Batch(rows, delivery_rows(rows, stamp), first, last, LOADED)
 

@@ -18,7 +18,7 @@ import pytest
 
 from cio_webhooks import parse_event
 from cio_webhooks._exceptions import SinkError
-from cio_webhooks.events import Event
+from cio_webhooks.events import Event, iso
 from cio_webhooks.reconcile import backfill_event
 from cio_webhooks.sinks import (
     CHANNEL_VIEWS,
@@ -29,7 +29,7 @@ from cio_webhooks.sinks import (
     delivery_rows,
     event_row,
 )
-from cio_webhooks.sinks._rows import as_dicts, loaded_stamp
+from cio_webhooks.sinks._rows import as_dicts
 from cio_webhooks.sinks.postgres import PostgresSink, from_url
 from cio_webhooks.testing import make_event
 from tests.conftest import sample_files
@@ -47,7 +47,7 @@ def batch(
     events: Sequence[Event], *, loaded_at: float = T0 + 1, privacy: Privacy | None = None
 ) -> Batch:
     """The Batch the loader would hand the sink for ``events``."""
-    stamp = loaded_stamp(loaded_at)
+    stamp = iso(loaded_at)
     rows = [event_row(e, stamp, privacy or Privacy()) for e in events]
     return Batch(rows, delivery_rows(rows, stamp), 1, len(rows), loaded_at)
 

@@ -116,3 +116,9 @@ def test_a_kind_whose_dependency_is_missing_says_which_extra_to_install() -> Non
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     assert "pip install 'cio-webhooks[parquet]'" in out
+
+
+def test_a_url_only_read_from_needs_no_salt() -> None:
+    # report --sink names the sink as the writers do; reading it hashes nothing.
+    url = parse_sink_url("postgresql://h/db?email=hash", reading=True)
+    assert url.privacy.addresses == "hash"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -110,8 +109,7 @@ def report(
     if sink_url is not None:
         if warehouse is not None:
             raise ConfigError("--sink and --warehouse name two warehouses: pass one")
-        # The salt only matters to writers; a report URL may still say email=hash.
-        sink = parse_sink_url(sink_url, salt=os.environ.get(env("PII_SALT"), "-").encode())
+        sink = parse_sink_url(sink_url, reading=True)  # the sink's own URL, email=hash too
         rows = delivery_report_for(sink, by=by, since=cutoff)
     else:
         path = warehouse or warehouse_beside(store_url(data_dir, db, store), data_dir)

@@ -48,7 +48,6 @@ from ..settings import (
     Settings,
     env,
 )
-from ..sinks import parse_sink_urls
 from ._errors import err
 from ._options import (
     F,
@@ -254,8 +253,7 @@ def _settings(
     handlers = tuple(h for spec in o["handlers"] for h in spec.split(",") if h.strip())
     sinks = tuple(u.strip() for spec in o["sinks"] for u in spec.split(",") if u.strip())
     salt = o["pii_salt"] or None
-    parse_sink_urls(sinks, salt=salt.encode() if salt else None)  # bad URLs fail at start
-    return Settings(
+    settings = Settings(
         store=where,
         warehouse=o["warehouse"] or warehouse_beside(where, data_dir),
         sinks=sinks,
@@ -279,6 +277,8 @@ def _settings(
         dry_run=o["dry_run"],
         actions_db=o["actions_db"],
     )
+    sink_urls(settings)  # a bad sink URL, or email=hash without a salt, fails at start
+    return settings
 
 
 def _program() -> str:

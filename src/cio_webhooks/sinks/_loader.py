@@ -34,10 +34,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .._exceptions import SinkError, StoreUnavailable
-from ..store import Store, owner_alive
+from ..events import iso
+from ..store import SinkState, Store, owner_alive
 from ._contract import Batch, Sink
 from ._reads import ReadCache
-from ._rows import delivery_rows, event_row, loaded_stamp
+from ._rows import delivery_rows, event_row
 
 __all__ = ["IDLE_POLL", "LEASE", "RETRY_BASE", "RETRY_MAX", "Loader"]
 
@@ -186,8 +187,9 @@ class Loader:
         if self._lease_until.get(sink.name, 0.0) - now > self.lease * 2 / 3:
             return True
         if sink.name not in self._cursor:
-            before = {s.name: s for s in await self.store.sink_states()}.get(sink.name)
+            before = await self._state(sink.name)
             state = await self.store.register_sink(sink.name, sink.url, now=now)
+            self._cursor[sink.name] = state.seq
             if before is not None and before.url != sink.url and before.seq:
                 # The same name now writes somewhere else (a new file, another
                 # database): that place has none of the rows the cursor says are loaded.
@@ -198,8 +200,7 @@ class Loader:
                     sink.url,
                 )
                 await self.store.rewind_sink(sink.name, 0, now=now)
-                state = await self.store.register_sink(sink.name, sink.url, now=now)
-            self._cursor[sink.name] = state.seq
+                self._cursor[sink.name] = 0
         held = await self.store.lease_sink(sink.name, self.owner, now=now, until=now + self.lease)
         if not held:
             held = await self._take_from_the_dead(sink.name, now)
@@ -239,22 +240,25 @@ class Loader:
         waiting for it to run out: a worker restarted after a crash loads at once.
         Its lease counts as over at its own end time, so a live loader that renewed it
         meanwhile keeps it."""
-        for state in await self.store.sink_states():
-            if state.name != name or state.owner is None or state.lease_until is None:
-                continue
-            if owner_alive(state.owner):
-                return False
-            log.info("event=sink_lease_taken_over sink=%s dead_owner=%s", name, state.owner)
-            return await self.store.lease_sink(
-                name, self.owner, now=max(now, state.lease_until), until=now + self.lease
-            )
-        return False
+        state = await self._state(name)
+        if state is None or state.owner is None or state.lease_until is None:
+            return False
+        if owner_alive(state.owner):
+            return False
+        log.info("event=sink_lease_taken_over sink=%s dead_owner=%s", name, state.owner)
+        return await self.store.lease_sink(
+            name, self.owner, now=max(now, state.lease_until), until=now + self.lease
+        )
 
-    async def _stored_cursor(self, name: str) -> int:
+    async def _state(self, name: str) -> SinkState | None:
         for state in await self.store.sink_states():
             if state.name == name:
-                return state.seq
-        return 0
+                return state
+        return None
+
+    async def _stored_cursor(self, name: str) -> int:
+        state = await self._state(name)
+        return state.seq if state is not None else 0
 
     async def load(self, sink: Sink) -> int:
         """Write the next batch after ``sink``'s cursor and advance it; return how many
@@ -271,7 +275,7 @@ class Loader:
             self._opened.add(sink.name)
         cursor = self._cursor.get(sink.name, 0)
         loaded_at = self.clock()
-        stamp = loaded_stamp(loaded_at)
+        stamp = iso(loaded_at)
         read = await self.reads.after(cursor, sink.batch_size)
         held = len(read)
         first = read[0].seq if read else cursor

@@ -82,17 +82,16 @@ class ReadCache:
         where = EventFilter(after_seq=cursor, limit=limit)
         async for stored in self.store.iter_events(where, batch=limit):
             try:
-                event: Event | None = parse_event(
+                event = parse_event(
                     stored.body, received_at=stored.received_at, backfilled=stored.backfilled
                 )
-                assert event is not None
-                values: tuple[Any, ...] | None = normalised_values(event)
-                error = None
             except InvalidEvent as exc:
-                event, values, error = None, None, str(exc)
-            out.append(
-                Parsed(stored.seq, stored.event_id, stored.received_at, event, values, error)
-            )
+                out.append(
+                    Parsed(stored.seq, stored.event_id, stored.received_at, None, None, str(exc))
+                )
+            else:
+                values = normalised_values(event)
+                out.append(Parsed(stored.seq, stored.event_id, stored.received_at, event, values))
             self.parsed += 1
             if len(out) % _SLICE == 0:
                 await asyncio.sleep(0)

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..events import NORMALISED_FIELDS, Event, iso, normalised_values
+from ..events import NORMALISED_FIELDS, Event, normalised_values
 
 __all__ = [
     "CHANNEL_VIEWS",
@@ -408,8 +408,3 @@ def as_dicts(columns: Sequence[Column], rows: Iterable[Sequence[Any]]) -> list[d
     """Rows as dicts keyed by column name (for tests and readers)."""
     names = [c.name for c in columns]
     return [dict(zip(names, row, strict=True)) for row in rows]
-
-
-def loaded_stamp(at: float) -> str | None:
-    """``loaded_at``/``updated_at`` text for a unix time."""
-    return iso(at)

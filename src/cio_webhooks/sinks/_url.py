@@ -81,9 +81,10 @@ def _file_target(url: str, rest: str) -> str:
     return urllib.parse.unquote(path)
 
 
-def parse_sink_url(url: str, *, salt: bytes | None = None) -> SinkURL:
+def parse_sink_url(url: str, *, salt: bytes | None = None, reading: bool = False) -> SinkURL:
     """Parse ``url``; raise ``ConfigError`` with a sentence when it names no sink.
-    ``salt`` is the personal-data salt, required by ``email=hash``."""
+    ``salt`` is the personal-data salt, required by ``email=hash`` unless the URL is
+    only ``reading`` what a sink wrote (``report --sink``)."""
     scheme, sep, rest = url.strip().partition(":")
     kind = {"postgres": "postgresql"}.get(scheme.lower(), scheme.lower())
     if not sep or not rest or kind not in KINDS:
@@ -104,7 +105,7 @@ def parse_sink_url(url: str, *, salt: bytes | None = None) -> SinkURL:
     name = params.pop("name", kind)
     if not _NAME.match(name):
         raise ConfigError(f"sink name {name!r}: letters, digits, _ and -, starting with a letter")
-    privacy = _privacy(params, salt)
+    privacy = _privacy(params, salt, reading=reading)
     pace = _pace(name, params)
     prefix = params.pop("table_prefix", "")
     if prefix and not _PREFIX.match(prefix):
@@ -164,7 +165,7 @@ def _pace(name: str, params: dict[str, str]) -> tuple[int | None, float | None]:
     return size, pause
 
 
-def _privacy(params: dict[str, str], salt: bytes | None) -> Privacy:
+def _privacy(params: dict[str, str], salt: bytes | None, *, reading: bool) -> Privacy:
     addresses = params.pop("email", "keep")
     if addresses not in ("keep", "hash", "drop"):
         raise ConfigError(f"email={addresses!r}: use keep, hash or drop")
@@ -174,7 +175,7 @@ def _privacy(params: dict[str, str], salt: bytes | None) -> Privacy:
         if value not in ("keep", "drop"):
             raise ConfigError(f"{option}={value!r}: use keep or drop")
         keep[option] = value == "keep"
-    if addresses == "hash" and not salt:
+    if addresses == "hash" and not salt and not reading:
         raise ConfigError("email=hash needs a salt: set CIO_WEBHOOKS_PII_SALT")
     return Privacy(
         addresses=cast(Literal["keep", "hash", "drop"], addresses),

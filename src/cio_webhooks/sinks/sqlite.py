@@ -72,9 +72,6 @@ def _upsert(name: str, columns: Sequence[Column]) -> str:
     )
 
 
-_BOOL_EVENT = [i for i, c in enumerate(EVENT_COLUMNS) if c.kind == "bool"]
-
-
 class SQLiteWarehouse:
     """The warehouse file ``path``: a ``Sink``, and a reader for ``reconcile``.
 
@@ -158,18 +155,12 @@ class SQLiteWarehouse:
         await self._call(lambda: self._connect() and None, sink=True)
 
     async def write(self, batch: Batch) -> None:
-        events = [list(row) for row in batch.events]
-        for row in events:
-            for i in _BOOL_EVENT:
-                if row[i] is not None:
-                    row[i] = int(row[i])
-
         def run() -> None:
             with self._lock:
                 conn = self._connect()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.executemany(self._insert_events, events)
+                    conn.executemany(self._insert_events, batch.events)  # bools bind as 0/1
                     held = self._held_deliveries(conn, [d[0] for d in batch.deliveries])
                     merged = [
                         merge_delivery(held[d[0]], d) if d[0] in held else d

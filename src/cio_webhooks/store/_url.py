@@ -32,6 +32,12 @@ class StoreURL:
     dsn: str | None = None  # postgresql: the libpq URL without our own parameters
     schema: str = DEFAULT_PG_SCHEMA
 
+    @property
+    def on_this_host(self) -> bool:
+        """True when the store is a file that only processes on this host share (SQLite);
+        False for a server that workers on several hosts may share."""
+        return self.path is not None
+
     def __str__(self) -> str:
         if self.backend == "sqlite":
             return (
