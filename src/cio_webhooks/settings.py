@@ -16,6 +16,7 @@ run time: any module may use it.
     Customer.io       CUSTOMERIO_RETRY_DAYS, REGIONS, DEFAULT_REGION, DEFAULT_TRACK_RATE
     the HTTP server   DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
                       DEFAULT_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+    watching          UI_PATH, DEFAULT_UI_USER, TRAFFIC_FLUSH_EVERY, ALERT_EVERY
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .store._url import StoreURL
 
 __all__ = [
+    "ALERT_EVERY",
     "CUSTOMERIO_RETRY_DAYS",
     "DATA_DIR",
     "DEFAULT_CONCURRENCY",
@@ -44,6 +46,7 @@ __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_TOLERANCE",
     "DEFAULT_TRACK_RATE",
+    "DEFAULT_UI_USER",
     "ENV_PREFIX",
     "HOST",
     "INBOX_FILE",
@@ -53,6 +56,8 @@ __all__ = [
     "PRUNE_EVERY",
     "REGIONS",
     "STORE_ENV",
+    "TRAFFIC_FLUSH_EVERY",
+    "UI_PATH",
     "WAREHOUSE_FILE",
     "WEBHOOK_PATH",
     "RetryPolicy",
@@ -149,6 +154,17 @@ DEFAULT_MAX_CONNECTIONS = 1000
 PROBE_TIMEOUT = 2.0
 
 
+# -- watching: the dashboard and the alerts ---------------------------------------------
+#: Where ``serve``, ``worker --port`` and ``ui`` serve the dashboard.
+UI_PATH = "/ui"
+#: The dashboard's user name when only a password is configured.
+DEFAULT_UI_USER = "admin"
+#: Seconds between two writes of a receiver's per-minute traffic to the store.
+TRAFFIC_FLUSH_EVERY = 5.0
+#: Seconds between two evaluations of the alert rules.
+ALERT_EVERY = 30.0
+
+
 @dataclass(frozen=True)
 class Settings:
     """One service's settings (``serve``, ``worker``).  ``store`` names the store (its
@@ -177,3 +193,9 @@ class Settings:
     dry_run: bool = False
     actions_db: Path | None = None  # SQLite only: the ledger file [default: beside the inbox]
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    # the dashboard: a login is required when a password or a token is set
+    ui_user: str = DEFAULT_UI_USER
+    ui_password: str | None = field(default=None, repr=False)
+    ui_token: str | None = field(default=None, repr=False)
+    # alerts: the TOML file of rules and notifiers (None: the default rules, log only)
+    alerts: Path | None = None

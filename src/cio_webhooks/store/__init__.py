@@ -4,7 +4,7 @@
 
     store/
       _model.py     events, jobs, outcomes, typed results (StoreStats, Gauges, ...)
-      _contract.py  Ingest | Queue | Operations | Metrics | SinkCursors -> Store
+      _contract.py  Ingest | Queue | Operations | Metrics | SinkCursors | Watch -> Store
       _ledger.py    Ledger: the policies' exactly-once record
       _url.py       sqlite:///... | postgresql://...
       sqlite/       SQLiteStore, SQLiteLedger (embedded, the default)
@@ -22,7 +22,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._contract import Ingest, Metrics, Operations, Queue, SinkCursors, Store, Versioned
+from ._contract import (
+    Ingest,
+    Metrics,
+    Operations,
+    Queue,
+    SinkCursors,
+    Store,
+    Versioned,
+    Watch,
+)
 from ._ledger import (
     AUDIT_COLUMNS,
     IN_FLIGHT_LEASE,
@@ -36,6 +45,8 @@ from ._ledger import (
     owner_alive,
 )
 from ._model import (
+    ACK_BUCKETS,
+    AlertState,
     EventFilter,
     Gauges,
     HandlerResult,
@@ -48,16 +59,19 @@ from ._model import (
     SinkState,
     StoredEvent,
     StoreStats,
+    TrafficMinute,
     Wanted,
 )
 from ._url import DEFAULT_PG_SCHEMA, StoreURL, parse_store_url
 
 __all__ = [
+    "ACK_BUCKETS",
     "AUDIT_COLUMNS",
     "DEFAULT_PG_SCHEMA",
     "IN_FLIGHT_LEASE",
     "LEDGER_TABLES",
     "ActionInFlight",
+    "AlertState",
     "AuditRow",
     "EventFilter",
     "Gauges",
@@ -80,9 +94,11 @@ __all__ = [
     "StoreStats",
     "StoreURL",
     "StoredEvent",
+    "TrafficMinute",
     "Verdict",
     "Versioned",
     "Wanted",
+    "Watch",
     "Window",
     "open_store",
     "owner_alive",

@@ -9,6 +9,7 @@ cannot claim, the dispatcher cannot purge, and a new backend knows what it owes:
     Operations  operator commands: requeue, discard, read, quarantine, prune, stats
     Metrics     /metrics and reconcile: gauges, delivery_metrics
     SinkCursors the warehouse loader: one cursor (and lease) per sink
+    Watch       the dashboard and the alerts: traffic per minute, counts, alert state
     Store       all of the above, plus lifecycle (open, close, migrate)
 
 Every backend passes the same contract suite (``tests/store/``).  The policies'
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..events import Event
 from ._model import (
+    AlertState,
     EventFilter,
     Gauges,
     HandlerRun,
@@ -32,13 +34,14 @@ from ._model import (
     SinkState,
     StoredEvent,
     StoreStats,
+    TrafficMinute,
     Wanted,
 )
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
 
-__all__ = ["Ingest", "Metrics", "Operations", "Queue", "SinkCursors", "Store", "Versioned"]
+__all__ = ["Ingest", "Metrics", "Operations", "Queue", "SinkCursors", "Store", "Versioned", "Watch"]
 
 
 class Ingest(Protocol):
@@ -277,7 +280,53 @@ class SinkCursors(Protocol):
         ...
 
 
-class Store(Ingest, Queue, Operations, Metrics, SinkCursors, Protocol):
+class Watch(Protocol):
+    """What the dashboard and the alerts read and keep, shared by every process on
+    the store: pages of events, newest first; what the receivers answered, minute by
+    minute; how many events of each kind arrived lately; where each alert rule stands."""
+
+    async def browse(
+        self, where: EventFilter, *, before_seq: int | None = None, limit: int = 50
+    ) -> list[StoredEvent]:
+        """Matching events newest first (``seq`` descending), those below ``before_seq``
+        when given: the dashboard's pages, each the cursor of the next.  ``where.limit``
+        and ``where.after_seq`` apply as in ``iter_events``; ``limit`` caps the page."""
+        ...
+
+    async def record_traffic(self, process: str, minutes: Sequence[TrafficMinute]) -> None:
+        """Set what receiver ``process`` answered in each of ``minutes`` (replacing what
+        it recorded for those minutes before: a receiver writes its running totals of
+        the current minute again and again, and a retried write changes nothing)."""
+        ...
+
+    async def traffic(self, *, since: float) -> list[TrafficMinute]:
+        """The minutes starting at or after ``since``, summed over every receiver
+        process, oldest first; minutes nobody recorded are absent."""
+        ...
+
+    async def kind_counts(self, *, since: float) -> dict[tuple[str, str], int]:
+        """How many stored events of each ``(object_type, metric)`` were received at
+        or after ``since`` (backfilled stand-ins left out)."""
+        ...
+
+    async def last_received_at(self) -> float | None:
+        """When the newest stored event was received (backfilled ones left out); None
+        when the store holds none."""
+        ...
+
+    async def alert_states(self) -> list[AlertState]:
+        """Every alert rule's recorded state, by rule."""
+        ...
+
+    async def swap_alert(self, state: AlertState, *, expected: int | None) -> bool:
+        """Record ``state`` for ``state.rule`` with version ``expected + 1``, if the
+        recorded state still has version ``expected`` (``None``: if none is recorded,
+        and it is stored with version 1).  False, and nothing changed, otherwise: another
+        process changed it first."""
+        ...
+
+
+class Store(Ingest, Queue, Operations, Metrics, SinkCursors, Protocol):  # + Watch: soon
     """A whole backend.  ``url`` names it without credentials (safe to log)."""
 
     @property

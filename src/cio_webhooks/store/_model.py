@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = [
+    "ACK_BUCKETS",
+    "AlertState",
     "EventFilter",
     "Gauges",
     "HandlerResult",
@@ -27,6 +29,7 @@ __all__ = [
     "SinkState",
     "StoreStats",
     "StoredEvent",
+    "TrafficMinute",
     "Wanted",
 ]
 
@@ -136,6 +139,8 @@ class EventFilter:
     event_ids: tuple[str, ...] = ()
     after_seq: int = 0
     limit: int | None = None
+    #: Only events whose raw body contains this text (ASCII letters in any case).
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,3 +197,47 @@ class SinkState:
     failures: int
     owner: str | None
     lease_until: float | None
+
+
+#: Upper bounds (seconds) of the ack-latency buckets a ``TrafficMinute`` counts in;
+#: the last bucket (past 4 s, Customer.io's timeout) has no bound.
+ACK_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficMinute:
+    """What the receivers answered during one minute (``Watch.traffic``).
+
+    ``minute`` is the minute's start (unix seconds, a multiple of 60).  The counts
+    are requests by outcome (``app.Counters``' names); ``ack`` counts the answered
+    requests per latency bucket: ``ack[i]`` took at most ``ACK_BUCKETS[i]`` seconds
+    (and more than the bucket before), ``ack[-1]`` longer than 4 s.  It has
+    ``len(ACK_BUCKETS) + 1`` entries, or none when nothing was answered.
+    """
+
+    minute: float
+    stored: int = 0
+    duplicate: int = 0
+    quarantined: int = 0
+    rejected_signature: int = 0
+    too_large: int = 0
+    store_unavailable: int = 0
+    ack: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """Where one alert rule stands, shared by every process on the store.
+
+    ``firing`` since ``changed_at`` (or resolved since then); ``value`` is the last
+    figure seen; ``notified_at`` when a message about it was last sent (None: never).
+    ``version`` counts the changes: ``Watch.swap_alert`` only replaces the state it
+    was given, so of several workers deciding the same change one wins, and sends.
+    """
+
+    rule: str
+    firing: bool
+    value: float | None
+    changed_at: float
+    notified_at: float | None
+    version: int = 0
