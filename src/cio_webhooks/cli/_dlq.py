@@ -9,6 +9,7 @@ import time
 import click
 
 from .._exceptions import ConfigError
+from .._operator import named_dead_letters
 from ..store import EventFilter, JobState, Operations
 from ._options import LIMIT, event_id_arguments, reading_store, store_options, with_store
 from ._output import event_row, payload, print_rows
@@ -56,20 +57,11 @@ async def dlq_show(store: Operations, event_id: str) -> None:
 
 
 async def _dead_letters(store: Operations, event_ids: tuple[str, ...], all_: bool) -> EventFilter:
-    """The dead letters named (every one with ``--all``).  A named event that is not a
-    dead letter refuses the whole command: a typo must not pass as "0 event(s)"."""
+    """The dead letters named (every one with ``--all``)."""
     if not event_ids and not all_:
         raise ConfigError("name EVENT_IDs or pass --all")
     if event_ids and not all_:
-        wrong = []
-        for event_id in event_ids:
-            stored = await store.get_event(event_id)
-            if stored is None:
-                wrong.append(f"{event_id!r} (no such event)")
-            elif stored.state is not JobState.DEAD:
-                wrong.append(f"{event_id!r} ({stored.state.value})")
-        if wrong:
-            raise ConfigError(f"not dead letters, nothing done: {', '.join(wrong)}")
+        return await named_dead_letters(store, event_ids)
     return EventFilter(states=(JobState.DEAD,), event_ids=event_ids)
 
 

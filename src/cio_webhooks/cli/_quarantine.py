@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import click
 
-from .._exceptions import ConfigError, InvalidEvent
+from .._exceptions import ConfigError
 from .._logging import quote
-from ..app import STALE_REASON
-from ..events import iso, parse_event
-from ..store import Operations, Quarantined
+from .._operator import quarantined_bodies, reingest
+from ..events import iso
+from ..store import Operations
 from ._errors import err
 from ._options import (
     LIMIT,
@@ -70,25 +69,6 @@ async def quarantine_show(store: Operations, ident: int) -> None:
     sys.stdout.buffer.write(q.body + b"\n")
 
 
-async def _quarantined_bodies(
-    store: Operations, idents: tuple[int, ...]
-) -> AsyncIterator[Quarantined]:
-    """The named bodies (all must exist), or every one, newest first, page by page."""
-    if idents:
-        named = [await store.quarantined(ident=i, limit=1) for i in idents]
-        missing = [str(i) for i, found in zip(idents, named, strict=True) if not found]
-        if missing:
-            raise ConfigError(f"no quarantined body {', '.join(missing)}")
-        for found in named:
-            yield found[0]
-        return
-    before: int | None = None
-    while page := await store.quarantined(limit=500, before_id=before):
-        for q in page:
-            yield q
-        before = page[-1].id
-
-
 @quarantine.command("reingest")
 @store_options
 @click.argument("idents", nargs=-1, type=QUARANTINE_ID)
@@ -102,29 +82,10 @@ async def quarantine_reingest(store: Operations, idents: tuple[int, ...], all_: 
     A body the store cannot hold as an event stays quarantined (counted ``refused``)."""
     if bool(idents) == all_:
         raise ConfigError("name quarantine IDs or pass --all")
-    counts = dict.fromkeys(("stored", "duplicate", "still_invalid", "stale_left"), 0)
-    refused = 0
-    async for q in _quarantined_bodies(store, idents):
-        if all_ and q.reason.startswith(STALE_REASON):
-            counts["stale_left"] += 1
-            continue
-        try:
-            event = parse_event(q.body, received_at=q.received_at)
-        except InvalidEvent:
-            counts["still_invalid"] += 1
-            continue
-        try:
-            result = await store.release_quarantined(q.id, event)
-        except ValueError as exc:
-            # A value this store cannot hold (PostgreSQL: a NUL in the event_id): the
-            # body stays quarantined, and the other bodies are still read again.
-            err.print(f"note: quarantined body {q.id} stays: {exc}", highlight=False, markup=False)
-            refused += 1
-            continue
-        counts[result.value] += 1
-    if refused:
-        counts["refused"] = refused
-    click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+    done = await reingest(store, quarantined_bodies(store, idents), named=not all_)
+    for ident, why in done.refused:
+        err.print(f"note: quarantined body {ident} stays: {why}", highlight=False, markup=False)
+    click.echo(" ".join(f"{k}={v}" for k, v in done.counts().items()))
 
 
 @quarantine.command("purge")
