@@ -16,7 +16,8 @@ run time: any module may use it.
     Customer.io       CUSTOMERIO_RETRY_DAYS, REGIONS, DEFAULT_REGION, DEFAULT_TRACK_RATE
     the HTTP server   DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
                       DEFAULT_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS
-    watching          UI_PATH, DEFAULT_UI_USER, TRAFFIC_FLUSH_EVERY, ALERT_EVERY
+    watching          UI_PATH, DEFAULT_UI_USER, UI_SESSION_SECONDS,
+                      UI_PAGE_SIZE, TRAFFIC_FLUSH_EVERY, ALERT_EVERY
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ __all__ = [
     "REGIONS",
     "STORE_ENV",
     "TRAFFIC_FLUSH_EVERY",
+    "UI_PAGE_SIZE",
     "UI_PATH",
+    "UI_SESSION_SECONDS",
     "WAREHOUSE_FILE",
     "WEBHOOK_PATH",
     "RetryPolicy",
@@ -159,6 +162,10 @@ PROBE_TIMEOUT = 2.0
 UI_PATH = "/ui"
 #: The dashboard's user name when only a password is configured.
 DEFAULT_UI_USER = "admin"
+#: How long a dashboard login lasts (seconds).
+UI_SESSION_SECONDS = 12 * 3600
+#: Events per page of the dashboard's lists.
+UI_PAGE_SIZE = 50
 #: Seconds between two writes of a receiver's per-minute traffic to the store.
 TRAFFIC_FLUSH_EVERY = 5.0
 #: Seconds between two evaluations of the alert rules.
