@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck services bench clean bq-emulator
+.PHONY: install serve test lint typecheck services bench clean bq-emulator chromium
 
 install: $(STAMP)
 
@@ -36,6 +36,15 @@ $(BQ_STAMP): Makefile
 	done
 	touch $(BQ_STAMP)
 
+# The dashboard's browser tests drive Debian's Chromium through Playwright (never a
+# browser Playwright downloads itself: this machine's network refuses that).
+CHROMIUM := /usr/bin/chromium
+
+chromium:
+	@test -x $(CHROMIUM) || { apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }
+	@test -x $(CHROMIUM) || { echo "could not install $(CHROMIUM) (apt-get install chromium)"; exit 1; }
+
 serve: install
 	$(BIN)/cio-webhooks serve
 
@@ -51,7 +60,7 @@ services:
 	@pg_isready -q -h 127.0.0.1 2>/dev/null || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start 2>/dev/null || true
 	@redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null 2>&1 || true
 
-test: install bq-emulator services lint typecheck
+test: install bq-emulator chromium services lint typecheck
 	$(BIN)/pytest
 
 bench: install

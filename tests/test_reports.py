@@ -442,7 +442,34 @@ def test_unknown_grouping_is_refused(tmp_path: Path) -> None:
         delivery_report(tmp_path / "x.db", by="week")
 
 
-@pytest.mark.parametrize("by", ["campaign", "broadcast", "newsletter", "day"])
+def test_by_transactional_message(warehouse: Report) -> None:
+    messages = by_group(warehouse(by="transactional"))
+    assert list(messages) == ["7", "(none)"]
+    assert counts(messages["7"]) == ZERO | {"failed": 1}
+
+
+def test_by_recipient_domain_lower_cased_recipient_first(write: Write) -> None:
+    report = write(
+        [
+            ev("sent", "p", recipient="Ann@Gmail.COM"),
+            ev("delivered", "p", recipient="ann@gmail.com"),
+            ev("spammed", "p", recipient="ann@gmail.com"),
+            # no recipient on the event: the person's email tells the domain
+            ev("sent", "q", recipient=None, identifiers={"id": "2", "email": "bo@yahoo.com"}),
+            ev("sent", "r", recipient=None, identifiers={"id": "3"}),
+            ev("sent", "s", recipient="not-an-address"),
+        ]
+    )
+    domains = by_group(report(by="domain"))
+    assert list(domains) == ["gmail.com", "yahoo.com", "(none)"]
+    assert counts(domains["gmail.com"]) == ZERO | {"sent": 1, "delivered": 1, "spammed": 1}
+    assert domains["yahoo.com"].sent == 1
+    assert domains["(none)"].sent == 2
+
+
+@pytest.mark.parametrize(
+    "by", ["campaign", "broadcast", "newsletter", "transactional", "domain", "day"]
+)
 def test_postgresql_and_sqlite_give_the_same_rows_for_the_samples(
     by: str, tmp_path: Path, pg_database: str
 ) -> None:

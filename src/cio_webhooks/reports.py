@@ -20,11 +20,15 @@ window or grouping: a real event outside ``since`` still hides its stand-in.
 
 Groups (``by``):
 
-- ``campaign``, ``broadcast``, ``newsletter``: the delivery's ``campaign_id``,
-  ``broadcast_id`` or ``newsletter_id``.  Each delivery lands in exactly one
+- ``campaign``, ``broadcast``, ``newsletter``, ``transactional``: the delivery's
+  ``campaign_id``, ``broadcast_id``, ``newsletter_id`` or
+  ``transactional_message_id``.  Each delivery lands in exactly one
   group, even if some of its events lack the id; deliveries with none go to
   ``(none)`` (for ``by="campaign"`` that is where broadcasts, newsletters and
   transactional messages land).
+- ``domain``: the recipient's domain (``gmail.com``), lower-cased, from the
+  ``recipient`` column, else ``email``; ``(none)`` without an address, and for
+  every delivery of a sink that hashes addresses.
 - ``day``: the UTC date each event *occurred*.  This is activity per day: a
   delivery sent on Monday and opened on Tuesday counts as sent on Monday and
   opened on Tuesday, so a day's open rate mixes mail sent that day and before.
@@ -72,13 +76,18 @@ __all__ = [
     "delivery_report_for",
 ]
 
-#: ``by`` -> the SQL expression of the group key (a column of ``events``).
+#: ``by`` -> the SQL expression of the group key (a column of ``events``; ``day`` and
+#: ``domain`` differ by dialect: see ``_Dialect``).
 GROUPINGS: dict[str, str] = {
     "campaign": "campaign_id",
     "broadcast": "broadcast_id",
     "newsletter": "newsletter_id",
+    "transactional": "transactional_message_id",
+    "domain": "(the recipient's domain)",
     "day": "substr(occurred_at, 1, 10)",
 }
+#: The address a delivery went to: the recipient, else the person's email.
+_ADDRESS = "COALESCE(NULLIF(recipient, ''), email)"
 #: The group of deliveries (or events) without a value for the grouping key.
 NONE_GROUP = "(none)"
 #: The count fields of ``ReportRow``, in order.
@@ -114,6 +123,9 @@ _NEEDED = {"event_id", "object_type", "metric", "occurred_at", "delivery_id", "b
     "campaign_id",
     "broadcast_id",
     "newsletter_id",
+    "transactional_message_id",
+    "recipient",
+    "email",
     "prefetched",
     "proxied",
     "synthetic",
@@ -131,13 +143,23 @@ class _Dialect:
     since: str
     #: Appended to a text value so that max() compares bytes, as SQLite does.
     binary: str
+    #: The position of ``@`` in a text (1-based, 0 when absent).
+    find_at: str
+
+    @property
+    def domain(self) -> str:
+        """The lower-cased domain of the delivery's address; NULL when it has none
+        (no address, or a hashed one: ``email=hash`` sinks group every message there)."""
+        at = self.find_at.format(_ADDRESS)
+        return f"CASE WHEN {at} > 0 THEN lower(substr({_ADDRESS}, {at} + 1)) END"
 
 
-_SQLITE = _Dialect(day="substr(occurred_at, 1, 10)", since="?", binary="")
+_SQLITE = _Dialect(day="substr(occurred_at, 1, 10)", since="?", binary="", find_at="instr({}, '@')")
 _POSTGRES = _Dialect(
     day="to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     since="CAST(%s AS timestamptz)",
     binary=' COLLATE "C"',
+    find_at="strpos({}, '@')",
 )
 
 
@@ -197,7 +219,7 @@ def _flag(condition: str) -> str:
 
 def _sql(by: str, filtered: bool, table: str = "events", dialect: _Dialect = _SQLITE) -> str:
     """The report query over ``table`` (a quoted, qualified name) in ``dialect``."""
-    key = dialect.day if by == "day" else GROUPINGS[by]
+    key = {"day": dialect.day, "domain": dialect.domain}.get(by, GROUPINGS[by])
     conditions = {
         **{m: f"metric = '{m}'" for m in _PLAIN},
         "human_opened": f"metric = 'opened' AND NOT ({_MACHINE_OPEN})",
