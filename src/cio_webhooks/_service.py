@@ -15,6 +15,7 @@ import secrets
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from ._exceptions import ConfigError, StoreUnavailable
 from .app import Background, WebhookApp, create_app
@@ -33,6 +34,7 @@ __all__ = [
     "build_app",
     "build_policies",
     "build_router",
+    "build_ui",
     "check_storage",
     "default_store",
     "ledger_file",
@@ -41,7 +43,9 @@ __all__ = [
     "open_service_store",
     "policies_active",
     "probe_store",
+    "report_sink",
     "run_worker",
+    "service_ledger",
     "split_keys",
     "sqlite_store",
     "stored_key",
@@ -371,10 +375,46 @@ def background_tasks(
     return [dispatch, loader.run, pruner], dispatcher
 
 
-def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
+def report_sink(settings: Settings) -> SinkURL | None:
+    """The sink the dashboard's Deliverability page reads: the first SQLite or
+    PostgreSQL one of ``settings`` (None when all are BigQuery or Parquet)."""
+    return next((u for u in sink_urls(settings) if u.kind in ("sqlite", "postgresql")), None)
+
+
+def service_ledger(settings: Settings, inbox: Store) -> Ledger | None:
+    """The policies' ledger of ``inbox`` for the dashboard to read, or None when no
+    policy can have written one (a SQLite store without its file and no policy
+    active: reading it would create the file)."""
+    path = ledger_path(settings)
+    if path is None or path.exists() or policies_active(settings):
+        return inbox.ledger()
+    return None
+
+
+def build_ui(settings: Settings, inbox: Store, *, bind: str, clock: Clock = time.time) -> Any:
+    """The dashboard over ``inbox`` (opened by the caller), served on ``bind``."""
+    from .ui import create_ui  # Jinja2 and the templates load only where it is served
+
+    return create_ui(
+        inbox,
+        bind=bind,
+        user=settings.ui_user,
+        password=settings.ui_password,
+        token=settings.ui_token,
+        policies=settings.policies,
+        sink=report_sink(settings),
+        ledger=service_ledger(settings, inbox),
+        clock=clock,
+    )
+
+
+def build_app(
+    settings: Settings, *, clock: Clock = time.time, bind: str | None = None
+) -> WebhookApp:
     """The receiver on the store of ``settings``; with ``dispatch``, the worker's tasks
     (dispatcher, warehouse loader, pruner) run beside it.  Without, it knows no router:
-    every event it stores waits for a ``worker`` (which may run on another host)."""
+    every event it stores waits for a ``worker`` (which may run on another host).
+    With ``bind`` (the address it is served on), the dashboard is served at /ui."""
     if not settings.signing_keys:
         raise ConfigError("no signing key configured")
     inbox = open_service_store(settings)
@@ -392,6 +432,7 @@ def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:
         clock=clock,
         background=tasks,
         router=router,
+        ui=build_ui(settings, inbox, bind=bind, clock=clock) if bind is not None else None,
     )
 
 

@@ -36,8 +36,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._exceptions import ConfigError, InvalidEvent, SignatureError, StoreUnavailable
 from .events import Event, parse_event
@@ -47,6 +47,7 @@ from .settings import (
     DEFAULT_MAX_BODY,
     DEFAULT_TOLERANCE,
     PROBE_TIMEOUT,
+    UI_PATH,
     WEBHOOK_PATH,
 )
 from .signature import verify_values
@@ -319,11 +320,13 @@ def create_app(
     background: Sequence[Background] = (),
     router: Router | None = None,
     path: str = WEBHOOK_PATH,
+    ui: ASGIApp | None = None,
 ) -> WebhookApp:
     """The ASGI application.  ``dedupe_days`` is the inbox's dedupe horizon (see
     ``Receiver``).  Its lifespan opens ``inbox``, runs each ``background``
     task (dispatcher, warehouse loader) until shutdown, then closes the inbox after
-    the in-flight requests have been answered."""
+    the in-flight requests have been answered.  ``ui`` (the dashboard, on ``inbox``)
+    is served at ``UI_PATH``."""
     receiver = Receiver(
         inbox,
         keys,
@@ -390,10 +393,14 @@ def create_app(
         lines.extend(metric_lines(sinks, now=clock()))
         return PlainTextResponse("\n".join(lines) + "\n")
 
-    site = Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)],
-        lifespan=lifespan,
-    )
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+    if ui is not None:
+        routes.append(Mount(UI_PATH, app=ui))
+    site = Starlette(routes=routes, lifespan=lifespan)
     return WebhookApp(receiver, site, path)
 
 

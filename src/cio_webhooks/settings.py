@@ -16,8 +16,9 @@ run time: any module may use it.
     Customer.io       CUSTOMERIO_RETRY_DAYS, REGIONS, DEFAULT_REGION, DEFAULT_TRACK_RATE
     the HTTP server   DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
                       DEFAULT_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS
-    watching          UI_PATH, DEFAULT_UI_USER, UI_SESSION_SECONDS,
-                      UI_PAGE_SIZE, TRAFFIC_FLUSH_EVERY, ALERT_EVERY
+    watching          UI_PATH, UI_PORT, DEFAULT_UI_USER, UI_SESSION_SECONDS,
+                      UI_PAGE_SIZE, COMPLAINT_RATE_WARN, COMPLAINT_RATE_LIMIT,
+                      RATE_MIN_VOLUME, TRAFFIC_FLUSH_EVERY, ALERT_EVERY
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALERT_EVERY",
+    "COMPLAINT_RATE_LIMIT",
+    "COMPLAINT_RATE_WARN",
     "CUSTOMERIO_RETRY_DAYS",
     "DATA_DIR",
     "DEFAULT_CONCURRENCY",
@@ -55,11 +58,13 @@ __all__ = [
     "PORT",
     "PROBE_TIMEOUT",
     "PRUNE_EVERY",
+    "RATE_MIN_VOLUME",
     "REGIONS",
     "STORE_ENV",
     "TRAFFIC_FLUSH_EVERY",
     "UI_PAGE_SIZE",
     "UI_PATH",
+    "UI_PORT",
     "UI_SESSION_SECONDS",
     "WAREHOUSE_FILE",
     "WEBHOOK_PATH",
@@ -160,12 +165,20 @@ PROBE_TIMEOUT = 2.0
 # -- watching: the dashboard and the alerts ---------------------------------------------
 #: Where ``serve``, ``worker --port`` and ``ui`` serve the dashboard.
 UI_PATH = "/ui"
+#: Where ``cio-webhooks ui`` listens by default (``serve`` has PORT).
+UI_PORT = 8001
 #: The dashboard's user name when only a password is configured.
 DEFAULT_UI_USER = "admin"
 #: How long a dashboard login lasts (seconds).
 UI_SESSION_SECONDS = 12 * 3600
 #: Events per page of the dashboard's lists.
 UI_PAGE_SIZE = 50
+#: Spam complaint rates (over delivered) Google and Yahoo judge senders by: stay
+#: under the first (recommended), never reach the second (required).
+COMPLAINT_RATE_WARN = 0.001
+COMPLAINT_RATE_LIMIT = 0.003
+#: Deliveries a group needs before the dashboard shows its rates (fewer: noise).
+RATE_MIN_VOLUME = 100
 #: Seconds between two writes of a receiver's per-minute traffic to the store.
 TRAFFIC_FLUSH_EVERY = 5.0
 #: Seconds between two evaluations of the alert rules.

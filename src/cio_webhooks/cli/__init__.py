@@ -9,7 +9,7 @@ registered by importing a module)::
     _replay.py      replay                     _handlers.py   handlers
     _stats.py       stats                      _reporting.py  report
     _reconcile.py   reconcile                  _actions.py    actions list
-    _sinks.py       sinks status|replay|forget
+    _sinks.py       sinks status|replay|forget _ui.py          ui (the dashboard alone)
     _options.py     shared options, parsers, opening the store of --store/--db
     _output.py      tables and JSON on stdout
     _errors.py      the one table from errors to exit codes (0 ok, 1 failed,
@@ -38,6 +38,7 @@ from ._serve import serve, worker
 from ._sinks import sinks
 from ._stats import stats
 from ._store import migrate, store
+from ._ui import ui_command
 
 __all__ = ["main", "parse_since"]
 
@@ -80,5 +81,6 @@ for command in (
     actions,
     store,
     sinks,
+    ui_command,
 ):
     main.add_command(command)

@@ -61,6 +61,7 @@ from ._options import (
     track_site_id_option,
     warehouse_beside,
 )
+from ._ui import serve_dashboard, ui_options, ui_settings
 
 __all__ = ["serve", "signing_keys", "webhook_url", "worker"]
 
@@ -204,7 +205,7 @@ def service_options(fn: F) -> F:
     ]
     for option in reversed(options):
         fn = option(fn)
-    return store_options(fn)
+    return store_options(ui_options(fn))
 
 
 def signing_keys(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -276,6 +277,7 @@ def _settings(
         track_rate=o["track_rate"],
         dry_run=o["dry_run"],
         actions_db=o["actions_db"],
+        **ui_settings(o),
     )
     sink_urls(settings)  # a bad sink URL, or email=hash without a salt, fails at start
     return settings
@@ -406,7 +408,7 @@ def serve(
         if no_dispatch:
             settings = Settings(**{**settings.__dict__, "dispatch": False})
         check_storage(settings)
-        app = build_app(settings)
+        app = build_app(settings, bind=host)
     except BaseException:
         sock.close()
         raise
@@ -436,13 +438,33 @@ def serve(
 @click.command()
 @service_options
 @click.option(
+    "--host",
+    default=HOST,
+    show_default=True,
+    envvar=env("WORKER_HOST"),
+    help="With --port: the address of the dashboard, /metrics and /healthz.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    envvar=env("WORKER_PORT"),
+    help="Serve the dashboard (/ui), /metrics and /healthz on this port (0: any free"
+    " one). [default: no HTTP]",
+)
+@click.option(
     "--create",
     is_flag=True,
     envvar=env("WORKER_CREATE"),
     help="Create the SQLite inbox if there is none (else a missing inbox is an error).",
 )
 def worker(
-    data_dir: Path, db: Path | None, store: str | None, create: bool, **options: Any
+    data_dir: Path,
+    db: Path | None,
+    store: str | None,
+    host: str,
+    port: int | None,
+    create: bool,
+    **options: Any,
 ) -> None:
     """Run the dispatcher, warehouse loader, policies and pruning without the HTTP
     receiver (as many as wanted on one PostgreSQL store)."""
@@ -455,6 +477,9 @@ def worker(
     if not create and inbox is not None and not inbox.exists():
         raise ConfigError(f"no inbox at {inbox} (start `serve` first, or pass --create)")
     check_storage(settings)
+    # Without credentials on a non-loopback address /ui answers 403 (and says why),
+    # while /metrics and /healthz are served: a scraper needs no dashboard login.
+    sock = listen(host, port) if port is not None else None
 
     async def body() -> None:
         stop = asyncio.Event()
@@ -462,6 +487,11 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         err.print(f"cio-webhooks worker on {settings.store}", highlight=False, markup=False)
-        await run_worker(settings, stop)
+        if sock is None:
+            await run_worker(settings, stop)
+            return
+        await asyncio.gather(
+            run_worker(settings, stop), serve_dashboard(settings, host, sock, stop)
+        )
 
     run(body())

@@ -1,0 +1,72 @@
+"""``/login`` and ``/logout``.  A failed login waits a second before answering, so
+that guessing is slow; it is logged without what was typed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from ..settings import UI_PATH
+from ._auth import COOKIE, Session
+from ._web import Dashboard, Form, read_form, render, set_session_cookie
+
+__all__ = ["login", "logout"]
+
+log = logging.getLogger("cio_webhooks.ui")
+
+#: Seconds a refused login waits before the answer.
+FAILED_LOGIN_PAUSE = 1.0
+
+
+def _next(request: Request, target: str | None) -> str:
+    """Where to go after logging in: a page of the dashboard, never another site."""
+    root = request.scope.get("root_path", "")
+    if (
+        target
+        and target.startswith(f"{root}/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and "\n" not in target
+    ):
+        return target
+    return f"{root}/"
+
+
+async def login(request: Request) -> Response:
+    dash: Dashboard = request.app.state.dashboard
+    access = dash.access
+    if access.mode == "refused":
+        return render(request, None, "refused.html", status=403)
+    if access.mode == "open" or access.session(request.cookies.get(COOKIE)) is not None:
+        return RedirectResponse(_next(request, request.query_params.get("next")), 303)
+    context: dict[str, Any] = {
+        "default_user": access.user if access.uses_password else "",
+        "error": None,
+    }
+    if request.method == "GET":
+        target = _next(request, request.query_params.get("next"))
+        return render(request, None, "login.html", next=target, **context)
+    form = await read_form(request) or {}
+    target = _next(request, form.get("next"))
+    user = access.check_login(form.get("user", ""), form.get("password", ""))
+    if user is None:
+        log.warning("event=ui_login_refused")
+        await asyncio.sleep(FAILED_LOGIN_PAUSE)
+        context["error"] = "Wrong user, password or token."
+        context["default_user"] = form.get("user", "")
+        return render(request, None, "login.html", status=401, next=target, **context)
+    log.info("event=ui_login user=%s", user)
+    response = RedirectResponse(target, status_code=303)
+    set_session_cookie(response, access.new_cookie(user), access.ttl)
+    return response
+
+
+async def logout(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
+    root = request.scope.get("root_path", "")
+    response = RedirectResponse(f"{root}/login", status_code=303)
+    response.delete_cookie(COOKIE, path=UI_PATH, secure=True, httponly=True, samesite="strict")
+    return response

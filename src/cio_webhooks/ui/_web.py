@@ -1,0 +1,274 @@
+"""What every dashboard page shares: its context (``Dashboard``), templates, the
+access check before each page, forms with their CSRF token, and the security headers.
+
+A page is ``async def page(dash, request, session, form) -> Response`` wrapped by
+``endpoint``: it only runs for an authenticated session, and a POST only with the
+session's CSRF token (else 403).  Templates autoescape everything: event bodies are
+attacker-controlled JSON.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..events import iso
+from ..settings import UI_PATH
+from ..sinks import SinkURL
+from ..store import Ledger, Store
+from ._auth import COOKIE, LOCAL_USER, Access, Session
+
+__all__ = [
+    "Dashboard",
+    "Form",
+    "OperatorAction",
+    "SecurityHeaders",
+    "endpoint",
+    "render",
+]
+
+log = logging.getLogger("cio_webhooks.ui")
+
+HERE = Path(__file__).parent
+#: The largest form the dashboard reads (bytes): its forms hold a few short fields.
+MAX_FORM = 64 * 1024
+#: Operator actions kept in memory for the pages (the log keeps all of them).
+RECENT_ACTIONS = 100
+
+Form = Mapping[str, str]
+Page = Callable[["Dashboard", Request, Session, Form], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """One action an operator took on the dashboard."""
+
+    at: float
+    user: str
+    action: str
+    count: int
+    detail: str
+
+
+@dataclass
+class Dashboard:
+    """What the pages read from: the store, the access rules, the policies file,
+    the SQL sink of the Deliverability page, the policies' ledger (None when no
+    policy ever ran here), and the recent operator actions."""
+
+    store: Store
+    access: Access
+    clock: Callable[[], float] = time.time
+    policies: Path | None = None
+    sink: SinkURL | None = None
+    ledger: Ledger | None = None
+    actions: collections.deque[OperatorAction] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_ACTIONS)
+    )
+
+    def record(self, user: str, action: str, count: int, detail: str = "") -> None:
+        """Keep and log an operator action (who, what, how many events)."""
+        self.actions.appendleft(OperatorAction(self.clock(), user, action, count, detail))
+        log.info(
+            "event=ui_action user=%s action=%s count=%d detail=%s",
+            _quote(user),
+            action,
+            count,
+            _quote(detail),
+        )
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+# -- templates ---------------------------------------------------------------------------
+def _ago(seconds: float | None) -> str:
+    """``42 s``, ``5 min``, ``3 h``, ``2 d``."""
+    if seconds is None:
+        return "never"
+    s = max(0.0, seconds)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 90 * 60:
+        return f"{s / 60:.0f} min"
+    if s < 36 * 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def _pct(value: float | None, places: int = 1) -> str:
+    return "–" if value is None else f"{value * 100:.{places}f}%"
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,  # everywhere, whatever the template's name
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters["iso"] = iso
+_env.filters["ago"] = _ago
+_env.filters["pct"] = _pct
+_env.filters["urlencode_dict"] = lambda d: urllib.parse.urlencode(
+    {k: v for k, v in d.items() if v not in (None, "")}
+)
+
+
+def render(
+    request: Request,
+    session: Session | None,
+    template: str,
+    status: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    """``template`` rendered with the page context every template may use: ``root``
+    (the dashboard's path), ``user``, ``csrf``, ``mode``, ``nav`` (the current page)."""
+    dash: Dashboard | None = getattr(request.app.state, "dashboard", None)
+    html = _env.get_template(template).render(
+        root=request.scope.get("root_path", ""),
+        user=session.user if session else None,
+        csrf=dash.access.csrf_token(session) if dash and session else "",
+        mode=dash.access.mode if dash else "login",
+        can_logout=bool(session and session.cookie and dash and dash.access.mode == "login"),
+        now=dash.clock() if dash else time.time(),
+        **context,
+    )
+    return HTMLResponse(html, status_code=status)
+
+
+# -- access ------------------------------------------------------------------------------
+def _forbidden(request: Request, why: str) -> Response:
+    return render(request, None, "error.html", status=403, title="Forbidden", message=why)
+
+
+async def read_form(request: Request) -> dict[str, str] | None:
+    """The urlencoded form of a POST (last value of a repeated field), or None when
+    it is too large."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            return None
+    pairs = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return dict(pairs)
+
+
+def _same_origin(request: Request) -> bool:
+    """A POST from a page of another site carries its ``Origin``: refuse it (the
+    SameSite cookie and the CSRF token refuse it too; this says so earlier)."""
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin is None
+    return urllib.parse.urlsplit(origin).netloc == request.headers.get("host")
+
+
+def endpoint(page: Page, *, public: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    """A Starlette endpoint running ``page`` for an authenticated session: others are
+    sent to the login form (a GET) or refused (403).  In ``open`` mode a visitor
+    gets a local session at once.  A POST needs the session's CSRF token."""
+
+    async def run(request: Request) -> Response:
+        dash: Dashboard = request.app.state.dashboard
+        access = dash.access
+        if access.mode == "refused":
+            return render(request, None, "refused.html", status=403)
+        new_cookie: str | None = None
+        session: Session | None
+        if access.check_bearer(request.headers.get("authorization")):
+            session = Session("token", None)
+        else:
+            session = access.session(request.cookies.get(COOKIE))
+        if session is None and access.mode == "open":
+            new_cookie = access.new_cookie(LOCAL_USER)
+            session = access.session(new_cookie)
+        if session is None:
+            if request.method == "GET":
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                login = f"{request.scope.get('root_path', '')}/login"
+                query = urllib.parse.urlencode({"next": target})
+                return RedirectResponse(f"{login}?{query}", status_code=303)
+            return _forbidden(request, "Log in first.")
+        form: dict[str, str] = {}
+        if request.method == "POST":
+            read = await read_form(request)
+            if read is None:
+                return _forbidden(request, "The form is too large.")
+            form = read
+            if not _same_origin(request) or not access.check_csrf(session, form.get("csrf")):
+                log.warning("event=ui_csrf_refused path=%s", request.url.path)
+                return _forbidden(
+                    request, "This form has expired or did not come from this dashboard."
+                )
+        response = await page(dash, request, session, form)
+        if new_cookie is not None:
+            set_session_cookie(response, new_cookie, access.ttl)
+        return response
+
+    return run
+
+
+def set_session_cookie(response: Response, value: str, ttl: float) -> None:
+    response.set_cookie(
+        COOKIE,
+        value,
+        max_age=int(ttl),
+        path=UI_PATH,
+        secure=True,
+        httponly=True,
+        samesite="strict",
+    )
+
+
+# -- headers -----------------------------------------------------------------------------
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+_HEADERS = [
+    (b"content-security-policy", _CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class SecurityHeaders:
+    """ASGI middleware: every dashboard response gets the headers above; pages (not
+    the static assets) are never cached: they show personal data."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope["path"].startswith(f"{scope.get('root_path', '')}/static/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if static or k.lower() != b"cache-control"
+                ]
+                headers.extend(_HEADERS)
+                if not static:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
