@@ -197,8 +197,9 @@ def jobs(
 def needle(text: str) -> bytes:
     """What ``EventFilter.text`` looks for in a body lowered by the backend's
     ``contains``: its UTF-8 bytes with ASCII letters lowered (``bytes.lower`` folds
-    nothing else), so that both backends compare bytes, whatever a body holds."""
-    return text.encode("utf-8").lower()
+    nothing else), so that both backends compare bytes, whatever a body holds.  A lone
+    surrogate (from a form decoded leniently) is its own bytes, not an error."""
+    return text.encode("utf-8", "surrogatepass").lower()
 
 
 def where_clause(where: EventFilter, mark: str, contains: str) -> tuple[str, list[Any]]:

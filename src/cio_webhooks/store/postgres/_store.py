@@ -92,14 +92,17 @@ CHUNK = 1000
 
 _SINKS = SinkSQL("%s")
 #: ``EventFilter.text``, on bytes whatever a body holds (a body is kept as sent: it may
-#: be invalid UTF-8, which convert_from(body, 'UTF8') would fail the query on).  LATIN1
-#: maps every byte but NUL to one character and back; lower() under the "C" collation
-#: folds ASCII letters only.  A body with a NUL (not JSON, so not an event parse_event
-#: accepts) is searched as it is, case-sensitively.
+#: be invalid UTF-8, which convert_from(body, 'UTF8') would fail the whole query on).
+#: LATIN1 maps every byte but NUL to one character and back; lower() under the "C"
+#: collation folds ASCII letters only.  A NUL (not JSON, so in no body parse_event
+#: accepts, but a copied store may hold one) becomes 0xFF on the way, a byte no UTF-8
+#: text has: nothing matches across it, as in SQLite.
 _CONTAINS = (
-    "position(%s::bytea in CASE WHEN position('\\x00'::bytea in body) = 0"
-    " THEN convert_to(lower(convert_from(body, 'LATIN1') COLLATE \"C\"), 'LATIN1')"
-    " ELSE body END) > 0"
+    "position(%s::bytea in convert_to(lower(convert_from("
+    "CASE WHEN position('\\x00'::bytea in body) = 0 THEN body"
+    " ELSE decode(replace(replace(regexp_replace(encode(body, 'hex'), '(..)', '\\1 ', 'g'),"
+    " '00 ', 'ff '), ' ', ''), 'hex') END,"
+    " 'LATIN1') COLLATE \"C\"), 'LATIN1')) > 0"
 )
 _WATCH = WatchSQL("%s", ack="%s::integer[]", contains=_CONTAINS)
 
