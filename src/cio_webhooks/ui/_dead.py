@@ -65,7 +65,7 @@ async def dead_letters(dash: Dashboard, request: Request, session: Session, form
     before = request.query_params.get("before", "")
     try:
         page = await find_events(
-            dash.store,  # type: ignore[arg-type]
+            dash.store,
             _dead_query(params, dash.clock()),
             before_seq=int(before) if before.isdigit() and len(before) < 19 else None,
             limit=UI_PAGE_SIZE,

@@ -241,7 +241,7 @@ async def events_page(dash: Dashboard, request: Request, session: Session, form:
     try:
         query = event_query(params, dash.clock())
         page = await find_events(
-            dash.store,  # type: ignore[arg-type]
+            dash.store,
             query,
             before_seq=_cursor(request.query_params.get("before")),
             limit=UI_PAGE_SIZE,
@@ -290,7 +290,7 @@ async def event_page(dash: Dashboard, request: Request, session: Session, form: 
     delivery = fields.get("delivery_id")
     if delivery:
         page = await find_events(
-            dash.store,  # type: ignore[arg-type]
+            dash.store,
             EventQuery(delivery=delivery),
             limit=UI_PAGE_SIZE,
         )

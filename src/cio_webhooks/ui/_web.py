@@ -80,17 +80,10 @@ class Dashboard:
     def record(self, user: str, action: str, count: int, detail: str = "") -> None:
         """Keep and log an operator action (who, what, how many events)."""
         self.actions.appendleft(OperatorAction(self.clock(), user, action, count, detail))
+        # The log's formatter quotes a value that needs it (spaces, quotes, newlines).
         log.info(
-            "event=ui_action user=%s action=%s count=%d detail=%s",
-            _quote(user),
-            action,
-            count,
-            _quote(detail),
+            "event=ui_action user=%s action=%s count=%d detail=%s", user, action, count, detail
         )
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 # -- templates ---------------------------------------------------------------------------
@@ -241,7 +234,7 @@ _HEADERS = [
     (b"content-security-policy", _CSP.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
 ]
 
 
