@@ -1,0 +1,250 @@
+"""The dashboard's access rules without a browser: ``Access`` itself (cookie forgery,
+expiry, other credentials, CSRF), then the app over a real SQLite store through
+httpx's ASGI transport (redirects, 403s, the Bearer token, security headers), and
+the ``ui`` command refusing a non-loopback address without credentials."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from click.testing import CliRunner
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from cio_webhooks.cli import main
+from cio_webhooks.settings import UI_PATH
+from cio_webhooks.store.sqlite import SQLiteStore
+from cio_webhooks.testing import FixedClock, make_event
+from cio_webhooks.ui import Access, create_ui, is_loopback
+from cio_webhooks.ui._auth import COOKIE
+
+PASSWORD = "s3cret-pass"
+TOKEN = "tok-0123456789"
+
+
+def access(clock: FixedClock | None = None, **kwargs: str | None) -> Access:
+    options: dict[str, str | None] = {"password": PASSWORD, "token": TOKEN, **kwargs}
+    return Access(bind="127.0.0.1", clock=clock or FixedClock(), ttl=3600, **options)
+
+
+def test_modes() -> None:
+    assert access().mode == "login"
+    assert Access(bind="127.0.0.1").mode == "open"
+    assert Access(bind="::1").mode == "open"
+    assert Access(bind="0.0.0.0").mode == "refused"  # noqa: S104
+    assert Access(bind="10.1.2.3", token="t").mode == "login"
+    assert [is_loopback(h) for h in ("localhost", "127.0.0.2", "[::1]", "::", "example.com")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_login_checks_user_and_password_or_the_token() -> None:
+    a = access()
+    assert a.check_login("admin", PASSWORD) == "admin"
+    assert a.check_login("root", PASSWORD) is None
+    assert a.check_login("admin", PASSWORD + "x") is None
+    assert a.check_login("anyone", TOKEN) == "token"
+    assert a.check_login("admin", "") is None
+    assert a.check_login("admin", "pässwörd\udcff") is None  # not ASCII: no TypeError
+    assert Access(bind="127.0.0.1").check_login("admin", "") is None  # open: no login
+    assert a.check_bearer(f"Bearer {TOKEN}")
+    assert a.check_bearer(f"bearer  {TOKEN} ")
+    assert not a.check_bearer(f"Basic {TOKEN}")
+    assert not a.check_bearer("Bearer wrong")
+    assert not access(token=None).check_bearer(f"Bearer {TOKEN}")
+    assert "s3cret" not in repr(a)
+
+
+def test_a_forged_or_altered_cookie_is_refused() -> None:
+    a = access()
+    cookie = a.new_cookie("admin")
+    session = a.session(cookie)
+    assert session is not None
+    assert session.user == "admin"
+    version, name, expires, mac = cookie.split(".")
+    other = base64.urlsafe_b64encode(b"mallory").decode().rstrip("=")
+    for forged in (
+        f"{version}.{other}.{expires}.{mac}",  # another user, same mac
+        f"{version}.{name}.{int(expires) + 86400}.{mac}",  # a longer life
+        f"{version}.{name}.{expires}.{'0' * 64}",
+        f"{version}.{name}.{expires}",
+        f"v2.{name}.{expires}.{mac}",
+        "",
+        "garbage",
+    ):
+        assert a.session(forged) is None, forged
+    # the same credentials elsewhere (another worker) accept it; others do not
+    assert access().session(cookie) is not None
+    assert access(password="changed").session(cookie) is None
+    assert access(token="other").session(cookie) is None
+    assert Access(bind="127.0.0.1").session(cookie) is None
+
+
+def test_a_session_expires() -> None:
+    clock = FixedClock()
+    a = access(clock)
+    cookie = a.new_cookie("admin")
+    clock.advance(3599)
+    assert a.session(cookie) is not None
+    clock.advance(1)
+    assert a.session(cookie) is None
+
+
+def test_csrf_tokens_are_bound_to_the_session() -> None:
+    a = access()
+    one = a.session(a.new_cookie("admin"))
+    a.clock = FixedClock(1_700_000_001)  # a second cookie differs by its expiry
+    two = a.session(a.new_cookie("admin"))
+    assert one is not None
+    assert two is not None
+    assert a.check_csrf(one, a.csrf_token(one))
+    assert not a.check_csrf(one, a.csrf_token(two))
+    assert not a.check_csrf(one, None)
+    assert not a.check_csrf(one, "")
+    assert not a.check_csrf(one, a.csrf_token(one)[:-1] + "0")
+
+
+# -- over HTTP --------------------------------------------------------------------------
+@pytest.fixture
+async def inbox(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    import json
+
+    from cio_webhooks.events import parse_event
+
+    store = SQLiteStore(tmp_path / "inbox.db")
+    await store.open()
+    body = json.dumps(make_event("ev-1", metric="bounced", recipient="a@gmail.com")).encode()
+    await store.put(parse_event(body, received_at=1_700_000_000.0))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def client(store: SQLiteStore, **options: str | None) -> httpx2.AsyncClient:
+    ui = create_ui(store, **options)  # type: ignore[arg-type]
+    app = Starlette(routes=[Mount(UI_PATH, app=ui)])  # mounted, as the service does
+    # https: the session cookie is Secure, and httpx sends it over https only
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://t/ui")
+
+
+async def _login(c: httpx2.AsyncClient) -> None:
+    answer = await c.post("/login", data={"user": "admin", "password": PASSWORD, "next": "/"})
+    assert answer.status_code == 303
+    assert answer.cookies[COOKIE]
+    set_cookie = answer.headers["set-cookie"].lower()
+    for attribute in ("httponly", "secure", "samesite=strict", "path=/ui", "max-age="):
+        assert attribute in set_cookie
+
+
+async def test_pages_need_a_session_and_posts_a_csrf_token(inbox: SQLiteStore) -> None:
+    async with client(inbox, password=PASSWORD) as c:
+        answer = await c.get("/events")
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/ui/login?next=%2Fui%2Fevents"
+        assert (await c.post("/dead-letters/apply", data={"action": "retry"})).status_code == 403
+
+        await _login(c)  # the client keeps the cookie
+        page = await c.get("/events")
+        assert page.status_code == 200
+        assert "ev-1" in page.text
+        # the headers every page carries
+        assert page.headers["x-frame-options"] == "DENY"
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.headers["cache-control"] == "no-store"
+        assert page.headers["x-content-type-options"] == "nosniff"
+
+        form = {"action": "retry", "scope": "all"}
+        assert (await c.post("/dead-letters/apply", data=form)).status_code == 403
+        wrong = {**form, "csrf": "f" * 64}
+        assert (await c.post("/dead-letters/apply", data=wrong)).status_code == 403
+        # a token of another session (another login) is refused too
+        same_key = Access(bind="127.0.0.1", password=PASSWORD, clock=FixedClock(1))
+        another = same_key.session(same_key.new_cookie("admin"))
+        assert another is not None
+        other = same_key.csrf_token(another)
+        assert (
+            await c.post("/dead-letters/apply", data={**form, "csrf": other})
+        ).status_code == 403
+        # from another site: refused whatever the token
+        token = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        headers = {"origin": "https://evil.example"}
+        refused = await c.post("/dead-letters/apply", data={**form, "csrf": token}, headers=headers)
+        assert refused.status_code == 403
+        done = await c.post("/dead-letters/apply", data={**form, "csrf": token})
+        assert done.status_code == 303
+        assert "retried+0+event" in done.headers["location"]
+
+
+async def test_a_wrong_password_is_refused_and_the_next_page_stays_local(
+    inbox: SQLiteStore,
+) -> None:
+    async with client(inbox, password=PASSWORD) as c:
+        wrong = await c.post("/login", data={"user": "admin", "password": "nope"})
+        assert wrong.status_code == 401
+        assert COOKIE not in wrong.cookies
+        assert "nope" not in wrong.text
+        for target in ("https://evil.example/", "//evil.example/ui/", "/elsewhere"):
+            data = {"user": "admin", "password": PASSWORD, "next": target}
+            answer = await c.post("/login", data=data)
+            assert answer.headers["location"] == "/ui/", target
+
+
+async def test_the_bearer_token_needs_no_cookie_and_no_csrf(inbox: SQLiteStore) -> None:
+    async with client(inbox, token=TOKEN) as c:
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        assert (await c.get("/events", headers=headers)).status_code == 200
+        answer = await c.post("/dead-letters/apply", data={"action": "retry"}, headers=headers)
+        assert answer.status_code == 303
+        bad = {"authorization": "Bearer nope"}
+        assert (await c.get("/events", headers=bad)).status_code == 303
+
+
+async def test_without_credentials_open_on_loopback_refused_elsewhere(inbox: SQLiteStore) -> None:
+    async with client(inbox, bind="127.0.0.1") as c:
+        page = await c.get("/")
+        assert page.status_code == 200
+        assert "No dashboard credentials are configured" in page.text
+        assert COOKIE in page.cookies  # a local session: its forms carry a CSRF token
+    async with client(inbox, bind="0.0.0.0") as c:  # noqa: S104
+        for path in ("/", "/events", "/login"):
+            refused = await c.get(path)
+            assert refused.status_code == 403
+            assert "CIO_WEBHOOKS_UI_PASSWORD" in refused.text
+        assert (await c.post("/login", data={"password": ""})).status_code == 403
+
+
+async def test_event_bodies_are_escaped(tmp_path: Path) -> None:
+    import json
+
+    from cio_webhooks.events import parse_event
+
+    async with SQLiteStore(tmp_path / "inbox.db") as store:
+        event = make_event("ev-<x>", subject="<script>alert(1)</script>")
+        await store.put(parse_event(json.dumps(event).encode(), received_at=1.0))
+        async with client(store, bind="127.0.0.1") as c:
+            page = await c.get("/events/ev-%3Cx%3E")
+            assert page.status_code == 200
+            assert "<script>alert" not in page.text
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+            assert "ev-&lt;x&gt;" in page.text
+
+
+def test_ui_refuses_a_public_address_without_credentials(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["ui", "--db", str(tmp_path / "inbox.db"), "--host", "0.0.0.0", "--port", "0"]  # noqa: S104
+    result = runner.invoke(main, args, env={"CIO_WEBHOOKS_UI_PASSWORD": ""})
+    assert result.exit_code == 2
+    assert "needs credentials" in result.output
+    missing = runner.invoke(main, ["ui", "--db", str(tmp_path / "none.db"), "--port", "0"])
+    assert missing.exit_code == 2
+    assert "no inbox" in missing.output
