@@ -26,9 +26,12 @@ PASSWORD = "s3cret-pass"
 TOKEN = "tok-0123456789"
 
 
-def access(clock: FixedClock | None = None, **kwargs: str | None) -> Access:
-    options: dict[str, str | None] = {"password": PASSWORD, "token": TOKEN, **kwargs}
-    return Access(bind="127.0.0.1", clock=clock or FixedClock(), ttl=3600, **options)
+def access(
+    clock: FixedClock | None = None, *, password: str | None = PASSWORD, token: str | None = TOKEN
+) -> Access:
+    return Access(
+        bind="127.0.0.1", password=password, token=token, clock=clock or FixedClock(), ttl=3600
+    )
 
 
 def test_modes() -> None:
