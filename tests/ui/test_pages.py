@@ -1,0 +1,109 @@
+"""Every dashboard page renders on both store backends (through httpx's ASGI transport,
+open on loopback), with a dead letter, a quarantined body and a policy audit row, and
+a retry and a re-ingest go through their confirmation."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from cio_webhooks.events import parse_event
+from cio_webhooks.settings import UI_PATH
+from cio_webhooks.store import JobState, Outcome, Store
+from cio_webhooks.testing import make_event
+from cio_webhooks.ui import create_ui
+
+from ..conftest import store_per_backend
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with store_per_backend(request, tmp_path) as opened:
+        for i, metric in enumerate(("sent", "delivered", "bounced")):
+            event = make_event(f"ev-{metric}", metric=metric, delivery_id="dlv-9")
+            body = json.dumps(event).encode()
+            await opened.put(parse_event(body, received_at=NOW + i))
+        # the bounce dies: claimed once, and its handler failed
+        [job] = [
+            j for j in await opened.claim(now=NOW + 10, limit=10, lease=30) if j.metric == "bounced"
+        ]
+        await opened.finish(
+            [Outcome(job.seq, JobState.DEAD, 1, NOW + 10, "hook: boom <i>", job.token)],
+            now=NOW + 10,
+        )
+        await opened.quarantine(b"not json <b>", "not JSON", received_at=NOW)
+        yield opened
+
+
+def client(store: Store) -> httpx2.AsyncClient:
+    ui = create_ui(store, bind="127.0.0.1", ledger=store.ledger(), clock=lambda: NOW + 60)
+    app = Starlette(routes=[Mount(UI_PATH, app=ui)])
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://t")
+
+
+def csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_every_page_renders(store: Store) -> None:
+    async with client(store) as c:
+        expected = {
+            "/ui/": "Dead letters",
+            "/ui/live": "Backlog",
+            "/ui/events": "ev-delivered",
+            "/ui/events?metric=bounced": "ev-bounced",
+            "/ui/events?q=DLV-9&state=dead": "ev-bounced",
+            "/ui/events/ev-sent": "Other events of delivery dlv-9",
+            "/ui/dead-letters": "hook: boom &lt;i&gt;",
+            "/ui/quarantine/1": "not json &lt;b&gt;",
+            "/ui/policies": "spam-complaint-unsubscribe",
+            "/ui/deliverability": "No SQL sink to read",
+        }
+        for path, text in expected.items():
+            page = await c.get(path)
+            assert page.status_code == 200, path
+            assert text in page.text, path
+        narrowed = await c.get("/ui/events?metric=bounced")
+        assert "ev-sent" not in narrowed.text
+        bad = await c.get("/ui/events?since=yesterday-ish")
+        assert "use 30m, 24h, 7d" in bad.text
+        assert (await c.get("/ui/events/nope")).status_code == 404
+
+
+async def test_retry_and_reingest_go_through_a_confirmation(store: Store) -> None:
+    async with client(store) as c:
+        token = csrf((await c.get("/ui/dead-letters")).text)
+        form = {"csrf": token, "action": "retry", "scope": "all", "metric": "bounced"}
+        confirm = await c.post("/ui/dead-letters/confirm", data=form)
+        assert "Retry 1 event(s)?" in confirm.text
+        stored = await store.get_event("ev-bounced")
+        assert stored is not None
+        assert stored.state is JobState.DEAD  # nothing done yet
+        done = await c.post("/ui/dead-letters/apply", data=form)
+        assert done.status_code == 303
+        stored = await store.get_event("ev-bounced")
+        assert stored is not None
+        assert stored.state is JobState.PENDING
+        # a named event that is not a dead letter refuses the whole action
+        one = {"csrf": token, "action": "discard", "scope": "one", "event_id": "ev-sent"}
+        refused = await c.post("/ui/dead-letters/apply", data=one)
+        assert refused.status_code == 400
+        assert "not dead letters" in refused.text
+        page = await c.get("/ui/dead-letters")
+        assert "dlq_retry" in page.text  # who did what, shown
+
+        again = {"csrf": token, "scope": "one", "id": "1"}
+        assert "Re-ingest 1 event(s)?" in (await c.post("/ui/quarantine/confirm", data=again)).text
+        reingested = await c.post("/ui/quarantine/apply", data=again)
+        assert "still_invalid%3D1" in reingested.headers["location"]
