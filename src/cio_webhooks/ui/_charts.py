@@ -13,8 +13,8 @@ from markupsafe import Markup, escape
 
 __all__ = ["Line", "line_chart"]
 
-WIDTH, HEIGHT = 600, 170
-LEFT, RIGHT, TOP, BOTTOM = 46, 8, 10, 22
+WIDTH, HEIGHT = 420, 160
+LEFT, RIGHT, TOP, BOTTOM = 44, 6, 10, 20
 
 
 @dataclass(frozen=True)
