@@ -24,6 +24,7 @@ from ._model import (
 )
 
 __all__ = [
+    "ALERT_COLUMNS",
     "CLAIM_COLUMNS",
     "CLAIM_SCAN",
     "DUE",
