@@ -161,7 +161,7 @@ def wait_for(condition: Any, timeout: float = 20.0, what: str = "condition") -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("ui-service")
     (root / "ui_test_hooks.py").write_text(HOOKS)
@@ -223,8 +223,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             proc.wait()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one module: Playwright's sync API runs an event loop in this thread
+    while it is open, and the asyncio tests of later modules cannot start beside it."""
     if not CHROMIUM.exists():
         pytest.fail("Debian's /usr/bin/chromium is missing: `make test` installs it")
     from playwright.sync_api import sync_playwright

@@ -40,10 +40,15 @@ def login(page: Any, service: Service, path: str = "/") -> None:
 
 
 @pytest.fixture
-def page(context: Any, service: Service) -> Any:
+def page(context: Any, service: Service) -> Iterator[Any]:
+    """A logged-in page; the test fails on any console error (a CSP violation: an
+    inline style or script the policy refused, a failed fetch)."""
     page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     login(page, service)
-    return page
+    yield page
+    assert not errors
 
 
 def shot(page: Any, name: str) -> None:
@@ -88,6 +93,9 @@ def test_overview_shows_the_figures_and_refreshes(page: Any, service: Service) -
     assert page.inner_text("h1") == "Overview"
     wait_for(lambda: _tile(page, "dead_letters") == "1" or page.reload() is None, what="dead")
     assert _tile(page, "quarantined") == "1"
+    # the receiver's traffic reaches the store every few seconds: the bad signature shows
+    wait_for(lambda: _tile(page, "rejected_5m") == "1" or page.reload() is None, what="401")
+    assert int(_tile(page, "accepted_5m")) > 200
     assert page.locator("svg.chart").count() == 3
     assert "Customer.io timeout 4 s" in page.inner_text(".charts")
     assert "sqlite" in page.inner_text("table")

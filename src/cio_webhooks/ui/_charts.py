@@ -39,7 +39,7 @@ def _nice(top: float) -> float:
 
 def _fmt(value: float, unit: str) -> str:
     if unit == "s":
-        return f"{value * 1000:.0f} ms" if value < 1 else f"{value:g} s"
+        return f"{value * 1000:g} ms" if value < 1 else f"{value:g} s"
     return f"{value:g}"
 
 
@@ -50,35 +50,49 @@ def line_chart(
     title: str,
     unit: str = "",
     threshold: tuple[float, str] | None = None,
+    log_from: float | None = None,
 ) -> Markup:
     """An SVG chart of ``lines`` over ``times`` (unix seconds, evenly spaced), with a
-    dashed ``threshold`` line ``(value, label)`` when given; its y axis reaches it."""
+    dashed ``threshold`` line ``(value, label)`` when given; its y axis reaches it.
+    With ``log_from`` the y axis is logarithmic from that value (a decade per grid
+    line): latencies of milliseconds and a 4 s timeout on one chart."""
     peak = max((v for line in lines for v in line.values if v is not None), default=0.0)
     if threshold is not None:
         peak = max(peak, threshold[0] * 1.1)
-    top = _nice(peak)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     n = max(len(times) - 1, 1)
+    if log_from is not None:
+        low = math.log10(log_from)
+        high = max(math.ceil(math.log10(max(peak, log_from * 10))), low + 1)
+        top = 10.0**high
+        ticks = [10.0**d for d in range(math.floor(low), math.floor(high) + 1)]
+    else:
+        top = _nice(peak)
+        ticks = [0.0, top / 2, top]
 
     def x(i: int) -> float:
         return LEFT + plot_w * i / n
 
     def y(v: float) -> float:
-        return TOP + plot_h * (1 - min(v, top) / top)
+        if log_from is not None:
+            share = (math.log10(min(max(v, log_from), top)) - low) / (high - low)
+        else:
+            share = min(v, top) / top
+        return TOP + plot_h * (1 - share)
 
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
     ]
-    for frac in (0, 0.5, 1):
-        gy = y(top * frac)
+    for tick in ticks:
+        gy = y(tick)
         parts.append(
             f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{gy:.1f}" y2="{gy:.1f}"/>'
         )
         parts.append(
             f'<text class="axis" x="{LEFT - 4}" y="{gy + 4:.1f}" text-anchor="end">'
-            f"{escape(_fmt(top * frac, unit))}</text>"
+            f"{escape(_fmt(tick, unit))}</text>"
         )
     if times:
         for i in (0, len(times) // 2, len(times) - 1):

@@ -83,6 +83,7 @@ async def _overview_context(dash: Dashboard) -> dict[str, Any]:
             title="Ack latency p50 / p99",
             unit="s",
             threshold=(ACK_TIMEOUT, "Customer.io timeout 4 s"),
+            log_from=0.001,
         ),
         line_chart(
             times,
