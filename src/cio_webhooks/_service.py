@@ -15,7 +15,8 @@ import secrets
 import socket
 import time
 from pathlib import Path
-from typing import Any
+
+from starlette.applications import Starlette
 
 from ._exceptions import ConfigError, StoreUnavailable
 from .app import Background, WebhookApp, create_app
@@ -391,7 +392,7 @@ def service_ledger(settings: Settings, inbox: Store) -> Ledger | None:
     return None
 
 
-def build_ui(settings: Settings, inbox: Store, *, bind: str, clock: Clock = time.time) -> Any:
+def build_ui(settings: Settings, inbox: Store, *, bind: str, clock: Clock = time.time) -> Starlette:
     """The dashboard over ``inbox`` (opened by the caller), served on ``bind``."""
     from .ui import create_ui  # Jinja2 and the templates load only where it is served
 

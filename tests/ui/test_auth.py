@@ -251,3 +251,21 @@ def test_ui_refuses_a_public_address_without_credentials(tmp_path: Path) -> None
     missing = runner.invoke(main, ["ui", "--db", str(tmp_path / "none.db"), "--port", "0"])
     assert missing.exit_code == 2
     assert "no inbox" in missing.output
+
+
+async def test_login_from_another_site_is_refused_and_plain_http_is_flagged(
+    inbox: SQLiteStore,
+) -> None:
+    async with client(inbox, password=PASSWORD) as c:
+        data = {"user": "admin", "password": PASSWORD}
+        answer = await c.post("/login", data=data, headers={"origin": "https://evil.example"})
+        assert answer.status_code == 403
+        assert COOKIE not in answer.cookies
+        assert "plain HTTP" not in (await c.get("/login")).text  # https
+    ui = create_ui(inbox, password=PASSWORD)
+    app = Starlette(routes=[Mount(UI_PATH, app=ui)])
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://dash.example") as c:
+        assert "plain HTTP" in (await c.get("/ui/login")).text
+    async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+        assert "plain HTTP" not in (await c.get("/ui/login")).text

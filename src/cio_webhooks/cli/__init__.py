@@ -9,7 +9,8 @@ registered by importing a module)::
     _replay.py      replay                     _handlers.py   handlers
     _stats.py       stats                      _reporting.py  report
     _reconcile.py   reconcile                  _actions.py    actions list
-    _sinks.py       sinks status|replay|forget _ui.py          ui (the dashboard alone)
+    _sinks.py       sinks status|replay|forget
+    _ui.py          ui (the dashboard alone), the dashboard's options and server
     _options.py     shared options, parsers, opening the store of --store/--db
     _output.py      tables and JSON on stdout
     _errors.py      the one table from errors to exit codes (0 ok, 1 failed,

@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ..settings import UI_PATH
-from ._auth import COOKIE, Session
-from ._web import Dashboard, Form, read_form, render, set_session_cookie
+from ._auth import COOKIE, Session, is_loopback
+from ._web import Dashboard, Form, read_form, render, same_origin, set_session_cookie
 
 __all__ = ["login", "logout"]
 
@@ -46,10 +46,21 @@ async def login(request: Request) -> Response:
     context: dict[str, Any] = {
         "default_user": access.user if access.uses_password else "",
         "error": None,
+        # The cookie is Secure: over plain HTTP only a loopback address keeps it.
+        "plain_http": request.url.scheme == "http" and not is_loopback(request.url.hostname or ""),
     }
     if request.method == "GET":
         target = _next(request, request.query_params.get("next"))
         return render(request, None, "login.html", next=target, **context)
+    if not same_origin(request):
+        return render(
+            request,
+            None,
+            "error.html",
+            status=403,
+            title="Forbidden",
+            message="This login form did not come from this dashboard.",
+        )
     form = await read_form(request) or {}
     target = _next(request, form.get("next"))
     user = access.check_login(form.get("user", ""), form.get("password", ""))

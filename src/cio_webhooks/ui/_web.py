@@ -159,7 +159,7 @@ async def read_form(request: Request) -> dict[str, str] | None:
     return dict(pairs)
 
 
-def _same_origin(request: Request) -> bool:
+def same_origin(request: Request) -> bool:
     """A POST from a page of another site carries its ``Origin``: refuse it (the
     SameSite cookie and the CSRF token refuse it too; this says so earlier)."""
     origin = request.headers.get("origin")
@@ -200,7 +200,7 @@ def endpoint(page: Page, *, public: bool = False) -> Callable[[Request], Awaitab
             if read is None:
                 return _forbidden(request, "The form is too large.")
             form = read
-            if not _same_origin(request) or not access.check_csrf(session, form.get("csrf")):
+            if not same_origin(request) or not access.check_csrf(session, form.get("csrf")):
                 log.warning("event=ui_csrf_refused path=%s", request.url.path)
                 return _forbidden(
                     request, "This form has expired or did not come from this dashboard."
