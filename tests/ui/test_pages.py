@@ -16,7 +16,7 @@ from starlette.routing import Mount
 
 from cio_webhooks.events import parse_event
 from cio_webhooks.settings import UI_PATH
-from cio_webhooks.store import JobState, Outcome, Store
+from cio_webhooks.store import AlertState, JobState, Outcome, Store, open_store
 from cio_webhooks.testing import make_event
 from cio_webhooks.ui import create_ui
 
@@ -107,3 +107,27 @@ async def test_retry_and_reingest_go_through_a_confirmation(store: Store) -> Non
         assert "Re-ingest 1 event(s)?" in (await c.post("/ui/quarantine/confirm", data=again)).text
         reingested = await c.post("/ui/quarantine/apply", data=again)
         assert "still_invalid%3D1" in reingested.headers["location"]
+
+
+async def test_firing_alerts_show_on_the_overview(store: Store) -> None:
+    state = AlertState("dead_letters", firing=True, value=3.0, changed_at=NOW, notified_at=NOW)
+    assert await store.swap_alert(state, expected=None)
+    quiet = AlertState("no_events", firing=False, value=0.0, changed_at=NOW, notified_at=None)
+    assert await store.swap_alert(quiet, expected=None)
+    async with client(store) as c:
+        live = (await c.get("/ui/live")).text
+        assert "<strong>dead_letters</strong> firing since" in live
+        assert "last figure 3" in live
+        assert "no_events" not in live
+
+
+async def test_a_store_that_does_not_answer_gets_a_503_page() -> None:
+    down = open_store("postgresql://root@127.0.0.1:1/none?connect_timeout=1")
+    async with client(down) as c:
+        for path in ("/ui/events", "/ui/dead-letters", "/ui/events/ev-1"):
+            page = await c.get(path)
+            assert page.status_code == 503, path
+            assert "The store did not answer" in page.text
+            assert page.headers["x-frame-options"] == "DENY"
+        overview = await c.get("/ui/")
+        assert "The store did not answer" in overview.text

@@ -38,13 +38,14 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
+from .._exceptions import StoreUnavailable
 from ..settings import DEFAULT_UI_USER, HOST
 from ..sinks import SinkURL
 from ..store import Ledger, Store
 from . import _dead, _pages
 from ._auth import Access, is_loopback
 from ._login import login, logout
-from ._web import HERE, Dashboard, SecurityHeaders, endpoint
+from ._web import HERE, Dashboard, SecurityHeaders, endpoint, store_unavailable
 
 __all__ = ["Access", "Dashboard", "create_ui", "is_loopback"]
 
@@ -98,6 +99,7 @@ def create_ui(
             Route("/logout", endpoint(logout), methods=post),
         ],
         middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={StoreUnavailable: store_unavailable},
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.state.dashboard = dash

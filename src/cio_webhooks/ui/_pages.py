@@ -64,6 +64,7 @@ def since_value(text: str, now: float) -> float | None:
 async def _overview_context(dash: Dashboard) -> dict[str, Any]:
     try:
         vitals = await read_vitals(dash.store, now=dash.clock())
+        alerts = [a for a in await dash.store.alert_states() if a.firing]
     except StoreUnavailable as exc:
         return {"vitals": None, "error": str(exc)}
     series = vitals.series()
@@ -91,7 +92,7 @@ async def _overview_context(dash: Dashboard) -> dict[str, Any]:
             title="Requests refused for their signature (401)",
         ),
     ]
-    return {"vitals": vitals, "charts": charts, "error": None}
+    return {"vitals": vitals, "charts": charts, "alerts": alerts, "error": None}
 
 
 async def overview(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:

@@ -225,6 +225,15 @@ def set_session_cookie(response: Response, value: str, ttl: float) -> None:
     )
 
 
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """A page whose store did not answer: 503 and the reason (which names the store
+    without its password), not a bare 500."""
+    log.error("event=ui_store_unavailable path=%s error=%s", request.url.path, str(exc))
+    return render(
+        request, None, "error.html", status=503, title="The store did not answer", message=str(exc)
+    )
+
+
 # -- headers -----------------------------------------------------------------------------
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
