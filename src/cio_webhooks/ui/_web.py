@@ -168,7 +168,7 @@ def same_origin(request: Request) -> bool:
     return urllib.parse.urlsplit(origin).netloc == request.headers.get("host")
 
 
-def endpoint(page: Page, *, public: bool = False) -> Callable[[Request], Awaitable[Response]]:
+def endpoint(page: Page) -> Callable[[Request], Awaitable[Response]]:
     """A Starlette endpoint running ``page`` for an authenticated session: others are
     sent to the login form (a GET) or refused (403).  In ``open`` mode a visitor
     gets a local session at once.  A POST needs the session's CSRF token."""
