@@ -16,7 +16,8 @@ run time: any module may use it.
     Customer.io       CUSTOMERIO_RETRY_DAYS, REGIONS, DEFAULT_REGION, DEFAULT_TRACK_RATE
     the HTTP server   DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
                       DEFAULT_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS
-    watching          UI_PATH, DEFAULT_UI_USER, TRAFFIC_FLUSH_EVERY, ALERT_EVERY
+    watching          UI_PATH, DEFAULT_UI_USER, TRAFFIC_FLUSH_EVERY, ALERT_EVERY,
+                      DEFAULT_ALERT_COOLDOWN, ALERT_HTTP_TIMEOUT, DEFAULT_DASHBOARD_URL
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALERT_EVERY",
+    "ALERT_HTTP_TIMEOUT",
     "CUSTOMERIO_RETRY_DAYS",
     "DATA_DIR",
+    "DEFAULT_ALERT_COOLDOWN",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_DASHBOARD_URL",
     "DEFAULT_DEDUPE_DAYS",
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_HANDLER_TIMEOUT",
@@ -163,6 +167,12 @@ DEFAULT_UI_USER = "admin"
 TRAFFIC_FLUSH_EVERY = 5.0
 #: Seconds between two evaluations of the alert rules.
 ALERT_EVERY = 30.0
+#: Seconds between two messages about an alert that keeps firing (each rule may set its own).
+DEFAULT_ALERT_COOLDOWN = 3600.0
+#: Seconds a notifier (Slack, a JSON webhook) gets to take one message.
+ALERT_HTTP_TIMEOUT = 10.0
+#: The dashboard's address in alert messages when the alerts file names none.
+DEFAULT_DASHBOARD_URL = f"http://{HOST}:{PORT}"
 
 
 @dataclass(frozen=True)
