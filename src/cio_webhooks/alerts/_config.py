@@ -182,12 +182,14 @@ def _key(parse: Any, default: Any) -> Any:
 class RuleConfig:
     """What every rule has.  ``name`` is its stable id (state, messages, metrics)."""
 
-    name: str = dataclasses.field(default="", init=False)
+    name: str = ""
     enabled: bool = _key(_bool, True)
     cooldown: float | None = _key(parse_duration, None)
 
-    #: A sentence for the docs and ``--help``.
-    summary: str = dataclasses.field(default="", init=False, repr=False)
+    @property
+    def summary(self) -> str:
+        """What the rule watches, in a sentence (its class's docstring)."""
+        return " ".join((type(self).__doc__ or "").split())
 
 
 @dataclass(frozen=True)
@@ -273,10 +275,7 @@ RULES: dict[str, type[RuleConfig]] = {
 
 
 def _make(name: str, kind: type[RuleConfig], **values: Any) -> RuleConfig:
-    rule = kind(**values)
-    object.__setattr__(rule, "name", name)
-    object.__setattr__(rule, "summary", " ".join((kind.__doc__ or "").split()))
-    return rule
+    return kind(name=name, **values)
 
 
 @dataclass(frozen=True)

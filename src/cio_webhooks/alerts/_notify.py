@@ -100,12 +100,12 @@ class Notifier(Protocol):
 
 
 class LogNotifier:
-    """One logfmt line per message, at WARNING while firing, INFO otherwise."""
+    """One logfmt line per message, at INFO when resolved, WARNING otherwise."""
 
     name = "log"
 
     async def send(self, message: Message) -> None:
-        level = logging.WARNING if message.status == "firing" else logging.INFO
+        level = logging.INFO if message.status == "resolved" else logging.WARNING
         log.log(
             level,
             "event=alert rule=%s status=%s level=%s repeat=%s value=%s threshold=%s"

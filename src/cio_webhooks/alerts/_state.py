@@ -41,7 +41,7 @@ class Transition:
     repeat: bool
     state: AlertState
     expected: int | None
-    #: When the alert started firing (the state's ``changed_at``).
+    #: When the alert started firing (``now`` for a new one).
     since: float
 
 
@@ -56,7 +56,8 @@ def decide(
 
     def record(status: str, *, firing: bool, changed_at: float, repeat: bool) -> Transition:
         new = AlertState(finding.rule, firing, finding.value, changed_at, now, version)
-        return Transition(finding, status, repeat, new, expected, changed_at)
+        since = state.changed_at if state is not None and state.firing else now
+        return Transition(finding, status, repeat, new, expected, since)
 
     if finding.firing and not was_firing:
         return record(FIRING, firing=True, changed_at=now, repeat=False)
