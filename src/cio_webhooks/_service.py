@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ._exceptions import ConfigError, StoreUnavailable
+from .alerts import Alerter, load_alerts
 from .app import Background, WebhookApp, create_app
 from .customerio import CustomerIOAuthError, CustomerIOError, TrackClient
 from .dispatcher import Clock, Dispatcher
@@ -368,7 +369,8 @@ def background_tasks(
             check_region=settings.region,
         )
 
-    return [dispatch, loader.run, pruner], dispatcher
+    alerts = Alerter(inbox, load_alerts(settings.alerts), clock=clock, policies=bool(policies))
+    return [dispatch, loader.run, pruner, alerts.run], dispatcher
 
 
 def build_app(settings: Settings, *, clock: Clock = time.time) -> WebhookApp:

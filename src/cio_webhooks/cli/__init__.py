@@ -9,7 +9,7 @@ registered by importing a module)::
     _replay.py      replay                     _handlers.py   handlers
     _stats.py       stats                      _reporting.py  report
     _reconcile.py   reconcile                  _actions.py    actions list
-    _sinks.py       sinks status|replay|forget
+    _sinks.py       sinks status|replay|forget _alerts.py     alerts test|prometheus-rules
     _options.py     shared options, parsers, opening the store of --store/--db
     _output.py      tables and JSON on stdout
     _errors.py      the one table from errors to exit codes (0 ok, 1 failed,
@@ -24,6 +24,7 @@ import click
 
 from ..settings import ENV_PREFIX
 from ._actions import actions
+from ._alerts import alerts
 from ._dlq import dlq
 from ._errors import exit_codes
 from ._events import events
@@ -80,5 +81,6 @@ for command in (
     actions,
     store,
     sinks,
+    alerts,
 ):
     main.add_command(command)
