@@ -12,11 +12,20 @@ import dataclasses
 import json
 import secrets
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
 
-from cio_webhooks import EventFilter, JobState, PutResult, StoreUnavailable, create_app, parse_event
+from cio_webhooks import (
+    Event,
+    EventFilter,
+    JobState,
+    PutResult,
+    StoreUnavailable,
+    create_app,
+    parse_event,
+)
 from cio_webhooks.store import HandlerResult, HandlerRun, Job, Outcome, Store, open_store
 from cio_webhooks.testing import make_event
 
@@ -649,3 +658,260 @@ async def test_import_quarantined_keeps_order_and_skips_known_event_ids(store: S
     kept = await store.quarantined()
     assert [(q.event_id, q.body) for q in kept] == [("q1", b"b"), (None, b"\x00a"), ("q2", b"mine")]
     assert await store.import_quarantined(items[1:]) == 0
+
+
+# -- watch: the dashboard and the alerts -----------------------------------------------
+def raw(event_id: str, received_at: float = NOW, **data: Any) -> Event:
+    """An event whose body holds its text as UTF-8 (as Customer.io sends it), not as
+    ``\\u`` escapes."""
+    body = json.dumps(make_event(event_id, **data), ensure_ascii=False).encode()
+    return parse_event(body, received_at=received_at)
+
+
+async def ids(store: Store, where: EventFilter) -> list[str]:
+    return [e.event_id async for e in store.iter_events(where)]
+
+
+async def test_the_text_filter_finds_the_text_in_the_body_whatever_its_ascii_case(
+    store: Store,
+) -> None:
+    await store.put(raw("a", subject="Your ORDER has shipped"))
+    await store.put(raw("b", subject="order 42"))
+    await store.put(raw("c", subject="nothing here"))
+    assert await ids(store, EventFilter(text="Order")) == ["a", "b"]
+    assert await ids(store, EventFilter(text="HAS SHIPPED")) == ["a"]
+    assert await ids(store, EventFilter(text='"subject": "order')) == ["b"]  # raw JSON text
+    assert await ids(store, EventFilter(text="missing")) == []
+    # A substring, not a pattern: % and _ are themselves.
+    assert await ids(store, EventFilter(text="%")) == []
+    assert await ids(store, EventFilter(text="order_")) == []
+    assert await ids(store, EventFilter(text="", kinds=("email.delivered",))) == ["a", "b", "c"]
+
+
+async def test_the_text_filter_folds_only_ascii_letters_in_multi_byte_text(
+    store: Store,
+) -> None:
+    await store.put(raw("de", subject="Grüße aus Köln"))
+    await store.put(raw("fr", subject="Élodie, café"))
+    assert await ids(store, EventFilter(text="grüße")) == ["de"]
+    assert await ids(store, EventFilter(text="GRüßE AUS KöLN")) == ["de"]
+    assert await ids(store, EventFilter(text="KÖLN")) == []  # Ö is not an ASCII letter
+    assert await ids(store, EventFilter(text="élodie")) == []
+    assert await ids(store, EventFilter(text="ÉLODIE, CAFé")) == ["fr"]
+
+
+async def test_a_body_that_is_not_valid_utf8_does_not_fail_a_search(store: Store) -> None:
+    body = json.dumps(make_event("latin1", subject="caf@")).encode().replace(b"@", b"\xe9\xff")
+    await store.put(parse_event(body, received_at=NOW))
+    await store.put(raw("fine", subject="Café"))
+    assert await ids(store, EventFilter(text="CAF")) == ["latin1", "fine"]
+    assert await ids(store, EventFilter(text="café")) == ["fine"]
+    # A body no receiver stores (a NUL is not JSON) but a copy may bring: searched
+    # alike, and no text matches across the NUL.
+    nul = dataclasses.replace(
+        (await store.browse(EventFilter(event_ids=("fine",))))[0],
+        event_id="nul",
+        body=b'{"x": "\x00Needle\xff"}',
+    )
+    assert await store.import_events([(nul, [])]) == 1
+    assert await ids(store, EventFilter(text="nEEDLE")) == ["nul"]
+    assert await ids(store, EventFilter(text='"needle')) == []
+    assert await ids(store, EventFilter(text="absent")) == []
+
+
+async def test_requeue_and_discard_honour_the_text_filter(store: Store) -> None:
+    for i in range(6):
+        await store.put(raw(f"e{i}", subject="Refund" if i % 2 else "Welcome"))
+    assert await store.discard(EventFilter(text="REFUND"), now=NOW) == 3
+    stats = await store.stats()
+    assert (stats.states["discarded"], stats.states["pending"]) == (3, 3)
+    discarded = EventFilter(states=(JobState.DISCARDED,))
+    assert await ids(store, discarded) == ["e1", "e3", "e5"]
+    assert await store.requeue(dataclasses.replace(discarded, text="nothing"), now=NOW) == 0
+    assert await store.requeue(EventFilter(text="refund", event_ids=("e3",)), now=NOW) == 1
+    assert await ids(store, discarded) == ["e1", "e5"]
+
+
+async def test_browse_pages_newest_first_from_a_cursor(store: Store) -> None:
+    for i in range(25):
+        await store.put(ev(f"e{i:02d}", received_at=NOW + i))
+    first = await store.browse(EventFilter(), limit=10)
+    assert [e.event_id for e in first] == [f"e{i:02d}" for i in range(24, 14, -1)]
+    second = await store.browse(EventFilter(), before_seq=first[-1].seq, limit=10)
+    assert [e.event_id for e in second] == [f"e{i:02d}" for i in range(14, 4, -1)]
+    third = await store.browse(EventFilter(), before_seq=second[-1].seq, limit=10)
+    assert [e.event_id for e in third] == [f"e{i:02d}" for i in range(4, -1, -1)]
+    assert await store.browse(EventFilter(), before_seq=third[-1].seq) == []
+    assert len(await store.browse(EventFilter())) == 25  # 50 a page by default
+    assert third[-1] == await store.get_event("e00")  # whole events, body and all
+
+
+async def test_browse_honours_every_filter_field(store: Store) -> None:
+    for i in range(20):
+        metric = "bounced" if i % 4 == 0 else "delivered"
+        await store.put(ev(f"e{i:02d}", received_at=NOW + i, metric=metric, subject=f"s{i:02d}"))
+    await store.discard(EventFilter(event_ids=("e08", "e09")), now=NOW)
+    every = {e.event_id: e for e in await store.browse(EventFilter())}
+
+    async def browse(**where: object) -> list[str]:
+        found = await store.browse(EventFilter(**where))  # type: ignore[arg-type]
+        return [e.event_id for e in found]
+
+    assert await browse(kinds=("*.bounced",)) == ["e16", "e12", "e08", "e04", "e00"]
+    assert await browse(since=NOW + 5, until=NOW + 8) == ["e07", "e06", "e05"]
+    assert await browse(states=(JobState.DISCARDED,)) == ["e09", "e08"]
+    assert await browse(event_ids=("e03", "e17", "nope")) == ["e17", "e03"]
+    assert await browse(text="S1") == [f"e{i}" for i in range(19, 9, -1)]
+    assert await browse(after_seq=every["e16"].seq) == ["e19", "e18", "e17"]
+    assert await browse(limit=2, kinds=("bounced",)) == ["e16", "e12"]
+    page = await store.browse(
+        EventFilter(kinds=("email.delivered",), text="s1"), before_seq=every["e14"].seq, limit=3
+    )
+    assert [e.event_id for e in page] == ["e13", "e11", "e10"]
+
+
+async def test_recorded_traffic_replaces_a_process_minute_and_sums_over_processes(
+    store: Store,
+) -> None:
+    from cio_webhooks.store import ACK_BUCKETS, TrafficMinute
+
+    m0, m1, m2 = NOW - NOW % 60, NOW - NOW % 60 + 60, NOW - NOW % 60 + 120
+    zeros = (0,) * (len(ACK_BUCKETS) + 1)
+    ack = tuple(range(1, len(ACK_BUCKETS) + 2))
+    await store.record_traffic("a", [TrafficMinute(m0, stored=1, ack=(1, *zeros[1:]))])
+    # The running totals of the minute, written again: the last write is what counts.
+    running = TrafficMinute(m0, stored=5, duplicate=1, rejected_signature=2, ack=ack)
+    await store.record_traffic("a", [running, TrafficMinute(m1, stored=3, ack=zeros)])
+    await store.record_traffic("a", [running])  # a retried write changes nothing
+    await store.record_traffic(
+        "b",
+        [
+            TrafficMinute(m0, stored=2, quarantined=4, too_large=1, store_unavailable=6, ack=ack),
+            TrafficMinute(m2, rejected_signature=7),  # nothing answered: no buckets
+        ],
+    )
+    await store.record_traffic("b", [])
+    assert await store.traffic(since=m0) == [
+        TrafficMinute(
+            m0,
+            stored=7,
+            duplicate=1,
+            quarantined=4,
+            rejected_signature=2,
+            too_large=1,
+            store_unavailable=6,
+            ack=tuple(2 * n for n in ack),
+        ),
+        TrafficMinute(m1, stored=3, ack=zeros),
+        TrafficMinute(m2, rejected_signature=7, ack=()),
+    ]
+    assert [t.minute for t in await store.traffic(since=m1)] == [m1, m2]
+    assert await store.traffic(since=m2 + 1) == []
+    # A minute where one process answered nothing and another did: zeros added.
+    await store.record_traffic("a", [TrafficMinute(m2, stored=1, ack=ack)])
+    [last] = await store.traffic(since=m2)
+    assert (last.stored, last.rejected_signature, last.ack) == (1, 7, ack)
+
+
+async def test_prune_drops_the_traffic_of_minutes_before_the_cutoff(store: Store) -> None:
+    from cio_webhooks.store import TrafficMinute
+
+    minutes = [NOW - 40 * DAY, NOW - 31 * DAY, NOW - 30 * DAY, NOW - DAY]
+    await store.record_traffic("a", [TrafficMinute(m, stored=1) for m in minutes])
+    assert await store.prune(received_before=NOW - 30 * DAY) == 0  # no event pruned
+    assert [t.minute for t in await store.traffic(since=0)] == minutes[2:]
+
+
+async def test_kind_counts_count_events_received_since_without_backfilled_ones(
+    store: Store,
+) -> None:
+    await store.put(ev("old", received_at=NOW - 100))
+    await store.put(ev("d1", received_at=NOW - 10))
+    await store.put(ev("d2", received_at=NOW), handled=True)
+    await store.put(ev("o1", received_at=NOW - 10, metric="opened"))
+    await store.put(ev("p1", received_at=NOW - 5, object_type="push", metric="sent"))
+    await store.put(dataclasses.replace(ev("back", received_at=NOW), backfilled=True))
+    assert await store.kind_counts(since=NOW - 10) == {
+        ("email", "delivered"): 2,
+        ("email", "opened"): 1,
+        ("push", "sent"): 1,
+    }
+    assert await store.kind_counts(since=NOW - 1000) == {
+        ("email", "delivered"): 3,
+        ("email", "opened"): 1,
+        ("push", "sent"): 1,
+    }
+    assert await store.kind_counts(since=NOW + 1) == {}
+
+
+async def test_last_received_at_is_the_newest_event_not_backfilled(store: Store) -> None:
+    assert await store.last_received_at() is None
+    await store.put(dataclasses.replace(ev("back", received_at=NOW + 50), backfilled=True))
+    assert await store.last_received_at() is None
+    await store.put(ev("b", received_at=NOW + 0.5))
+    await store.put(ev("a", received_at=NOW - 10))  # arrived later, received earlier
+    assert await store.last_received_at() == NOW + 0.5
+
+
+async def test_swap_alert_inserts_a_state_once_then_changes_it_from_its_version(
+    store: Store,
+) -> None:
+    from cio_webhooks.store import AlertState
+
+    assert await store.alert_states() == []
+    firing = AlertState("no-events", True, 12.5, NOW, None, version=99)  # version: ignored
+    assert await store.swap_alert(firing, expected=None)
+    assert not await store.swap_alert(firing, expected=None)  # one is recorded already
+    assert await store.alert_states() == [dataclasses.replace(firing, version=1)]
+    notified = dataclasses.replace(firing, notified_at=NOW + 1)
+    assert await store.swap_alert(notified, expected=1)
+    assert not await store.swap_alert(notified, expected=1)  # stale: it is at 2 now
+    assert not await store.swap_alert(notified, expected=5)
+    resolved = AlertState("no-events", False, None, NOW + 2, NOW + 2)
+    assert await store.swap_alert(resolved, expected=2)
+    assert not await store.swap_alert(resolved, expected=None)
+    assert not await store.swap_alert(AlertState("other", True, 1.0, NOW, None), expected=0)
+    assert await store.swap_alert(AlertState("burst-401", True, 30.0, NOW, NOW), expected=None)
+    assert await store.alert_states() == [
+        AlertState("burst-401", True, 30.0, NOW, NOW, 1),
+        AlertState("no-events", False, None, NOW + 2, NOW + 2, 3),
+    ]
+
+
+async def test_of_two_stores_swapping_one_alert_at_once_exactly_one_wins(
+    store_url: str, store: Store
+) -> None:
+    from cio_webhooks.store import AlertState
+
+    async with opened(store_url) as other:
+        expected: int | None = None
+        for round_ in range(20):
+            mine = AlertState("dead-letters", round_ % 2 == 0, float(round_), NOW + round_, None)
+            theirs = dataclasses.replace(mine, value=-1.0)
+            won = await asyncio.gather(
+                store.swap_alert(mine, expected=expected),
+                other.swap_alert(theirs, expected=expected),
+            )
+            assert sorted(won) == [False, True]
+            [state] = await other.alert_states()
+            assert state == dataclasses.replace(mine if won[0] else theirs, version=round_ + 1)
+            expected = state.version
+
+
+async def test_a_read_only_store_serves_the_dashboard_reads(store_url: str, store: Store) -> None:
+    from cio_webhooks.store import AlertState, TrafficMinute
+
+    await store.put(ev("a", subject="Findme"))
+    await store.record_traffic("r", [TrafficMinute(NOW, stored=1)])
+    await store.swap_alert(AlertState("r", True, 1.0, NOW, None), expected=None)
+    async with opened(store_url, readonly=True) as reader:
+        assert [e.event_id for e in await reader.browse(EventFilter(text="FINDME"))] == ["a"]
+        assert await reader.traffic(since=0) == [TrafficMinute(NOW, stored=1)]
+        assert await reader.kind_counts(since=0) == {("email", "delivered"): 1}
+        assert await reader.last_received_at() == NOW
+        assert [s.rule for s in await reader.alert_states()] == ["r"]
+        with pytest.raises(StoreUnavailable):
+            await reader.record_traffic("r", [TrafficMinute(NOW, stored=2)])
+        with pytest.raises(StoreUnavailable):
+            await reader.swap_alert(AlertState("r", False, None, NOW, None), expected=1)
+    assert await store.traffic(since=0) == [TrafficMinute(NOW, stored=1)]

@@ -210,6 +210,62 @@ async def test_a_read_only_look_at_a_schema_from_before_sink_cursors_finds_no_si
         assert await reader.sink_states() == []
 
 
+async def _schema_at_0003(pg_url: str) -> None:
+    """The store's schema as migrations 1 to 3 left it (before the dashboard), with one
+    event, as a writer of the previous release made it."""
+    dsn = parse_store_url(pg_url).dsn
+    assert dsn is not None
+    schema = schema_of(pg_url)
+    connect = psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    async with await connect as conn, conn.transaction():
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(f"SET LOCAL search_path TO {schema}")
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+            " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for m in migrations():
+            if m.version <= 3:
+                await conn.execute(m.sql.encode())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    [m.version, m.name],
+                )
+        await conn.execute(
+            "INSERT INTO events (event_id, object_type, metric, received_at, body,"
+            " next_attempt_at, updated_at) VALUES ('old', 'email', 'sent', 1, '{}', 1, 1)"
+        )
+
+
+async def test_migration_4_applies_on_a_schema_at_3_and_keeps_its_events(pg_url: str) -> None:
+    from cio_webhooks.store import AlertState, TrafficMinute
+
+    await _schema_at_0003(pg_url)
+    store = open_store(pg_url)
+    assert isinstance(store, PostgresStore)
+    assert await store.migrate() == [4]
+    async with store:
+        assert [e.event_id for e in await store.browse(EventFilter())] == ["old"]
+        assert await store.kind_counts(since=0) == {("email", "sent"): 1}
+        await store.record_traffic("r", [TrafficMinute(NOW, stored=1, ack=(1, 2))])
+        assert await store.traffic(since=0) == [TrafficMinute(NOW, stored=1, ack=(1, 2))]
+        assert await store.swap_alert(AlertState("a", True, None, NOW, None), expected=None)
+        assert await store.schema_version() == 4
+
+
+async def test_a_read_only_look_at_a_schema_at_3_finds_no_traffic_and_no_alerts(
+    pg_url: str,
+) -> None:
+    await _schema_at_0003(pg_url)
+    async with opened(pg_url, readonly=True) as reader:
+        assert await reader.traffic(since=0) == []
+        assert await reader.alert_states() == []
+        assert [e.event_id for e in await reader.browse(EventFilter(text="{}"))] == ["old"]
+        assert await reader.last_received_at() == 1
+        assert isinstance(reader, PostgresStore)
+        assert await reader.schema_version() == 3  # and the look migrated nothing
+
+
 async def test_a_seq_is_not_read_while_a_lower_one_may_still_commit(pg_url: str, pg: Store) -> None:
     # Another receiver's batch, caught between its INSERT and its COMMIT: it holds seq N.
     dsn = parse_store_url(pg_url).dsn

@@ -67,10 +67,11 @@ async def test_prune_works_in_chunks_and_removes_everything_due(inbox: SQLiteSto
 async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:  # the first released schema, without `backfilled`
-        from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, SCHEMA, SCHEMA_VERSION
+        from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, _WATCH, SCHEMA, SCHEMA_VERSION
 
         version_1 = (
-            SCHEMA.replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "")
+            SCHEMA.replace(_WATCH, "")
+            .replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "")
             .replace(_SINK_CURSORS, "")
             .replace(SCHEMA[SCHEMA.index(",\n    claim_token") : SCHEMA.index("\n);")], "")
             .replace(
@@ -83,6 +84,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
         assert "quarantine_event_id" not in version_1
         assert "claim_token" not in version_1
         assert "sink_cursors" not in version_1
+        assert "traffic" not in version_1
         assert "user_version = 1" in version_1
         db.executescript(version_1)
         db.execute(
@@ -129,11 +131,12 @@ async def test_a_value_sqlite_cannot_hold_fails_only_its_own_write_in_a_group_co
 async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_id(
     tmp_path: Path,
 ) -> None:
-    from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, SCHEMA, SCHEMA_VERSION
+    from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, _WATCH, SCHEMA, SCHEMA_VERSION
 
     path = tmp_path / "v3.db"
     version_3 = (
         SCHEMA.replace(_QUARANTINE_INDEX, "")
+        .replace(_WATCH, "")
         .replace(_SINK_CURSORS, "")
         .replace(SCHEMA[SCHEMA.index(",\n    claim_token") : SCHEMA.index("\n);")], "")
         .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 3;")
@@ -161,19 +164,70 @@ async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_i
 async def test_a_read_only_look_at_a_file_from_before_sink_cursors_finds_no_sink(
     tmp_path: Path,
 ) -> None:
-    from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, SCHEMA, SCHEMA_VERSION
+    from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, _WATCH, SCHEMA, SCHEMA_VERSION
 
     path = tmp_path / "v5.db"
     with sqlite3.connect(path) as db:
         db.executescript(
-            SCHEMA.replace(_SINK_CURSORS, "").replace(
-                f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 5;"
-            )
+            SCHEMA.replace(_SINK_CURSORS, "")
+            .replace(_WATCH, "")
+            .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 5;")
         )
     async with SQLiteStore(path, readonly=True) as reader:
         assert await reader.sink_states() == []
     with sqlite3.connect(path) as db:  # and the look changed nothing
         assert db.execute("PRAGMA user_version").fetchone() == (5,)
+
+
+def _version_6(path: Path) -> None:
+    """A file as cio-webhooks left it before the dashboard (schema 6), with one event."""
+    from cio_webhooks.store.sqlite._inbox import _WATCH, SCHEMA, SCHEMA_VERSION
+
+    version_6 = SCHEMA.replace(_WATCH, "").replace(
+        f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 6;"
+    )
+    assert "traffic" not in version_6
+    assert "alert_states" not in version_6
+    with sqlite3.connect(path) as db:
+        db.executescript(version_6)
+        db.execute(
+            "INSERT INTO events (event_id, object_type, metric, received_at, body,"
+            " next_attempt_at, updated_at) VALUES ('old', 'email', 'sent', 1, x'7b7d', 1, 1)"
+        )
+
+
+async def test_a_version_6_file_keeps_its_events_and_gains_traffic_and_alerts(
+    tmp_path: Path,
+) -> None:
+    from cio_webhooks.store import AlertState, TrafficMinute
+    from cio_webhooks.store.sqlite._inbox import SCHEMA_VERSION
+
+    path = tmp_path / "v6.db"
+    _version_6(path)
+    async with SQLiteStore(path) as inbox:
+        assert [e.event_id for e in await inbox.browse(EventFilter())] == ["old"]
+        assert await inbox.kind_counts(since=0) == {("email", "sent"): 1}
+        await inbox.record_traffic("r", [TrafficMinute(NOW, stored=1)])
+        assert await inbox.traffic(since=0) == [TrafficMinute(NOW, stored=1)]
+        assert await inbox.swap_alert(AlertState("a", True, 1.0, NOW, None), expected=None)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert SCHEMA_VERSION == 7
+
+
+async def test_a_read_only_look_at_a_version_6_file_finds_no_traffic_and_no_alerts(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v6.db"
+    _version_6(path)
+    async with SQLiteStore(path, readonly=True) as reader:
+        assert await reader.traffic(since=0) == []
+        assert await reader.alert_states() == []
+        assert [e.event_id for e in await reader.browse(EventFilter(text="{"))] == ["old"]
+        assert await reader.last_received_at() == 1
+    with sqlite3.connect(path) as db:  # and the look changed nothing
+        assert db.execute("PRAGMA user_version").fetchone() == (6,)
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'traffic'").fetchone()
 
 
 async def test_a_read_only_inbox_reads_and_changes_no_file(tmp_path: Path) -> None:

@@ -97,7 +97,9 @@ async def copy_store(
     ``target``.  What the target holds already (events by id, quarantined bodies and
     ledger rows by content) is skipped, so a copy run again adds only what is new.
     Sink cursors are not copied: ``seq``s differ between stores, so the target's
-    sinks start from its oldest event."""
+    sinks start from its oldest event.  Nor is what the dashboard and the alerts keep
+    (``Watch``: per-minute traffic, alert states): recent figures of the source's
+    receivers, and alert states the target's workers will find again."""
     counts = CopyCounts()
     total = (await source.stats()).events
     task = progress.add_task("events", total=total) if progress else None
@@ -170,7 +172,8 @@ def store_copy(source: str, target: str, force: bool, batch: int) -> None:
     skipped, so a copy that stopped halfway can be run again with --force.
 
     Warehouse sink cursors are not copied: on the target, each sink loads again from
-    its oldest event (sinks upsert, so rows already loaded are refreshed, not doubled)."""
+    its oldest event (sinks upsert, so rows already loaded are refreshed, not doubled).
+    Nor are the dashboard's per-minute traffic and the alerts' states."""
     source_url, target_url = parse_store_url(source), parse_store_url(target)
     if _same(source_url, target_url):
         raise ConfigError("--from and --to name the same store")

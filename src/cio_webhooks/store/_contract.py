@@ -174,7 +174,8 @@ class Operations(Protocol):
         returns how many.  An event a registered sink has not loaded yet (its ``seq`` is
         past that sink's cursor) is kept whatever its age: a sink that is down for a
         week loses nothing.  ``SinkCursors.forget_sink`` drops a sink no longer wanted,
-        and with it what it held back."""
+        and with it what it held back.  The traffic of minutes before the cutoff
+        (``Watch.record_traffic``) goes too."""
         ...
 
     async def stats(self) -> StoreStats: ...
@@ -326,7 +327,7 @@ class Watch(Protocol):
         ...
 
 
-class Store(Ingest, Queue, Operations, Metrics, SinkCursors, Protocol):  # + Watch: soon
+class Store(Ingest, Queue, Operations, Metrics, SinkCursors, Watch, Protocol):
     """A whole backend.  ``url`` names it without credentials (safe to log)."""
 
     @property

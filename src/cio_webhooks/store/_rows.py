@@ -10,6 +10,7 @@ from typing import Any
 
 from ..handlers import parse_pattern
 from ._model import (
+    AlertState,
     EventFilter,
     Gauges,
     Job,
@@ -18,10 +19,12 @@ from ._model import (
     SinkState,
     StoredEvent,
     StoreStats,
+    TrafficMinute,
     Wanted,
 )
 
 __all__ = [
+    "ALERT_COLUMNS",
     "CLAIM_COLUMNS",
     "CLAIM_SCAN",
     "DUE",
@@ -30,9 +33,15 @@ __all__ = [
     "QUARANTINE_COLUMNS",
     "SINK_COLUMNS",
     "SINK_ERROR_CHARS",
+    "TRAFFIC_COUNTS",
     "SinkSQL",
+    "WatchSQL",
+    "ack_text",
+    "alert_state",
     "gauges",
     "jobs",
+    "needle",
+    "page_size",
     "pages",
     "quarantined",
     "seq_before",
@@ -41,6 +50,7 @@ __all__ = [
     "split_claim",
     "store_stats",
     "stored_event",
+    "traffic_minutes",
     "where_clause",
 ]
 
@@ -185,9 +195,19 @@ def jobs(
     ]
 
 
-def where_clause(where: EventFilter, mark: str) -> tuple[str, list[Any]]:
+def needle(text: str) -> bytes:
+    """What ``EventFilter.text`` looks for in a body lowered by the backend's
+    ``contains``: its UTF-8 bytes with ASCII letters lowered (``bytes.lower`` folds
+    nothing else), so that both backends compare bytes, whatever a body holds.  A lone
+    surrogate (from a form decoded leniently) is its own bytes, not an error."""
+    return text.encode("utf-8", "surrogatepass").lower()
+
+
+def where_clause(where: EventFilter, mark: str, contains: str) -> tuple[str, list[Any]]:
     """The SQL condition and parameters selecting ``where`` (not its ``limit``);
-    ``mark`` is the backend's placeholder (``?`` or ``%s``)."""
+    ``mark`` is the backend's placeholder (``?`` or ``%s``), ``contains`` its condition
+    "the raw body, ASCII letters lowered, holds the bytes of the one placeholder"
+    (bound to ``needle(where.text)``)."""
     clauses: list[str] = [f"seq > {mark}"]
     params: list[Any] = [where.after_seq]
     if where.since is not None:
@@ -215,7 +235,16 @@ def where_clause(where: EventFilter, mark: str) -> tuple[str, list[Any]]:
                 params.append(metric)
             alternatives.append(" AND ".join(parts) or "1 = 1")
         clauses.append("(" + " OR ".join(f"({a})" for a in alternatives) + ")")
+    if where.text:  # "" is in every body: no condition
+        clauses.append(contains)
+        params.append(needle(where.text))
     return " AND ".join(clauses), params
+
+
+def page_size(where: EventFilter, limit: int) -> int:
+    """How many events one ``browse`` page holds: ``limit``, and no more than
+    ``where.limit`` when that is set."""
+    return max(0, limit if where.limit is None else min(limit, where.limit))
 
 
 #: The longest error text a sink cursor keeps (``sink_failed``).
@@ -322,3 +351,144 @@ class SinkSQL:
 
 #: prune's condition: every registered sink has loaded the event (none is behind it).
 LOADED_BY_SINKS = "NOT EXISTS (SELECT 1 FROM sink_cursors WHERE sink_cursors.seq < events.seq)"
+
+
+#: The per-minute outcome counts of ``TrafficMinute``, as its ``traffic`` columns.
+TRAFFIC_COUNTS = (
+    "stored",
+    "duplicate",
+    "quarantined",
+    "rejected_signature",
+    "too_large",
+    "store_unavailable",
+)
+#: The columns ``alert_state`` reads, in its order.
+ALERT_COLUMNS = "rule, firing, value, changed_at, notified_at, version"
+
+
+def ack_text(ack: Sequence[int]) -> str:
+    """A ``TrafficMinute.ack`` as SQLite keeps it: comma-separated counts ("" for none)."""
+    return ",".join(str(int(n)) for n in ack)
+
+
+def _ack(value: str | Sequence[int] | None) -> tuple[int, ...]:
+    """An ``ack`` column as stored (SQLite's text, PostgreSQL's array)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(int(n) for n in value.split(",")) if value else ()
+    return tuple(int(n) for n in value)
+
+
+def traffic_minutes(rows: Iterable[Sequence[Any]]) -> list[TrafficMinute]:
+    """``Watch.traffic`` from rows of ``minute, *TRAFFIC_COUNTS, ack``, one per minute
+    and process: summed per minute, oldest first.  Latency buckets add up element by
+    element; a process that answered nothing that minute (no buckets) adds zeros."""
+    sums: dict[float, list[int]] = {}
+    acks: dict[float, list[int]] = {}
+    for row in rows:
+        minute = float(row[0])
+        counts = sums.setdefault(minute, [0] * len(TRAFFIC_COUNTS))
+        for i, n in enumerate(row[1 : 1 + len(TRAFFIC_COUNTS)]):
+            counts[i] += int(n)
+        total = acks.setdefault(minute, [])
+        ack = _ack(row[1 + len(TRAFFIC_COUNTS)])
+        if len(total) < len(ack):
+            total.extend([0] * (len(ack) - len(total)))
+        for i, n in enumerate(ack):
+            total[i] += n
+    minutes = []
+    for minute in sorted(sums):
+        stored, duplicate, held, rejected_signature, too_large, unavailable = sums[minute]
+        minutes.append(
+            TrafficMinute(
+                minute,
+                stored=stored,
+                duplicate=duplicate,
+                quarantined=held,
+                rejected_signature=rejected_signature,
+                too_large=too_large,
+                store_unavailable=unavailable,
+                ack=tuple(acks[minute]),
+            )
+        )
+    return minutes
+
+
+def alert_state(row: Sequence[Any]) -> AlertState:
+    """A row of ``ALERT_COLUMNS``."""
+    return AlertState(
+        rule=row[0],
+        firing=bool(row[1]),
+        value=row[2],
+        changed_at=row[3],
+        notified_at=row[4],
+        version=int(row[5]),
+    )
+
+
+class WatchSQL:
+    """The ``Watch`` statements, in a backend's placeholder (``?`` or ``%s``); ``ack``
+    is the placeholder of a ``traffic.ack`` value (a cast, where one is needed),
+    ``contains`` the backend's text condition (see ``where_clause``)."""
+
+    def __init__(self, mark: str, *, ack: str, contains: str) -> None:
+        self._mark = m = mark
+        self._contains = contains
+        columns = ", ".join(TRAFFIC_COUNTS)
+        # Params: minute, process, *TRAFFIC_COUNTS, ack.  Replaces: a receiver writes
+        # its running totals of a minute again and again.
+        self.record_traffic = (
+            f"INSERT INTO traffic (minute, process, {columns}, ack)"
+            f" VALUES ({m}, {m}, {', '.join(m for _ in TRAFFIC_COUNTS)}, {ack})"
+            " ON CONFLICT (minute, process) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in (*TRAFFIC_COUNTS, "ack"))
+        )
+        # Params: since.  Rows for ``traffic_minutes``.
+        self.traffic = (
+            f"SELECT minute, {columns}, ack FROM traffic WHERE minute >= {m} ORDER BY minute"
+        )
+        # Params: received_before.
+        self.prune_traffic = f"DELETE FROM traffic WHERE minute < {m}"
+        # Params: since.  Reads the received_at index, never all events.
+        self.kind_counts = (
+            "SELECT object_type, metric, count(*) FROM events"
+            f" WHERE received_at >= {m} AND NOT backfilled GROUP BY object_type, metric"
+        )
+        # Backfilled stand-ins are rare: walking the received_at index down past them
+        # is cheap.
+        self.last_received_at = (
+            "SELECT received_at FROM events WHERE NOT backfilled ORDER BY received_at DESC LIMIT 1"
+        )
+        self.alert_states = f"SELECT {ALERT_COLUMNS} FROM alert_states ORDER BY rule"
+        # Params: rule, firing, value, changed_at, notified_at.  Only the first of
+        # several processes inserting a rule's state at once gets a row changed.
+        self.insert_alert = (
+            f"INSERT INTO alert_states ({ALERT_COLUMNS}) VALUES ({m}, {m}, {m}, {m}, {m}, 1)"
+            " ON CONFLICT (rule) DO NOTHING"
+        )
+        # Params: firing, value, changed_at, notified_at, version, rule, expected.  A
+        # compare-and-set in one statement: of two processes swapping from one version,
+        # the second finds it changed and updates nothing.
+        self.update_alert = (
+            f"UPDATE alert_states SET firing = {m}, value = {m}, changed_at = {m},"
+            f" notified_at = {m}, version = {m} WHERE rule = {m} AND version = {m}"
+        )
+
+    def where(self, where: EventFilter) -> tuple[str, list[Any]]:
+        """``where_clause`` in this backend's terms."""
+        return where_clause(where, self._mark, self._contains)
+
+    def browse(
+        self, where: EventFilter, *, before_seq: int | None, limit: int
+    ) -> tuple[str, list[Any]]:
+        """``Watch.browse``'s query and parameters (rows of ``EVENT_COLUMNS``)."""
+        cond, params = self.where(where)
+        if before_seq is not None:
+            cond += f" AND seq < {self._mark}"
+            params.append(before_seq)
+        params.append(page_size(where, limit))
+        query = (
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {cond} ORDER BY seq DESC LIMIT {self._mark}"
+        )
+        return query, params

@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..._exceptions import ConfigError, StoreUnavailable
 from ...events import Event
 from .._model import (
+    AlertState,
     EventFilter,
     Gauges,
     HandlerRun,
@@ -43,6 +44,7 @@ from .._model import (
     SinkState,
     StoredEvent,
     StoreStats,
+    TrafficMinute,
     Wanted,
 )
 from .._rows import (
@@ -53,6 +55,8 @@ from .._rows import (
     LOADED_BY_SINKS,
     QUARANTINE_COLUMNS,
     SinkSQL,
+    WatchSQL,
+    alert_state,
     gauges,
     jobs,
     pages,
@@ -63,7 +67,7 @@ from .._rows import (
     split_claim,
     store_stats,
     stored_event,
-    where_clause,
+    traffic_minutes,
 )
 from .._url import StoreURL
 from ._ingest import SEQ_LOCK, GroupWriter, delivery_key, insert_rows, put_row, unavailable
@@ -87,10 +91,24 @@ CONNECT_TIMEOUT = 5.0
 CHUNK = 1000
 
 _SINKS = SinkSQL("%s")
+#: ``EventFilter.text``, on bytes whatever a body holds (a body is kept as sent: it may
+#: be invalid UTF-8, which convert_from(body, 'UTF8') would fail the whole query on).
+#: LATIN1 maps every byte but NUL to one character and back; lower() under the "C"
+#: collation folds ASCII letters only.  A NUL (not JSON, so in no body parse_event
+#: accepts, but a copied store may hold one) becomes 0xFF on the way, a byte no UTF-8
+#: text has: nothing matches across it, as in SQLite.
+_CONTAINS = (
+    "position(%s::bytea in convert_to(lower(convert_from("
+    "CASE WHEN position('\\x00'::bytea in body) = 0 THEN body"
+    " ELSE decode(replace(replace(regexp_replace(encode(body, 'hex'), '(..)', '\\1 ', 'g'),"
+    " '00 ', 'ff '), ' ', ''), 'hex') END,"
+    " 'LATIN1') COLLATE \"C\"), 'LATIN1')) > 0"
+)
+_WATCH = WatchSQL("%s", ack="%s::integer[]", contains=_CONTAINS)
 
 
 def _where_sql(where: EventFilter) -> tuple[str, list[Any]]:
-    return where_clause(where, "%s")
+    return _WATCH.where(where)
 
 
 def _run_columns(run: HandlerRun) -> tuple[Any, ...]:
@@ -641,10 +659,14 @@ class PostgresStore:
                 await conn.execute("DELETE FROM handler_runs WHERE seq = ANY(%s::bigint[])", [seqs])
             return len(seqs)
 
+        async def prune_traffic(conn: Conn) -> None:
+            await conn.execute(_WATCH.prune_traffic, [received_before])
+
         # In chunks, each its own transaction (see CHUNK).
         total = 0
         while removed := await self._write("pruning", run):
             total += removed
+        await self._write("pruning traffic", prune_traffic)
         return total
 
     def iter_events(self, where: EventFilter, *, batch: int = 1000) -> AsyncIterator[StoredEvent]:
@@ -795,3 +817,73 @@ class PostgresStore:
     async def seq_before(self, received_at: float) -> int:
         [(before, first_since)] = await self._rows(_SINKS.seq_before, [received_at, received_at])
         return seq_before(before, first_since)
+
+    # -- watch -------------------------------------------------------------------------
+    async def _has_table(self, name: str) -> bool:
+        [(present,)] = await self._rows("SELECT to_regclass(%s) IS NOT NULL", [name])
+        return bool(present)
+
+    async def browse(
+        self, where: EventFilter, *, before_seq: int | None = None, limit: int = 50
+    ) -> list[StoredEvent]:
+        query, params = _WATCH.browse(where, before_seq=before_seq, limit=limit)
+        return [stored_event(row) for row in await self._rows(query, params)]
+
+    async def record_traffic(self, process: str, minutes: Sequence[TrafficMinute]) -> None:
+        rows = [
+            (
+                m.minute,
+                process,
+                m.stored,
+                m.duplicate,
+                m.quarantined,
+                m.rejected_signature,
+                m.too_large,
+                m.store_unavailable,
+                list(m.ack),
+            )
+            for m in minutes
+        ]
+        if not rows:
+            return
+
+        async def run(conn: Conn) -> None:
+            async with conn.cursor() as cur:
+                await cur.executemany(_WATCH.record_traffic.encode(), rows)
+
+        await self._value_write("recording traffic", run)
+
+    async def traffic(self, *, since: float) -> list[TrafficMinute]:
+        # A read-only look at a schema no newer cio-webhooks has migrated: no table,
+        # so nothing recorded (alert_states likewise).
+        if self.readonly and not await self._has_table("traffic"):
+            return []
+        return traffic_minutes(await self._rows(_WATCH.traffic, [since]))
+
+    async def kind_counts(self, *, since: float) -> dict[tuple[str, str], int]:
+        rows = await self._rows(_WATCH.kind_counts, [since])
+        return {(o, m): int(n) for o, m, n in rows}
+
+    async def last_received_at(self) -> float | None:
+        rows = await self._rows(_WATCH.last_received_at)
+        return float(rows[0][0]) if rows else None
+
+    async def alert_states(self) -> list[AlertState]:
+        if self.readonly and not await self._has_table("alert_states"):
+            return []
+        return [alert_state(row) for row in await self._rows(_WATCH.alert_states)]
+
+    async def swap_alert(self, state: AlertState, *, expected: int | None) -> bool:
+        # One statement: PostgreSQL's row lock makes a second UPDATE from the same
+        # version wait for the first, then find the version changed (READ COMMITTED
+        # re-checks the WHERE on the newest row); a second INSERT finds the conflict.
+        values = [state.firing, state.value, state.changed_at, state.notified_at]
+        if expected is None:
+            return await self._changed(
+                "recording an alert", _WATCH.insert_alert, [state.rule, *values]
+            )
+        return await self._changed(
+            "recording an alert",
+            _WATCH.update_alert,
+            [*values, expected + 1, state.rule, expected],
+        )

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from ..._exceptions import StoreUnavailable
 from ...events import Event
 from .._model import (
+    AlertState,
     EventFilter,
     Gauges,
     HandlerRun,
@@ -36,6 +37,7 @@ from .._model import (
     SinkState,
     StoredEvent,
     StoreStats,
+    TrafficMinute,
     Wanted,
 )
 from .._rows import (
@@ -46,6 +48,9 @@ from .._rows import (
     LOADED_BY_SINKS,
     QUARANTINE_COLUMNS,
     SinkSQL,
+    WatchSQL,
+    ack_text,
+    alert_state,
     gauges,
     jobs,
     pages,
@@ -56,7 +61,7 @@ from .._rows import (
     split_claim,
     store_stats,
     stored_event,
-    where_clause,
+    traffic_minutes,
 )
 from ._files import connect_readonly, readonly_uri
 from ._ledger import SQLiteLedger
@@ -82,6 +87,31 @@ CREATE TABLE IF NOT EXISTS sink_cursors (
     owner            TEXT,             -- the loader allowed to move seq ...
     lease_until      REAL,             -- ... until then
     registered_at    REAL NOT NULL
+);
+"""
+
+#: The dashboard and the alerts (``Watch``): what each receiver answered per minute,
+#: and where each alert rule stands.
+_WATCH = """
+CREATE TABLE IF NOT EXISTS traffic (
+    minute             REAL NOT NULL,    -- the minute's start, unix seconds
+    process            TEXT NOT NULL,    -- the receiver that counted it
+    stored             INTEGER NOT NULL,
+    duplicate          INTEGER NOT NULL,
+    quarantined        INTEGER NOT NULL,
+    rejected_signature INTEGER NOT NULL,
+    too_large          INTEGER NOT NULL,
+    store_unavailable  INTEGER NOT NULL,
+    ack                TEXT NOT NULL,    -- answers per latency bucket, comma-separated
+    PRIMARY KEY (minute, process)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alert_states (
+    rule        TEXT PRIMARY KEY,
+    firing      INTEGER NOT NULL,
+    value       REAL,
+    changed_at  REAL NOT NULL,
+    notified_at REAL,
+    version     INTEGER NOT NULL -- compare-and-set: changes only from the version read
 );
 """
 
@@ -128,10 +158,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
     + _SINK_CURSORS
-    + """PRAGMA user_version = 6;
+    + _WATCH
+    + """PRAGMA user_version = 7;
 """
 )
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: What turns a file of version N into N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
@@ -147,6 +178,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
     4: "ALTER TABLE events ADD COLUMN claim_token TEXT;",
     # Warehouse sinks: one cursor per sink.
     5: _SINK_CURSORS,
+    # The dashboard and the alerts: traffic per minute, alert states.
+    6: _WATCH,
 }
 
 
@@ -346,8 +379,21 @@ def _check_inbox(conn: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError("not a cio-webhooks inbox")
 
 
+#: ``EventFilter.text``: SQLite's built-in lower() folds ASCII letters only and keeps
+#: every byte of a BLOB (NULs, invalid UTF-8); instr() on BLOBs compares bytes.
+_WATCH_SQL = WatchSQL("?", ack="?", contains="instr(CAST(lower(body) AS BLOB), ?) > 0")
+
+
 def _where_sql(where: EventFilter) -> tuple[str, list[Any]]:
-    return where_clause(where, "?")
+    return _WATCH_SQL.where(where)
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+    )
 
 
 class SQLiteStore:
@@ -776,6 +822,9 @@ class SQLiteStore:
         total = 0
         while removed := await self._writer.submit(run, isolated=True):
             total += removed
+        await self._writer.submit(
+            lambda c: c.execute(_WATCH_SQL.prune_traffic, (received_before,)), isolated=True
+        )
         return total
 
     def iter_events(self, where: EventFilter, *, batch: int = 1000) -> AsyncIterator[StoredEvent]:
@@ -915,9 +964,7 @@ class SQLiteStore:
         def run(c: sqlite3.Connection) -> list[SinkState]:
             # A read-only look at a file no newer cio-webhooks has opened yet: no table,
             # so no sink.
-            if not c.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sink_cursors'"
-            ).fetchone():
+            if not _has_table(c, "sink_cursors"):
                 return []
             return [sink_state(row) for row in c.execute(_SINKS.states)]
 
@@ -934,3 +981,70 @@ class SQLiteStore:
             lambda c: c.execute(_SINKS.seq_before, (received_at, received_at)).fetchone()
         )
         return seq_before(before, first_since)
+
+    # -- watch -------------------------------------------------------------------------
+    # A read-only look at a file no newer cio-webhooks has opened yet has no traffic or
+    # alert_states table: it reads as none recorded.
+    async def browse(
+        self, where: EventFilter, *, before_seq: int | None = None, limit: int = 50
+    ) -> list[StoredEvent]:
+        query, params = _WATCH_SQL.browse(where, before_seq=before_seq, limit=limit)
+        rows = await self._read(lambda c: c.execute(query, params).fetchall())
+        return [stored_event(row) for row in rows]
+
+    async def record_traffic(self, process: str, minutes: Sequence[TrafficMinute]) -> None:
+        rows = [
+            (
+                m.minute,
+                process,
+                m.stored,
+                m.duplicate,
+                m.quarantined,
+                m.rejected_signature,
+                m.too_large,
+                m.store_unavailable,
+                ack_text(m.ack),
+            )
+            for m in minutes
+        ]
+        if rows:
+            await self._writer.submit(
+                lambda c: c.executemany(_WATCH_SQL.record_traffic, rows), isolated=True
+            )
+
+    async def traffic(self, *, since: float) -> list[TrafficMinute]:
+        def run(c: sqlite3.Connection) -> list[TrafficMinute]:
+            if self.readonly and not _has_table(c, "traffic"):
+                return []
+            return traffic_minutes(c.execute(_WATCH_SQL.traffic, (since,)))
+
+        return await self._read(run)
+
+    async def kind_counts(self, *, since: float) -> dict[tuple[str, str], int]:
+        rows = await self._read(lambda c: c.execute(_WATCH_SQL.kind_counts, (since,)).fetchall())
+        return {(o, m): int(n) for o, m, n in rows}
+
+    async def last_received_at(self) -> float | None:
+        row = await self._read(lambda c: c.execute(_WATCH_SQL.last_received_at).fetchone())
+        return None if row is None else float(row[0])
+
+    async def alert_states(self) -> list[AlertState]:
+        def run(c: sqlite3.Connection) -> list[AlertState]:
+            if self.readonly and not _has_table(c, "alert_states"):
+                return []
+            return [alert_state(row) for row in c.execute(_WATCH_SQL.alert_states)]
+
+        return await self._read(run)
+
+    async def swap_alert(self, state: AlertState, *, expected: int | None) -> bool:
+        # One statement in a write transaction (BEGIN IMMEDIATE: one writer at a time,
+        # whichever process it is in), so the version it compares is the committed one.
+        values = (state.firing, state.value, state.changed_at, state.notified_at)
+        params: tuple[Any, ...]
+        if expected is None:
+            query, params = _WATCH_SQL.insert_alert, (state.rule, *values)
+        else:
+            query, params = _WATCH_SQL.update_alert, (*values, expected + 1, state.rule, expected)
+        return await self._writer.submit(
+            lambda c: c.execute(query, params).rowcount == 1, isolated=True
+        )
