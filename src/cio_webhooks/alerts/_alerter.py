@@ -7,12 +7,10 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import cast
-
 import aiohttp
 
 from ..settings import ALERT_EVERY, ALERT_HTTP_TIMEOUT
-from ..store import Store, Watch
+from ..store import Store
 from ._config import AlertConfig
 from ._notify import Message, Notifier, build_notifiers, send_all
 from ._rules import evaluate, span
@@ -95,7 +93,7 @@ class Alerter:
             async with self.notifiers() as found:
                 return await self.check(found)
         now = self._clock()
-        watch = cast(Watch, self.store)  # Store gains Watch with the store's branch
+        watch = self.store
         snapshot = await read_snapshot(self.store, self.config, now=now, policies=self._policies)
         states = {state.rule: state for state in await watch.alert_states()}
         sent: list[Message] = []
