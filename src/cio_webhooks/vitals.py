@@ -146,7 +146,7 @@ class Vitals:
 async def read_vitals(store: Store, *, now: float) -> Vitals:
     """Read ``Vitals`` from ``store``.  Raises ``StoreUnavailable`` when the store does
     not answer the traffic read; the gauges alone may be missing (None)."""
-    traffic = await store.traffic(since=minute_of(now) - TRAFFIC_WINDOW + 60.0)  # type: ignore[attr-defined]
+    traffic = await store.traffic(since=minute_of(now) - TRAFFIC_WINDOW + 60.0)
     try:
         gauges: Gauges | None = await store.gauges(now=now)
     except StoreUnavailable:
@@ -155,7 +155,7 @@ async def read_vitals(store: Store, *, now: float) -> Vitals:
         now=now,
         traffic=tuple(traffic),
         gauges=gauges,
-        last_received_at=await store.last_received_at(),  # type: ignore[attr-defined]
+        last_received_at=await store.last_received_at(),
         sinks=tuple(await sink_statuses(store, now=now)),
     )
 
@@ -203,7 +203,7 @@ class EmailRates:
 async def email_rates(store: Store, *, now: float, window: float) -> EmailRates:
     """Email events received in the ``window`` seconds before ``now``."""
     counts: dict[tuple[str, str], int]
-    counts = await store.kind_counts(since=now - window)  # type: ignore[attr-defined]
+    counts = await store.kind_counts(since=now - window)
 
     def email(metric: str) -> int:
         return counts.get(("email", metric), 0)
