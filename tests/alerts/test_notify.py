@@ -94,7 +94,7 @@ async def test_a_failing_notifier_is_logged_without_its_url_and_stops_nobody(
         "webhook": "webhook: could not be reached (ClientConnectorError)",
     }
     assert len(hooks.received("/ok")) == 1  # the others got it
-    assert "event=alert rule=complaint_rate status=firing level=critical" in caplog.text
+    assert "event=alert rule=complaint_rate status=firing severity=critical" in caplog.text
     assert "event=alert_notify_failed notifier=slack" in caplog.text
     assert "secret-token" not in caplog.text
     assert "secret-token" not in repr(notifiers)

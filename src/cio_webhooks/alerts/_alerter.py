@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+
 import aiohttp
 
 from ..settings import ALERT_EVERY, ALERT_HTTP_TIMEOUT

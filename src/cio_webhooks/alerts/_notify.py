@@ -3,7 +3,7 @@
 =========  ==============================================================================
 notifier   sends
 =========  ==============================================================================
-log        one line: ``event=alert rule=... status=firing|resolved level=... value=...``
+log        one line: ``event=alert rule=... status=firing|resolved severity=... value=...``
 slack      POST ``{"text": "..."}`` to a Slack incoming webhook (figure, threshold, link)
 webhook    POST ``{"rule", "status", "level", "value", "threshold", "message", "url",
            "at", "repeat"}`` (JSON) to any URL
@@ -108,7 +108,7 @@ class LogNotifier:
         level = logging.INFO if message.status == "resolved" else logging.WARNING
         log.log(
             level,
-            "event=alert rule=%s status=%s level=%s repeat=%s value=%s threshold=%s"
+            "event=alert rule=%s status=%s severity=%s repeat=%s value=%s threshold=%s"
             " url=%s message=%s",
             message.rule,
             message.status,
