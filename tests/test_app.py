@@ -347,6 +347,21 @@ async def test_metrics_count_outcomes(client: httpx2.AsyncClient) -> None:
     assert "cio_webhooks_store_up 1\n" in text
 
 
+async def test_metrics_show_ack_latency_kinds_and_the_last_event(
+    client: httpx2.AsyncClient,
+) -> None:
+    await post_event(client, make_event("k1", "email", "opened"))
+    await post_event(client, make_event("k2", "email", "opened"))
+    await post_event(client, make_event("k3", "email", "spammed"))
+    await post_event(client, make_event("k3", "email", "spammed"))  # a duplicate: not a kind
+    text = (await client.get("/metrics")).text
+    assert 'cio_webhooks_events_total{object_type="email",metric="opened"} 2\n' in text
+    assert 'cio_webhooks_events_total{object_type="email",metric="spammed"} 1\n' in text
+    assert 'cio_webhooks_ack_seconds_bucket{le="+Inf"} 4\n' in text
+    assert "cio_webhooks_ack_seconds_count 4\n" in text
+    assert f"cio_webhooks_inbox_last_received_at {NOW:.3f}\n" in text
+
+
 async def test_concurrent_requests_share_commits_and_all_land(
     client: httpx2.AsyncClient, inbox: SQLiteStore
 ) -> None:

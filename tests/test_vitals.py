@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 
-from cio_webhooks.store import ACK_BUCKETS, Gauges, TrafficMinute
-from cio_webhooks.vitals import EmailRates, Vitals, ack_quantile
+from cio_webhooks import parse_event
+from cio_webhooks.store import ACK_BUCKETS, Gauges, Store, TrafficMinute
+from cio_webhooks.testing import make_event
+from cio_webhooks.vitals import EmailRates, Vitals, ack_quantile, email_rates, read_vitals
+
+from .conftest import store_per_backend
 
 MINUTE = 28_333_333 * 60.0  # a minute's start
 NOW = MINUTE + 30  # half a minute into it
@@ -96,3 +104,37 @@ def test_rates_of_a_window() -> None:
 def test_bounces_count_against_delivered_when_sent_is_not_subscribed() -> None:
     rates = EmailRates(window=86400, sent=0, delivered=90, bounced=10, spammed=0, unsubscribed=0)
     assert rates.bounce_rate == 0.1
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with store_per_backend(request, tmp_path) as store:
+        yield store
+
+
+async def put(store: Store, event_id: str, metric: str, at: float) -> None:
+    body = json.dumps(make_event(event_id, "email", metric)).encode()
+    await store.put(parse_event(body, received_at=at), handled=True)
+
+
+async def test_vitals_read_every_receivers_traffic_and_the_last_event(store: Store) -> None:
+    await store.record_traffic("one", [TrafficMinute(minute=MINUTE, stored=6, ack=buckets(b5=6))])
+    await store.record_traffic("two", [TrafficMinute(minute=MINUTE, rejected_signature=4)])
+    await put(store, "e1", "delivered", NOW - 90)
+    v = await read_vitals(store, now=NOW)
+    assert v.rejected(1) == 4
+    assert v.accepted(1) == 6
+    assert v.since_last_event == 90
+    assert v.gauges is not None
+    assert v.gauges.backlog == 0
+
+
+async def test_email_rates_count_the_window_only(store: Store) -> None:
+    await put(store, "old", "spammed", NOW - 2 * 86400)
+    for i in range(10):
+        await put(store, f"d{i}", "delivered", NOW - 60)
+    await put(store, "s1", "spammed", NOW - 60)
+    await put(store, "b1", "bounced", NOW - 60)
+    rates = await email_rates(store, now=NOW, window=86400)
+    assert (rates.delivered, rates.spammed, rates.bounced) == (10, 1, 1)
+    assert rates.complaint_rate == 0.1

@@ -25,17 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import socket
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .._exceptions import SinkError, StoreUnavailable
 from ..events import iso
-from ..store import SinkState, Store, owner_alive
+from ..store import SinkState, Store, new_owner, owner_alive
 from ._contract import Batch, Sink
 from ._reads import ReadCache
 from ._rows import delivery_rows, event_row
@@ -53,10 +50,6 @@ RETRY_MAX = 300.0
 IDLE_POLL = 1.0
 #: First wait when a look finds nothing: doubled up to ``IDLE_POLL``.
 _POLL = 0.05
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -98,7 +91,7 @@ class Loader:
         self.store = store
         self.sinks = list(sinks)
         self.clock = clock
-        self.owner = owner or _owner()
+        self.owner = owner or new_owner()
         self.lease = lease
         self.retry_base = retry_base
         self.retry_max = retry_max

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..store import Store
 
-__all__ = ["BACKLOG_LIMIT", "SinkStatus", "metric_lines", "sink_statuses"]
+__all__ = ["BACKLOG_LIMIT", "SinkStatus", "label_value", "metric_lines", "sink_statuses"]
 
 #: Rows behind are counted up to this many (a count of millions costs a scan).
 BACKLOG_LIMIT = 1_000_000
@@ -63,7 +63,8 @@ async def sink_statuses(store: Store, *, now: float) -> list[SinkStatus]:
     return found
 
 
-def _label(text: str) -> str:
+def label_value(text: str) -> str:
+    """``text`` escaped as a Prometheus label value."""
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
@@ -88,12 +89,12 @@ def metric_lines(statuses: list[SinkStatus], *, now: float) -> list[str]:
         for s in statuses:
             number = value(s)
             shown = int(number) if float(number).is_integer() else round(number, 3)
-            lines.append(f'cio_webhooks_sink_{name}{{sink="{_label(s.name)}"}} {shown}')
+            lines.append(f'cio_webhooks_sink_{name}{{sink="{label_value(s.name)}"}} {shown}')
     lines.append("# TYPE cio_webhooks_sink_last_error_info gauge")
     for s in statuses:
         if s.error:
             lines.append(
-                f'cio_webhooks_sink_last_error_info{{sink="{_label(s.name)}",'
-                f'error="{_label(s.error[:200])}"}} 1'
+                f'cio_webhooks_sink_last_error_info{{sink="{label_value(s.name)}",'
+                f'error="{label_value(s.error[:200])}"}} 1'
             )
     return lines

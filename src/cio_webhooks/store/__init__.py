@@ -42,6 +42,7 @@ from ._ledger import (
     Reservation,
     Verdict,
     Window,
+    new_owner,
     owner_alive,
 )
 from ._model import (
@@ -100,6 +101,7 @@ __all__ = [
     "Wanted",
     "Watch",
     "Window",
+    "new_owner",
     "open_store",
     "owner_alive",
     "parse_store_url",

@@ -141,6 +141,12 @@ class AuditRow:
     dry_run: bool
 
 
+def new_owner() -> str:
+    """A name for this process and one of its roles, ``host:pid:token``: unique across
+    hosts and restarts, and ``owner_alive`` can tell whether it still runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 def owner_alive(owner: str) -> bool:
     """Could the process named by ``owner`` (``host:pid:token``) still be calling?"""
     host, _, rest = owner.partition(":")
@@ -203,7 +209,7 @@ class LedgerBookkeeping(Generic[Unwritten]):
     ``Unwritten`` that settles a reservation and appends its audit row)."""
 
     def __init__(self) -> None:
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = new_owner()
         self._calling: set[Reservation] = set()  # reserved by this instance, call running
         # Calls made whose outcome could not be written: the next reserve records them
         # instead of calling again.
