@@ -3,12 +3,21 @@ fake Slack / webhook server on loopback; ``--alerts`` of ``serve`` and ``worker`
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
 
+from cio_webhooks import Dispatcher, RetryPolicy, Router, parse_event
 from cio_webhooks.cli import main
-from cio_webhooks.testing import FakeNotificationServer, free_port
+from cio_webhooks.store.sqlite import SQLiteStore
+from cio_webhooks.testing import FakeNotificationServer, free_port, make_event
 
 from ..alerts.test_prometheus import alerts_of
 
@@ -86,3 +95,42 @@ def test_serve_and_worker_refuse_a_bad_alerts_file_before_starting(tmp_path: Pat
         code, _, err = invoke(*command, env=env)
         assert code == 2, err
         assert "notify.slack: must be an http:// or https:// URL" in err
+
+
+def test_a_worker_sends_the_alerts_of_its_file(tmp_path: Path) -> None:
+    async def one_dead_letter() -> None:
+        async with SQLiteStore(tmp_path / "inbox.db") as inbox:
+            body = json.dumps(make_event("dead1", "sms", "failed")).encode()
+            await inbox.put(parse_event(body, received_at=time.time()))
+            router = Router()
+
+            @router.on("sms.failed", name="always_fails")
+            def fail(event: object) -> None:
+                raise ValueError("no route to host")
+
+            dispatcher = Dispatcher(inbox, router, retry=RetryPolicy(max_attempts=1))
+            while await dispatcher.run_once():
+                pass
+
+    asyncio.run(one_dead_letter())
+    with FakeNotificationServer() as hooks:
+        path = alerts_file(tmp_path, f'[notify]\nwebhook = "{hooks.url("/hook")}"\n')
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cio_webhooks", "worker", "--data-dir", str(tmp_path)],
+            env={**os.environ, "CIO_WEBHOOKS_ALERTS": str(path)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not hooks.received("/hook") and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, err = worker.communicate(timeout=60)
+        [body] = hooks.received("/hook")
+    assert (body["rule"], body["status"], body["value"]) == ("dead_letters", "firing", 1)
+    assert body["url"] == "http://127.0.0.1:8000/ui/dead-letters"
+    assert "event=alerts_started" in err
+    assert "event=alert rule=dead_letters status=firing" in err
+    assert worker.returncode == 0, err
