@@ -17,7 +17,8 @@ run time: any module may use it.
     the HTTP server   DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
                       DEFAULT_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS
     watching          UI_PATH, DEFAULT_UI_USER, TRAFFIC_FLUSH_EVERY, ALERT_EVERY,
-                      DEFAULT_ALERT_COOLDOWN, ALERT_HTTP_TIMEOUT, DEFAULT_DASHBOARD_URL
+                      ALERT_RATES_EVERY, DEFAULT_ALERT_COOLDOWN, ALERT_HTTP_TIMEOUT,
+                      DEFAULT_DASHBOARD_URL
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALERT_EVERY",
     "ALERT_HTTP_TIMEOUT",
+    "ALERT_RATES_EVERY",
     "CUSTOMERIO_RETRY_DAYS",
     "DATA_DIR",
     "DEFAULT_ALERT_COOLDOWN",
@@ -167,6 +169,9 @@ DEFAULT_UI_USER = "admin"
 TRAFFIC_FLUSH_EVERY = 5.0
 #: Seconds between two evaluations of the alert rules.
 ALERT_EVERY = 30.0
+#: Seconds an alerter reuses the email rates it read: each is a count over the whole
+#: window (a day of events), cheap every few minutes, wasteful every check.
+ALERT_RATES_EVERY = 300.0
 #: Seconds between two messages about an alert that keeps firing (each rule may set its own).
 DEFAULT_ALERT_COOLDOWN = 3600.0
 #: Seconds a notifier (Slack, a JSON webhook) gets to take one message.

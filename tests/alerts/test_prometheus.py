@@ -17,6 +17,7 @@ from cio_webhooks.testing import make_event
 
 from ..conftest import post_event
 
+
 def parse_yaml(text: str) -> Any:
     """The block YAML ``prometheus_rules`` writes: mappings, ``- `` lists of mappings,
     ``[]``, scalars that are JSON.  Anything else fails the test."""

@@ -55,7 +55,7 @@ from ._notify import (
 )
 from ._prometheus import METRICS, prometheus_rules
 from ._rules import CRITICAL, WARNING, Finding, Ratio, Snapshot, evaluate, judge, span
-from ._snapshot import read_snapshot
+from ._snapshot import RatesReader, read_snapshot
 from ._state import FIRING, RESOLVED, Transition, decide
 
 __all__ = [
@@ -79,6 +79,7 @@ __all__ = [
     "Notifier",
     "NotifyConfig",
     "NotifyError",
+    "RatesReader",
     "Ratio",
     "RuleConfig",
     "SignatureFailures",

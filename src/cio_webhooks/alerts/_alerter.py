@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiohttp
 
-from ..settings import ALERT_EVERY, ALERT_HTTP_TIMEOUT
+from ..settings import ALERT_EVERY, ALERT_HTTP_TIMEOUT, ALERT_RATES_EVERY
 from ..store import Store
+from ..vitals import EmailRates, email_rates
 from ._config import AlertConfig
 from ._notify import Message, Notifier, build_notifiers, send_all
 from ._rules import evaluate, span
@@ -53,7 +54,8 @@ class Alerter:
     recorded sends.  ``notifiers`` default to those of ``config.notify``, on an HTTP
     session the alerter opens in ``run`` and closes after (or on ``session``, which
     its owner closes).  ``policies`` False: no policy runs, ``track_failures`` is not
-    judged."""
+    judged.  Email rates (a count over a day of events) are read again only every
+    ``rates_every`` seconds."""
 
     def __init__(
         self,
@@ -66,6 +68,7 @@ class Alerter:
         notifiers: Sequence[Notifier] | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = ALERT_HTTP_TIMEOUT,
+        rates_every: float = ALERT_RATES_EVERY,
     ) -> None:
         self.store = store
         self.config = config
@@ -75,6 +78,15 @@ class Alerter:
         self._notifiers = list(notifiers) if notifiers is not None else None
         self._session = session
         self._timeout = timeout
+        self._rates_every = rates_every
+        self._rates: dict[float, tuple[float, EmailRates]] = {}  # window -> (read at, rates)
+
+    async def _email_rates(self, window: float, now: float) -> EmailRates:
+        cached = self._rates.get(window)
+        if cached is None or not 0 <= now - cached[0] < self._rates_every:
+            cached = (now, await email_rates(self.store, now=now, window=window))
+            self._rates[window] = cached
+        return cached[1]
 
     @contextlib.asynccontextmanager
     async def notifiers(self) -> AsyncIterator[list[Notifier]]:
@@ -95,7 +107,9 @@ class Alerter:
                 return await self.check(found)
         now = self._clock()
         watch = self.store
-        snapshot = await read_snapshot(self.store, self.config, now=now, policies=self._policies)
+        snapshot = await read_snapshot(
+            self.store, self.config, now=now, policies=self._policies, rates=self._email_rates
+        )
         states = {state.rule: state for state in await watch.alert_states()}
         sent: list[Message] = []
         for finding in evaluate(snapshot, self.config):

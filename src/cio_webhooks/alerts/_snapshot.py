@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from ..store import Store
 from ..vitals import EmailRates, email_rates, read_vitals, track_failures
 from ._config import AlertConfig, BounceRate, ComplaintRate, SignatureFailures, TrackFailures
 from ._rules import Ratio, Snapshot
 
-__all__ = ["read_snapshot"]
+__all__ = ["RatesReader", "read_snapshot"]
+
+#: Reads the email rates of a window (seconds) at a time: ``vitals.email_rates``, or a
+#: cache of it (``Alerter``).
+RatesReader = Callable[[float, float], Awaitable[EmailRates]]
 
 
 async def read_snapshot(
-    store: Store, config: AlertConfig, *, now: float, policies: bool = True
+    store: Store,
+    config: AlertConfig,
+    *,
+    now: float,
+    policies: bool = True,
+    rates: RatesReader | None = None,
 ) -> Snapshot:
     """The figures of ``config``'s enabled rules at ``now``, read from ``store``
     through ``vitals`` (one definition of each figure, shared with the dashboard).
 
     ``policies`` False: no policy runs, so the Track failures are not read (a SQLite
-    store's ledger file would be created only to be found empty)."""
+    store's ledger file would be created only to be found empty).  ``rates(window,
+    now)`` reads email rates (default: ``vitals.email_rates`` on ``store``)."""
     vitals = await read_vitals(store, now=now)
     enabled = {rule.name: rule for rule in config.enabled}
     gauges = vitals.gauges
@@ -28,17 +40,20 @@ async def read_snapshot(
 
     windows: dict[float, EmailRates] = {}
 
-    async def rates(window: float) -> EmailRates:
+    async def read(window: float, at: float) -> EmailRates:
+        return await email_rates(store, now=at, window=window)
+
+    async def rates_of(window: float) -> EmailRates:
         if window not in windows:
-            windows[window] = await email_rates(store, now=now, window=window)
+            windows[window] = await (rates or read)(window, now)
         return windows[window]
 
     complaints = bounces = None
     if isinstance(rule := enabled.get("complaint_rate"), ComplaintRate):
-        r = await rates(rule.window)
+        r = await rates_of(rule.window)
         complaints = Ratio(r.spammed, r.delivered, r.complaint_rate)
     if isinstance(bounce := enabled.get("bounce_rate"), BounceRate):
-        r = await rates(bounce.window)
+        r = await rates_of(bounce.window)
         bounces = Ratio(r.bounced, r.attempted, r.bounce_rate)
 
     failed = None
