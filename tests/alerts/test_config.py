@@ -4,6 +4,7 @@ naming the key, and a notifier's URL never shown."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zoneinfo
 from pathlib import Path
 
@@ -179,3 +180,11 @@ def test_hours_in_a_time_zone_and_across_midnight() -> None:
 
 def test_the_default_config_object_equals_the_loaded_defaults() -> None:
     assert load_alerts(None) == AlertConfig()
+
+
+def test_the_file_in_the_docs_loads(tmp_path: Path) -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs" / "alerts.md"
+    [example] = re.findall(r"```toml\n(.*?)```", docs.read_text(), re.DOTALL)
+    config = load_alerts(write(tmp_path, example))
+    assert [r.name for r in config.enabled] == [n for n in RULES if n != "track_failures"]
+    assert config.cooldown_of(config.rule("dead_letters")) == 4 * 3600
