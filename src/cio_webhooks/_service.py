@@ -19,6 +19,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 
 from ._exceptions import ConfigError, StoreUnavailable
+from .alerts import Alerter, load_alerts
 from .app import Background, WebhookApp, create_app
 from .customerio import CustomerIOAuthError, CustomerIOError, TrackClient
 from .dispatcher import Clock, Dispatcher
@@ -373,7 +374,8 @@ def background_tasks(
             check_region=settings.region,
         )
 
-    return [dispatch, loader.run, pruner], dispatcher
+    alerts = Alerter(inbox, load_alerts(settings.alerts), clock=clock, policies=bool(policies))
+    return [dispatch, loader.run, pruner, alerts.run], dispatcher
 
 
 def report_sink(settings: Settings) -> SinkURL | None:

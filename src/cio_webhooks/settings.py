@@ -18,7 +18,9 @@ run time: any module may use it.
                       DEFAULT_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS
     watching          UI_PATH, UI_PORT, DEFAULT_UI_USER, UI_SESSION_SECONDS,
                       UI_PAGE_SIZE, COMPLAINT_RATE_WARN, COMPLAINT_RATE_LIMIT,
-                      RATE_MIN_VOLUME, TRAFFIC_FLUSH_EVERY, ALERT_EVERY
+                      RATE_MIN_VOLUME, TRAFFIC_FLUSH_EVERY, ALERT_EVERY,
+                      ALERT_RATES_EVERY, DEFAULT_ALERT_COOLDOWN, ALERT_HTTP_TIMEOUT,
+                      DEFAULT_DASHBOARD_URL
 """
 
 from __future__ import annotations
@@ -33,11 +35,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALERT_EVERY",
+    "ALERT_HTTP_TIMEOUT",
+    "ALERT_RATES_EVERY",
     "COMPLAINT_RATE_LIMIT",
     "COMPLAINT_RATE_WARN",
     "CUSTOMERIO_RETRY_DAYS",
     "DATA_DIR",
+    "DEFAULT_ALERT_COOLDOWN",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_DASHBOARD_URL",
     "DEFAULT_DEDUPE_DAYS",
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_HANDLER_TIMEOUT",
@@ -183,6 +189,15 @@ RATE_MIN_VOLUME = 100
 TRAFFIC_FLUSH_EVERY = 5.0
 #: Seconds between two evaluations of the alert rules.
 ALERT_EVERY = 30.0
+#: Seconds an alerter reuses the email rates it read: each is a count over the whole
+#: window (a day of events), cheap every few minutes, wasteful every check.
+ALERT_RATES_EVERY = 300.0
+#: Seconds between two messages about an alert that keeps firing (each rule may set its own).
+DEFAULT_ALERT_COOLDOWN = 3600.0
+#: Seconds a notifier (Slack, a JSON webhook) gets to take one message.
+ALERT_HTTP_TIMEOUT = 10.0
+#: The dashboard's address in alert messages when the alerts file names none.
+DEFAULT_DASHBOARD_URL = f"http://{HOST}:{PORT}"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ body, headers = signed_request({"event_id": "01H...", ...}, key="secret", timest
 clock = FixedClock(1_700_000_000); clock.advance(60)
 port = free_port(); proc = subprocess.Popen([... "serve", "--port", str(port)])
 wait_until_listening(port, proc)
+with FakeNotificationServer() as hooks:   # a Slack / JSON webhook stand-in on loopback
+    notify = {"slack": hooks.url("/slack")}; ...; hooks.received("/slack") -> [{"text": ...}]
 """
 
 from __future__ import annotations
@@ -11,13 +13,23 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
 from typing import Any
 
 from .signature import signed_headers
 
-__all__ = ["FixedClock", "free_port", "make_event", "signed_request", "wait_until_listening"]
+__all__ = [
+    "FakeNotificationServer",
+    "FixedClock",
+    "free_port",
+    "make_event",
+    "signed_request",
+    "wait_until_listening",
+]
 
 
 @dataclass
@@ -98,3 +110,90 @@ def wait_until_listening(
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listened on {host}:{port} within {timeout:g} s")
+
+
+class FakeNotificationServer:
+    """A Slack incoming webhook / JSON webhook stand-in on loopback, in a thread (so it
+    serves sync code, ``CliRunner`` and any event loop alike).
+
+    Every POST is answered ``status`` (200 unless ``fail(path, status)`` was called for
+    its path) and its JSON body recorded: ``received(path)`` lists them in order.  A
+    body that is not JSON is recorded as its text."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self._posts: list[tuple[str, Any]] = []
+        self._statuses: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the server is not started")
+        return int(self._server.server_address[1])
+
+    def url(self, path: str = "/hook") -> str:
+        """The URL of ``path`` on this server (any path is accepted)."""
+        return f"http://{self.host}:{self.port}{path}"
+
+    def fail(self, path: str, status: int = 500) -> None:
+        """Answer POSTs to ``path`` with ``status`` from now on (200 again: ``fail(path, 200)``)."""
+        with self._lock:
+            self._statuses[path] = status
+
+    def received(self, path: str | None = None) -> list[Any]:
+        """The bodies POSTed (to ``path``, or anywhere), oldest first."""
+        with self._lock:
+            return [body for where, body in self._posts if path is None or where == path]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._posts.clear()
+
+    def start(self) -> FakeNotificationServer:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body: Any = json.loads(raw)
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                with owner._lock:
+                    owner._posts.append((self.path, body))
+                    status = owner._statuses.get(self.path, 200)
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet: tests read received(), not stderr
+
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> FakeNotificationServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -9,7 +9,7 @@ registered by importing a module)::
     _replay.py      replay                     _handlers.py   handlers
     _stats.py       stats                      _reporting.py  report
     _reconcile.py   reconcile                  _actions.py    actions list
-    _sinks.py       sinks status|replay|forget
+    _sinks.py       sinks status|replay|forget _alerts.py     alerts test|prometheus-rules
     _ui.py          ui (the dashboard alone), the dashboard's options and server
     _options.py     shared options, parsers, opening the store of --store/--db
     _output.py      tables and JSON on stdout
@@ -25,6 +25,7 @@ import click
 
 from ..settings import ENV_PREFIX
 from ._actions import actions
+from ._alerts import alerts
 from ._dlq import dlq
 from ._errors import exit_codes
 from ._events import events
@@ -82,6 +83,7 @@ for command in (
     actions,
     store,
     sinks,
+    alerts,
     ui_command,
 ):
     main.add_command(command)

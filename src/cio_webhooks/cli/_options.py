@@ -30,6 +30,7 @@ __all__ = [
     "LIMIT",
     "QUARANTINE_ID",
     "FiniteRange",
+    "alerts_option",
     "app_api_options",
     "event_filter",
     "event_id_arguments",
@@ -243,6 +244,12 @@ handlers_option = click.option(
     multiple=True,
     envvar=env("HANDLERS"),
     help="module:attr of a cio_webhooks.Router; repeatable.",
+)
+alerts_option = click.option(
+    "--alerts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=env("ALERTS"),
+    help="TOML file of alert rules and notifiers. [default: the default rules, log only]",
 )
 policies_option = click.option(
     "--policies",

@@ -26,6 +26,7 @@ from .._service import (
     sink_urls,
     split_keys,
 )
+from ..alerts import load_alerts
 from ..settings import (
     CUSTOMERIO_RETRY_DAYS,
     DATA_DIR,
@@ -52,6 +53,7 @@ from ._errors import err
 from ._options import (
     F,
     FiniteRange,
+    alerts_option,
     handlers_option,
     policies_option,
     run,
@@ -170,6 +172,7 @@ def service_options(fn: F) -> F:
             " the inbox; a PostgreSQL store keeps it inside]",
         ),
         policies_option,
+        alerts_option,
         track_site_id_option,
         track_api_key_option,
         click.option(
@@ -277,9 +280,11 @@ def _settings(
         track_rate=o["track_rate"],
         dry_run=o["dry_run"],
         actions_db=o["actions_db"],
+        alerts=o["alerts"],
         **ui_settings(o),
     )
     sink_urls(settings)  # a bad sink URL, or email=hash without a salt, fails at start
+    load_alerts(settings.alerts)  # and so does a bad alerts file
     return settings
 
 

@@ -229,8 +229,9 @@ class TrafficMinute:
 class AlertState:
     """Where one alert rule stands, shared by every process on the store.
 
-    ``firing`` since ``changed_at`` (or resolved since then); ``value`` is the last
-    figure seen; ``notified_at`` when a message about it was last sent (None: never).
+    ``firing`` since ``changed_at`` (or resolved since then); ``value`` is the figure
+    of the last message sent about it (a rise from warning to critical is told by it);
+    ``notified_at`` when that message was sent (None: never).
     ``version`` counts the changes: ``Watch.swap_alert`` only replaces the state it
     was given, so of several workers deciding the same change one wins, and sends.
     """
