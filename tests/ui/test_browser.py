@@ -266,7 +266,15 @@ def test_phone_width(browser: Any, service: Service) -> None:
     try:
         page = ctx.new_page()
         login(page, service)
-        for path, name in (("/", "overview-phone"), ("/dead-letters", None), ("/events", None)):
+        pages = [
+            ("/", "overview-phone"),
+            ("/dead-letters", None),
+            ("/events", None),
+            ("/events/ev-opened-1", None),
+            ("/deliverability?by=domain", None),
+            ("/policies", None),
+        ]
+        for path, name in pages:
             page.goto(f"{service.ui}{path}")
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 375, (path, width)
