@@ -38,6 +38,7 @@ from cio_webhooks import (
     create_app,
     parse_event,
 )
+from cio_webhooks._metrics import MetricSources
 from cio_webhooks._service import (
     build_policies,
     check_storage,
@@ -131,7 +132,13 @@ async def pipeline(settings: Settings, fake: FakeCustomerIO) -> AsyncIterator[Pi
     dispatcher = Dispatcher(
         inbox, policies.router(), retry=settings.retry, clock=clock, rng=random.Random(0)
     )
-    app = create_app(inbox, settings.signing_keys, clock=clock, router=dispatcher.router)
+    app = create_app(
+        inbox,
+        settings.signing_keys,
+        clock=clock,
+        router=dispatcher.router,
+        metrics=MetricSources(policies.metric_lines),
+    )
     try:
         async with httpx2.AsyncClient(
             transport=httpx2.ASGITransport(app=app), base_url="http://t"
@@ -241,6 +248,11 @@ async def test_a_failed_call_is_retried_by_the_dispatcher_and_succeeds_once(
     assert statuses == ["ok", "failed"]  # newest first
     [failed] = await defaults.ledger.recent(status="failed")
     assert "HTTP 503 after 3 attempt(s)" in (failed.detail or "")
+    # what `alerts prometheus-rules`' track_failures counts
+    metrics = (await defaults.client.get("/metrics")).text
+    series = "cio_webhooks_policy_actions_total"
+    assert f'{series}{{rule="bounce-mark",status="failed"}} 1\n' in metrics
+    assert f'{series}{{rule="bounce-mark",status="ok"}} 1\n' in metrics
 
 
 async def test_a_passing_hiccup_is_retried_within_the_call(defaults: Pipeline) -> None:

