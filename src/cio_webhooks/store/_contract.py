@@ -341,7 +341,7 @@ class Watch(Protocol):
 
     async def operator_actions(self, *, limit: int = 100) -> list[OperatorAction]:
         """The ``limit`` most recent operator actions, newest first (by ``at``; of two
-        at one time, the one recorded last first).  None on a store whose schema
+        at one time, the one recorded last first); an empty list on a store whose schema
         predates them (a read-only look at an older store)."""
         ...
 
