@@ -5,9 +5,11 @@ exactly the same thing::
     where = await named_dead_letters(store, ("ev1", "ev2"))  # refuses non-dead ones
     n = await store.requeue(where, now=now)                   # retry
     counts = await reingest(store, quarantined_bodies(store, ()), named=False)
+    await record_action(store, OperatorAction(now, "cli:ann", "dlq_retry", n, "every dead letter"))
 
 ``reingest`` reads quarantined bodies again: those that are events now are stored
-(deduplicated) and leave the quarantine.
+(deduplicated) and leave the quarantine.  ``record_action`` keeps who did what in the
+store, where every dashboard lists it, whichever tool the operator used.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from dataclasses import dataclass, field
 from ._exceptions import ConfigError, InvalidEvent
 from .app import STALE_REASON
 from .events import parse_event
-from .store import EventFilter, JobState, Operations, Quarantined
+from .store import EventFilter, JobState, Operations, OperatorAction, Quarantined, Watch
 
-__all__ = ["Reingested", "named_dead_letters", "quarantined_bodies", "reingest"]
+__all__ = ["Reingested", "named_dead_letters", "quarantined_bodies", "record_action", "reingest"]
 
 log = logging.getLogger("cio_webhooks.operator")
 
@@ -119,3 +121,17 @@ async def reingest(
         else:
             done.duplicate += 1
     return done
+
+
+async def record_action(store: Watch, action: OperatorAction) -> Exception | None:
+    """Keep ``action`` in the store (``Watch.record_operator_action``); None when it
+    was kept, else the error that kept it from being kept.
+
+    The action is done by then: a record the store cannot take must not turn its
+    result into an error page or a failed command (the operator would do it again),
+    so the error is returned for the caller to report, never raised."""
+    try:
+        await store.record_operator_action(action)
+    except Exception as exc:  # whatever it is, the events were changed all the same
+        return exc
+    return None

@@ -17,7 +17,7 @@ run time: any module may use it.
     the HTTP server   DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
                       DEFAULT_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS
     watching          UI_PATH, UI_PORT, DEFAULT_UI_USER, UI_SESSION_SECONDS,
-                      UI_PAGE_SIZE, COMPLAINT_RATE_WARN, COMPLAINT_RATE_LIMIT,
+                      UI_PAGE_SIZE, UI_RECENT_ACTIONS, COMPLAINT_RATE_WARN, COMPLAINT_RATE_LIMIT,
                       RATE_MIN_VOLUME, TRAFFIC_FLUSH_EVERY, ALERT_EVERY,
                       ALERT_RATES_EVERY, DEFAULT_ALERT_COOLDOWN, ALERT_HTTP_TIMEOUT,
                       DEFAULT_DASHBOARD_URL
@@ -71,6 +71,7 @@ __all__ = [
     "UI_PAGE_SIZE",
     "UI_PATH",
     "UI_PORT",
+    "UI_RECENT_ACTIONS",
     "UI_SESSION_SECONDS",
     "WAREHOUSE_FILE",
     "WEBHOOK_PATH",
@@ -179,6 +180,8 @@ DEFAULT_UI_USER = "admin"
 UI_SESSION_SECONDS = 12 * 3600
 #: Events per page of the dashboard's lists.
 UI_PAGE_SIZE = 50
+#: Operator actions (retries, discards, re-ingests) the dead-letters page lists.
+UI_RECENT_ACTIONS = 100
 #: Spam complaint rates (over delivered) Google and Yahoo judge senders by: stay
 #: under the first (recommended), never reach the second (required).
 COMPLAINT_RATE_WARN = 0.001

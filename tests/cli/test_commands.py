@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import pwd
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from cio_webhooks import Dispatcher, EventFilter, JobState, RetryPolicy, Router, parse_event
 from cio_webhooks.cli import main, parse_since
+from cio_webhooks.cli._audit import cli_user
 from cio_webhooks.handlers import load_router
 from cio_webhooks.store.sqlite import SQLiteLedger, SQLiteStore
 from cio_webhooks.testing import FixedClock, make_event
@@ -108,6 +110,68 @@ def test_dlq_list_show_retry_discard(data_dir: Path) -> None:
     assert stats["states"][JobState.PENDING] == 1
     code, out, _ = invoke("dlq", "discard", "--all", "--data-dir", str(data_dir))
     assert out.strip() == "discarded 0 event(s)"  # it is pending now, not dead
+
+
+def _operator_actions(data_dir: Path) -> list[tuple[str, str, int, str]]:
+    async def run() -> list[tuple[str, str, int, str]]:
+        async with SQLiteStore(data_dir / "inbox.db", readonly=True) as inbox:
+            return [(a.user, a.action, a.count, a.detail) for a in await inbox.operator_actions()]
+
+    return asyncio.run(run())
+
+
+def test_dlq_and_quarantine_actions_are_recorded_with_who_did_them(data_dir: Path) -> None:
+    ann = {"LOGNAME": "ann"}
+    [body] = _quarantine(data_dir, (json.dumps(make_event("now-ok")).encode(), "old", None, NOW))
+    runner = CliRunner()
+    for args, env in [
+        (("dlq", "retry", "dead1"), ann),
+        (("dlq", "discard", "--all"), {"LOGNAME": "bob"}),
+        (("quarantine", "reingest", str(body)), ann),
+        (("quarantine", "reingest", "--all"), ann),
+        (("dlq", "retry", "ok0"), ann),  # refused (not a dead letter): nothing to record
+    ]:
+        runner.invoke(main, [*args, "--data-dir", str(data_dir)], env=env, catch_exceptions=False)
+    assert _operator_actions(data_dir) == [
+        (
+            "cli:ann",
+            "quarantine_reingest",
+            0,
+            "every quarantined body: stored=0 duplicate=0 still_invalid=1 stale_left=0",
+        ),
+        (
+            "cli:ann",
+            "quarantine_reingest",
+            1,
+            f"quarantined body {body}: stored=1 duplicate=0 still_invalid=0 stale_left=0",
+        ),
+        ("cli:bob", "dlq_discard", 0, "every dead letter"),
+        ("cli:ann", "dlq_retry", 1, "dead letter dead1"),
+    ]
+
+
+def test_the_cli_user_is_the_login_name() -> None:
+    with CliRunner().isolation(env={"LOGNAME": "ann", "USER": "root"}):
+        assert cli_user() == "cli:ann"
+    # no login name in the environment: the account of the process's uid
+    blank = {"LOGNAME": "", "USER": "", "LNAME": "", "USERNAME": ""}
+    with CliRunner().isolation(env=blank):
+        assert cli_user() == f"cli:{pwd.getpwuid(os.getuid()).pw_name}"
+
+
+def test_an_action_the_store_cannot_record_is_done_and_the_command_succeeds(
+    data_dir: Path,
+) -> None:
+    with sqlite3.connect(data_dir / "inbox.db") as db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON operator_actions"
+            " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    code, out, err = invoke("dlq", "retry", "dead1", "--data-dir", str(data_dir))
+    assert (code, out) == (0, "requeued 1 event(s)\n")
+    assert err == "note: done, but not recorded for the dashboard: disk full\n"
+    assert _inbox_state(data_dir)[0]["dead1"] == "pending"
+    assert _operator_actions(data_dir) == []
 
 
 @pytest.mark.parametrize("command", ["retry", "discard"])

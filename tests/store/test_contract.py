@@ -915,3 +915,70 @@ async def test_a_read_only_store_serves_the_dashboard_reads(store_url: str, stor
         with pytest.raises(StoreUnavailable):
             await reader.swap_alert(AlertState("r", False, None, NOW, None), expected=1)
     assert await store.traffic(since=0) == [TrafficMinute(NOW, stored=1)]
+
+
+async def test_operator_actions_read_back_newest_first_up_to_the_limit(store: Store) -> None:
+    from cio_webhooks.store import OperatorAction
+
+    assert await store.operator_actions() == []
+    first = OperatorAction(NOW, "admin", "dlq_retry", 3, "every dead letter matching metric=x")
+    later = OperatorAction(NOW + 5, "cli:ops", "dlq_discard", 1, "dead letter ev-1")
+    same_time = OperatorAction(NOW + 5, "token", "quarantine_reingest", 0, "")
+    earlier = OperatorAction(NOW - 60, "admin", "dlq_retry", 2, "dead letters a, b")
+    for action in (first, later, same_time, earlier):  # recorded out of time order
+        await store.record_operator_action(action)
+    # by time, newest first; of two at one time, the one recorded last first
+    assert await store.operator_actions() == [same_time, later, first, earlier]
+    assert await store.operator_actions(limit=2) == [same_time, later]
+    assert await store.operator_actions(limit=0) == []
+
+
+async def test_an_operator_action_keeps_1000_characters_of_any_text(store: Store) -> None:
+    from cio_webhooks.store import OperatorAction
+
+    await store.record_operator_action(
+        OperatorAction(NOW, "ad\x00min", "dlq_retry", 1, "q=\x00\udcff " + "x" * 2000)
+    )
+    [kept] = await store.operator_actions()
+    assert kept.user == "ad\\x00min"
+    assert kept.detail.startswith("q=\\x00\\udcff xx")
+    assert len(kept.detail) == 1000
+    assert kept.detail.endswith("x\u2026")
+
+
+async def test_two_stores_on_one_store_list_each_others_operator_actions(
+    store_url: str, store: Store
+) -> None:
+    from cio_webhooks.store import OperatorAction
+
+    async with opened(store_url) as other:
+        mine = OperatorAction(NOW, "admin", "dlq_retry", 1, "dead letter a")
+        theirs = OperatorAction(NOW + 1, "cli:ops", "dlq_discard", 2, "every dead letter")
+        await store.record_operator_action(mine)
+        await other.record_operator_action(theirs)
+        assert await store.operator_actions() == [theirs, mine]
+        assert await other.operator_actions() == [theirs, mine]
+
+
+async def test_prune_drops_the_operator_actions_taken_before_the_cutoff(store: Store) -> None:
+    from cio_webhooks.store import OperatorAction
+
+    times = [NOW - 40 * DAY, NOW - 30 * DAY, NOW - DAY]
+    for at in times:
+        await store.record_operator_action(OperatorAction(at, "admin", "dlq_retry", 1, ""))
+    assert await store.prune(received_before=NOW - 30 * DAY) == 0  # no event pruned
+    assert [a.at for a in await store.operator_actions()] == [NOW - DAY, NOW - 30 * DAY]
+
+
+async def test_a_read_only_store_lists_operator_actions_and_records_none(
+    store_url: str, store: Store
+) -> None:
+    from cio_webhooks.store import OperatorAction
+
+    done = OperatorAction(NOW, "admin", "dlq_retry", 1, "dead letter a")
+    await store.record_operator_action(done)
+    async with opened(store_url, readonly=True) as reader:
+        assert await reader.operator_actions() == [done]
+        with pytest.raises(StoreUnavailable):
+            await reader.record_operator_action(done)
+    assert await store.operator_actions() == [done]

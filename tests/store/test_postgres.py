@@ -210,9 +210,10 @@ async def test_a_read_only_look_at_a_schema_from_before_sink_cursors_finds_no_si
         assert await reader.sink_states() == []
 
 
-async def _schema_at_0003(pg_url: str) -> None:
-    """The store's schema as migrations 1 to 3 left it (before the dashboard), with one
-    event, as a writer of the previous release made it."""
+async def _schema_at(pg_url: str, version: int) -> None:
+    """The store's schema as migrations 1 to ``version`` left it, with one event, as a
+    writer of an earlier release made it (3: before the dashboard; 4: before operator
+    actions were kept)."""
     dsn = parse_store_url(pg_url).dsn
     assert dsn is not None
     schema = schema_of(pg_url)
@@ -225,7 +226,7 @@ async def _schema_at_0003(pg_url: str) -> None:
             " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         for m in migrations():
-            if m.version <= 3:
+            if m.version <= version:
                 await conn.execute(m.sql.encode())
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
@@ -240,23 +241,23 @@ async def _schema_at_0003(pg_url: str) -> None:
 async def test_migration_4_applies_on_a_schema_at_3_and_keeps_its_events(pg_url: str) -> None:
     from cio_webhooks.store import AlertState, TrafficMinute
 
-    await _schema_at_0003(pg_url)
+    await _schema_at(pg_url, 3)
     store = open_store(pg_url)
     assert isinstance(store, PostgresStore)
-    assert await store.migrate() == [4]
+    assert await store.migrate() == [m.version for m in migrations() if m.version > 3]
     async with store:
         assert [e.event_id for e in await store.browse(EventFilter())] == ["old"]
         assert await store.kind_counts(since=0) == {("email", "sent"): 1}
         await store.record_traffic("r", [TrafficMinute(NOW, stored=1, ack=(1, 2))])
         assert await store.traffic(since=0) == [TrafficMinute(NOW, stored=1, ack=(1, 2))]
         assert await store.swap_alert(AlertState("a", True, None, NOW, None), expected=None)
-        assert await store.schema_version() == 4
+        assert await store.schema_version() == migrations()[-1].version
 
 
 async def test_a_read_only_look_at_a_schema_at_3_finds_no_traffic_and_no_alerts(
     pg_url: str,
 ) -> None:
-    await _schema_at_0003(pg_url)
+    await _schema_at(pg_url, 3)
     async with opened(pg_url, readonly=True) as reader:
         assert await reader.traffic(since=0) == []
         assert await reader.alert_states() == []
@@ -264,6 +265,44 @@ async def test_a_read_only_look_at_a_schema_at_3_finds_no_traffic_and_no_alerts(
         assert await reader.last_received_at() == 1
         assert isinstance(reader, PostgresStore)
         assert await reader.schema_version() == 3  # and the look migrated nothing
+
+
+async def test_migration_5_applies_on_a_schema_at_4_and_keeps_its_data(pg_url: str) -> None:
+    from cio_webhooks.store import OperatorAction, TrafficMinute
+
+    await _schema_at(pg_url, 4)
+    dsn = parse_store_url(pg_url).dsn
+    assert dsn is not None
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        # what the previous release kept on schema 4 besides events
+        schema = schema_of(pg_url)
+        await conn.execute(
+            f"INSERT INTO {schema}.traffic VALUES (%s, 'r', 1, 0, 0, 0, 0, 0, '{{1,2}}')", [NOW]
+        )
+        await conn.execute(
+            f"INSERT INTO {schema}.alert_states VALUES ('a', true, 2.0, %s, NULL, 1)", [NOW]
+        )
+    store = open_store(pg_url)
+    assert isinstance(store, PostgresStore)
+    assert await store.migrate() == [5]
+    async with store:
+        assert [e.event_id for e in await store.browse(EventFilter())] == ["old"]
+        assert await store.traffic(since=0) == [TrafficMinute(NOW, stored=1, ack=(1, 2))]
+        assert [(s.rule, s.version) for s in await store.alert_states()] == [("a", 1)]
+        assert await store.operator_actions() == []
+        done = OperatorAction(NOW, "admin", "dlq_retry", 1, "dead letter old")
+        await store.record_operator_action(done)
+        assert await store.operator_actions() == [done]
+        assert await store.schema_version() == 5
+
+
+async def test_a_read_only_look_at_a_schema_at_4_finds_no_operator_actions(pg_url: str) -> None:
+    await _schema_at(pg_url, 4)
+    async with opened(pg_url, readonly=True) as reader:
+        assert await reader.operator_actions() == []
+        assert await reader.alert_states() == []
+        assert isinstance(reader, PostgresStore)
+        assert await reader.schema_version() == 4  # and the look migrated nothing
 
 
 async def test_a_seq_is_not_read_while_a_lower_one_may_still_commit(pg_url: str, pg: Store) -> None:

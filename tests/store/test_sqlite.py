@@ -67,10 +67,17 @@ async def test_prune_works_in_chunks_and_removes_everything_due(inbox: SQLiteSto
 async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:  # the first released schema, without `backfilled`
-        from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, _WATCH, SCHEMA, SCHEMA_VERSION
+        from cio_webhooks.store.sqlite._inbox import (
+            _OPERATOR_ACTIONS,
+            _SINK_CURSORS,
+            _WATCH,
+            SCHEMA,
+            SCHEMA_VERSION,
+        )
 
         version_1 = (
             SCHEMA.replace(_WATCH, "")
+            .replace(_OPERATOR_ACTIONS, "")
             .replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "")
             .replace(_SINK_CURSORS, "")
             .replace(SCHEMA[SCHEMA.index(",\n    claim_token") : SCHEMA.index("\n);")], "")
@@ -85,6 +92,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
         assert "claim_token" not in version_1
         assert "sink_cursors" not in version_1
         assert "traffic" not in version_1
+        assert "operator_actions" not in version_1
         assert "user_version = 1" in version_1
         db.executescript(version_1)
         db.execute(
@@ -131,12 +139,19 @@ async def test_a_value_sqlite_cannot_hold_fails_only_its_own_write_in_a_group_co
 async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_id(
     tmp_path: Path,
 ) -> None:
-    from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, _WATCH, SCHEMA, SCHEMA_VERSION
+    from cio_webhooks.store.sqlite._inbox import (
+        _OPERATOR_ACTIONS,
+        _SINK_CURSORS,
+        _WATCH,
+        SCHEMA,
+        SCHEMA_VERSION,
+    )
 
     path = tmp_path / "v3.db"
     version_3 = (
         SCHEMA.replace(_QUARANTINE_INDEX, "")
         .replace(_WATCH, "")
+        .replace(_OPERATOR_ACTIONS, "")
         .replace(_SINK_CURSORS, "")
         .replace(SCHEMA[SCHEMA.index(",\n    claim_token") : SCHEMA.index("\n);")], "")
         .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 3;")
@@ -164,13 +179,20 @@ async def test_a_version_3_file_keeps_the_first_copy_of_each_quarantined_event_i
 async def test_a_read_only_look_at_a_file_from_before_sink_cursors_finds_no_sink(
     tmp_path: Path,
 ) -> None:
-    from cio_webhooks.store.sqlite._inbox import _SINK_CURSORS, _WATCH, SCHEMA, SCHEMA_VERSION
+    from cio_webhooks.store.sqlite._inbox import (
+        _OPERATOR_ACTIONS,
+        _SINK_CURSORS,
+        _WATCH,
+        SCHEMA,
+        SCHEMA_VERSION,
+    )
 
     path = tmp_path / "v5.db"
     with sqlite3.connect(path) as db:
         db.executescript(
             SCHEMA.replace(_SINK_CURSORS, "")
             .replace(_WATCH, "")
+            .replace(_OPERATOR_ACTIONS, "")
             .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 5;")
         )
     async with SQLiteStore(path, readonly=True) as reader:
@@ -181,10 +203,12 @@ async def test_a_read_only_look_at_a_file_from_before_sink_cursors_finds_no_sink
 
 def _version_6(path: Path) -> None:
     """A file as cio-webhooks left it before the dashboard (schema 6), with one event."""
-    from cio_webhooks.store.sqlite._inbox import _WATCH, SCHEMA, SCHEMA_VERSION
+    from cio_webhooks.store.sqlite._inbox import _OPERATOR_ACTIONS, _WATCH, SCHEMA, SCHEMA_VERSION
 
-    version_6 = SCHEMA.replace(_WATCH, "").replace(
-        f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 6;"
+    version_6 = (
+        SCHEMA.replace(_WATCH, "")
+        .replace(_OPERATOR_ACTIONS, "")
+        .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 6;")
     )
     assert "traffic" not in version_6
     assert "alert_states" not in version_6
@@ -212,7 +236,6 @@ async def test_a_version_6_file_keeps_its_events_and_gains_traffic_and_alerts(
         assert await inbox.swap_alert(AlertState("a", True, 1.0, NOW, None), expected=None)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-        assert SCHEMA_VERSION == 7
 
 
 async def test_a_read_only_look_at_a_version_6_file_finds_no_traffic_and_no_alerts(
@@ -228,6 +251,61 @@ async def test_a_read_only_look_at_a_version_6_file_finds_no_traffic_and_no_aler
     with sqlite3.connect(path) as db:  # and the look changed nothing
         assert db.execute("PRAGMA user_version").fetchone() == (6,)
         assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'traffic'").fetchone()
+
+
+def _version_7(path: Path) -> None:
+    """A file as cio-webhooks left it before operator actions were kept (schema 7),
+    with one event, one minute of traffic and one alert state."""
+    from cio_webhooks.store.sqlite._inbox import _OPERATOR_ACTIONS, SCHEMA, SCHEMA_VERSION
+
+    version_7 = SCHEMA.replace(_OPERATOR_ACTIONS, "").replace(
+        f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 7;"
+    )
+    assert "operator_actions" not in version_7
+    with sqlite3.connect(path) as db:
+        db.executescript(version_7)
+        db.execute(
+            "INSERT INTO events (event_id, object_type, metric, received_at, body,"
+            " next_attempt_at, updated_at) VALUES ('old', 'email', 'sent', 1, x'7b7d', 1, 1)"
+        )
+        db.execute("INSERT INTO traffic VALUES (60, 'r', 1, 0, 0, 0, 0, 0, '')")
+        db.execute("INSERT INTO alert_states VALUES ('a', 1, 2.0, 60, NULL, 1)")
+
+
+async def test_a_version_7_file_keeps_its_data_and_gains_operator_actions(
+    tmp_path: Path,
+) -> None:
+    from cio_webhooks.store import OperatorAction, TrafficMinute
+    from cio_webhooks.store.sqlite._inbox import SCHEMA_VERSION
+
+    path = tmp_path / "v7.db"
+    _version_7(path)
+    async with SQLiteStore(path) as inbox:
+        assert [e.event_id for e in await inbox.browse(EventFilter())] == ["old"]
+        assert await inbox.traffic(since=0) == [TrafficMinute(60, stored=1)]
+        assert [(s.rule, s.version) for s in await inbox.alert_states()] == [("a", 1)]
+        assert await inbox.operator_actions() == []
+        done = OperatorAction(NOW, "admin", "dlq_retry", 1, "dead letter old")
+        await inbox.record_operator_action(done)
+        assert await inbox.operator_actions() == [done]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert SCHEMA_VERSION == 8
+
+
+async def test_a_read_only_look_at_a_version_7_file_finds_no_operator_actions(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v7.db"
+    _version_7(path)
+    async with SQLiteStore(path, readonly=True) as reader:
+        assert await reader.operator_actions() == []
+        assert [s.rule for s in await reader.alert_states()] == ["a"]
+    with sqlite3.connect(path) as db:  # and the look changed nothing
+        assert db.execute("PRAGMA user_version").fetchone() == (7,)
+        assert not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'operator_actions'"
+        ).fetchone()
 
 
 async def test_a_read_only_inbox_reads_and_changes_no_file(tmp_path: Path) -> None:

@@ -1,22 +1,35 @@
 """Every dashboard page renders on both store backends (through httpx's ASGI transport,
 open on loopback), with a dead letter, a quarantined body and a policy audit row, and
-a retry and a re-ingest go through their confirmation."""
+a retry and a re-ingest go through their confirmation, recorded in the store with who
+did them."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
+import psycopg
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from cio_webhooks.events import parse_event
 from cio_webhooks.settings import UI_PATH
-from cio_webhooks.store import AlertState, JobState, Outcome, Store, open_store
+from cio_webhooks.store import (
+    AlertState,
+    JobState,
+    OperatorAction,
+    Outcome,
+    Store,
+    open_store,
+)
+from cio_webhooks.store.postgres import PostgresStore
+from cio_webhooks.store.sqlite import SQLiteStore
 from cio_webhooks.testing import make_event
 from cio_webhooks.ui import create_ui
 
@@ -107,6 +120,81 @@ async def test_retry_and_reingest_go_through_a_confirmation(store: Store) -> Non
         assert "Re-ingest 1 event(s)?" in (await c.post("/ui/quarantine/confirm", data=again)).text
         reingested = await c.post("/ui/quarantine/apply", data=again)
         assert "still_invalid%3D1" in reingested.headers["location"]
+
+
+async def test_actions_are_listed_by_a_dashboard_of_another_process_or_after_a_restart(
+    store: Store,
+) -> None:
+    async with client(store) as c:
+        token = csrf((await c.get("/ui/dead-letters")).text)
+        form = {"csrf": token, "action": "retry", "scope": "all", "metric": "bounced"}
+        assert (await c.post("/ui/dead-letters/apply", data=form)).status_code == 303
+        again = {"csrf": token, "scope": "one", "id": "1"}
+        assert (await c.post("/ui/quarantine/apply", data=again)).status_code == 303
+    # What a CLI on another host did meanwhile (tests/cli checks the CLI records it).
+    cli = OperatorAction(NOW + 61, "cli:ann", "dlq_discard", 0, "every dead letter")
+    await store.record_operator_action(cli)
+    # Another process, or this one restarted: its own store object and dashboard.
+    other = open_store(store.url)
+    await other.open()
+    try:
+        assert [(a.user, a.action, a.count) for a in await other.operator_actions()] == [
+            ("cli:ann", "dlq_discard", 0),
+            ("local", "quarantine_reingest", 0),
+            ("local", "dlq_retry", 1),
+        ]
+        async with client(other) as c:
+            page = (await c.get("/ui/dead-letters")).text
+    finally:
+        await other.close()
+    listed = page[page.index('id="operator-actions"') :]
+    assert listed.index("cli:ann") < listed.index("quarantine_reingest") < listed.index("dlq_retry")
+    assert "every dead letter matching metric=bounced" in listed
+    assert "quarantined body 1: stored=0 duplicate=0 still_invalid=1 stale_left=0" in listed
+
+
+async def _refuse_operator_actions(store: Store) -> None:
+    """Make the store's table of operator actions refuse every insert (a trigger): the
+    store is up, the action works, only its record fails."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON operator_actions"
+                " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        return
+    assert isinstance(store, PostgresStore)
+    async with await psycopg.AsyncConnection.connect(store.dsn, autocommit=True) as conn:
+        await conn.execute(
+            f"CREATE FUNCTION {store.schema}.refuse() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;"
+            f" CREATE TRIGGER refuse BEFORE INSERT ON {store.schema}.operator_actions"
+            f" FOR EACH ROW EXECUTE FUNCTION {store.schema}.refuse()"
+        )
+
+
+async def test_an_action_the_store_cannot_record_is_done_and_answered_all_the_same(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _refuse_operator_actions(store)
+    caplog.set_level(logging.INFO, logger="cio_webhooks.ui")
+    async with client(store) as c:
+        token = csrf((await c.get("/ui/dead-letters")).text)
+        one = {"csrf": token, "action": "retry", "scope": "one", "event_id": "ev-bounced"}
+        done = await c.post("/ui/dead-letters/apply", data=one)
+        assert done.status_code == 303
+        assert "retried+1+event" in done.headers["location"]
+        page = await c.get(done.headers["location"])
+        assert page.status_code == 200
+        assert "retried 1 event(s)" in page.text
+        assert "None recorded" in page.text
+    stored = await store.get_event("ev-bounced")
+    assert stored is not None
+    assert stored.state is JobState.PENDING
+    assert "event=ui_action user=local action=dlq_retry count=1" in caplog.text
+    [unrecorded] = [r for r in caplog.records if "event=ui_action_unrecorded" in r.getMessage()]
+    assert unrecorded.levelno == logging.ERROR
+    assert "disk full" in unrecorded.getMessage()
 
 
 async def test_firing_alerts_show_on_the_overview(store: Store) -> None:

@@ -10,7 +10,8 @@ import click
 
 from .._exceptions import ConfigError
 from .._operator import named_dead_letters
-from ..store import EventFilter, JobState, Operations
+from ..store import EventFilter, JobState, Operations, Store
+from ._audit import record
 from ._options import LIMIT, event_id_arguments, reading_store, store_options, with_store
 from ._output import event_row, payload, print_rows
 
@@ -65,14 +66,23 @@ async def _dead_letters(store: Operations, event_ids: tuple[str, ...], all_: boo
     return EventFilter(states=(JobState.DEAD,), event_ids=event_ids)
 
 
+def _which(event_ids: tuple[str, ...]) -> str:
+    """The dead letters an action names, as the dashboard describes its own."""
+    if not event_ids:
+        return "every dead letter"
+    return f"dead letter{'s' if len(event_ids) > 1 else ''} {', '.join(event_ids)}"
+
+
 @dlq.command("retry")
 @store_options
 @click.argument("event_ids", nargs=-1, callback=event_id_arguments)
 @click.option("--all", "all_", is_flag=True, help="Every dead letter.")
 @with_store
-async def dlq_retry(store: Operations, event_ids: tuple[str, ...], all_: bool) -> None:
-    """Make dead letters due again; handlers that succeeded are not re-run."""
+async def dlq_retry(store: Store, event_ids: tuple[str, ...], all_: bool) -> None:
+    """Make dead letters due again; handlers that succeeded are not re-run.  Recorded
+    with who did it, for the dashboard's dead-letters page."""
     n = await store.requeue(await _dead_letters(store, event_ids, all_), now=time.time())
+    await record(store, "dlq_retry", n, _which(event_ids))
     click.echo(f"requeued {n} event(s)")
 
 
@@ -81,7 +91,9 @@ async def dlq_retry(store: Operations, event_ids: tuple[str, ...], all_: bool) -
 @click.argument("event_ids", nargs=-1, callback=event_id_arguments)
 @click.option("--all", "all_", is_flag=True, help="Every dead letter.")
 @with_store
-async def dlq_discard(store: Operations, event_ids: tuple[str, ...], all_: bool) -> None:
-    """Give up on dead letters (they stay stored and exported)."""
+async def dlq_discard(store: Store, event_ids: tuple[str, ...], all_: bool) -> None:
+    """Give up on dead letters (they stay stored and exported).  Recorded with who did
+    it, for the dashboard's dead-letters page."""
     n = await store.discard(await _dead_letters(store, event_ids, all_), now=time.time())
+    await record(store, "dlq_discard", n, _which(event_ids))
     click.echo(f"discarded {n} event(s)")

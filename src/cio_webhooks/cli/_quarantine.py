@@ -11,7 +11,8 @@ from .._exceptions import ConfigError
 from .._logging import quote
 from .._operator import quarantined_bodies, reingest
 from ..events import iso
-from ..store import Operations
+from ..store import Operations, Store
+from ._audit import record
 from ._errors import err
 from ._options import (
     LIMIT,
@@ -74,18 +75,25 @@ async def quarantine_show(store: Operations, ident: int) -> None:
 @click.argument("idents", nargs=-1, type=QUARANTINE_ID)
 @click.option("--all", "all_", is_flag=True, help="Every quarantined body except stale ones.")
 @with_store
-async def quarantine_reingest(store: Operations, idents: tuple[int, ...], all_: bool) -> None:
+async def quarantine_reingest(store: Store, idents: tuple[int, ...], all_: bool) -> None:
     """Read quarantined bodies again (say, after an upgrade).  Those that are events now
     are stored, deduplicated, and dispatched like any event; they leave the quarantine.
 
     Stale bodies (signed beyond the dedupe horizon) are reingested only when named.
-    A body the store cannot hold as an event stays quarantined (counted ``refused``)."""
+    A body the store cannot hold as an event stays quarantined (counted ``refused``).
+    Recorded with who did it, for the dashboard's dead-letters page."""
     if bool(idents) == all_:
         raise ConfigError("name quarantine IDs or pass --all")
     done = await reingest(store, quarantined_bodies(store, idents), named=not all_)
     for ident, why in done.refused:
         err.print(f"note: quarantined body {ident} stays: {why}", highlight=False, markup=False)
-    click.echo(" ".join(f"{k}={v}" for k, v in done.counts().items()))
+    counts = " ".join(f"{k}={v}" for k, v in done.counts().items())
+    if idents:
+        what = f"quarantined bod{'ies' if len(idents) > 1 else 'y'} {', '.join(map(str, idents))}"
+    else:
+        what = "every quarantined body"
+    await record(store, "quarantine_reingest", done.released, f"{what}: {counts}")
+    click.echo(counts)
 
 
 @quarantine.command("purge")

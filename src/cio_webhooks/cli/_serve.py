@@ -157,7 +157,8 @@ def service_options(fn: F) -> F:
             default=DEFAULT_DEDUPE_DAYS,
             show_default=True,
             envvar=env("DEDUPE_DAYS"),
-            help="Keep finished events (and dedupe) this long; at least Customer.io's 7 days.",
+            help="Keep finished events (and dedupe) this long, and the dashboard's traffic"
+            " and operator actions; at least Customer.io's 7 days.",
         ),
         click.option(
             "--max-db-size",

@@ -98,8 +98,9 @@ async def copy_store(
     ledger rows by content) is skipped, so a copy run again adds only what is new.
     Sink cursors are not copied: ``seq``s differ between stores, so the target's
     sinks start from its oldest event.  Nor is what the dashboard and the alerts keep
-    (``Watch``: per-minute traffic, alert states): recent figures of the source's
-    receivers, and alert states the target's workers will find again."""
+    (``Watch``: per-minute traffic, alert states, operator actions): recent figures of
+    the source's receivers, alert states the target's workers will find again, and the
+    recent actions of operators, which the log keeps too."""
     counts = CopyCounts()
     total = (await source.stats()).events
     task = progress.add_task("events", total=total) if progress else None
@@ -173,7 +174,8 @@ def store_copy(source: str, target: str, force: bool, batch: int) -> None:
 
     Warehouse sink cursors are not copied: on the target, each sink loads again from
     its oldest event (sinks upsert, so rows already loaded are refreshed, not doubled).
-    Nor are the dashboard's per-minute traffic and the alerts' states."""
+    Nor are the dashboard's per-minute traffic, the alerts' states and the operator
+    actions the dead-letters page lists."""
     source_url, target_url = parse_store_url(source), parse_store_url(target)
     if _same(source_url, target_url):
         raise ConfigError("--from and --to name the same store")

@@ -9,7 +9,8 @@ cannot claim, the dispatcher cannot purge, and a new backend knows what it owes:
     Operations  operator commands: requeue, discard, read, quarantine, prune, stats
     Metrics     /metrics and reconcile: gauges, delivery_metrics
     SinkCursors the warehouse loader: one cursor (and lease) per sink
-    Watch       the dashboard and the alerts: traffic per minute, counts, alert state
+    Watch       the dashboard and the alerts: traffic per minute, counts, alert state,
+                the operators' actions
     Store       all of the above, plus lifecycle (open, close, migrate)
 
 Every backend passes the same contract suite (``tests/store/``).  The policies'
@@ -28,6 +29,7 @@ from ._model import (
     Gauges,
     HandlerRun,
     Job,
+    OperatorAction,
     Outcome,
     PutResult,
     Quarantined,
@@ -175,7 +177,10 @@ class Operations(Protocol):
         past that sink's cursor) is kept whatever its age: a sink that is down for a
         week loses nothing.  ``SinkCursors.forget_sink`` drops a sink no longer wanted,
         and with it what it held back.  The traffic of minutes before the cutoff
-        (``Watch.record_traffic``) goes too."""
+        (``Watch.record_traffic``) goes too, and so do the operator actions taken before
+        it (``Watch.record_operator_action``): their details may name a person (a
+        filter on an email address), and the cutoff is how long the operator chose to
+        keep what the store holds about people."""
         ...
 
     async def stats(self) -> StoreStats: ...
@@ -284,7 +289,8 @@ class SinkCursors(Protocol):
 class Watch(Protocol):
     """What the dashboard and the alerts read and keep, shared by every process on
     the store: pages of events, newest first; what the receivers answered, minute by
-    minute; how many events of each kind arrived lately; where each alert rule stands."""
+    minute; how many events of each kind arrived lately; where each alert rule stands;
+    what operators did to events by hand."""
 
     async def browse(
         self, where: EventFilter, *, before_seq: int | None = None, limit: int = 50
@@ -324,6 +330,19 @@ class Watch(Protocol):
         recorded state still has version ``expected`` (``None``: if none is recorded,
         and it is stored with version 1).  False, and nothing changed, otherwise: another
         process changed it first."""
+        ...
+
+    async def record_operator_action(self, action: OperatorAction) -> None:
+        """Keep ``action`` (a retry, discard or re-ingest done by hand) for every
+        process's ``operator_actions``.  Its ``detail`` is kept to 1000 characters, and
+        a NUL (or a lone surrogate) in its text is spelled out.  Raises
+        ``StoreUnavailable`` when the store cannot take it (or is open read-only)."""
+        ...
+
+    async def operator_actions(self, *, limit: int = 100) -> list[OperatorAction]:
+        """The ``limit`` most recent operator actions, newest first (by ``at``; of two
+        at one time, the one recorded last first); an empty list on a store whose schema
+        predates them (a read-only look at an older store)."""
         ...
 
 

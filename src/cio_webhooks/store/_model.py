@@ -23,6 +23,7 @@ __all__ = [
     "HandlerRun",
     "Job",
     "JobState",
+    "OperatorAction",
     "Outcome",
     "PutResult",
     "Quarantined",
@@ -242,3 +243,23 @@ class AlertState:
     changed_at: float
     notified_at: float | None
     version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorAction:
+    """One thing an operator did to events by hand (``Watch.record_operator_action``):
+    a retry, discard or re-ingest from the dashboard or the CLI, kept in the store so
+    that every process's dashboard lists it, after restarts too.
+
+    ``user`` says who: the dashboard's login (``admin``, ``token``, ``local``) or
+    ``cli:<login name>``; ``action`` what (``dlq_retry``, ``dlq_discard``,
+    ``quarantine_reingest``); ``count`` the events (or bodies) it changed; ``detail``
+    which ones: the filter or the ids, as the operator would read it (the store keeps
+    its first 1000 characters).
+    """
+
+    at: float
+    user: str
+    action: str
+    count: int
+    detail: str = ""

@@ -15,6 +15,7 @@ from ._model import (
     Gauges,
     Job,
     JobState,
+    OperatorAction,
     Quarantined,
     SinkState,
     StoredEvent,
@@ -30,6 +31,8 @@ __all__ = [
     "DUE",
     "EVENT_COLUMNS",
     "LOADED_BY_SINKS",
+    "OPERATOR_COLUMNS",
+    "OPERATOR_DETAIL_CHARS",
     "QUARANTINE_COLUMNS",
     "SINK_COLUMNS",
     "SINK_ERROR_CHARS",
@@ -41,6 +44,8 @@ __all__ = [
     "gauges",
     "jobs",
     "needle",
+    "operator_action",
+    "operator_row",
     "page_size",
     "pages",
     "quarantined",
@@ -271,13 +276,23 @@ def sink_state(row: Sequence[Any]) -> SinkState:
     )
 
 
-def sink_error(text: str) -> str:
-    """An error as a sink cursor keeps it: NULs spelled out (PostgreSQL text cannot hold
-    them), at most ``SINK_ERROR_CHARS`` characters."""
+def _kept(text: str, chars: int | None = None) -> str:
+    """``text`` as both backends can hold it: NULs spelled out (PostgreSQL text cannot
+    hold them), a lone surrogate (from an argument or a form decoded leniently) as its
+    escape (UTF-8 cannot encode it), at most ``chars`` characters (the last an
+    ellipsis when it was cut)."""
     text = text.replace("\x00", "\\x00")
-    if len(text) <= SINK_ERROR_CHARS:
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if chars is None or len(text) <= chars:
         return text
-    return text[: SINK_ERROR_CHARS - 1] + "\u2026"
+    return text[: chars - 1] + "\u2026"
+
+
+def sink_error(text: str) -> str:
+    """An error as a sink cursor keeps it (``_kept``): at most ``SINK_ERROR_CHARS``
+    characters."""
+    return _kept(text, SINK_ERROR_CHARS)
 
 
 def seq_before(before: int | None, first_since: int | None) -> int:
@@ -415,6 +430,31 @@ def traffic_minutes(rows: Iterable[Sequence[Any]]) -> list[TrafficMinute]:
     return minutes
 
 
+#: The longest ``OperatorAction.detail`` the store keeps.
+OPERATOR_DETAIL_CHARS = 1000
+#: The columns ``operator_action`` reads and ``operator_row`` fills, in their order.
+#: "user" is quoted: unquoted, PostgreSQL reads it as ``current_user``.
+OPERATOR_COLUMNS = 'at, "user", action, count, detail'
+
+
+def operator_row(action: OperatorAction) -> tuple[Any, ...]:
+    """The values of ``OPERATOR_COLUMNS`` for ``action``, as the store keeps them."""
+    return (
+        action.at,
+        _kept(action.user),
+        _kept(action.action),
+        action.count,
+        _kept(action.detail, OPERATOR_DETAIL_CHARS),
+    )
+
+
+def operator_action(row: Sequence[Any]) -> OperatorAction:
+    """A row of ``OPERATOR_COLUMNS``."""
+    return OperatorAction(
+        at=float(row[0]), user=row[1], action=row[2], count=int(row[3]), detail=row[4]
+    )
+
+
 def alert_state(row: Sequence[Any]) -> AlertState:
     """A row of ``ALERT_COLUMNS``."""
     return AlertState(
@@ -474,6 +514,16 @@ class WatchSQL:
             f"UPDATE alert_states SET firing = {m}, value = {m}, changed_at = {m},"
             f" notified_at = {m}, version = {m} WHERE rule = {m} AND version = {m}"
         )
+        # Params: operator_row(action).
+        self.record_operator_action = (
+            f"INSERT INTO operator_actions ({OPERATOR_COLUMNS}) VALUES ({m}, {m}, {m}, {m}, {m})"
+        )
+        # Params: limit.  Newest first; of two at one time, the one recorded last.
+        self.operator_actions = (
+            f"SELECT {OPERATOR_COLUMNS} FROM operator_actions ORDER BY at DESC, id DESC LIMIT {m}"
+        )
+        # Params: received_before (prune's cutoff).
+        self.prune_operator_actions = f"DELETE FROM operator_actions WHERE at < {m}"
 
     def where(self, where: EventFilter) -> tuple[str, list[Any]]:
         """``where_clause`` in this backend's terms."""

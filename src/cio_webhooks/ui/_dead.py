@@ -20,7 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from .._exceptions import ConfigError
 from .._operator import named_dead_letters, quarantined_bodies, reingest
 from ..search import EventQuery, find_events, matching_ids
-from ..settings import UI_PAGE_SIZE
+from ..settings import UI_PAGE_SIZE, UI_RECENT_ACTIONS
 from ..store import EventFilter, JobState
 from ._auth import Session
 from ._pages import event_query, event_row, pretty_body
@@ -60,7 +60,7 @@ async def dead_letters(dash: Dashboard, request: Request, session: Session, form
         "next_before": None,
         "error": None,
         "message": request.query_params.get("done"),
-        "actions": list(dash.actions),
+        "actions": await dash.store.operator_actions(limit=UI_RECENT_ACTIONS),
     }
     before = request.query_params.get("before", "")
     try:
@@ -162,7 +162,7 @@ async def dead_apply(dash: Dashboard, request: Request, session: Session, form: 
     if ids is None:
         ids = [form.get("event_id", "")]
     count = await _apply_by_ids(dash, action, ids)
-    dash.record(session.user, f"dlq_{action}", count, what)
+    await dash.record(session.user, f"dlq_{action}", count, what)
     verb = "retried" if action == "retry" else "discarded"
     return _done(request, "dead-letters", f"{verb} {count} event(s): {what}")
 
@@ -218,7 +218,7 @@ async def quarantine_apply(
         return _error(request, session, str(exc))
     counts = " ".join(f"{k}={v}" for k, v in done.counts().items())
     what = f"quarantined body {idents[0]}" if idents else "every quarantined body"
-    dash.record(session.user, "quarantine_reingest", done.released, f"{what}: {counts}")
+    await dash.record(session.user, "quarantine_reingest", done.released, f"{what}: {counts}")
     return _done(request, "dead-letters", f"re-ingested {what}: {counts}")
 
 

@@ -9,12 +9,11 @@ attacker-controlled JSON.
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._operator import record_action
 from ..events import iso
 from ..settings import UI_PATH
 from ..sinks import SinkURL
-from ..store import Ledger, Store
+from ..store import Ledger, OperatorAction, Store
 from ._auth import COOKIE, LOCAL_USER, Access, Session
 
 __all__ = [
     "Dashboard",
     "Form",
-    "OperatorAction",
     "SecurityHeaders",
     "endpoint",
     "render",
@@ -43,29 +42,16 @@ log = logging.getLogger("cio_webhooks.ui")
 HERE = Path(__file__).parent
 #: The largest form the dashboard reads (bytes): its forms hold a few short fields.
 MAX_FORM = 64 * 1024
-#: Operator actions kept in memory for the pages (the log keeps all of them).
-RECENT_ACTIONS = 100
 
 Form = Mapping[str, str]
 Page = Callable[["Dashboard", Request, Session, Form], Awaitable[Response]]
 
 
-@dataclass(frozen=True)
-class OperatorAction:
-    """One action an operator took on the dashboard."""
-
-    at: float
-    user: str
-    action: str
-    count: int
-    detail: str
-
-
 @dataclass
 class Dashboard:
     """What the pages read from: the store, the access rules, the policies file,
-    the SQL sink of the Deliverability page, the policies' ledger (None when no
-    policy ever ran here), and the recent operator actions."""
+    the SQL sink of the Deliverability page, and the policies' ledger (None when no
+    policy ever ran here)."""
 
     store: Store
     access: Access
@@ -73,17 +59,26 @@ class Dashboard:
     policies: Path | None = None
     sink: SinkURL | None = None
     ledger: Ledger | None = None
-    actions: collections.deque[OperatorAction] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENT_ACTIONS)
-    )
 
-    def record(self, user: str, action: str, count: int, detail: str = "") -> None:
-        """Keep and log an operator action (who, what, how many events)."""
-        self.actions.appendleft(OperatorAction(self.clock(), user, action, count, detail))
+    async def record(self, user: str, action: str, count: int, detail: str = "") -> None:
+        """Log an operator action (who, what, how many events, which) and keep it in
+        the store, where the dead-letters page of every process lists it, after a
+        restart too (``store.operator_actions``).  The action is done by then: when
+        the store cannot keep the record, that is logged as an error (the line above
+        it still tells what was done) and the page answers with its result all the
+        same."""
         # The log's formatter quotes a value that needs it (spaces, quotes, newlines).
         log.info(
             "event=ui_action user=%s action=%s count=%d detail=%s", user, action, count, detail
         )
+        done = OperatorAction(self.clock(), user, action, count, detail)
+        if (error := await record_action(self.store, done)) is not None:
+            log.error(
+                "event=ui_action_unrecorded user=%s action=%s error=%s",
+                user,
+                action,
+                f"{type(error).__name__}: {error}",
+            )
 
 
 # -- templates ---------------------------------------------------------------------------

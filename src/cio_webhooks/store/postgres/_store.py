@@ -38,6 +38,7 @@ from .._model import (
     Gauges,
     HandlerRun,
     Job,
+    OperatorAction,
     Outcome,
     PutResult,
     Quarantined,
@@ -59,6 +60,8 @@ from .._rows import (
     alert_state,
     gauges,
     jobs,
+    operator_action,
+    operator_row,
     pages,
     quarantined,
     seq_before,
@@ -659,14 +662,15 @@ class PostgresStore:
                 await conn.execute("DELETE FROM handler_runs WHERE seq = ANY(%s::bigint[])", [seqs])
             return len(seqs)
 
-        async def prune_traffic(conn: Conn) -> None:
+        async def prune_watch(conn: Conn) -> None:
             await conn.execute(_WATCH.prune_traffic, [received_before])
+            await conn.execute(_WATCH.prune_operator_actions.encode(), [received_before])
 
         # In chunks, each its own transaction (see CHUNK).
         total = 0
         while removed := await self._write("pruning", run):
             total += removed
-        await self._write("pruning traffic", prune_traffic)
+        await self._write("pruning traffic and operator actions", prune_watch)
         return total
 
     def iter_events(self, where: EventFilter, *, batch: int = 1000) -> AsyncIterator[StoredEvent]:
@@ -855,7 +859,7 @@ class PostgresStore:
 
     async def traffic(self, *, since: float) -> list[TrafficMinute]:
         # A read-only look at a schema no newer cio-webhooks has migrated: no table,
-        # so nothing recorded (alert_states likewise).
+        # so nothing recorded (alert_states and operator_actions likewise).
         if self.readonly and not await self._has_table("traffic"):
             return []
         return traffic_minutes(await self._rows(_WATCH.traffic, [since]))
@@ -887,3 +891,13 @@ class PostgresStore:
             _WATCH.update_alert,
             [*values, expected + 1, state.rule, expected],
         )
+
+    async def record_operator_action(self, action: OperatorAction) -> None:
+        await self._changed(
+            "recording an operator action", _WATCH.record_operator_action, operator_row(action)
+        )
+
+    async def operator_actions(self, *, limit: int = 100) -> list[OperatorAction]:
+        if self.readonly and not await self._has_table("operator_actions"):
+            return []
+        return [operator_action(r) for r in await self._rows(_WATCH.operator_actions, [limit])]

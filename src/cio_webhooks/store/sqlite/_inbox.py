@@ -31,6 +31,7 @@ from .._model import (
     Gauges,
     HandlerRun,
     Job,
+    OperatorAction,
     Outcome,
     PutResult,
     Quarantined,
@@ -53,6 +54,8 @@ from .._rows import (
     alert_state,
     gauges,
     jobs,
+    operator_action,
+    operator_row,
     pages,
     quarantined,
     seq_before,
@@ -115,6 +118,20 @@ CREATE TABLE IF NOT EXISTS alert_states (
 );
 """
 
+#: What operators did to events by hand (``Watch.record_operator_action``), for every
+#: process's dashboard.
+_OPERATOR_ACTIONS = """
+CREATE TABLE IF NOT EXISTS operator_actions (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     REAL NOT NULL,    -- when, unix seconds
+    user   TEXT NOT NULL,    -- who: a dashboard login, or cli:<login name>
+    action TEXT NOT NULL,    -- dlq_retry, dlq_discard, quarantine_reingest
+    count  INTEGER NOT NULL, -- the events (or bodies) it changed
+    detail TEXT NOT NULL     -- which: the filter or the ids
+);
+CREATE INDEX IF NOT EXISTS operator_actions_at ON operator_actions (at);
+"""
+
 SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS events (
@@ -159,10 +176,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
     + _SINK_CURSORS
     + _WATCH
-    + """PRAGMA user_version = 7;
+    + _OPERATOR_ACTIONS
+    + """PRAGMA user_version = 8;
 """
 )
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: What turns a file of version N into N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
@@ -180,6 +198,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
     5: _SINK_CURSORS,
     # The dashboard and the alerts: traffic per minute, alert states.
     6: _WATCH,
+    # Operator actions, shared by every process's dashboard.
+    7: _OPERATOR_ACTIONS,
 }
 
 
@@ -819,12 +839,14 @@ class SQLiteStore:
                 conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
             return len(seqs)
 
+        def prune_watch(conn: sqlite3.Connection) -> None:
+            conn.execute(_WATCH_SQL.prune_traffic, (received_before,))
+            conn.execute(_WATCH_SQL.prune_operator_actions, (received_before,))
+
         total = 0
         while removed := await self._writer.submit(run, isolated=True):
             total += removed
-        await self._writer.submit(
-            lambda c: c.execute(_WATCH_SQL.prune_traffic, (received_before,)), isolated=True
-        )
+        await self._writer.submit(prune_watch, isolated=True)
         return total
 
     def iter_events(self, where: EventFilter, *, batch: int = 1000) -> AsyncIterator[StoredEvent]:
@@ -983,8 +1005,8 @@ class SQLiteStore:
         return seq_before(before, first_since)
 
     # -- watch -------------------------------------------------------------------------
-    # A read-only look at a file no newer cio-webhooks has opened yet has no traffic or
-    # alert_states table: it reads as none recorded.
+    # A read-only look at a file no newer cio-webhooks has opened yet has no traffic,
+    # alert_states or operator_actions table: it reads as none recorded.
     async def browse(
         self, where: EventFilter, *, before_seq: int | None = None, limit: int = 50
     ) -> list[StoredEvent]:
@@ -1048,3 +1070,17 @@ class SQLiteStore:
         return await self._writer.submit(
             lambda c: c.execute(query, params).rowcount == 1, isolated=True
         )
+
+    async def record_operator_action(self, action: OperatorAction) -> None:
+        row = operator_row(action)
+        await self._writer.submit(
+            lambda c: c.execute(_WATCH_SQL.record_operator_action, row), isolated=True
+        )
+
+    async def operator_actions(self, *, limit: int = 100) -> list[OperatorAction]:
+        def run(c: sqlite3.Connection) -> list[OperatorAction]:
+            if self.readonly and not _has_table(c, "operator_actions"):
+                return []
+            return [operator_action(r) for r in c.execute(_WATCH_SQL.operator_actions, (limit,))]
+
+        return await self._read(run)
