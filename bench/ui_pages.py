@@ -121,7 +121,7 @@ async def run(url: str, events: int, repeat: int) -> None:
             "dead letters": "/dead-letters",
         }
         transport = httpx2.ASGITransport(app=app)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1/ui") as c:
+        async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             print(f"{'page':34} {'median ms':>10} {'max ms':>8}  status")
             for name, path in pages.items():
                 times, status = [], 0

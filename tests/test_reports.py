@@ -26,7 +26,14 @@ import pytest
 from cio_webhooks import StoreUnavailable, parse_event
 from cio_webhooks.events import Event, iso, normalise
 from cio_webhooks.reconcile import backfill_event
-from cio_webhooks.reports import COUNTS, RATES, ReportRow, delivery_report, delivery_report_for
+from cio_webhooks.reports import (
+    COUNTS,
+    RATES,
+    ReportRow,
+    delivery_event_ids,
+    delivery_report,
+    delivery_report_for,
+)
 from cio_webhooks.sinks import (
     Batch,
     SinkURL,
@@ -508,3 +515,22 @@ def test_report_for_an_unreachable_postgresql_hides_the_password(pg_database: st
             delivery_report_for(url)
     assert "s3cret-pw" not in str(refused.value)
     assert "root:***@127.0.0.1" in str(refused.value)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_deliverys_events_are_read_from_the_sink_newest_first(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    batch = [
+        ev("sent", "x", event_id="x-sent"),
+        ev("opened", "x", at=LATER, event_id="x-open"),
+        ev("sent", "y", event_id="y-sent"),
+    ]
+    if backend == "sqlite":
+        url = parse_sink_url(f"sqlite://{write_warehouse(tmp_path / 'w.db', batch)}")
+    else:
+        url = sink_url(request.getfixturevalue("pg_database"), "table_prefix=cio_")
+        write_postgres_url(url, batch)
+    assert delivery_event_ids(url, "x") == ["x-open", "x-sent"]
+    assert delivery_event_ids(url, "x", limit=1) == ["x-open"]
+    assert delivery_event_ids(url, "nope") == []

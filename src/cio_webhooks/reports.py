@@ -72,6 +72,7 @@ __all__ = [
     "NONE_GROUP",
     "RATES",
     "ReportRow",
+    "delivery_event_ids",
     "delivery_report",
     "delivery_report_for",
 ]
@@ -294,6 +295,42 @@ def delivery_report_for(
     if url.kind == "postgresql":
         return _postgres_report(url, by, since)
     raise ConfigError(f"report reads sqlite and postgresql sinks, not {url.kind} ({url})")
+
+
+def delivery_event_ids(url: SinkURL, delivery_id: str, *, limit: int = 100) -> list[str]:
+    """The ``event_id`` s the SQL sink ``url`` holds for one delivery, newest first (by
+    the time they occurred), at most ``limit``: the dashboard's "other events of this
+    delivery", read from the warehouse's ``delivery_id`` index instead of a scan of the
+    store.  Read-only; raises like ``delivery_report_for``."""
+    if url.kind == "sqlite":
+        table = f'"{url.table_prefix}events"'
+        query = (
+            f"SELECT event_id FROM {table} WHERE delivery_id = ? ORDER BY occurred_at DESC LIMIT ?"
+        )
+        try:
+            with contextlib.closing(connect_readonly(url.path)) as db:
+                rows = db.execute(query, (delivery_id, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"warehouse {url.path}: {exc}") from exc
+        return [row[0] for row in rows]
+    if url.kind == "postgresql":
+        import psycopg
+        from psycopg import sql
+
+        from .sinks.postgres import CONNECT_TIMEOUT, scrub
+
+        name = sql.Identifier(url.options["schema"], f"{url.table_prefix}events")
+        statement = sql.SQL(
+            "SELECT event_id FROM {} WHERE delivery_id = %s ORDER BY occurred_at DESC LIMIT %s"
+        ).format(name)
+        try:
+            with psycopg.connect(url.target, connect_timeout=CONNECT_TIMEOUT) as conn:
+                conn.read_only = True
+                rows = conn.execute(statement, [delivery_id, limit]).fetchall()
+        except (psycopg.Error, OSError) as exc:
+            raise StoreUnavailable(scrub(f"warehouse {url}: {exc}", url.target)) from exc
+        return [str(row[0]) for row in rows]
+    raise ConfigError(f"the dashboard reads sqlite and postgresql sinks, not {url.kind} ({url})")
 
 
 def _check_by(by: str) -> None:

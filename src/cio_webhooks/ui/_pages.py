@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from starlette.responses import Response
 from .._exceptions import CioWebhooksError, ConfigError, InvalidEvent, StoreUnavailable
 from ..events import METRICS_BY_OBJECT_TYPE, NORMALISED_FIELDS, normalise, parse_event
 from ..policies import DEFAULT_RULES, PolicyConfig, load_policies
-from ..reports import GROUPINGS, ReportRow, delivery_report_for
+from ..reports import GROUPINGS, ReportRow, delivery_event_ids, delivery_report_for
 from ..search import EventQuery, find_events
 from ..settings import (
     COMPLAINT_RATE_LIMIT,
@@ -28,6 +29,8 @@ from ..vitals import read_vitals
 from ._auth import Session
 from ._charts import Line, line_chart
 from ._web import Dashboard, Form, render
+
+log = logging.getLogger("cio_webhooks.ui")
 
 __all__ = [
     "deliverability",
@@ -269,6 +272,25 @@ def pretty_body(body: bytes) -> str:
     return shown
 
 
+async def _same_delivery(dash: Dashboard, delivery: str) -> list[StoredEvent]:
+    """The stored events of ``delivery``, newest first.  The warehouse's ``delivery_id``
+    index finds them at once; without a SQL sink (or when it cannot be read) the store
+    is searched, which scans it newest first (``search.SCAN_LIMIT`` events at most).
+    An event the sink has not loaded yet (seconds old) is missing from the first."""
+    if dash.sink is not None:
+        try:
+            ids = await asyncio.to_thread(
+                delivery_event_ids, dash.sink, delivery, limit=UI_PAGE_SIZE + 1
+            )
+        except (StoreUnavailable, ConfigError) as exc:
+            log.warning("event=ui_sink_unreadable error=%s", str(exc)[:300])
+        else:
+            found = [await dash.store.get_event(event_id) for event_id in ids]
+            return [e for e in found if e is not None]
+    page = await find_events(dash.store, EventQuery(delivery=delivery), limit=UI_PAGE_SIZE)
+    return page.events
+
+
 async def event_page(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
     event_id = request.path_params["event_id"]
     stored = await dash.store.get_event(event_id)
@@ -288,15 +310,12 @@ async def event_page(dash: Dashboard, request: Request, session: Session, form: 
         fields = {}
     runs = await dash.store.handler_runs(stored.seq)
     actions = await dash.ledger.recent(event_id=stored.event_id, limit=100) if dash.ledger else []
-    siblings: list[dict[str, Any]] = []
     delivery = fields.get("delivery_id")
-    if delivery:
-        page = await find_events(
-            dash.store,
-            EventQuery(delivery=delivery),
-            limit=UI_PAGE_SIZE,
-        )
-        siblings = [event_row(e) for e in page.events if e.seq != stored.seq]
+    siblings = (
+        [event_row(e) for e in await _same_delivery(dash, delivery) if e.seq != stored.seq]
+        if delivery
+        else []
+    )
     return render(
         request,
         session,
