@@ -14,13 +14,15 @@ lists every match (bulk retry or discard, which the store then applies by id).
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from dataclasses import dataclass
 
-from ._exceptions import InvalidEvent
+from ._exceptions import ConfigError, InvalidEvent
 from .events import NORMALISED_FIELDS, normalised_values, parse_event
 from .store import EventFilter, JobState, Operations, StoredEvent, Watch
 
-__all__ = ["EventPage", "EventQuery", "find_events", "matching_ids"]
+__all__ = ["EventPage", "EventQuery", "find_events", "matching_ids", "parse_since"]
 
 #: Stored events one page may look at before it returns what it found so far (with a
 #: cursor to go on): a rare match must not make one request scan the whole store.
@@ -145,3 +147,22 @@ async def matching_ids(
             if limit is not None and len(ids) >= limit:
                 break
     return ids
+
+
+def parse_since(text: str, now: float) -> float:
+    """``7d``, ``12h``, ``30m``, ``90s``, an ISO date/time (UTC if naive) or unix seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return now - float(m.group(1)) * unit
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):  # unix seconds: not nan, inf, 1e3 or +5
+        return float(text)
+    try:
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r}: use 7d, 12h, 30m, an ISO date or unix seconds"
+        ) from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import math
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from functools import wraps
@@ -23,6 +21,7 @@ import click
 
 from .._exceptions import ConfigError, StoreUnavailable
 from .._service import default_store, sqlite_store
+from ..search import parse_since
 from ..settings import DATA_DIR, DEFAULT_REGION, REGIONS, STORE_ENV, WAREHOUSE_FILE, env
 from ..store import EventFilter, Store, StoreURL, open_store, parse_store_url
 
@@ -86,25 +85,6 @@ def event_id_arguments(
         return ident.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
     return text(value) if isinstance(value, str) else tuple(map(text, value))
-
-
-def parse_since(text: str, now: float) -> float:
-    """``7d``, ``12h``, ``30m``, ``90s``, an ISO date/time (UTC if naive) or unix seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
-    if m:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-        return now - float(m.group(1)) * unit
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):  # unix seconds: not nan, inf, 1e3 or +5
-        return float(text)
-    try:
-        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"--since {text!r}: use 7d, 12h, 30m, an ISO date or unix seconds"
-        ) from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.UTC)
-    return stamp.timestamp()
 
 
 def event_filter(since: str | None, metric: tuple[str, ...], **more: Any) -> EventFilter:

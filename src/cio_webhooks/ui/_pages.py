@@ -17,7 +17,7 @@ from .._exceptions import CioWebhooksError, ConfigError, InvalidEvent, StoreUnav
 from ..events import METRICS_BY_OBJECT_TYPE, NORMALISED_FIELDS, normalise, parse_event
 from ..policies import DEFAULT_RULES, PolicyConfig, load_policies
 from ..reports import GROUPINGS, ReportRow, delivery_event_ids, delivery_report_for
-from ..search import EventQuery, find_events
+from ..search import EventQuery, find_events, parse_since
 from ..settings import (
     COMPLAINT_RATE_LIMIT,
     COMPLAINT_RATE_WARN,
@@ -55,8 +55,6 @@ def since_value(text: str, now: float) -> float | None:
     text = text.strip()
     if not text:
         return None
-    from ..cli._options import parse_since  # the CLI's own rules, read lazily (no cycle)
-
     try:
         return parse_since(text, now)
     except ConfigError:
