@@ -56,6 +56,7 @@ __all__ = [
     "store_stats",
     "stored_event",
     "traffic_minutes",
+    "traffic_rows",
     "where_clause",
 ]
 
@@ -384,6 +385,17 @@ ALERT_COLUMNS = "rule, firing, value, changed_at, notified_at, version"
 def ack_text(ack: Sequence[int]) -> str:
     """A ``TrafficMinute.ack`` as SQLite keeps it: comma-separated counts ("" for none)."""
     return ",".join(str(int(n)) for n in ack)
+
+
+def traffic_rows(
+    process: str, minutes: Sequence[TrafficMinute], ack: Callable[[Sequence[int]], Any]
+) -> list[tuple[Any, ...]]:
+    """``WatchSQL.record_traffic``'s parameters, one row per minute; ``ack`` turns the
+    latency buckets into the backend's column value (``ack_text``, or a list)."""
+    return [
+        (m.minute, process, *(getattr(m, name) for name in TRAFFIC_COUNTS), ack(m.ack))
+        for m in minutes
+    ]
 
 
 def _ack(value: str | Sequence[int] | None) -> tuple[int, ...]:

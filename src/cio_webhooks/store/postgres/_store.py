@@ -71,6 +71,7 @@ from .._rows import (
     store_stats,
     stored_event,
     traffic_minutes,
+    traffic_rows,
 )
 from .._url import StoreURL
 from ._ingest import SEQ_LOCK, GroupWriter, delivery_key, insert_rows, put_row, unavailable
@@ -834,20 +835,7 @@ class PostgresStore:
         return [stored_event(row) for row in await self._rows(query, params)]
 
     async def record_traffic(self, process: str, minutes: Sequence[TrafficMinute]) -> None:
-        rows = [
-            (
-                m.minute,
-                process,
-                m.stored,
-                m.duplicate,
-                m.quarantined,
-                m.rejected_signature,
-                m.too_large,
-                m.store_unavailable,
-                list(m.ack),
-            )
-            for m in minutes
-        ]
+        rows = traffic_rows(process, minutes, list)
         if not rows:
             return
 

@@ -65,6 +65,7 @@ from .._rows import (
     store_stats,
     stored_event,
     traffic_minutes,
+    traffic_rows,
 )
 from ._files import connect_readonly, readonly_uri
 from ._ledger import SQLiteLedger
@@ -1015,20 +1016,7 @@ class SQLiteStore:
         return [stored_event(row) for row in rows]
 
     async def record_traffic(self, process: str, minutes: Sequence[TrafficMinute]) -> None:
-        rows = [
-            (
-                m.minute,
-                process,
-                m.stored,
-                m.duplicate,
-                m.quarantined,
-                m.rejected_signature,
-                m.too_large,
-                m.store_unavailable,
-                ack_text(m.ack),
-            )
-            for m in minutes
-        ]
+        rows = traffic_rows(process, minutes, ack_text)
         if rows:
             await self._writer.submit(
                 lambda c: c.executemany(_WATCH_SQL.record_traffic, rows), isolated=True
