@@ -188,3 +188,23 @@ def test_the_file_in_the_docs_loads(tmp_path: Path) -> None:
     config = load_alerts(write(tmp_path, example))
     assert [r.name for r in config.enabled] == [n for n in RULES if n != "track_failures"]
     assert config.cooldown_of(config.rule("dead_letters")) == 4 * 3600
+
+
+def test_notifier_urls_may_come_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.toml"
+    path.write_text('[notify]\nslack = "https://hooks.slack.com/services/FILE"\n')
+    environ = {
+        "CIO_WEBHOOKS_ALERTS_SLACK_URL": "https://hooks.slack.com/services/ENV",
+        "CIO_WEBHOOKS_ALERTS_WEBHOOK_URL": " https://ops.example.com/hook ",
+    }
+    config = load_alerts(path, environ)
+    assert config.notify.slack == "https://hooks.slack.com/services/ENV"  # the variable wins
+    assert config.notify.webhook == "https://ops.example.com/hook"
+    assert load_alerts(None, environ).notify.slack == "https://hooks.slack.com/services/ENV"
+
+
+@pytest.mark.parametrize("value", ["", "  ", "hooks.slack.com/services/T0/SECRET"])
+def test_a_bad_or_blank_notifier_variable_is_refused_without_being_quoted(value: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_alerts(None, {"CIO_WEBHOOKS_ALERTS_SLACK_URL": value})
+    assert str(refused.value) == "CIO_WEBHOOKS_ALERTS_SLACK_URL: must be an http:// or https:// URL"

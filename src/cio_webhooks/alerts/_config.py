@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import os
 import re
 import tomllib
 import zoneinfo
@@ -52,10 +53,12 @@ from ..settings import (
     COMPLAINT_RATE_WARN,
     DEFAULT_ALERT_COOLDOWN,
     DEFAULT_DASHBOARD_URL,
+    env,
 )
 from ..vitals import TRAFFIC_WINDOW
 
 __all__ = [
+    "NOTIFY_ENV",
     "RULES",
     "AlertConfig",
     "BacklogAge",
@@ -413,9 +416,37 @@ def alert_config(data: Mapping[str, Any]) -> AlertConfig:
     return AlertConfig(rules=rules, notify=notify, **top)
 
 
-def load_alerts(path: Path | None) -> AlertConfig:
-    """The alerts of file ``path``; None: the defaults (every rule on, log only).
-    Raises ``ConfigError``, one line naming the file and the key, when it is wrong."""
+#: Environment variables that give the notifiers' URLs (secrets kept out of the file);
+#: one that is set overrides the file's ``[notify]`` value.
+NOTIFY_ENV = {"slack": env("ALERTS_SLACK_URL"), "webhook": env("ALERTS_WEBHOOK_URL")}
+
+
+def load_alerts(path: Path | None, environ: Mapping[str, str] | None = None) -> AlertConfig:
+    """The alerts of file ``path``; None: the defaults (every rule on, log only), with
+    the notifier URLs of ``NOTIFY_ENV`` found in ``environ`` (default: the process's).
+    Raises ``ConfigError``, one line naming the file and the key (or the variable),
+    when it is wrong; a variable that is set but blank is wrong too."""
+    config = _load_file(path)
+    environ = os.environ if environ is None else environ
+
+    def url(key: str, configured: str | None) -> str | None:
+        variable = NOTIFY_ENV[key]
+        if variable not in environ:
+            return configured
+        try:
+            return _http_url(environ[variable])
+        except ConfigError as exc:
+            raise ConfigError(f"{variable}: {exc}") from None
+
+    notify = NotifyConfig(
+        slack=url("slack", config.notify.slack),
+        webhook=url("webhook", config.notify.webhook),
+        log=config.notify.log,
+    )
+    return dataclasses.replace(config, notify=notify)
+
+
+def _load_file(path: Path | None) -> AlertConfig:
     if path is None:
         return AlertConfig()
     try:
