@@ -136,7 +136,9 @@ def client(store: SQLiteStore, **options: str | None) -> httpx2.AsyncClient:
     ui = create_ui(store, **options)  # type: ignore[arg-type]
     app = Starlette(routes=[Mount(UI_PATH, app=ui)])  # mounted, as the service does
     # https: the session cookie is Secure, and httpx sends it over https only
-    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://t/ui")
+    return httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="https://localhost/ui"
+    )
 
 
 async def _login(c: httpx2.AsyncClient) -> None:
@@ -224,6 +226,30 @@ async def test_without_credentials_open_on_loopback_refused_elsewhere(inbox: SQL
             assert refused.status_code == 403
             assert "CIO_WEBHOOKS_UI_PASSWORD" in refused.text
         assert (await c.post("/login", data={"password": ""})).status_code == 403
+
+
+async def test_an_open_dashboard_answers_only_at_loopback_names(inbox: SQLiteStore) -> None:
+    # DNS rebinding: evil.example made to resolve to 127.0.0.1 is "same origin" with
+    # the open dashboard: its script could read pages (CSRF token included) and act.
+    ui = create_ui(inbox, bind="127.0.0.1")
+    transport = httpx2.ASGITransport(app=Starlette(routes=[Mount(UI_PATH, app=ui)]))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://evil.example") as c:
+        for path in ("/ui/", "/ui/events", "/ui/dead-letters", "/ui/events/ev-1"):
+            refused = await c.get(path)
+            assert refused.status_code == 403, path
+            assert "ev-1" not in refused.text
+            assert COOKIE not in refused.cookies
+        posted = await c.post("/ui/dead-letters/apply", data={"action": "discard"})
+        assert posted.status_code == 403
+    for base in ("http://127.0.0.1:8000", "http://[::1]:8000", "http://localhost:8000"):
+        async with httpx2.AsyncClient(transport=transport, base_url=base) as c:
+            assert (await c.get("/ui/events")).status_code == 200, base
+    # with credentials the name does not matter: a session is needed anyway
+    ui = create_ui(inbox, bind="0.0.0.0", token=TOKEN)  # noqa: S104
+    transport = httpx2.ASGITransport(app=Starlette(routes=[Mount(UI_PATH, app=ui)]))
+    async with httpx2.AsyncClient(transport=transport, base_url="https://dash.example") as c:
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        assert (await c.get("/ui/events", headers=headers)).status_code == 200
 
 
 async def test_event_bodies_are_escaped(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 def client(store: Store) -> httpx2.AsyncClient:
     ui = create_ui(store, bind="127.0.0.1", ledger=store.ledger(), clock=lambda: NOW + 60)
     app = Starlette(routes=[Mount(UI_PATH, app=ui)])
-    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://t")
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://localhost")
 
 
 def csrf(html: str) -> str:

@@ -27,7 +27,7 @@ from ..events import iso
 from ..settings import UI_PATH
 from ..sinks import SinkURL
 from ..store import Ledger, Store
-from ._auth import COOKIE, LOCAL_USER, Access, Session
+from ._auth import COOKIE, LOCAL_USER, Access, Session, is_loopback
 
 __all__ = [
     "Dashboard",
@@ -178,6 +178,16 @@ def endpoint(page: Page) -> Callable[[Request], Awaitable[Response]]:
         access = dash.access
         if access.mode == "refused":
             return render(request, None, "refused.html", status=403)
+        if access.mode == "open" and not is_loopback(request.url.hostname or ""):
+            # DNS rebinding: a site whose name is made to resolve to 127.0.0.1 is
+            # "same origin" with an open dashboard; only loopback names reach it.
+            log.warning("event=ui_host_refused host=%s", request.url.hostname)
+            return _forbidden(
+                request,
+                "Without credentials the dashboard answers only at a loopback address"
+                " (127.0.0.1, [::1], localhost): set CIO_WEBHOOKS_UI_PASSWORD or"
+                " CIO_WEBHOOKS_UI_TOKEN to reach it by another name.",
+            )
         new_cookie: str | None = None
         session: Session | None
         if access.check_bearer(request.headers.get("authorization")):
