@@ -6,6 +6,7 @@ the ``ui`` command refusing a non-loopback address without credentials."""
 from __future__ import annotations
 
 import base64
+import html
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -266,6 +267,32 @@ async def test_event_bodies_are_escaped(tmp_path: Path) -> None:
             assert "<script>alert" not in page.text
             assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
             assert "ev-&lt;x&gt;" in page.text
+
+
+async def test_an_event_link_stays_on_its_event_whatever_the_id(tmp_path: Path) -> None:
+    import json
+    import re
+    import urllib.parse
+
+    from cio_webhooks.events import parse_event
+
+    ids = ("../../metrics", "a/b?c#d", "x/../../ui/dead-letters")
+    async with SQLiteStore(tmp_path / "inbox.db") as store:
+        for n, event_id in enumerate(ids):
+            body = json.dumps(make_event(event_id)).encode()
+            await store.put(parse_event(body, received_at=1.0 + n))
+        async with client(store, bind="127.0.0.1") as c:
+            page = await c.get("/events")
+            hrefs = re.findall(r'<a href="(/ui/events/[^"]+)"', page.text)
+            assert len(hrefs) == len(ids)
+            for href, event_id in zip(hrefs, reversed(ids), strict=True):
+                # where a browser goes: dot segments resolved, as urljoin does
+                target = urllib.parse.urljoin("https://localhost/ui/events", href)
+                assert target.startswith("https://localhost/ui/events/"), (event_id, target)
+                shown = await c.get(target)
+                assert shown.status_code == 200, event_id
+                assert "<h1" in shown.text
+                assert f"Event {event_id}" in html.unescape(shown.text)
 
 
 def test_ui_refuses_a_public_address_without_credentials(tmp_path: Path) -> None:

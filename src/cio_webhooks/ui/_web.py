@@ -115,6 +115,9 @@ _env = jinja2.Environment(
 _env.filters["iso"] = iso
 _env.filters["ago"] = _ago
 _env.filters["pct"] = _pct
+# An event id as one path segment: Jinja's urlencode keeps "/", so an id such as
+# "../../metrics" made a link the browser resolved out of the dashboard.
+_env.filters["segment"] = lambda value: urllib.parse.quote(str(value), safe="")
 _env.filters["urlencode_dict"] = lambda d: urllib.parse.urlencode(
     {k: v for k, v in d.items() if v not in (None, "")}
 )
