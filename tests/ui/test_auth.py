@@ -64,6 +64,10 @@ def test_login_checks_user_and_password_or_the_token() -> None:
     assert not a.check_bearer(f"Basic {TOKEN}")
     assert not a.check_bearer("Bearer wrong")
     assert not access(token=None).check_bearer(f"Bearer {TOKEN}")
+    # a token that is not ASCII: clients send it as UTF-8, the server reads Latin-1
+    odd = access(token="tök en=;%+/ x")
+    assert odd.check_bearer("Bearer " + "tök en=;%+/ x".encode().decode("latin-1"))
+    assert not odd.check_bearer("Bearer tok en=;%+/ x")
     assert "s3cret" not in repr(a)
 
 

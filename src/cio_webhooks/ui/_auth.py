@@ -130,7 +130,10 @@ class Access:
         if self._token is None or not header:
             return False
         scheme, _, value = header.partition(" ")
-        return scheme.lower() == "bearer" and _same(value.strip(), self._token)
+        # Header values arrive decoded as Latin-1; a client sends a token that is not
+        # ASCII as UTF-8 (curl, requests, browsers): compare the bytes it sent.
+        sent = value.strip().encode("latin-1", "replace")
+        return scheme.lower() == "bearer" and hmac.compare_digest(sent, _bytes(self._token))
 
     # -- sessions ---------------------------------------------------------------------
     def _mac(self, message: str) -> str:
