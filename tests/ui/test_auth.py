@@ -213,8 +213,19 @@ async def test_the_bearer_token_needs_no_cookie_and_no_csrf(inbox: SQLiteStore) 
     async with client(inbox, token=TOKEN) as c:
         headers = {"authorization": f"Bearer {TOKEN}"}
         assert (await c.get("/events", headers=headers)).status_code == 200
-        answer = await c.post("/dead-letters/apply", data={"action": "retry"}, headers=headers)
+        form = {"action": "retry", "scope": "all"}
+        answer = await c.post("/dead-letters/apply", data=form, headers=headers)
         assert answer.status_code == 303
+        # everything only when asked for: no scope, or a mistyped one, does nothing
+        for scope in ({}, {"scope": "One", "event_id": "ev-1"}):
+            for path in ("/dead-letters/confirm", "/dead-letters/apply"):
+                data = {"action": "discard", **scope}
+                refused = await c.post(path, data=data, headers=headers)
+                assert refused.status_code == 400, (path, scope)
+                assert "unknown scope" in refused.text
+            for path in ("/quarantine/confirm", "/quarantine/apply"):
+                refused = await c.post(path, data=scope, headers=headers)
+                assert refused.status_code == 400, (path, scope)
         bad = {"authorization": "Bearer nope"}
         assert (await c.get("/events", headers=bad)).status_code == 303
 
