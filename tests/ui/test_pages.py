@@ -151,3 +151,18 @@ async def test_an_unreadable_policies_file_shows_its_error_not_the_default_rules
     # the default rules are not what the file says: none is listed as live
     assert "spam-complaint-unsubscribe" not in page.text
     assert ">live<" not in page.text
+
+
+async def test_a_quarantined_body_that_does_not_exist_is_a_404_whatever_its_id(
+    tmp_path: Path,
+) -> None:
+    from cio_webhooks.store.sqlite import SQLiteStore
+
+    async with SQLiteStore(tmp_path / "inbox.db") as inbox:
+        await inbox.quarantine(b"not json", "not JSON", received_at=NOW)
+        async with client(inbox) as c:
+            assert (await c.get("/ui/quarantine/1")).status_code == 200
+            for ident in ("2", "9" * 19, "9" * 5000, "abc", "-1", "\u0661"):
+                answer = await c.get(f"/ui/quarantine/{ident}")
+                assert answer.status_code == 404, ident[:20]
+                assert "No quarantined body" in answer.text

@@ -234,8 +234,11 @@ async def quarantine_apply(
 async def quarantined_body(
     dash: Dashboard, request: Request, session: Session, form: Form
 ) -> Response:
-    ident = request.path_params["ident"]
-    found = await dash.store.quarantined(ident=ident, limit=1) if ident < 2**63 else []
+    # Read here, not by the route's int convertor: thousands of digits made int()
+    # raise (Python's limit on digits) and the page a 500.
+    text: str = request.path_params["ident"]
+    ident = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+    found = await dash.store.quarantined(ident=ident, limit=1) if ident is not None else []
     if not found:
         return render(
             request,
@@ -243,7 +246,7 @@ async def quarantined_body(
             "error.html",
             status=404,
             title="Not found",
-            message=f"No quarantined body {ident}.",
+            message=f"No quarantined body {text[:40]}.",
         )
     q = found[0]
     return render(
