@@ -209,6 +209,45 @@ async def test_a_wrong_password_is_refused_and_the_next_page_stays_local(
             assert answer.headers["location"] == "/ui/", target
 
 
+async def test_guesses_sent_at_once_are_checked_one_a_second_per_address(
+    inbox: SQLiteStore,
+) -> None:
+    import asyncio
+    import time
+
+    from cio_webhooks.ui._login import FAILED_LOGIN_PAUSE, LOGIN_QUEUE
+
+    app = Starlette(routes=[Mount(UI_PATH, app=create_ui(inbox, password=PASSWORD))])
+
+    def from_address(host: str) -> httpx2.AsyncClient:
+        transport = httpx2.ASGITransport(app=app, client=(host, 1234))
+        return httpx2.AsyncClient(transport=transport, base_url="https://localhost/ui")
+
+    async with from_address("192.0.2.7") as attacker, from_address("192.0.2.8") as user:
+
+        async def guess(n: int) -> tuple[int, float]:
+            answer = await attacker.post("/login", data={"user": "admin", "password": f"g{n}"})
+            return answer.status_code, time.monotonic() - start
+
+        async def log_in() -> tuple[int, float]:
+            await asyncio.sleep(0.2)  # once the guesses wait
+            answer = await user.post("/login", data={"user": "admin", "password": PASSWORD})
+            return answer.status_code, time.monotonic() - start
+
+        start = time.monotonic()
+        *guesses, mine = await asyncio.gather(*(guess(n) for n in range(LOGIN_QUEUE + 2)), log_in())
+    refused = sorted(t for status, t in guesses if status == 401)
+    throttled = [t for status, t in guesses if status == 429]
+    assert len(refused) == LOGIN_QUEUE
+    assert len(throttled) == 2  # answered at once, unchecked
+    assert max(throttled) < FAILED_LOGIN_PAUSE
+    # one refused guess a second: the last one answered after LOGIN_QUEUE pauses
+    assert refused[-1] >= LOGIN_QUEUE * FAILED_LOGIN_PAUSE * 0.95
+    # another address is not held up by them
+    assert mine[0] == 303
+    assert mine[1] < FAILED_LOGIN_PAUSE
+
+
 async def test_the_bearer_token_needs_no_cookie_and_no_csrf(inbox: SQLiteStore) -> None:
     async with client(inbox, token=TOKEN) as c:
         headers = {"authorization": f"Bearer {TOKEN}"}
