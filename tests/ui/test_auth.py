@@ -215,9 +215,10 @@ async def test_guesses_sent_at_once_are_checked_one_a_second_per_address(
     import asyncio
     import time
 
-    from cio_webhooks.ui._login import FAILED_LOGIN_PAUSE, LOGIN_QUEUE
+    from cio_webhooks.ui._auth import FAILED_LOGIN_PAUSE, LOGIN_QUEUE
 
-    app = Starlette(routes=[Mount(UI_PATH, app=create_ui(inbox, password=PASSWORD))])
+    ui = create_ui(inbox, password=PASSWORD, token=TOKEN)
+    app = Starlette(routes=[Mount(UI_PATH, app=ui)])
 
     def from_address(host: str) -> httpx2.AsyncClient:
         transport = httpx2.ASGITransport(app=app, client=(host, 1234))
@@ -226,7 +227,10 @@ async def test_guesses_sent_at_once_are_checked_one_a_second_per_address(
     async with from_address("192.0.2.7") as attacker, from_address("192.0.2.8") as user:
 
         async def guess(n: int) -> tuple[int, float]:
-            answer = await attacker.post("/login", data={"user": "admin", "password": f"g{n}"})
+            if n % 2:  # the token guessed in the header takes the same turns
+                answer = await attacker.get("/events", headers={"authorization": f"Bearer g{n}"})
+            else:
+                answer = await attacker.post("/login", data={"user": "admin", "password": f"g{n}"})
             return answer.status_code, time.monotonic() - start
 
         async def log_in() -> tuple[int, float]:
@@ -266,7 +270,13 @@ async def test_the_bearer_token_needs_no_cookie_and_no_csrf(inbox: SQLiteStore) 
                 refused = await c.post(path, data=scope, headers=headers)
                 assert refused.status_code == 400, (path, scope)
         bad = {"authorization": "Bearer nope"}
-        assert (await c.get("/events", headers=bad)).status_code == 303
+        refused = await c.get("/events", headers=bad)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert "ev-1" not in refused.text
+        # another scheme (a proxy's Basic auth) is not a token: the login form as usual
+        basic = {"authorization": "Basic YTpi"}
+        assert (await c.get("/events", headers=basic)).status_code == 303
 
 
 async def test_without_credentials_open_on_loopback_refused_elsewhere(inbox: SQLiteStore) -> None:

@@ -44,7 +44,7 @@ from ..sinks import SinkURL
 from ..store import Ledger, Store
 from . import _dead, _pages
 from ._auth import Access, is_loopback
-from ._login import LoginGate, login, logout
+from ._login import login, logout
 from ._web import HERE, Dashboard, SecurityHeaders, endpoint, store_unavailable
 
 __all__ = ["Access", "Dashboard", "create_ui", "is_loopback"]
@@ -103,5 +103,4 @@ def create_ui(
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.state.dashboard = dash
-    app.state.login_gate = LoginGate()
     return app

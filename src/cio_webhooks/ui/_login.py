@@ -1,61 +1,25 @@
 """``/login`` and ``/logout``.  A failed login waits a second before answering, so
 that guessing is slow; it is logged without what was typed.
 
-The pause alone does not slow guesses sent at once (two hundred took two seconds):
-``LoginGate`` checks one login at a time per client address, a refused one keeping
-its turn through the pause, so each address guesses at most once a second; past
-``LOGIN_QUEUE`` waiting, more are answered 429 without being checked.  Another
-address is not held up (behind a reverse proxy, uvicorn takes the address from
-``X-Forwarded-For`` when the proxy is on this machine)."""
+Logins of one client address take turns (``_auth.LoginGate``), so that guesses sent
+at once are not checked at once."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ..settings import UI_PATH
-from ._auth import COOKIE, Session, is_loopback
+from ._auth import COOKIE, FAILED_LOGIN_PAUSE, Session, is_loopback
 from ._web import Dashboard, Form, read_form, render, same_origin, set_session_cookie
 
-__all__ = ["LoginGate", "login", "logout"]
+__all__ = ["login", "logout"]
 
 log = logging.getLogger("cio_webhooks.ui")
-
-#: Seconds a refused login waits before the answer.
-FAILED_LOGIN_PAUSE = 1.0
-#: Logins of one client address that may wait for their turn; more get a 429.
-LOGIN_QUEUE = 5
-
-
-class LoginGate:
-    """One login check at a time per client address (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._waiting: dict[str, int] = {}
-
-    @contextlib.asynccontextmanager
-    async def turn(self, client: str) -> AsyncIterator[bool]:
-        """Yields False at once when ``LOGIN_QUEUE`` logins of ``client`` already
-        wait, else True once it is this one's turn."""
-        if self._waiting.get(client, 0) >= LOGIN_QUEUE:
-            yield False
-            return
-        lock = self._locks.setdefault(client, asyncio.Lock())
-        self._waiting[client] = self._waiting.get(client, 0) + 1
-        try:
-            async with lock:
-                yield True
-        finally:
-            self._waiting[client] -= 1
-            if not self._waiting[client]:  # nobody holds or waits for it: forget it
-                del self._waiting[client], self._locks[client]
 
 
 def _next(request: Request, target: str | None) -> str:
@@ -99,8 +63,7 @@ async def login(request: Request) -> Response:
         )
     form = await read_form(request) or {}
     target = _next(request, form.get("next"))
-    gate: LoginGate = request.app.state.login_gate
-    async with gate.turn(request.client.host if request.client else "") as turn:
+    async with access.gate.turn(request.client.host if request.client else "") as turn:
         if not turn:
             log.warning("event=ui_login_throttled")
             context["error"] = "Too many logins at once from this address: try again shortly."

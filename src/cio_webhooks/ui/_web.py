@@ -9,6 +9,7 @@ attacker-controlled JSON.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -27,7 +28,15 @@ from ..events import iso
 from ..settings import UI_PATH
 from ..sinks import SinkURL
 from ..store import Ledger, Store
-from ._auth import COOKIE, LOCAL_USER, Access, Session, is_loopback
+from ._auth import (
+    COOKIE,
+    FAILED_LOGIN_PAUSE,
+    LOCAL_USER,
+    TOKEN_USER,
+    Access,
+    Session,
+    is_loopback,
+)
 
 __all__ = [
     "Dashboard",
@@ -192,11 +201,28 @@ def endpoint(page: Page) -> Callable[[Request], Awaitable[Response]]:
                 " CIO_WEBHOOKS_UI_TOKEN to reach it by another name.",
             )
         new_cookie: str | None = None
-        session: Session | None
-        if access.check_bearer(request.headers.get("authorization")):
-            session = Session("token", None)
-        else:
-            session = access.session(request.cookies.get(COOKIE))
+        session = access.session(request.cookies.get(COOKIE))
+        header = request.headers.get("authorization", "")
+        if session is None and access.mode == "login" and header[:7].lower() == "bearer ":
+            # A token guessed in this header takes turns with the login form's guesses.
+            client = request.client.host if request.client else ""
+            async with access.gate.turn(client) as turn:
+                if turn and access.check_bearer(header):
+                    session = Session(TOKEN_USER, None)
+                elif turn:
+                    log.warning("event=ui_bearer_refused path=%s", request.url.path)
+                    await asyncio.sleep(FAILED_LOGIN_PAUSE)
+            if session is None:
+                refused = render(
+                    request,
+                    None,
+                    "error.html",
+                    status=401 if turn else 429,
+                    title="Unauthorized",
+                    message="Wrong token." if turn else "Too many tries at once: try again.",
+                )
+                refused.headers["www-authenticate"] = "Bearer"
+                return refused
         if session is None and access.mode == "open":
             new_cookie = access.new_cookie(LOCAL_USER)
             session = access.session(new_cookie)
