@@ -6,6 +6,7 @@ the ``ui`` command refusing a non-loopback address without credentials."""
 from __future__ import annotations
 
 import base64
+import html
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def test_login_checks_user_and_password_or_the_token() -> None:
     assert not a.check_bearer(f"Basic {TOKEN}")
     assert not a.check_bearer("Bearer wrong")
     assert not access(token=None).check_bearer(f"Bearer {TOKEN}")
+    # a token that is not ASCII: clients send it as UTF-8, the server reads Latin-1
+    odd = access(token="tök en=;%+/ x")
+    assert odd.check_bearer("Bearer " + "tök en=;%+/ x".encode().decode("latin-1"))
+    assert not odd.check_bearer("Bearer tok en=;%+/ x")
     assert "s3cret" not in repr(a)
 
 
@@ -136,7 +141,9 @@ def client(store: SQLiteStore, **options: str | None) -> httpx2.AsyncClient:
     ui = create_ui(store, **options)  # type: ignore[arg-type]
     app = Starlette(routes=[Mount(UI_PATH, app=ui)])  # mounted, as the service does
     # https: the session cookie is Secure, and httpx sends it over https only
-    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://t/ui")
+    return httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="https://localhost/ui"
+    )
 
 
 async def _login(c: httpx2.AsyncClient) -> None:
@@ -202,14 +209,74 @@ async def test_a_wrong_password_is_refused_and_the_next_page_stays_local(
             assert answer.headers["location"] == "/ui/", target
 
 
+async def test_guesses_sent_at_once_are_checked_one_a_second_per_address(
+    inbox: SQLiteStore,
+) -> None:
+    import asyncio
+    import time
+
+    from cio_webhooks.ui._auth import FAILED_LOGIN_PAUSE, LOGIN_QUEUE
+
+    ui = create_ui(inbox, password=PASSWORD, token=TOKEN)
+    app = Starlette(routes=[Mount(UI_PATH, app=ui)])
+
+    def from_address(host: str) -> httpx2.AsyncClient:
+        transport = httpx2.ASGITransport(app=app, client=(host, 1234))
+        return httpx2.AsyncClient(transport=transport, base_url="https://localhost/ui")
+
+    async with from_address("192.0.2.7") as attacker, from_address("192.0.2.8") as user:
+
+        async def guess(n: int) -> tuple[int, float]:
+            if n % 2:  # the token guessed in the header takes the same turns
+                answer = await attacker.get("/events", headers={"authorization": f"Bearer g{n}"})
+            else:
+                answer = await attacker.post("/login", data={"user": "admin", "password": f"g{n}"})
+            return answer.status_code, time.monotonic() - start
+
+        async def log_in() -> tuple[int, float]:
+            await asyncio.sleep(0.2)  # once the guesses wait
+            answer = await user.post("/login", data={"user": "admin", "password": PASSWORD})
+            return answer.status_code, time.monotonic() - start
+
+        start = time.monotonic()
+        *guesses, mine = await asyncio.gather(*(guess(n) for n in range(LOGIN_QUEUE + 2)), log_in())
+    refused = sorted(t for status, t in guesses if status == 401)
+    throttled = [t for status, t in guesses if status == 429]
+    assert len(refused) == LOGIN_QUEUE
+    assert len(throttled) == 2  # answered at once, unchecked
+    assert max(throttled) < FAILED_LOGIN_PAUSE
+    # one refused guess a second: the last one answered after LOGIN_QUEUE pauses
+    assert refused[-1] >= LOGIN_QUEUE * FAILED_LOGIN_PAUSE * 0.95
+    # another address is not held up by them
+    assert mine[0] == 303
+    assert mine[1] < FAILED_LOGIN_PAUSE
+
+
 async def test_the_bearer_token_needs_no_cookie_and_no_csrf(inbox: SQLiteStore) -> None:
     async with client(inbox, token=TOKEN) as c:
         headers = {"authorization": f"Bearer {TOKEN}"}
         assert (await c.get("/events", headers=headers)).status_code == 200
-        answer = await c.post("/dead-letters/apply", data={"action": "retry"}, headers=headers)
+        form = {"action": "retry", "scope": "all"}
+        answer = await c.post("/dead-letters/apply", data=form, headers=headers)
         assert answer.status_code == 303
+        # everything only when asked for: no scope, or a mistyped one, does nothing
+        for scope in ({}, {"scope": "One", "event_id": "ev-1"}):
+            for path in ("/dead-letters/confirm", "/dead-letters/apply"):
+                data = {"action": "discard", **scope}
+                refused = await c.post(path, data=data, headers=headers)
+                assert refused.status_code == 400, (path, scope)
+                assert "unknown scope" in refused.text
+            for path in ("/quarantine/confirm", "/quarantine/apply"):
+                refused = await c.post(path, data=scope, headers=headers)
+                assert refused.status_code == 400, (path, scope)
         bad = {"authorization": "Bearer nope"}
-        assert (await c.get("/events", headers=bad)).status_code == 303
+        refused = await c.get("/events", headers=bad)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert "ev-1" not in refused.text
+        # another scheme (a proxy's Basic auth) is not a token: the login form as usual
+        basic = {"authorization": "Basic YTpi"}
+        assert (await c.get("/events", headers=basic)).status_code == 303
 
 
 async def test_without_credentials_open_on_loopback_refused_elsewhere(inbox: SQLiteStore) -> None:
@@ -226,6 +293,30 @@ async def test_without_credentials_open_on_loopback_refused_elsewhere(inbox: SQL
         assert (await c.post("/login", data={"password": ""})).status_code == 403
 
 
+async def test_an_open_dashboard_answers_only_at_loopback_names(inbox: SQLiteStore) -> None:
+    # DNS rebinding: evil.example made to resolve to 127.0.0.1 is "same origin" with
+    # the open dashboard: its script could read pages (CSRF token included) and act.
+    ui = create_ui(inbox, bind="127.0.0.1")
+    transport = httpx2.ASGITransport(app=Starlette(routes=[Mount(UI_PATH, app=ui)]))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://evil.example") as c:
+        for path in ("/ui/", "/ui/events", "/ui/dead-letters", "/ui/events/ev-1"):
+            refused = await c.get(path)
+            assert refused.status_code == 403, path
+            assert "ev-1" not in refused.text
+            assert COOKIE not in refused.cookies
+        posted = await c.post("/ui/dead-letters/apply", data={"action": "discard"})
+        assert posted.status_code == 403
+    for base in ("http://127.0.0.1:8000", "http://[::1]:8000", "http://localhost:8000"):
+        async with httpx2.AsyncClient(transport=transport, base_url=base) as c:
+            assert (await c.get("/ui/events")).status_code == 200, base
+    # with credentials the name does not matter: a session is needed anyway
+    ui = create_ui(inbox, bind="0.0.0.0", token=TOKEN)  # noqa: S104
+    transport = httpx2.ASGITransport(app=Starlette(routes=[Mount(UI_PATH, app=ui)]))
+    async with httpx2.AsyncClient(transport=transport, base_url="https://dash.example") as c:
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        assert (await c.get("/ui/events", headers=headers)).status_code == 200
+
+
 async def test_event_bodies_are_escaped(tmp_path: Path) -> None:
     import json
 
@@ -240,6 +331,32 @@ async def test_event_bodies_are_escaped(tmp_path: Path) -> None:
             assert "<script>alert" not in page.text
             assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
             assert "ev-&lt;x&gt;" in page.text
+
+
+async def test_an_event_link_stays_on_its_event_whatever_the_id(tmp_path: Path) -> None:
+    import json
+    import re
+    import urllib.parse
+
+    from cio_webhooks.events import parse_event
+
+    ids = ("../../metrics", "a/b?c#d", "x/../../ui/dead-letters")
+    async with SQLiteStore(tmp_path / "inbox.db") as store:
+        for n, event_id in enumerate(ids):
+            body = json.dumps(make_event(event_id)).encode()
+            await store.put(parse_event(body, received_at=1.0 + n))
+        async with client(store, bind="127.0.0.1") as c:
+            page = await c.get("/events")
+            hrefs = re.findall(r'<a href="(/ui/events/[^"]+)"', page.text)
+            assert len(hrefs) == len(ids)
+            for href, event_id in zip(hrefs, reversed(ids), strict=True):
+                # where a browser goes: dot segments resolved, as urljoin does
+                target = urllib.parse.urljoin("https://localhost/ui/events", href)
+                assert target.startswith("https://localhost/ui/events/"), (event_id, target)
+                shown = await c.get(target)
+                assert shown.status_code == 200, event_id
+                assert "<h1" in shown.text
+                assert f"Event {event_id}" in html.unescape(shown.text)
 
 
 def test_ui_refuses_a_public_address_without_credentials(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 def client(store: Store) -> httpx2.AsyncClient:
     ui = create_ui(store, bind="127.0.0.1", ledger=store.ledger(), clock=lambda: NOW + 60)
     app = Starlette(routes=[Mount(UI_PATH, app=ui)])
-    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://t")
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://localhost")
 
 
 def csrf(html: str) -> str:
@@ -219,3 +219,38 @@ async def test_a_store_that_does_not_answer_gets_a_503_page() -> None:
             assert page.headers["x-frame-options"] == "DENY"
         overview = await c.get("/ui/")
         assert "The store did not answer" in overview.text
+
+
+async def test_an_unreadable_policies_file_shows_its_error_not_the_default_rules(
+    tmp_path: Path,
+) -> None:
+    from cio_webhooks.store.sqlite import SQLiteStore
+
+    bad = tmp_path / "policies.toml"
+    bad.write_text('[[rule]]\nname = "bad name!"\non = ["*.spammed"]\naction = "unsubscribe"\n')
+    async with SQLiteStore(tmp_path / "inbox.db") as inbox:
+        ui = create_ui(inbox, bind="127.0.0.1", policies=bad)
+        app = Starlette(routes=[Mount(UI_PATH, app=ui)])
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="https://localhost") as c:
+            page = await c.get("/ui/policies")
+    assert page.status_code == 200
+    assert "a name is letters" in page.text
+    # the default rules are not what the file says: none is listed as live
+    assert "spam-complaint-unsubscribe" not in page.text
+    assert ">live<" not in page.text
+
+
+async def test_a_quarantined_body_that_does_not_exist_is_a_404_whatever_its_id(
+    tmp_path: Path,
+) -> None:
+    from cio_webhooks.store.sqlite import SQLiteStore
+
+    async with SQLiteStore(tmp_path / "inbox.db") as inbox:
+        await inbox.quarantine(b"not json", "not JSON", received_at=NOW)
+        async with client(inbox) as c:
+            assert (await c.get("/ui/quarantine/1")).status_code == 200
+            for ident in ("2", "9" * 19, "9" * 5000, "abc", "-1", "\u0661"):
+                answer = await c.get(f"/ui/quarantine/{ident}")
+                assert answer.status_code == 404, ident[:20]
+                assert "No quarantined body" in answer.text

@@ -93,7 +93,7 @@ def create_ui(
             Route("/dead-letters/apply", endpoint(_dead.dead_apply), methods=post),
             Route("/quarantine/confirm", endpoint(_dead.quarantine_confirm), methods=post),
             Route("/quarantine/apply", endpoint(_dead.quarantine_apply), methods=post),
-            Route("/quarantine/{ident:int}", endpoint(_dead.quarantined_body), methods=get),
+            Route("/quarantine/{ident}", endpoint(_dead.quarantined_body), methods=get),
             Route("/policies", endpoint(_pages.policies_page), methods=get),
             Route("/login", login, methods=["GET", "POST"]),
             Route("/logout", endpoint(logout), methods=post),

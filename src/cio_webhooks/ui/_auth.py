@@ -21,20 +21,31 @@ shown.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from ..settings import DEFAULT_UI_USER, UI_SESSION_SECONDS
 
-__all__ = ["COOKIE", "Access", "Mode", "Session", "is_loopback"]
+__all__ = [
+    "COOKIE",
+    "FAILED_LOGIN_PAUSE",
+    "LOGIN_QUEUE",
+    "Access",
+    "LoginGate",
+    "Mode",
+    "Session",
+    "is_loopback",
+]
 
 #: The session cookie's name.
 COOKIE = "cio_ui_session"
@@ -45,6 +56,43 @@ LOCAL_USER = "local"
 TOKEN_USER = "token"  # noqa: S105 (a user name, not a secret)
 _KDF_SALT = b"cio-webhooks dashboard session key v1"
 _KDF_ROUNDS = 200_000
+
+
+#: Seconds a refused login waits before the answer.
+FAILED_LOGIN_PAUSE = 1.0
+#: Logins of one client address that may wait for their turn; more get a 429.
+LOGIN_QUEUE = 5
+
+
+class LoginGate:
+    """One credential check at a time per client address, a refused one keeping its
+    turn through ``FAILED_LOGIN_PAUSE``: each address guesses at most once a second,
+    however many requests it sends at once (the pause alone did not slow those: two
+    hundred were answered in two seconds).  Past ``LOGIN_QUEUE`` waiting, more are
+    refused (429) unchecked.  A check that succeeds holds its turn for no time, and
+    other addresses are never held up (behind a reverse proxy on this machine,
+    uvicorn takes the address from ``X-Forwarded-For``)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, client: str) -> AsyncIterator[bool]:
+        """Yields False at once when ``LOGIN_QUEUE`` logins of ``client`` already
+        wait, else True once it is this one's turn."""
+        if self._waiting.get(client, 0) >= LOGIN_QUEUE:
+            yield False
+            return
+        lock = self._locks.setdefault(client, asyncio.Lock())
+        self._waiting[client] = self._waiting.get(client, 0) + 1
+        try:
+            async with lock:
+                yield True
+        finally:
+            self._waiting[client] -= 1
+            if not self._waiting[client]:  # nobody holds or waits for it: forget it
+                del self._waiting[client], self._locks[client]
 
 
 def is_loopback(host: str) -> bool:
@@ -92,6 +140,7 @@ class Access:
         self._token = token or None
         self.ttl = ttl
         self.clock = clock
+        self.gate = LoginGate()
         self.mode: Mode
         if self._password or self._token:
             self.mode = "login"
@@ -130,7 +179,10 @@ class Access:
         if self._token is None or not header:
             return False
         scheme, _, value = header.partition(" ")
-        return scheme.lower() == "bearer" and _same(value.strip(), self._token)
+        # Header values arrive decoded as Latin-1; a client sends a token that is not
+        # ASCII as UTF-8 (curl, requests, browsers): compare the bytes it sent.
+        sent = value.strip().encode("latin-1", "replace")
+        return scheme.lower() == "bearer" and hmac.compare_digest(sent, _bytes(self._token))
 
     # -- sessions ---------------------------------------------------------------------
     def _mac(self, message: str) -> str:

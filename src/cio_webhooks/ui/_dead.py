@@ -96,6 +96,7 @@ async def _dead_targets(dash: Dashboard, form: Form) -> tuple[list[str] | None, 
         event_id = form.get("event_id", "")
         await named_dead_letters(dash.store, (event_id,))
         return None, f"dead letter {event_id}"
+    _scope_all(form)
     ids = await matching_ids(dash.store, _dead_query(form, dash.clock()))
     return ids, f"every dead letter matching {_filter_text(form)}"
 
@@ -174,7 +175,15 @@ def _idents(form: Form) -> tuple[int, ...]:
         if not ident.isdigit() or len(ident) > 18:
             raise ConfigError(f"no quarantined body {ident!r}")
         return (int(ident),)
+    _scope_all(form)
     return ()
+
+
+def _scope_all(form: Form) -> None:
+    """Acting on everything must be asked for: a form whose ``scope`` is missing or
+    mistyped (a hand-made POST, a template that lost the field) does nothing."""
+    if form.get("scope") != "all":
+        raise ConfigError(f"unknown scope {form.get('scope', '')!r} (one or all)")
 
 
 async def quarantine_confirm(
@@ -225,8 +234,11 @@ async def quarantine_apply(
 async def quarantined_body(
     dash: Dashboard, request: Request, session: Session, form: Form
 ) -> Response:
-    ident = request.path_params["ident"]
-    found = await dash.store.quarantined(ident=ident, limit=1) if ident < 2**63 else []
+    # Read here, not by the route's int convertor: thousands of digits made int()
+    # raise (Python's limit on digits) and the page a 500.
+    text: str = request.path_params["ident"]
+    ident = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+    found = await dash.store.quarantined(ident=ident, limit=1) if ident is not None else []
     if not found:
         return render(
             request,
@@ -234,7 +246,7 @@ async def quarantined_body(
             "error.html",
             status=404,
             title="Not found",
-            message=f"No quarantined body {ident}.",
+            message=f"No quarantined body {text[:40]}.",
         )
     q = found[0]
     return render(

@@ -1,5 +1,8 @@
 """``/login`` and ``/logout``.  A failed login waits a second before answering, so
-that guessing is slow; it is logged without what was typed."""
+that guessing is slow; it is logged without what was typed.
+
+Logins of one client address take turns (``_auth.LoginGate``), so that guesses sent
+at once are not checked at once."""
 
 from __future__ import annotations
 
@@ -11,15 +14,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ..settings import UI_PATH
-from ._auth import COOKIE, Session, is_loopback
+from ._auth import COOKIE, FAILED_LOGIN_PAUSE, Session, is_loopback
 from ._web import Dashboard, Form, read_form, render, same_origin, set_session_cookie
 
 __all__ = ["login", "logout"]
 
 log = logging.getLogger("cio_webhooks.ui")
-
-#: Seconds a refused login waits before the answer.
-FAILED_LOGIN_PAUSE = 1.0
 
 
 def _next(request: Request, target: str | None) -> str:
@@ -63,13 +63,18 @@ async def login(request: Request) -> Response:
         )
     form = await read_form(request) or {}
     target = _next(request, form.get("next"))
-    user = access.check_login(form.get("user", ""), form.get("password", ""))
-    if user is None:
-        log.warning("event=ui_login_refused")
-        await asyncio.sleep(FAILED_LOGIN_PAUSE)
-        context["error"] = "Wrong user, password or token."
-        context["default_user"] = form.get("user", "")
-        return render(request, None, "login.html", status=401, next=target, **context)
+    async with access.gate.turn(request.client.host if request.client else "") as turn:
+        if not turn:
+            log.warning("event=ui_login_throttled")
+            context["error"] = "Too many logins at once from this address: try again shortly."
+            return render(request, None, "login.html", status=429, next=target, **context)
+        user = access.check_login(form.get("user", ""), form.get("password", ""))
+        if user is None:
+            log.warning("event=ui_login_refused")
+            await asyncio.sleep(FAILED_LOGIN_PAUSE)  # still this address's turn
+            context["error"] = "Wrong user, password or token."
+            context["default_user"] = form.get("user", "")
+            return render(request, None, "login.html", status=401, next=target, **context)
     log.info("event=ui_login user=%s", user)
     response = RedirectResponse(target, status_code=303)
     set_session_cookie(response, access.new_cookie(user), access.ttl)

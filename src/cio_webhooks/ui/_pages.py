@@ -341,7 +341,8 @@ async def policies_page(
             config = load_policies(dash.policies)
         except ConfigError as exc:
             error = str(exc)
-    rules = config.rules if config else DEFAULT_RULES
+    # An unreadable file shows no rules: the defaults are not what it says.
+    rules = config.rules if config else () if dash.policies is not None else DEFAULT_RULES
     recent = await dash.ledger.recent(limit=100) if dash.ledger else []
     dry = await dash.ledger.recent(limit=100, status="dry_run") if dash.ledger else []
     return render(

@@ -9,6 +9,7 @@ attacker-controlled JSON.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import urllib.parse
@@ -27,7 +28,15 @@ from ..events import iso
 from ..settings import UI_PATH
 from ..sinks import SinkURL
 from ..store import Ledger, OperatorAction, Store
-from ._auth import COOKIE, LOCAL_USER, Access, Session
+from ._auth import (
+    COOKIE,
+    FAILED_LOGIN_PAUSE,
+    LOCAL_USER,
+    TOKEN_USER,
+    Access,
+    Session,
+    is_loopback,
+)
 
 __all__ = [
     "Dashboard",
@@ -110,6 +119,9 @@ _env = jinja2.Environment(
 _env.filters["iso"] = iso
 _env.filters["ago"] = _ago
 _env.filters["pct"] = _pct
+# An event id as one path segment: Jinja's urlencode keeps "/", so an id such as
+# "../../metrics" made a link the browser resolved out of the dashboard.
+_env.filters["segment"] = lambda value: urllib.parse.quote(str(value), safe="")
 _env.filters["urlencode_dict"] = lambda d: urllib.parse.urlencode(
     {k: v for k, v in d.items() if v not in (None, "")}
 )
@@ -173,12 +185,39 @@ def endpoint(page: Page) -> Callable[[Request], Awaitable[Response]]:
         access = dash.access
         if access.mode == "refused":
             return render(request, None, "refused.html", status=403)
+        if access.mode == "open" and not is_loopback(request.url.hostname or ""):
+            # DNS rebinding: a site whose name is made to resolve to 127.0.0.1 is
+            # "same origin" with an open dashboard; only loopback names reach it.
+            log.warning("event=ui_host_refused host=%s", request.url.hostname)
+            return _forbidden(
+                request,
+                "Without credentials the dashboard answers only at a loopback address"
+                " (127.0.0.1, [::1], localhost): set CIO_WEBHOOKS_UI_PASSWORD or"
+                " CIO_WEBHOOKS_UI_TOKEN to reach it by another name.",
+            )
         new_cookie: str | None = None
-        session: Session | None
-        if access.check_bearer(request.headers.get("authorization")):
-            session = Session("token", None)
-        else:
-            session = access.session(request.cookies.get(COOKIE))
+        session = access.session(request.cookies.get(COOKIE))
+        header = request.headers.get("authorization", "")
+        if session is None and access.mode == "login" and header[:7].lower() == "bearer ":
+            # A token guessed in this header takes turns with the login form's guesses.
+            client = request.client.host if request.client else ""
+            async with access.gate.turn(client) as turn:
+                if turn and access.check_bearer(header):
+                    session = Session(TOKEN_USER, None)
+                elif turn:
+                    log.warning("event=ui_bearer_refused path=%s", request.url.path)
+                    await asyncio.sleep(FAILED_LOGIN_PAUSE)
+            if session is None:
+                refused = render(
+                    request,
+                    None,
+                    "error.html",
+                    status=401 if turn else 429,
+                    title="Unauthorized",
+                    message="Wrong token." if turn else "Too many tries at once: try again.",
+                )
+                refused.headers["www-authenticate"] = "Bearer"
+                return refused
         if session is None and access.mode == "open":
             new_cookie = access.new_cookie(LOCAL_USER)
             session = access.session(new_cookie)
