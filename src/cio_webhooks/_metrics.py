@@ -53,7 +53,7 @@ async def store_lines(store: Store, *, now: float) -> list[str]:
         async with asyncio.timeout(PROBE_TIMEOUT):
             gauges = dataclasses.asdict(await store.gauges(now=now))
     except Exception as exc:  # metrics must not fail because the store is sick
-        log.error("event=metrics_store_error error=%s", str(exc))
+        log.error("event=metrics_store_error error=%s", str(exc) or type(exc).__name__)
         gauges = {}
     # Without the store the inbox gauges are absent, and an alert on a growing
     # backlog sees no series at all: store_up says why, and can be alerted on.
@@ -67,7 +67,7 @@ async def store_lines(store: Store, *, now: float) -> list[str]:
         async with asyncio.timeout(PROBE_TIMEOUT):
             last = await store.last_received_at()
     except Exception as exc:
-        log.error("event=metrics_store_error error=%s", str(exc))
+        log.error("event=metrics_store_error error=%s", str(exc) or type(exc).__name__)
         last = None
     if last is not None:
         # Alert on ``time() - cio_webhooks_inbox_last_received_at``: every receiver's events.
@@ -77,7 +77,7 @@ async def store_lines(store: Store, *, now: float) -> list[str]:
         async with asyncio.timeout(PROBE_TIMEOUT):
             sinks = await sink_statuses(store, now=now)
     except Exception as exc:
-        log.error("event=metrics_store_error error=%s", str(exc))
+        log.error("event=metrics_store_error error=%s", str(exc) or type(exc).__name__)
         sinks = []
     lines.extend(metric_lines(sinks, now=now))
     return lines

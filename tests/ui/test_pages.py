@@ -254,3 +254,16 @@ async def test_a_quarantined_body_that_does_not_exist_is_a_404_whatever_its_id(
                 answer = await c.get(f"/ui/quarantine/{ident}")
                 assert answer.status_code == 404, ident[:20]
                 assert "No quarantined body" in answer.text
+
+
+async def test_a_result_notice_shows_only_when_this_session_did_the_action(store: Store) -> None:
+    async with client(store) as c:
+        token = csrf((await c.get("/ui/dead-letters")).text)
+        form = {"csrf": token, "action": "retry", "scope": "all", "metric": "bounced"}
+        done = await c.post("/ui/dead-letters/apply", data=form)
+        shown = await c.get(done.headers["location"])
+        assert "retried 1 event(s)" in shown.text
+        crafted = await c.get("/ui/dead-letters?done=all+data+deleted&sig=00")
+        assert "all data deleted" not in crafted.text
+        unsigned = await c.get("/ui/dead-letters?done=all+data+deleted")
+        assert "all data deleted" not in unsigned.text

@@ -213,6 +213,16 @@ class Access:
             return None
         return Session(user, cookie)
 
+    # -- notices ----------------------------------------------------------------------
+    def notice_mac(self, session: Session, text: str) -> str:
+        """A MAC binding a result notice (the text a redirect after an action carries to
+        the page it shows) to ``session``: a link crafted elsewhere cannot make the page
+        show words of its choosing as a result."""
+        return self._mac(f"notice|{session.cookie or session.user}|{text}")
+
+    def check_notice(self, session: Session, text: str, mac: str | None) -> bool:
+        return mac is not None and _same(mac, self.notice_mac(session, text))
+
     # -- CSRF -------------------------------------------------------------------------
     def csrf_token(self, session: Session) -> str:
         """The token every form of ``session`` carries."""

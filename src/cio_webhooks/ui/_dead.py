@@ -59,7 +59,7 @@ async def dead_letters(dash: Dashboard, request: Request, session: Session, form
         "rows": [],
         "next_before": None,
         "error": None,
-        "message": request.query_params.get("done"),
+        "message": _notice(dash, request, session),
         "actions": await dash.store.operator_actions(limit=UI_RECENT_ACTIONS),
     }
     before = request.query_params.get("before", "")
@@ -101,11 +101,19 @@ async def _dead_targets(dash: Dashboard, form: Form) -> tuple[list[str] | None, 
     return ids, f"every dead letter matching {_filter_text(form)}"
 
 
-def _done(request: Request, page: str, message: str) -> Response:
+def _done(dash: Dashboard, request: Request, session: Session, page: str, message: str) -> Response:
+    """Back to ``page``, showing what was done (signed for this session)."""
     root = request.scope.get("root_path", "")
-    return RedirectResponse(
-        f"{root}/{page}?{urllib.parse.urlencode({'done': message})}", status_code=303
-    )
+    query = {"done": message, "sig": dash.access.notice_mac(session, message)}
+    return RedirectResponse(f"{root}/{page}?{urllib.parse.urlencode(query)}", status_code=303)
+
+
+def _notice(dash: Dashboard, request: Request, session: Session) -> str | None:
+    """The result a redirect after an action carried here, if this session's."""
+    text = request.query_params.get("done")
+    if text and dash.access.check_notice(session, text, request.query_params.get("sig")):
+        return text
+    return None
 
 
 async def dead_confirm(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
@@ -165,7 +173,7 @@ async def dead_apply(dash: Dashboard, request: Request, session: Session, form: 
     count = await _apply_by_ids(dash, action, ids)
     await dash.record(session.user, f"dlq_{action}", count, what)
     verb = "retried" if action == "retry" else "discarded"
-    return _done(request, "dead-letters", f"{verb} {count} event(s): {what}")
+    return _done(dash, request, session, "dead-letters", f"{verb} {count} event(s): {what}")
 
 
 # -- quarantine -------------------------------------------------------------------------
@@ -228,7 +236,7 @@ async def quarantine_apply(
     counts = " ".join(f"{k}={v}" for k, v in done.counts().items())
     what = f"quarantined body {idents[0]}" if idents else "every quarantined body"
     await dash.record(session.user, "quarantine_reingest", done.released, f"{what}: {counts}")
-    return _done(request, "dead-letters", f"re-ingested {what}: {counts}")
+    return _done(dash, request, session, "dead-letters", f"re-ingested {what}: {counts}")
 
 
 async def quarantined_body(
