@@ -205,7 +205,7 @@ async def test_firing_alerts_show_on_the_overview(store: Store) -> None:
     async with client(store) as c:
         live = (await c.get("/ui/live")).text
         assert "<strong>dead_letters</strong> firing since" in live
-        assert "last figure 3" in live
+        assert "3 when last notified" in live
         assert "no_events" not in live
 
 
