@@ -362,12 +362,31 @@ async def test_an_event_link_stays_on_its_event_whatever_the_id(tmp_path: Path) 
 def test_ui_refuses_a_public_address_without_credentials(tmp_path: Path) -> None:
     runner = CliRunner()
     args = ["ui", "--db", str(tmp_path / "inbox.db"), "--host", "0.0.0.0", "--port", "0"]  # noqa: S104
-    result = runner.invoke(main, args, env={"CIO_WEBHOOKS_UI_PASSWORD": ""})
+    result = runner.invoke(main, args, env={"CIO_WEBHOOKS_UI_PASSWORD": None})
     assert result.exit_code == 2
     assert "needs credentials" in result.output
     missing = runner.invoke(main, ["ui", "--db", str(tmp_path / "none.db"), "--port", "0"])
     assert missing.exit_code == 2
     assert "no inbox" in missing.output
+
+
+@pytest.mark.parametrize(
+    ("env", "args"),
+    [
+        ({"CIO_WEBHOOKS_UI_PASSWORD": ""}, []),
+        ({"CIO_WEBHOOKS_UI_TOKEN": "  "}, []),
+        ({}, ["--ui-password", " "]),
+    ],
+)
+def test_a_credential_set_but_blank_is_refused_not_taken_as_none(
+    tmp_path: Path, env: dict[str, str], args: list[str]
+) -> None:
+    # On loopback a blank password read as none would open the dashboard to anyone.
+    (tmp_path / "inbox.db").touch()
+    base = ["ui", "--db", str(tmp_path / "inbox.db"), "--port", "0"]
+    result = CliRunner().invoke(main, base + args, env=env)
+    assert result.exit_code == 2
+    assert "is set but blank" in result.output
 
 
 async def test_login_from_another_site_is_refused_and_plain_http_is_flagged(

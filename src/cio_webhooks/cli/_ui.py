@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -36,9 +37,16 @@ log = logging.getLogger("cio_webhooks.ui")
 
 
 def _secret(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A blank password or token is none (a templated variable that came out empty
-    must not become a password of "")."""
-    return (value or "").strip() or None
+    """The password or token as given (spaces are part of it).  One that is set but
+    blank (a templated variable that came out empty, which click reads as unset) is
+    an error: it must neither become a password of "" nor open the dashboard."""
+    variable = param.envvar if isinstance(param.envvar, str) else None
+    if (value is not None and not value.strip()) or (
+        value is None and variable and variable in os.environ
+    ):
+        name = param.opts[0] if param.opts else param.name
+        raise ConfigError(f"the dashboard {name} setting ({variable}) is set but blank")
+    return value
 
 
 def ui_options(fn: F) -> F:
