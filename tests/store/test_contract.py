@@ -982,3 +982,44 @@ async def test_a_read_only_store_lists_operator_actions_and_records_none(
         with pytest.raises(StoreUnavailable):
             await reader.record_operator_action(done)
     assert await store.operator_actions() == [done]
+
+
+# -- dashboard sessions ended by a logout ---------------------------------------------
+async def test_a_session_ended_in_one_store_is_ended_in_every_store_on_it(
+    store_url: str, store: Store
+) -> None:
+    async with opened(store_url) as other:
+        assert not await store.session_revoked("sid-a")
+        await store.revoke_session("sid-a", until=NOW + 3600)
+        assert await store.session_revoked("sid-a")
+        assert await other.session_revoked("sid-a")  # another process on the store
+        assert not await other.session_revoked("sid-b")
+        assert not await other.session_revoked("")
+
+
+async def test_prune_forgets_ended_sessions_whose_cookies_expired_before_the_cutoff(
+    store: Store,
+) -> None:
+    await store.revoke_session("expired", until=NOW - 40 * DAY)
+    await store.revoke_session("live", until=NOW + 3600)
+    # ended twice: the later until is kept, whichever came first
+    await store.revoke_session("extended", until=NOW - 40 * DAY)
+    await store.revoke_session("extended", until=NOW + 3600)
+    await store.revoke_session("not-shortened", until=NOW + 3600)
+    await store.revoke_session("not-shortened", until=NOW - 40 * DAY)
+    assert await store.prune(received_before=NOW - 30 * DAY) == 0
+    assert not await store.session_revoked("expired")
+    for sid in ("live", "extended", "not-shortened"):
+        assert await store.session_revoked(sid), sid
+
+
+async def test_a_read_only_store_sees_ended_sessions_and_ends_none(
+    store_url: str, store: Store
+) -> None:
+    await store.revoke_session("sid-a", until=NOW + 3600)
+    async with opened(store_url, readonly=True) as reader:
+        assert await reader.session_revoked("sid-a")
+        assert not await reader.session_revoked("sid-b")
+        with pytest.raises(StoreUnavailable):
+            await reader.revoke_session("sid-b", until=NOW + 3600)
+    assert not await store.session_revoked("sid-b")

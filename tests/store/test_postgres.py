@@ -213,7 +213,7 @@ async def test_a_read_only_look_at_a_schema_from_before_sink_cursors_finds_no_si
 async def _schema_at(pg_url: str, version: int) -> None:
     """The store's schema as migrations 1 to ``version`` left it, with one event, as a
     writer of an earlier release made it (3: before the dashboard; 4: before operator
-    actions were kept)."""
+    actions were kept; 5: before logouts were)."""
     dsn = parse_store_url(pg_url).dsn
     assert dsn is not None
     schema = schema_of(pg_url)
@@ -284,7 +284,7 @@ async def test_migration_5_applies_on_a_schema_at_4_and_keeps_its_data(pg_url: s
         )
     store = open_store(pg_url)
     assert isinstance(store, PostgresStore)
-    assert await store.migrate() == [5]
+    assert await store.migrate() == [m.version for m in migrations() if m.version > 4]
     async with store:
         assert [e.event_id for e in await store.browse(EventFilter())] == ["old"]
         assert await store.traffic(since=0) == [TrafficMinute(NOW, stored=1, ack=(1, 2))]
@@ -293,7 +293,7 @@ async def test_migration_5_applies_on_a_schema_at_4_and_keeps_its_data(pg_url: s
         done = OperatorAction(NOW, "admin", "dlq_retry", 1, "dead letter old")
         await store.record_operator_action(done)
         assert await store.operator_actions() == [done]
-        assert await store.schema_version() == 5
+        assert await store.schema_version() == migrations()[-1].version
 
 
 async def test_a_read_only_look_at_a_schema_at_4_finds_no_operator_actions(pg_url: str) -> None:
@@ -303,6 +303,47 @@ async def test_a_read_only_look_at_a_schema_at_4_finds_no_operator_actions(pg_ur
         assert await reader.alert_states() == []
         assert isinstance(reader, PostgresStore)
         assert await reader.schema_version() == 4  # and the look migrated nothing
+
+
+async def test_migration_6_applies_on_a_schema_at_5_and_keeps_its_data(pg_url: str) -> None:
+    from cio_webhooks.store import OperatorAction
+
+    await _schema_at(pg_url, 5)
+    done = OperatorAction(NOW, "admin", "dlq_retry", 1, "dead letter old")
+    dsn = parse_store_url(pg_url).dsn
+    assert dsn is not None
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        # what the previous release kept on schema 5 besides events
+        await conn.execute(
+            f'INSERT INTO {schema_of(pg_url)}.operator_actions (at, "user", action, count,'
+            " detail) VALUES (%s, 'admin', 'dlq_retry', 1, 'dead letter old')",
+            [NOW],
+        )
+    store = open_store(pg_url)
+    assert isinstance(store, PostgresStore)
+    assert await store.migrate() == [m.version for m in migrations() if m.version > 5]
+    async with store:
+        assert [e.event_id for e in await store.browse(EventFilter())] == ["old"]
+        assert await store.operator_actions() == [done]
+        assert not await store.session_revoked("sid")
+        await store.revoke_session("sid", until=NOW + 3600)
+        assert await store.session_revoked("sid")
+        assert await store.schema_version() == migrations()[-1].version == 6
+
+
+async def test_a_read_only_look_at_a_schema_at_5_finds_no_ended_session(pg_url: str) -> None:
+    await _schema_at(pg_url, 5)
+    async with opened(pg_url, readonly=True) as reader:
+        assert not await reader.session_revoked("sid")
+        assert not await reader.session_revoked("sid")  # asked again: still no table
+        with pytest.raises(StoreUnavailable):
+            await reader.revoke_session("sid", until=NOW + 3600)
+        assert isinstance(reader, PostgresStore)
+        assert await reader.schema_version() == 5  # and the look migrated nothing
+        # a writer migrates it meanwhile: the reader sees its logouts from then on
+        async with opened(pg_url) as writer:
+            await writer.revoke_session("sid", until=NOW + 3600)
+        assert await reader.session_revoked("sid")
 
 
 async def test_a_seq_is_not_read_while_a_lower_one_may_still_commit(pg_url: str, pg: Store) -> None:

@@ -70,6 +70,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
         from cio_webhooks.store.sqlite._inbox import (
             _OPERATOR_ACTIONS,
             _SINK_CURSORS,
+            _UI_SESSIONS,
             _WATCH,
             SCHEMA,
             SCHEMA_VERSION,
@@ -78,6 +79,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
         version_1 = (
             SCHEMA.replace(_WATCH, "")
             .replace(_OPERATOR_ACTIONS, "")
+            .replace(_UI_SESSIONS, "")
             .replace(",\n    backfilled      INTEGER NOT NULL DEFAULT 0", "")
             .replace(_SINK_CURSORS, "")
             .replace(SCHEMA[SCHEMA.index(",\n    claim_token") : SCHEMA.index("\n);")], "")
@@ -93,6 +95,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_events(tmp_path: Path)
         assert "sink_cursors" not in version_1
         assert "traffic" not in version_1
         assert "operator_actions" not in version_1
+        assert "ui_revoked_sessions" not in version_1
         assert "user_version = 1" in version_1
         db.executescript(version_1)
         db.execute(
@@ -182,6 +185,7 @@ async def test_a_read_only_look_at_a_file_from_before_sink_cursors_finds_no_sink
     from cio_webhooks.store.sqlite._inbox import (
         _OPERATOR_ACTIONS,
         _SINK_CURSORS,
+        _UI_SESSIONS,
         _WATCH,
         SCHEMA,
         SCHEMA_VERSION,
@@ -193,6 +197,7 @@ async def test_a_read_only_look_at_a_file_from_before_sink_cursors_finds_no_sink
             SCHEMA.replace(_SINK_CURSORS, "")
             .replace(_WATCH, "")
             .replace(_OPERATOR_ACTIONS, "")
+            .replace(_UI_SESSIONS, "")
             .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 5;")
         )
     async with SQLiteStore(path, readonly=True) as reader:
@@ -203,11 +208,18 @@ async def test_a_read_only_look_at_a_file_from_before_sink_cursors_finds_no_sink
 
 def _version_6(path: Path) -> None:
     """A file as cio-webhooks left it before the dashboard (schema 6), with one event."""
-    from cio_webhooks.store.sqlite._inbox import _OPERATOR_ACTIONS, _WATCH, SCHEMA, SCHEMA_VERSION
+    from cio_webhooks.store.sqlite._inbox import (
+        _OPERATOR_ACTIONS,
+        _UI_SESSIONS,
+        _WATCH,
+        SCHEMA,
+        SCHEMA_VERSION,
+    )
 
     version_6 = (
         SCHEMA.replace(_WATCH, "")
         .replace(_OPERATOR_ACTIONS, "")
+        .replace(_UI_SESSIONS, "")
         .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 6;")
     )
     assert "traffic" not in version_6
@@ -256,12 +268,20 @@ async def test_a_read_only_look_at_a_version_6_file_finds_no_traffic_and_no_aler
 def _version_7(path: Path) -> None:
     """A file as cio-webhooks left it before operator actions were kept (schema 7),
     with one event, one minute of traffic and one alert state."""
-    from cio_webhooks.store.sqlite._inbox import _OPERATOR_ACTIONS, SCHEMA, SCHEMA_VERSION
+    from cio_webhooks.store.sqlite._inbox import (
+        _OPERATOR_ACTIONS,
+        _UI_SESSIONS,
+        SCHEMA,
+        SCHEMA_VERSION,
+    )
 
-    version_7 = SCHEMA.replace(_OPERATOR_ACTIONS, "").replace(
-        f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 7;"
+    version_7 = (
+        SCHEMA.replace(_OPERATOR_ACTIONS, "")
+        .replace(_UI_SESSIONS, "")
+        .replace(f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 7;")
     )
     assert "operator_actions" not in version_7
+    assert "ui_revoked_sessions" not in version_7
     with sqlite3.connect(path) as db:
         db.executescript(version_7)
         db.execute(
@@ -276,7 +296,7 @@ async def test_a_version_7_file_keeps_its_data_and_gains_operator_actions(
     tmp_path: Path,
 ) -> None:
     from cio_webhooks.store import OperatorAction, TrafficMinute
-    from cio_webhooks.store.sqlite._inbox import SCHEMA_VERSION
+    from cio_webhooks.store.sqlite._inbox import MIGRATIONS, SCHEMA_VERSION
 
     path = tmp_path / "v7.db"
     _version_7(path)
@@ -290,7 +310,7 @@ async def test_a_version_7_file_keeps_its_data_and_gains_operator_actions(
         assert await inbox.operator_actions() == [done]
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-        assert SCHEMA_VERSION == 8
+        assert max(MIGRATIONS) + 1 == SCHEMA_VERSION
 
 
 async def test_a_read_only_look_at_a_version_7_file_finds_no_operator_actions(
@@ -335,3 +355,61 @@ async def test_a_read_only_inbox_refuses_what_is_not_an_inbox(
     assert [p.name for p in tmp_path.iterdir()] == ([] if content is None else ["inbox.db"])
     if content is not None:
         assert path.read_bytes() == content
+
+
+def _version_8(path: Path) -> None:
+    """A file as cio-webhooks left it before logouts were kept (schema 8), with one
+    event and one operator action."""
+    from cio_webhooks.store.sqlite._inbox import _UI_SESSIONS, SCHEMA, SCHEMA_VERSION
+
+    version_8 = SCHEMA.replace(_UI_SESSIONS, "").replace(
+        f"PRAGMA user_version = {SCHEMA_VERSION};", "PRAGMA user_version = 8;"
+    )
+    assert "ui_revoked_sessions" not in version_8
+    with sqlite3.connect(path) as db:
+        db.executescript(version_8)
+        db.execute(
+            "INSERT INTO events (event_id, object_type, metric, received_at, body,"
+            " next_attempt_at, updated_at) VALUES ('old', 'email', 'sent', 1, x'7b7d', 1, 1)"
+        )
+        db.execute(
+            "INSERT INTO operator_actions (at, user, action, count, detail)"
+            " VALUES (60, 'admin', 'dlq_retry', 1, 'dead letter old')"
+        )
+
+
+async def test_a_version_8_file_keeps_its_data_and_gains_ended_sessions(
+    tmp_path: Path,
+) -> None:
+    from cio_webhooks.store import OperatorAction
+    from cio_webhooks.store.sqlite._inbox import MIGRATIONS, SCHEMA_VERSION
+
+    path = tmp_path / "v8.db"
+    _version_8(path)
+    async with SQLiteStore(path) as inbox:
+        assert [e.event_id for e in await inbox.browse(EventFilter())] == ["old"]
+        done = OperatorAction(60, "admin", "dlq_retry", 1, "dead letter old")
+        assert await inbox.operator_actions() == [done]
+        assert not await inbox.session_revoked("sid")
+        await inbox.revoke_session("sid", until=NOW + 3600)
+        assert await inbox.session_revoked("sid")
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert SCHEMA_VERSION == max(MIGRATIONS) + 1 == 9
+
+
+async def test_a_read_only_look_at_a_version_8_file_finds_no_ended_session(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v8.db"
+    _version_8(path)
+    async with SQLiteStore(path, readonly=True) as reader:
+        assert not await reader.session_revoked("sid")
+        assert [a.user for a in await reader.operator_actions()] == ["admin"]
+        with pytest.raises(StoreUnavailable):
+            await reader.revoke_session("sid", until=NOW + 3600)
+    with sqlite3.connect(path) as db:  # and the look changed nothing
+        assert db.execute("PRAGMA user_version").fetchone() == (8,)
+        assert not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'ui_revoked_sessions'"
+        ).fetchone()

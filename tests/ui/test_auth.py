@@ -77,14 +77,22 @@ def test_a_forged_or_altered_cookie_is_refused() -> None:
     session = a.session(cookie)
     assert session is not None
     assert session.user == "admin"
-    version, name, expires, mac = cookie.split(".")
+    version, sid, name, expires, mac = cookie.split(".")
+    assert version == "v2"
+    assert session.sid == sid
+    assert session.expires == int(expires)
     other = base64.urlsafe_b64encode(b"mallory").decode().rstrip("=")
     for forged in (
-        f"{version}.{other}.{expires}.{mac}",  # another user, same mac
-        f"{version}.{name}.{int(expires) + 86400}.{mac}",  # a longer life
-        f"{version}.{name}.{expires}.{'0' * 64}",
-        f"{version}.{name}.{expires}",
-        f"v2.{name}.{expires}.{mac}",
+        f"{version}.{sid}.{other}.{expires}.{mac}",  # another user, same mac
+        f"{version}.{sid}.{name}.{int(expires) + 86400}.{mac}",  # a longer life
+        f"{version}.{sid}x.{name}.{expires}.{mac}",  # another session id
+        f"{version}..{name}.{expires}.{mac}",
+        f"{version}.{sid}.{name}.{expires}.{'0' * 64}",
+        f"{version}.{sid}.{name}.{expires}",
+        f"v1.{sid}.{name}.{expires}.{mac}",
+        f"v3.{sid}.{name}.{expires}.{mac}",
+        # the previous format, validly signed: it has no session id to end, so no
+        f"v1.{name}.{expires}.{a._mac(f'v1|{name}|{expires}')}",
         "",
         "garbage",
     ):
@@ -106,11 +114,21 @@ def test_a_session_expires() -> None:
     assert a.session(cookie) is None
 
 
+def test_each_login_is_a_session_of_its_own() -> None:
+    a = access()  # a fixed clock: two logins in the same second
+    one, two = a.session(a.new_cookie("admin")), a.session(a.new_cookie("admin"))
+    assert one is not None
+    assert two is not None
+    assert one.cookie != two.cookie
+    assert one.sid != two.sid
+    assert one.expires == two.expires
+    assert a.csrf_token(one) != a.csrf_token(two)
+
+
 def test_csrf_tokens_are_bound_to_the_session() -> None:
     a = access()
     one = a.session(a.new_cookie("admin"))
-    a.clock = FixedClock(1_700_000_001)  # a second cookie differs by its expiry
-    two = a.session(a.new_cookie("admin"))
+    two = a.session(a.new_cookie("admin"))  # the same second: another session all the same
     assert one is not None
     assert two is not None
     assert a.check_csrf(one, a.csrf_token(one))
@@ -193,6 +211,69 @@ async def test_pages_need_a_session_and_posts_a_csrf_token(inbox: SQLiteStore) -
         done = await c.post("/dead-letters/apply", data={**form, "csrf": token})
         assert done.status_code == 303
         assert "retried+0+event" in done.headers["location"]
+
+
+def _csrf(page: httpx2.Response) -> str:
+    return page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+async def test_a_logout_ends_the_session_in_every_process_on_the_store(
+    inbox: SQLiteStore,
+) -> None:
+    async with client(inbox, password=PASSWORD) as c:
+        await _login(c)
+        copied = {"cookie": f"{COOKIE}={c.cookies[COOKIE]}"}  # as someone who stole it
+        token = _csrf(await c.get("/events"))
+        # another process on the store: its own store object and app, same credentials
+        async with SQLiteStore(inbox.path) as theirs, client(theirs, password=PASSWORD) as other:
+            assert (await other.get("/events", headers=copied)).status_code == 200
+            out = await c.post("/logout", data={"csrf": token})
+            assert out.status_code == 303
+            assert out.headers["location"] == "/ui/login"
+            assert COOKIE not in c.cookies  # this browser's is cleared
+            for app in (other, c):  # and the copy is refused everywhere
+                refused = await app.get("/events", headers=copied)
+                assert refused.status_code == 303
+                assert refused.headers["location"].startswith("/ui/login")
+                form = {"action": "retry", "scope": "all", "csrf": token}
+                posted = await app.post("/dead-letters/apply", data=form, headers=copied)
+                assert posted.status_code == 403
+                login_page = await app.get("/login", headers=copied)
+                assert login_page.status_code == 200  # the form, not "already logged in"
+        await _login(c)  # a new login is a new session
+        assert (await c.get("/events")).status_code == 200
+
+
+async def test_an_expired_or_forged_cookie_is_refused_by_the_app(inbox: SQLiteStore) -> None:
+    clock = FixedClock()
+    async with client(inbox, password=PASSWORD, clock=clock) as c:  # type: ignore[arg-type]
+        same_key = Access(bind="127.0.0.1", password=PASSWORD, clock=clock)
+        valid = same_key.new_cookie("admin")
+        assert (await c.get("/events", headers={"cookie": f"{COOKIE}={valid}"})).status_code == 200
+        version, sid, name, expires, mac = valid.split(".")
+        forged = f"{version}.{sid}.{name}.{int(expires) + 86400}.{mac}"
+        clock.advance(same_key.ttl)
+        for cookie in (valid, forged):
+            refused = await c.get("/events", headers={"cookie": f"{COOKIE}={cookie}"})
+            assert refused.status_code == 303, cookie
+
+
+async def test_a_logout_the_store_cannot_keep_still_clears_the_cookie(
+    inbox: SQLiteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader = SQLiteStore(inbox.path, readonly=True)  # the revoke cannot be written
+    async with reader, client(reader, password=PASSWORD) as c:
+        await _login(c)
+        token = _csrf(await c.get("/events"))
+        with caplog.at_level("INFO", logger="cio_webhooks.ui"):
+            out = await c.post("/logout", data={"csrf": token})
+        assert out.status_code == 303
+        assert COOKIE not in c.cookies
+        assert (await c.get("/events")).status_code == 303
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "event=ui_logout_unrecorded user=admin" in error.getMessage()
+    assert "StoreUnavailable" in error.getMessage()
+    assert PASSWORD not in caplog.text
 
 
 async def test_a_wrong_password_is_refused_and_the_next_page_stays_local(

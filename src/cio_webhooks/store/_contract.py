@@ -10,7 +10,7 @@ cannot claim, the dispatcher cannot purge, and a new backend knows what it owes:
     Metrics     /metrics and reconcile: gauges, delivery_metrics
     SinkCursors the warehouse loader: one cursor (and lease) per sink
     Watch       the dashboard and the alerts: traffic per minute, counts, alert state,
-                the operators' actions
+                the operators' actions, the dashboard sessions ended by a logout
     Store       all of the above, plus lifecycle (open, close, migrate)
 
 Every backend passes the same contract suite (``tests/store/``).  The policies'
@@ -180,7 +180,9 @@ class Operations(Protocol):
         (``Watch.record_traffic``) goes too, and so do the operator actions taken before
         it (``Watch.record_operator_action``): their details may name a person (a
         filter on an email address), and the cutoff is how long the operator chose to
-        keep what the store holds about people."""
+        keep what the store holds about people.  So do the ended dashboard sessions
+        whose ``until`` is before it (``Watch.revoke_session``: their cookies have
+        expired by then)."""
         ...
 
     async def stats(self) -> StoreStats: ...
@@ -290,7 +292,7 @@ class Watch(Protocol):
     """What the dashboard and the alerts read and keep, shared by every process on
     the store: pages of events, newest first; what the receivers answered, minute by
     minute; how many events of each kind arrived lately; where each alert rule stands;
-    what operators did to events by hand."""
+    what operators did to events by hand; which dashboard sessions a logout ended."""
 
     async def browse(
         self, where: EventFilter, *, before_seq: int | None = None, limit: int = 50
@@ -342,6 +344,20 @@ class Watch(Protocol):
     async def operator_actions(self, *, limit: int = 100) -> list[OperatorAction]:
         """The ``limit`` most recent operator actions, newest first (by ``at``; of two
         at one time, the one recorded last first); an empty list on a store whose schema
+        predates them (a read-only look at an older store)."""
+        ...
+
+    async def revoke_session(self, sid: str, *, until: float) -> None:
+        """End dashboard session ``sid`` (a logout) for every process on the store:
+        ``session_revoked`` says so until ``prune`` passes ``until`` (the session
+        cookie's expiry, after which no process accepts it anyway).  Ending one twice
+        keeps the later ``until``.  Raises ``StoreUnavailable`` when the store cannot
+        take it (or is open read-only)."""
+        ...
+
+    async def session_revoked(self, sid: str) -> bool:
+        """Whether ``revoke_session`` ended ``sid``: one primary-key lookup, made for
+        every dashboard request with a session cookie.  False on a store whose schema
         predates them (a read-only look at an older store)."""
         ...
 

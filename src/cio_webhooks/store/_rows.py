@@ -536,6 +536,17 @@ class WatchSQL:
         )
         # Params: received_before (prune's cutoff).
         self.prune_operator_actions = f"DELETE FROM operator_actions WHERE at < {m}"
+        # Params: sid, until.  A second logout of one session keeps the later until.
+        self.revoke_session = (
+            f"INSERT INTO ui_revoked_sessions (sid, until) VALUES ({m}, {m})"
+            " ON CONFLICT (sid) DO UPDATE SET until = excluded.until"
+            " WHERE ui_revoked_sessions.until < excluded.until"
+        )
+        # Params: sid.  The primary key: one index probe per dashboard request.
+        self.session_revoked = f"SELECT 1 FROM ui_revoked_sessions WHERE sid = {m}"
+        # Params: received_before (prune's cutoff): sessions whose cookies expired
+        # before it are refused by their expiry alone.
+        self.prune_revoked_sessions = f"DELETE FROM ui_revoked_sessions WHERE until < {m}"
 
     def where(self, where: EventFilter) -> tuple[str, list[Any]]:
         """``where_clause`` in this backend's terms."""

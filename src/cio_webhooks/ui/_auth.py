@@ -10,11 +10,15 @@ Three modes, decided once at start (``Access.mode``):
 - ``refused``: nothing is configured on any other address: every page answers 403
   saying how to configure credentials (the dashboard shows personal data).
 
-The session cookie is ``v1.<user>.<expires>.<mac>`` where ``mac`` is HMAC-SHA256 over
-user and expiry, keyed by a secret derived from the configured credentials
-(PBKDF2): every process given the same credentials accepts the others' cookies, and
-changing the password ends every session.  In ``open`` mode the key is random per
-process.  The CSRF token of a session is an HMAC of its cookie: a form posted
+The session cookie is ``v2.<sid>.<user>.<expires>.<mac>`` where ``sid`` is a random
+session id (each login is a session of its own, even two in one second) and ``mac``
+is HMAC-SHA256 over the rest, keyed by a secret derived from the configured
+credentials (PBKDF2): every process given the same credentials accepts the others'
+cookies, and changing the password ends every session.  A logout ends its session
+in every process on the store (``Watch.revoke_session``; the dashboard asks
+``Watch.session_revoked`` on each request with a cookie, see ``_web.endpoint``): a
+copy of the cookie is refused from then on.  In ``open`` mode the key is random per
+process.  The CSRF token of a session is an HMAC of its whole cookie: a form posted
 without it, or with another session's, is refused.  Secrets are never logged or
 shown.
 """
@@ -56,6 +60,9 @@ LOCAL_USER = "local"
 TOKEN_USER = "token"  # noqa: S105 (a user name, not a secret)
 _KDF_SALT = b"cio-webhooks dashboard session key v1"
 _KDF_ROUNDS = 200_000
+#: The cookie format this code writes and reads (a ``v1`` cookie, without a session
+#: id, could not be ended by a logout: it is refused, and its user logs in again).
+_VERSION = "v2"
 
 
 #: Seconds a refused login waits before the answer.
@@ -120,6 +127,10 @@ class Session:
 
     user: str
     cookie: str | None  # None: authenticated by the Bearer token (no CSRF needed)
+    #: The cookie's session id (what a logout ends) and expiry, unix seconds; None
+    #: for the Bearer token.
+    sid: str | None = None
+    expires: float | None = None
 
 
 class Access:
@@ -189,29 +200,34 @@ class Access:
         return hmac.new(self._key, _bytes(message), hashlib.sha256).hexdigest()
 
     def new_cookie(self, user: str) -> str:
-        """A session cookie value for ``user``, valid for ``ttl`` seconds."""
+        """A session cookie value for ``user``: a new session (its own random id),
+        valid for ``ttl`` seconds."""
+        sid = secrets.token_urlsafe(18)  # 144 bits; no "." in URL-safe base64
         expires = int(self.clock() + self.ttl)
         name = base64.urlsafe_b64encode(_bytes(user)).decode().rstrip("=")
-        return f"v1.{name}.{expires}.{self._mac(f'v1|{name}|{expires}')}"
+        signed = f"{_VERSION}.{sid}.{name}.{expires}"
+        return f"{signed}.{self._mac(signed.replace('.', '|'))}"
 
     def session(self, cookie: str | None) -> Session | None:
         """The session of a cookie value: None when it is missing, forged, altered,
-        from other credentials, or expired."""
+        from other credentials, or expired.  Whether a logout ended it is the
+        store's to say (``_web``: ``Watch.session_revoked``)."""
         if not cookie or self.mode == "refused":
             return None
         parts = cookie.split(".")
-        if len(parts) != 4 or parts[0] != "v1" or not parts[2].isdigit():
+        if len(parts) != 5 or parts[0] != _VERSION or not parts[3].isdigit() or not parts[1]:
             return None
-        _, name, expires, mac = parts
-        if not _same(mac, self._mac(f"v1|{name}|{expires}")):
+        *signed, mac = parts
+        if not _same(mac, self._mac("|".join(signed))):
             return None
+        _, sid, name, expires = signed
         if int(expires) <= self.clock():
             return None
         try:
             user = base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
         except (binascii.Error, UnicodeDecodeError):
             return None
-        return Session(user, cookie)
+        return Session(user, cookie, sid=sid, expires=float(expires))
 
     # -- notices ----------------------------------------------------------------------
     def notice_mac(self, session: Session, text: str) -> str:

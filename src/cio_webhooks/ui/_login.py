@@ -2,7 +2,8 @@
 that guessing is slow; it is logged without what was typed.
 
 Logins of one client address take turns (``_auth.LoginGate``), so that guesses sent
-at once are not checked at once."""
+at once are not checked at once.  A logout ends its session in the store, for every
+process (``Watch.revoke_session``), not only in the browser that sent it."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ async def login(request: Request) -> Response:
     access = dash.access
     if access.mode == "refused":
         return render(request, None, "refused.html", status=403)
-    if access.mode == "open" or access.session(request.cookies.get(COOKIE)) is not None:
+    if access.mode == "open" or await dash.session(request.cookies.get(COOKIE)) is not None:
         return RedirectResponse(_next(request, request.query_params.get("next")), 303)
     context: dict[str, Any] = {
         "default_user": access.user if access.uses_password else "",
@@ -82,6 +83,21 @@ async def login(request: Request) -> Response:
 
 
 async def logout(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
+    """End the session: in the store (a copy of its cookie is refused by every process
+    from now on), and in this browser.  When the store cannot take it, the cookie is
+    still cleared here and the failure is logged as an error: a copy stays valid
+    until it expires."""
+    if session.sid is not None and session.expires is not None and dash.access.mode == "login":
+        try:
+            await dash.store.revoke_session(session.sid, until=session.expires)
+        except Exception as exc:  # whatever it is, this browser is logged out all the same
+            log.error(
+                "event=ui_logout_unrecorded user=%s error=%s",
+                session.user,
+                f"{type(exc).__name__}: {exc}",
+            )
+        else:
+            log.info("event=ui_logout user=%s", session.user)
     root = request.scope.get("root_path", "")
     response = RedirectResponse(f"{root}/login", status_code=303)
     response.delete_cookie(COOKIE, path=UI_PATH, secure=True, httponly=True, samesite="strict")

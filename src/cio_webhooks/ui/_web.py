@@ -69,6 +69,22 @@ class Dashboard:
     sink: SinkURL | None = None
     ledger: Ledger | None = None
 
+    async def session(self, cookie: str | None) -> Session | None:
+        """The session of a cookie value (``Access.session``), unless a logout in any
+        process on the store ended it: one primary-key lookup per request.  Only in
+        ``login`` mode: an ``open`` dashboard has no logout (its sessions are local
+        and its key is this process's).  A store that does not answer raises
+        ``StoreUnavailable`` (503), as the page's own reads would."""
+        session = self.access.session(cookie)
+        if (
+            session is not None
+            and session.sid is not None
+            and self.access.mode == "login"
+            and await self.store.session_revoked(session.sid)
+        ):
+            return None
+        return session
+
     async def record(self, user: str, action: str, count: int, detail: str = "") -> None:
         """Log an operator action (who, what, how many events, which) and keep it in
         the store, where the dead-letters page of every process lists it, after a
@@ -196,7 +212,7 @@ def endpoint(page: Page) -> Callable[[Request], Awaitable[Response]]:
                 " CIO_WEBHOOKS_UI_TOKEN to reach it by another name.",
             )
         new_cookie: str | None = None
-        session = access.session(request.cookies.get(COOKIE))
+        session = await dash.session(request.cookies.get(COOKIE))
         header = request.headers.get("authorization", "")
         if session is None and access.mode == "login" and header[:7].lower() == "bearer ":
             # A token guessed in this header takes turns with the login form's guesses.

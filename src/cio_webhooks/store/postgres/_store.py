@@ -163,6 +163,10 @@ class PostgresStore:
         self._ledger: PostgresLedger | None = None
         self._opened = False
         self._closed = False
+        # Whether ui_revoked_sessions exists: always once a writer has migrated; a
+        # read-only look at an older schema looks until it appears (no table is
+        # dropped), rather than on every dashboard request.
+        self._revocations = not readonly
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -666,12 +670,13 @@ class PostgresStore:
         async def prune_watch(conn: Conn) -> None:
             await conn.execute(_WATCH.prune_traffic, [received_before])
             await conn.execute(_WATCH.prune_operator_actions.encode(), [received_before])
+            await conn.execute(_WATCH.prune_revoked_sessions.encode(), [received_before])
 
         # In chunks, each its own transaction (see CHUNK).
         total = 0
         while removed := await self._write("pruning", run):
             total += removed
-        await self._write("pruning traffic and operator actions", prune_watch)
+        await self._write("pruning traffic, operator actions and ended sessions", prune_watch)
         return total
 
     def iter_events(self, where: EventFilter, *, batch: int = 1000) -> AsyncIterator[StoredEvent]:
@@ -889,3 +894,13 @@ class PostgresStore:
         if self.readonly and not await self._has_table("operator_actions"):
             return []
         return [operator_action(r) for r in await self._rows(_WATCH.operator_actions, [limit])]
+
+    async def revoke_session(self, sid: str, *, until: float) -> None:
+        await self._changed("ending a dashboard session", _WATCH.revoke_session, [sid, until])
+
+    async def session_revoked(self, sid: str) -> bool:
+        if not self._revocations:
+            if not await self._has_table("ui_revoked_sessions"):
+                return False
+            self._revocations = True
+        return bool(await self._rows(_WATCH.session_revoked, [sid]))

@@ -133,6 +133,15 @@ CREATE TABLE IF NOT EXISTS operator_actions (
 CREATE INDEX IF NOT EXISTS operator_actions_at ON operator_actions (at);
 """
 
+#: Dashboard sessions a logout ended (``Watch.revoke_session``), refused by every
+#: process on the store until their cookies expire.
+_UI_SESSIONS = """
+CREATE TABLE IF NOT EXISTS ui_revoked_sessions (
+    sid   TEXT PRIMARY KEY, -- the session id inside the signed cookie
+    until REAL NOT NULL     -- the cookie's expiry, unix seconds: prune drops it after
+) WITHOUT ROWID;
+"""
+
 SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS events (
@@ -178,10 +187,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     + _SINK_CURSORS
     + _WATCH
     + _OPERATOR_ACTIONS
-    + """PRAGMA user_version = 8;
+    + _UI_SESSIONS
+    + """PRAGMA user_version = 9;
 """
 )
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: What turns a file of version N into N + 1.
 MIGRATIONS = {
     1: "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
@@ -201,6 +211,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event_id ON quarantine (event_id)
     6: _WATCH,
     # Operator actions, shared by every process's dashboard.
     7: _OPERATOR_ACTIONS,
+    # Logouts, shared by every process's dashboard.
+    8: _UI_SESSIONS,
 }
 
 
@@ -843,6 +855,7 @@ class SQLiteStore:
         def prune_watch(conn: sqlite3.Connection) -> None:
             conn.execute(_WATCH_SQL.prune_traffic, (received_before,))
             conn.execute(_WATCH_SQL.prune_operator_actions, (received_before,))
+            conn.execute(_WATCH_SQL.prune_revoked_sessions, (received_before,))
 
         total = 0
         while removed := await self._writer.submit(run, isolated=True):
@@ -1007,7 +1020,8 @@ class SQLiteStore:
 
     # -- watch -------------------------------------------------------------------------
     # A read-only look at a file no newer cio-webhooks has opened yet has no traffic,
-    # alert_states or operator_actions table: it reads as none recorded.
+    # alert_states, operator_actions or ui_revoked_sessions table: it reads as none
+    # recorded.
     async def browse(
         self, where: EventFilter, *, before_seq: int | None = None, limit: int = 50
     ) -> list[StoredEvent]:
@@ -1070,5 +1084,18 @@ class SQLiteStore:
             if self.readonly and not _has_table(c, "operator_actions"):
                 return []
             return [operator_action(r) for r in c.execute(_WATCH_SQL.operator_actions, (limit,))]
+
+        return await self._read(run)
+
+    async def revoke_session(self, sid: str, *, until: float) -> None:
+        await self._writer.submit(
+            lambda c: c.execute(_WATCH_SQL.revoke_session, (sid, until)), isolated=True
+        )
+
+    async def session_revoked(self, sid: str) -> bool:
+        def run(c: sqlite3.Connection) -> bool:
+            if self.readonly and not _has_table(c, "ui_revoked_sessions"):
+                return False
+            return c.execute(_WATCH_SQL.session_revoked, (sid,)).fetchone() is not None
 
         return await self._read(run)
