@@ -267,3 +267,104 @@ async def test_a_result_notice_shows_only_when_this_session_did_the_action(store
         assert "all data deleted" not in crafted.text
         unsigned = await c.get("/ui/dead-letters?done=all+data+deleted")
         assert "all data deleted" not in unsigned.text
+
+
+#: Characters that reorder or hide the text around them (Trojan Source): a right-to-left
+#: override, isolates, embeddings, zero-width ones, the BOM, a C1 control.
+HIDDEN = "\u202e\u2066\u2067\u2069\u202a\u200b\u200d\u200e\u200f\u2060\ufeff\x85"
+
+
+def shown_text(page: str) -> str:
+    """What a page shows: its markup without the attribute values (a form's hidden
+    field carries an event id as it is, to post it back)."""
+    return re.sub(r'value="[^"]*"', "", page)
+
+
+async def test_characters_that_reorder_or_hide_text_are_shown_escaped(tmp_path: Path) -> None:
+    evil = "evil\u202egpj.exe"  # displays as "evilexe.jpg"
+    async with SQLiteStore(tmp_path / "inbox.db") as inbox:
+        event = make_event(
+            evil,
+            metric="bounced",
+            person_id="p\u200bx",
+            recipient="a\u2066b@example.com",
+            subject="s\ufeffubj\u2067",
+            failure_message="550 \u202atext\u200e\u200f\u2069\x85",
+            campaign_id="c\u2060d",
+        )
+        await inbox.put(parse_event(json.dumps(event).encode(), received_at=NOW))
+        [job] = await inbox.claim(now=NOW, limit=1, lease=30)
+        await inbox.finish(
+            [Outcome(job.seq, JobState.DEAD, 1, NOW, "hook: boom \u202e<i>", job.token)], now=NOW
+        )
+        await inbox.quarantine(b'{"x": "q\xe2\x80\xae"}', "bad \u2067 reason", received_at=NOW)
+        ledger = inbox.ledger()
+        await ledger.reserve(rule="r", event_id=evil, person="p\u200bx", dry_run=True, now=NOW)
+        await ledger.finish(
+            rule="r",
+            event_id=evil,
+            person="p\u200bx",
+            action="unsubscribe",
+            request={"id": "p\u200bx"},
+            status="dry_run",
+            detail="d\u202ee",
+            dry_run=True,
+            at=NOW,
+        )
+        async with client(inbox) as c:
+            pages = {
+                path: (await c.get(path)).text
+                for path in (
+                    "/ui/events",
+                    "/ui/events/evil%E2%80%AEgpj.exe",
+                    "/ui/dead-letters",
+                    "/ui/quarantine/1",
+                    "/ui/policies",
+                )
+            }
+            css = (await c.get("/ui/static/ui.css")).text
+    # and a value cannot reorder its neighbours: each cell is laid out on its own
+    assert re.search(r"(^|\n)th, td, dl\.facts dd \{ unicode-bidi: isolate; \}", css)
+    for path, page in pages.items():
+        shown = shown_text(page)
+        assert not set(HIDDEN) & set(shown), (path, set(HIDDEN) & set(shown))
+        assert 'evil<span class="esc">\\u202e</span>gpj.exe' in shown or path == "/ui/quarantine/1"
+    rows = pages["/ui/events"]
+    assert 'p<span class="esc">\\u200b</span>x' in rows
+    assert 'p<span class="esc">\\u200b</span>x@example.com' in rows  # its email
+    event_page = pages["/ui/events/evil%E2%80%AEgpj.exe"]
+    assert "<title>Event evil\\u202egpj.exe · cio-webhooks</title>" in event_page
+    assert 's<span class="esc">\\ufeff</span>ubj<span class="esc">\\u2067</span>' in event_page
+    assert 'c<span class="esc">\\u2060</span>d' in event_page  # a normalised field
+    assert 'a<span class="esc">\\u2066</span>b@example.com' in event_page
+    assert '<span class="esc">\\u0085</span>' in event_page  # a C1 control
+    body = event_page[event_page.index('<pre class="body">') :]
+    assert '&#34;event_id&#34;: &#34;evil<span class="esc">\\u202e</span>gpj.exe' in body
+    assert "{\n  &#34;event_id&#34;" in body  # the body's own lines kept
+    assert 'boom <span class="esc">\\u202e</span>&lt;i&gt;' in pages["/ui/dead-letters"]
+    assert 'bad <span class="esc">\\u2067</span> reason' in pages["/ui/dead-letters"]
+    quarantined = pages["/ui/quarantine/1"]
+    assert 'bad <span class="esc">\\u2067</span> reason' in quarantined
+    assert '&#34;q<span class="esc">\\u202e</span>&#34;' in quarantined
+    assert 'd<span class="esc">\\u202e</span>e' in pages["/ui/policies"]
+
+
+def test_the_visible_filter_escapes_everything_and_marks_only_hidden_characters() -> None:
+    from markupsafe import Markup
+
+    from cio_webhooks.ui._web import spelled, visible
+
+    shown = visible('<b title="x">\u202e&\u00e9\u05d0\U000e0041</b>')
+    assert isinstance(shown, Markup)
+    assert shown == (
+        '&lt;b title=&#34;x&#34;&gt;<span class="esc">\\u202e</span>&amp;\u00e9\u05d0'
+        '<span class="esc">\\U000e0041</span>&lt;/b&gt;'
+    )
+    assert (
+        visible("a\nb\tc") == 'a<span class="esc">\\u000a</span>b<span class="esc">\\u0009</span>c'
+    )
+    assert visible("a\r\nb\tc\u2028", lines=True) == 'a\r\nb\tc<span class="esc">\\u2028</span>'
+    assert visible(None) == ""
+    assert visible(12) == "12"
+    assert visible("\u3164") == '<span class="esc">\\u3164</span>'  # a blank letter
+    assert spelled("x\u202ey <\u00e9>") == "x\\u202ey <\u00e9>"  # no markup: escaped later

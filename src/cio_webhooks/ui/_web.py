@@ -1,17 +1,22 @@
-"""What every dashboard page shares: its context (``Dashboard``), templates, the
+r"""What every dashboard page shares: its context (``Dashboard``), templates, the
 access check before each page, forms with their CSRF token, and the security headers.
 
 A page is ``async def page(dash, request, session, form) -> Response`` wrapped by
 ``endpoint``: it only runs for an authenticated session, and a POST only with the
 session's CSRF token (else 403).  Templates autoescape everything: event bodies are
-attacker-controlled JSON.
+attacker-controlled JSON.  And what they show of an event (ids, parsed fields, the
+body) goes through the ``visible`` filter: a character that reorders or hides text
+(a right-to-left override, a zero-width space) is shown as its escape, so that
+``evil\u202egpj.exe`` cannot pass for ``evilexe.jpg``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+import unicodedata
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -125,6 +131,54 @@ def _pct(value: float | None, places: int = 1) -> str:
     return "–" if value is None else f"{value * 100:.{places}f}%"
 
 
+#: Unicode categories whose characters show nothing yet change how the text around
+#: them reads: controls (C0, DEL, C1), format characters (bidi embeddings, overrides
+#: and isolates, zero-width spaces and joiners, the BOM, invisible operators, tags),
+#: lone surrogates, and the line and paragraph separators (which end a bidi run).
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+#: Letters and marks drawn as nothing at all (fillers, a grapheme joiner): the same
+#: trick with another category.
+_BLANK = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
+#: Where a hidden character may be: anything but printable ASCII.
+_NOT_PLAIN = re.compile(r"[^\x20-\x7e]")
+
+
+def _hidden(char: str) -> bool:
+    return char in _BLANK or unicodedata.category(char) in _HIDDEN_CATEGORIES
+
+
+def _spelled(char: str) -> str:
+    r"""``\u202e``; ``\U000e0041`` past the BMP."""
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def visible(value: object, lines: bool = False) -> Markup:
+    r"""``value`` as HTML text (escaped: it is never trusted) in which every character
+    that would reorder or hide text (``_hidden``) shows as its escape,
+    ``<span class="esc">\u202e</span>``.  ``lines``: line breaks and tabs are kept as
+    they are (a ``<pre>``).  None is empty."""
+    text = "" if value is None else str(value)
+    parts: list[str] = []
+    start = 0
+    for match in _NOT_PLAIN.finditer(text):
+        char = match.group()
+        if (lines and char in "\r\n\t") or not _hidden(char):
+            continue
+        parts.append(escape(text[start : match.start()]))
+        parts.append(Markup('<span class="esc">{}</span>').format(_spelled(char)))
+        start = match.end()
+    parts.append(escape(text[start:]))
+    return Markup("").join(parts)
+
+
+def spelled(value: object) -> str:
+    r"""``visible`` as plain text, for where no markup may go (a ``<title>``, an
+    ``<option>``): each hidden character as its escape, ``\u202e``."""
+    text = "" if value is None else str(value)
+    return _NOT_PLAIN.sub(lambda m: _spelled(c) if _hidden(c := m.group()) else c, text)
+
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
     autoescape=True,  # everywhere, whatever the template's name
@@ -135,6 +189,8 @@ _env = jinja2.Environment(
 _env.filters["iso"] = iso
 _env.filters["ago"] = _ago
 _env.filters["pct"] = _pct
+_env.filters["visible"] = visible
+_env.filters["spelled"] = spelled
 # An event id as one path segment: Jinja's urlencode keeps "/", so an id such as
 # "../../metrics" made a link the browser resolved out of the dashboard.
 _env.filters["segment"] = lambda value: urllib.parse.quote(str(value), safe="")
