@@ -22,7 +22,7 @@ import click
 from .._exceptions import ConfigError, StoreUnavailable
 from .._service import default_store, sqlite_store
 from ..search import parse_since
-from ..settings import DATA_DIR, DEFAULT_REGION, REGIONS, STORE_ENV, WAREHOUSE_FILE, env
+from ..settings import DATA_DIR, DEFAULT_REGION, HOST, REGIONS, STORE_ENV, WAREHOUSE_FILE, env
 from ..store import EventFilter, Store, StoreURL, open_store, parse_store_url
 
 __all__ = [
@@ -92,6 +92,32 @@ def event_filter(since: str | None, metric: tuple[str, ...], **more: Any) -> Eve
     return EventFilter(
         since=parse_since(since, time.time()) if since else None, kinds=tuple(metric), **more
     )
+
+
+def listen_options(
+    *,
+    prefix: str = "",
+    port: int | None,
+    host_help: str | None = None,
+    port_help: str = "0: any free port (the one taken is printed).",
+) -> Callable[[F], F]:
+    """``--host`` (default ``HOST``) and ``--port`` (default ``port``; None: no HTTP
+    unless given), read from ``CIO_WEBHOOKS_<prefix>HOST`` and ``..._<prefix>PORT``."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option(
+            "--port",
+            type=click.IntRange(0, 65535),
+            default=port,
+            show_default=port is not None,
+            envvar=env(f"{prefix}PORT"),
+            help=port_help,
+        )(fn)
+        return click.option(
+            "--host", default=HOST, show_default=True, envvar=env(f"{prefix}HOST"), help=host_help
+        )(fn)
+
+    return decorate
 
 
 # -- the store --------------------------------------------------------------------------

@@ -41,7 +41,6 @@ from ..settings import (
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_TOLERANCE,
     DEFAULT_TRACK_RATE,
-    HOST,
     KEY_FILE,
     PORT,
     REGIONS,
@@ -56,6 +55,7 @@ from ._options import (
     FiniteRange,
     alerts_option,
     handlers_option,
+    listen_options,
     policies_option,
     run,
     store_options,
@@ -324,15 +324,7 @@ def _announce_key(key: str, data_dir: Path, url: str) -> None:
 
 
 @click.command()
-@click.option("--host", default=HOST, show_default=True, envvar=env("HOST"))
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=PORT,
-    show_default=True,
-    envvar=env("PORT"),
-    help="0: any free port (the one taken is printed).",
-)
+@listen_options(port=PORT)
 @click.option(
     "--no-dispatch",
     is_flag=True,
@@ -444,18 +436,11 @@ def serve(
 
 @click.command()
 @service_options
-@click.option(
-    "--host",
-    default=HOST,
-    show_default=True,
-    envvar=env("WORKER_HOST"),
-    help="With --port: the address of the dashboard, /metrics and /healthz.",
-)
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    envvar=env("WORKER_PORT"),
-    help="Serve the dashboard (/ui), /metrics and /healthz on this port (0: any free"
+@listen_options(
+    prefix="WORKER_",
+    port=None,
+    host_help="With --port: the address of the dashboard, /metrics and /healthz.",
+    port_help="Serve the dashboard (/ui), /metrics and /healthz on this port (0: any free"
     " one). [default: no HTTP]",
 )
 @click.option(

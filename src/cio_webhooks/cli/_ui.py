@@ -19,11 +19,12 @@ from .._exceptions import ConfigError
 from .._metrics import MetricSources, store_lines
 from .._server import listen
 from .._service import build_ui, open_service_store, report_sink
-from ..settings import DEFAULT_UI_USER, HOST, UI_PATH, UI_PORT, Settings, env
+from ..settings import DEFAULT_UI_USER, UI_PATH, UI_PORT, Settings, env
 from ._errors import err
 from ._options import (
     F,
     existing_store,
+    listen_options,
     policies_option,
     run,
     store_options,
@@ -184,15 +185,7 @@ def _config(app: Any) -> Any:
 
 @click.command("ui")
 @store_options
-@click.option("--host", default=HOST, show_default=True, envvar=env("UI_HOST"))
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=UI_PORT,
-    show_default=True,
-    envvar=env("UI_PORT"),
-    help="0: any free port (the one taken is printed).",
-)
+@listen_options(prefix="UI_", port=UI_PORT)
 @click.option(
     "--sink",
     "sinks",
