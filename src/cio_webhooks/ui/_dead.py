@@ -23,7 +23,7 @@ from ..search import EventQuery, find_events, matching_ids
 from ..settings import UI_PAGE_SIZE, UI_RECENT_ACTIONS
 from ..store import EventFilter, JobState
 from ._auth import Session
-from ._pages import event_query, event_row, pretty_body
+from ._pages import cursor, event_query, event_row, pretty_body
 from ._web import Dashboard, Form, render
 
 __all__ = [
@@ -67,7 +67,7 @@ async def dead_letters(dash: Dashboard, request: Request, session: Session, form
         page = await find_events(
             dash.store,
             _dead_query(params, dash.clock()),
-            before_seq=int(before) if before.isdigit() and len(before) < 19 else None,
+            before_seq=cursor(before),
             limit=UI_PAGE_SIZE,
         )
     except ConfigError as exc:
@@ -78,7 +78,7 @@ async def dead_letters(dash: Dashboard, request: Request, session: Session, form
     qbefore = request.query_params.get("qbefore", "")
     quarantined = await dash.store.quarantined(
         limit=UI_PAGE_SIZE,
-        before_id=int(qbefore) if qbefore.isdigit() and len(qbefore) < 19 else None,
+        before_id=cursor(qbefore),
     )
     context["quarantined"] = quarantined
     context["qnext"] = quarantined[-1].id if len(quarantined) == UI_PAGE_SIZE else None
@@ -116,7 +116,10 @@ def _notice(dash: Dashboard, request: Request, session: Session) -> str | None:
     return None
 
 
-async def dead_confirm(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
+async def _dead_action(
+    dash: Dashboard, request: Request, session: Session, form: Form
+) -> tuple[str, list[str] | None, str] | Response:
+    """A dead-letter form's action and targets (``_dead_targets``), or the error page."""
     action = form.get("action", "")
     if action not in DEAD_ACTIONS:
         return _error(request, session, f"Unknown action {action!r}.")
@@ -124,6 +127,14 @@ async def dead_confirm(dash: Dashboard, request: Request, session: Session, form
         ids, what = await _dead_targets(dash, form)
     except ConfigError as exc:
         return _error(request, session, str(exc))
+    return action, ids, what
+
+
+async def dead_confirm(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
+    asked = await _dead_action(dash, request, session, form)
+    if isinstance(asked, Response):
+        return asked
+    action, ids, what = asked
     count = 1 if ids is None else len(ids)
     fields = {k: form.get(k, "") for k in (*FILTER_FIELDS, "scope", "event_id")}
     return render(
@@ -161,13 +172,10 @@ async def _apply_by_ids(dash: Dashboard, action: str, ids: Sequence[str]) -> int
 
 
 async def dead_apply(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
-    action = form.get("action", "")
-    if action not in DEAD_ACTIONS:
-        return _error(request, session, f"Unknown action {action!r}.")
-    try:
-        ids, what = await _dead_targets(dash, form)
-    except ConfigError as exc:
-        return _error(request, session, str(exc))
+    asked = await _dead_action(dash, request, session, form)
+    if isinstance(asked, Response):
+        return asked
+    action, ids, what = asked
     if ids is None:
         ids = [form.get("event_id", "")]
     count = await _apply_by_ids(dash, action, ids)

@@ -33,6 +33,7 @@ from ._web import Dashboard, Form, render
 log = logging.getLogger("cio_webhooks.ui")
 
 __all__ = [
+    "cursor",
     "deliverability",
     "event_page",
     "events_page",
@@ -225,7 +226,8 @@ def event_row(stored: StoredEvent) -> dict[str, Any]:
     }
 
 
-def _cursor(text: str | None) -> int | None:
+def cursor(text: str | None) -> int | None:
+    """A page cursor from a query string: a ``seq`` or id, else None (past 64 bits too)."""
     return int(text) if text and text.isdigit() and len(text) < 19 else None
 
 
@@ -246,7 +248,7 @@ async def events_page(dash: Dashboard, request: Request, session: Session, form:
         page = await find_events(
             dash.store,
             query,
-            before_seq=_cursor(request.query_params.get("before")),
+            before_seq=cursor(request.query_params.get("before")),
             limit=UI_PAGE_SIZE,
         )
     except ConfigError as exc:
