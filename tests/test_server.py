@@ -609,6 +609,10 @@ def test_first_run_prints_the_real_port_and_send_uses_the_generated_key(tmp_path
         url, port = listening.group(1), int(listening.group(2))
         assert port != 0
         assert f"send examples/email_delivered.json --url {url} --data-dir {data}" in banner
+        dashboard = _stderr_until(proc, "dashboard on")
+        assert f"dashboard on http://127.0.0.1:{port}/ui/ (no login: this machine only)" in (
+            dashboard
+        )
         sample = tmp_path / "event.json"
         sample.write_text(json.dumps(make_event("first-run")))
         sent = subprocess.run(

@@ -44,6 +44,7 @@ from ..settings import (
     KEY_FILE,
     PORT,
     REGIONS,
+    UI_PATH,
     WEBHOOK_PATH,
     RetryPolicy,
     Settings,
@@ -301,6 +302,17 @@ def _program() -> str:
         return program.name
 
 
+def _dashboard_access(settings: Settings, host: str) -> str:
+    """Who may use the dashboard, in words, for the start-up lines."""
+    from ..ui import is_loopback
+
+    if settings.ui_password or settings.ui_token:
+        return "login required"
+    if is_loopback(host):
+        return "no login: this machine only"
+    return "refused: set CIO_WEBHOOKS_UI_PASSWORD or CIO_WEBHOOKS_UI_TOKEN"
+
+
 def webhook_url(host: str, port: int) -> str:
     """Where Customer.io (or ``send``) posts to a receiver on ``host:port``."""
     return f"http://{f'[{host}]' if ':' in host else host}:{port}{WEBHOOK_PATH}"
@@ -418,6 +430,12 @@ def serve(
         f"{'' if settings.dispatch else ', no dispatch'})",
         highlight=False,
         soft_wrap=True,
+        markup=False,
+    )
+    dashboard = f"{url.removesuffix(WEBHOOK_PATH)}{UI_PATH}/"
+    err.print(
+        f"dashboard on {dashboard} ({_dashboard_access(settings, host)})",
+        highlight=False,
         markup=False,
     )
     config = uvicorn.Config(
