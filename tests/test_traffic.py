@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from cio_webhooks._traffic import AckTimes, TrafficMeter
 from cio_webhooks.app import Counters
-from cio_webhooks.store import ACK_BUCKETS, Store, open_store
+from cio_webhooks.store import ACK_BUCKETS, TRAFFIC_COUNTS, Store, open_store
 from cio_webhooks.testing import FixedClock
 
 MINUTE = 28_333_333 * 60.0
@@ -113,3 +114,8 @@ async def test_counts_wait_in_memory_while_the_store_is_down(tmp_path: Path) -> 
         assert [m.stored for m in await back.traffic(since=MINUTE)] == [1, 1]
     finally:
         await back.close()
+
+
+def test_every_count_a_minute_keeps_is_one_the_receiver_counts() -> None:
+    # The meter reads them by name: a name the receiver does not count reads as 0.
+    assert set(TRAFFIC_COUNTS) <= {f.name for f in fields(Counters)}

@@ -22,10 +22,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import fields
 
 from .settings import TRAFFIC_FLUSH_EVERY
-from .store import ACK_BUCKETS, TrafficMinute, Watch, new_owner
+from .store import ACK_BUCKETS, TRAFFIC_COUNTS, TrafficMinute, Watch, new_owner
 
 __all__ = ["AckTimes", "TrafficMeter"]
 
@@ -34,7 +33,6 @@ log = logging.getLogger("cio_webhooks.traffic")
 #: Minutes not yet written are kept this long at most (a store down for longer loses
 #: the oldest: the dashboard shows an hour).
 _KEEP_MINUTES = 60
-_COUNTED = tuple(f.name for f in fields(TrafficMinute) if f.name not in ("minute", "ack"))
 
 
 class AckTimes:
@@ -56,7 +54,7 @@ class _Minute:
     __slots__ = ("ack", "counts")
 
     def __init__(self, buckets: int) -> None:
-        self.counts = dict.fromkeys(_COUNTED, 0)
+        self.counts = dict.fromkeys(TRAFFIC_COUNTS, 0)
         self.ack = [0] * buckets
 
 
@@ -79,7 +77,7 @@ class TrafficMeter:
         self.clock = clock
         self.every = every
         self.process = new_owner()
-        self._seen = dict.fromkeys(_COUNTED, 0)
+        self._seen = dict.fromkeys(TRAFFIC_COUNTS, 0)
         self._seen_acks = [0] * len(acks.counts)
         self._minutes: dict[float, _Minute] = {}
         self._written: set[float] = set()
@@ -90,7 +88,7 @@ class TrafficMeter:
         minute = math.floor(self.clock() / 60.0) * 60.0
         into = self._minutes.setdefault(minute, _Minute(len(self.acks.counts)))
         changed = False
-        for name in _COUNTED:
+        for name in TRAFFIC_COUNTS:
             if delta := now.get(name, 0) - self._seen[name]:
                 into.counts[name] += delta
                 self._seen[name] += delta

@@ -47,6 +47,7 @@ from ._ledger import (
 )
 from ._model import (
     ACK_BUCKETS,
+    TRAFFIC_COUNTS,
     AlertState,
     EventFilter,
     Gauges,
@@ -72,6 +73,7 @@ __all__ = [
     "DEFAULT_PG_SCHEMA",
     "IN_FLIGHT_LEASE",
     "LEDGER_TABLES",
+    "TRAFFIC_COUNTS",
     "ActionInFlight",
     "AlertState",
     "AuditRow",

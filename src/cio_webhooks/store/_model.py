@@ -16,6 +16,7 @@ from enum import StrEnum
 
 __all__ = [
     "ACK_BUCKETS",
+    "TRAFFIC_COUNTS",
     "AlertState",
     "EventFilter",
     "Gauges",
@@ -224,6 +225,18 @@ class TrafficMinute:
     too_large: int = 0
     store_unavailable: int = 0
     ack: tuple[int, ...] = ()
+
+
+#: The outcome counts of a ``TrafficMinute`` (a subset of ``app.Counters``), in order:
+#: the store's ``traffic`` columns and what a ``TrafficMeter`` reads.
+TRAFFIC_COUNTS: tuple[str, ...] = (
+    "stored",
+    "duplicate",
+    "quarantined",
+    "rejected_signature",
+    "too_large",
+    "store_unavailable",
+)
 
 
 @dataclass(frozen=True, slots=True)

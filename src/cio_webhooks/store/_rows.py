@@ -10,6 +10,7 @@ from typing import Any
 
 from ..handlers import parse_pattern
 from ._model import (
+    TRAFFIC_COUNTS,
     AlertState,
     EventFilter,
     Gauges,
@@ -36,7 +37,6 @@ __all__ = [
     "QUARANTINE_COLUMNS",
     "SINK_COLUMNS",
     "SINK_ERROR_CHARS",
-    "TRAFFIC_COUNTS",
     "SinkSQL",
     "WatchSQL",
     "ack_text",
@@ -369,15 +369,6 @@ class SinkSQL:
 LOADED_BY_SINKS = "NOT EXISTS (SELECT 1 FROM sink_cursors WHERE sink_cursors.seq < events.seq)"
 
 
-#: The per-minute outcome counts of ``TrafficMinute``, as its ``traffic`` columns.
-TRAFFIC_COUNTS = (
-    "stored",
-    "duplicate",
-    "quarantined",
-    "rejected_signature",
-    "too_large",
-    "store_unavailable",
-)
 #: The columns ``alert_state`` reads, in its order.
 ALERT_COLUMNS = "rule, firing, value, changed_at, notified_at, version"
 
@@ -424,22 +415,12 @@ def traffic_minutes(rows: Iterable[Sequence[Any]]) -> list[TrafficMinute]:
             total.extend([0] * (len(ack) - len(total)))
         for i, n in enumerate(ack):
             total[i] += n
-    minutes = []
-    for minute in sorted(sums):
-        stored, duplicate, held, rejected_signature, too_large, unavailable = sums[minute]
-        minutes.append(
-            TrafficMinute(
-                minute,
-                stored=stored,
-                duplicate=duplicate,
-                quarantined=held,
-                rejected_signature=rejected_signature,
-                too_large=too_large,
-                store_unavailable=unavailable,
-                ack=tuple(acks[minute]),
-            )
+    return [
+        TrafficMinute(
+            minute, ack=tuple(acks[minute]), **dict(zip(TRAFFIC_COUNTS, sums[minute], strict=True))
         )
-    return minutes
+        for minute in sorted(sums)
+    ]
 
 
 #: The longest ``OperatorAction.detail`` the store keeps.
