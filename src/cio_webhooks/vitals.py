@@ -182,6 +182,8 @@ class EmailRates:
     bounced: int
     spammed: int
     unsubscribed: int
+    #: When the counts were read (the window's end); None when not known.
+    read_at: float | None = None
 
     @property
     def attempted(self) -> int:
@@ -209,6 +211,7 @@ async def email_rates(store: Store, *, now: float, window: float) -> EmailRates:
         return counts.get(("email", metric), 0)
 
     return EmailRates(
+        read_at=now,
         window=window,
         sent=email("sent"),
         delivered=email("delivered"),

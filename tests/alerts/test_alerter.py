@@ -290,6 +290,46 @@ async def test_a_rise_from_warning_to_critical_is_sent_at_once(
     assert critical.value == pytest.approx(0.004)
 
 
+async def test_a_rule_turned_off_while_firing_is_put_to_rest_without_a_message(
+    store: Store, hooks: FakeNotificationServer
+) -> None:
+    clock = FixedClock(NOW)
+    await dead_letter_fire(store, clock)
+    [fired] = await Alerter(store, only("dead_letters", hooks), clock=clock).check()
+    assert fired.status == "firing"
+    clock.advance(60)
+    assert await Alerter(store, only("backlog_age", hooks), clock=clock).check() == []
+    [state] = [s for s in await store.alert_states() if s.rule == "dead_letters"]
+    assert not state.firing  # no longer shown as firing on the dashboard
+    assert len(hooks.received("/hook")) == 1  # and nothing was sent about it
+
+
+async def test_two_workers_whose_cached_rates_disagree_do_not_flap(
+    store_url: str, hooks: FakeNotificationServer
+) -> None:
+    clock = FixedClock(NOW)
+    config = only("complaint_rate", hooks)
+    first, second = await _open(store_url), await _open(store_url)
+    try:
+        early, late = Alerter(first, config, clock=clock), Alerter(second, config, clock=clock)
+        for _ in range(1000):
+            await put(first, "delivered", NOW)
+        assert await early.check() == []  # reads (and keeps) a 0% rate
+        clock.advance(60)
+        for _ in range(2):
+            await put(first, "spammed", clock())
+        [fired] = await late.check()  # reads 0.2%: fires
+        assert fired.status == "firing"
+        for _ in range(3):  # the early one's 0% is older than that: it must not resolve
+            clock.advance(30)
+            assert await early.check() == []
+            assert await late.check() == []
+        assert [b["status"] for b in hooks.received("/hook")] == ["firing"]
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_two_workers_send_each_message_once_and_a_restart_none_again(
     store_url: str, hooks: FakeNotificationServer
 ) -> None:

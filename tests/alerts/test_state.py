@@ -61,3 +61,14 @@ def test_fires_again_after_resolving() -> None:
     assert not again.repeat
     assert again.expected == 2
     assert again.state.version == 3
+
+
+def test_a_figure_read_before_the_recorded_change_does_not_turn_it_over() -> None:
+    # Another process fired at NOW on fresh rates; ours were read a minute earlier.
+    fired = AlertState("complaint_rate", True, 0.004, NOW, NOW, 1)
+    stale = Finding("complaint_rate", False, 0.0009, 0.001, "t", "/ui", read_at=NOW - 60)
+    assert decide(stale, fired, now=NOW + 30, cooldown=HOUR) is None
+    fresh = Finding("complaint_rate", False, 0.0009, 0.001, "t", "/ui", read_at=NOW + 30)
+    resolved = decide(fresh, fired, now=NOW + 30, cooldown=HOUR)
+    assert resolved is not None
+    assert resolved.status == RESOLVED

@@ -97,26 +97,18 @@ def _events(now: int) -> list[tuple[str, dict[str, Any] | bytes]]:
         for metric in ("sent", "delivered"):
             event = make_event(f"ev-{metric}-{i}", metric=metric, timestamp=now, **common)
             posts.append((f"{metric} {i}", event))
-    spam = make_event(
-        "ev-spammed-1",
-        metric="spammed",
-        timestamp=now,
-        person_id="p1",
-        recipient="p1@yahoo.com",
-        campaign_id=8,
-    )
-    spam["data"]["delivery_id"] = "dlv-1"
-    posts.append(("spam", spam))
-    opened = make_event(
-        "ev-opened-1",
-        metric="opened",
-        timestamp=now,
-        person_id="p1",
-        recipient="p1@yahoo.com",
-        campaign_id=8,
-    )
-    opened["data"]["delivery_id"] = "dlv-1"
-    posts.append(("open", opened))
+    # delivery 1 is also marked as spam and opened
+    for name, metric in (("spam", "spammed"), ("open", "opened")):
+        later = make_event(
+            f"ev-{metric}-1",
+            metric=metric,
+            timestamp=now,
+            person_id="p1",
+            recipient="p1@yahoo.com",
+            campaign_id=8,
+            delivery_id="dlv-1",
+        )
+        posts.append((name, later))
     needle = make_event(
         "ev-needle",
         metric="clicked",

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import aiohttp
 
 from ..settings import ALERT_EVERY, ALERT_HTTP_TIMEOUT, ALERT_RATES_EVERY
-from ..store import Store
+from ..store import AlertState, Store
 from ..vitals import EmailRates, email_rates
 from ._config import AlertConfig
 from ._notify import Message, Notifier, build_notifiers, send_all
@@ -106,11 +107,11 @@ class Alerter:
             async with self.notifiers() as found:
                 return await self.check(found)
         now = self._clock()
-        watch = self.store
         snapshot = await read_snapshot(
             self.store, self.config, now=now, policies=self._policies, rates=self._email_rates
         )
-        states = {state.rule: state for state in await watch.alert_states()}
+        states = {state.rule: state for state in await self.store.alert_states()}
+        await self._quiet_disabled(states.values(), now)
         sent: list[Message] = []
         for finding in evaluate(snapshot, self.config):
             rule = self.config.rule(finding.rule)
@@ -122,13 +123,23 @@ class Alerter:
             # Recorded first, sent after: another process may have taken this very
             # transition (then it sends, not us), and a crash in between loses one
             # message instead of sending it twice.
-            if not await watch.swap_alert(transition.state, expected=transition.expected):
+            if not await self.store.swap_alert(transition.state, expected=transition.expected):
                 log.debug("event=alert_taken rule=%s status=%s", finding.rule, transition.status)
                 continue
             message = message_of(transition, self.config, now)
             await send_all(notifiers, message)
             sent.append(message)
         return sent
+
+    async def _quiet_disabled(self, states: Iterable[AlertState], now: float) -> None:
+        """A rule turned off while firing is recorded resolved, without a message: it
+        would otherwise show as firing on the dashboard for good, and send a RESOLVED
+        for something long gone once turned on again."""
+        enabled = {rule.name for rule in self.config.enabled}
+        for state in states:
+            if state.firing and state.rule not in enabled:
+                quiet = dataclasses.replace(state, firing=False, changed_at=now)
+                await self.store.swap_alert(quiet, expected=state.version)
 
     async def run(self, stop: asyncio.Event) -> None:
         """``check`` every ``every`` seconds until ``stop`` is set; a failed check is

@@ -47,6 +47,8 @@ class Ratio:
     part: int
     whole: int
     rate: float | None
+    #: When the counts were read (an alerter reuses them for a few minutes).
+    read_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Finding:
     text: str
     page: str
     level: str = WARNING
+    #: When the figure was read, if before the check (None: at the check's ``now``).
+    read_at: float | None = None
 
 
 def span(seconds: float) -> str:
@@ -184,7 +188,9 @@ def _ratio_finding(
             f"{what}: {ratio.part} of {ratio.whole} {of} in {span(window)}, under the"
             f" minimum volume of {min_volume}"
         )
-        return Finding(rule.name, False, ratio.rate or 0.0, lowest, text, page)
+        return Finding(
+            rule.name, False, ratio.rate or 0.0, lowest, text, page, read_at=ratio.read_at
+        )
     crossed = [(level, limit) for level, limit in levels if ratio.rate >= limit]
     level, limit = crossed[-1] if crossed else levels[0]
     limits = ", ".join(f"{name} {_percent(t)}" for name, t in levels)
@@ -192,7 +198,9 @@ def _ratio_finding(
         f"{what} {_percent(ratio.rate)} ({ratio.part} of {ratio.whole} {of} in"
         f" {span(window)}; {limits})"
     )
-    return Finding(rule.name, bool(crossed), ratio.rate, limit, text, page, level)
+    return Finding(
+        rule.name, bool(crossed), ratio.rate, limit, text, page, level, read_at=ratio.read_at
+    )
 
 
 def _complaint_rate(rule: ComplaintRate, s: Snapshot) -> Finding | None:

@@ -51,10 +51,10 @@ async def read_snapshot(
     complaints = bounces = None
     if isinstance(rule := enabled.get("complaint_rate"), ComplaintRate):
         r = await rates_of(rule.window)
-        complaints = Ratio(r.spammed, r.delivered, r.complaint_rate)
+        complaints = Ratio(r.spammed, r.delivered, r.complaint_rate, r.read_at)
     if isinstance(bounce := enabled.get("bounce_rate"), BounceRate):
         r = await rates_of(bounce.window)
-        bounces = Ratio(r.bounced, r.attempted, r.bounce_rate)
+        bounces = Ratio(r.bounced, r.attempted, r.bounce_rate, r.read_at)
 
     failed = None
     if policies and isinstance(track := enabled.get("track_failures"), TrackFailures):

@@ -8,6 +8,12 @@
     firing --not firing-------------->  resolved   send RESOLVED
     anything else                                  nothing (nothing written either)
 
+A figure read before the recorded state last changed (``Finding.read_at``: an alerter
+reuses its email rates for a few minutes) never turns it over: another process
+changed it on a newer figure.  Without this, two processes whose cached rates sit on
+either side of a threshold would each win the compare-and-set in turn, and send
+FIRING and RESOLVED alternately.
+
 The state lives in the store (``Watch.swap_alert``), so it survives restarts and is
 shared by every process: each computes the same transition from the same state, and
 the compare-and-set on ``version`` lets exactly one record it, and only that one
@@ -50,6 +56,13 @@ def decide(
 ) -> Transition | None:
     """The transition ``finding`` makes from ``state`` (the recorded one, None if the
     rule has none) at ``now``; None when nothing is to be sent."""
+    if (
+        state is not None
+        and finding.read_at is not None
+        and finding.read_at < state.changed_at
+        and finding.firing != state.firing
+    ):
+        return None  # judged on a figure older than the change recorded
     expected = state.version if state is not None else None
     version = (expected or 0) + 1
     was_firing = state is not None and state.firing
