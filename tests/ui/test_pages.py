@@ -256,6 +256,23 @@ async def test_a_quarantined_body_that_does_not_exist_is_a_404_whatever_its_id(
                 assert "No quarantined body" in answer.text
 
 
+async def test_cursors_and_ids_in_other_digits_are_refused_not_a_500(store: Store) -> None:
+    # "²".isdigit() is true, and int("²") raises.
+    async with client(store) as c:
+        for path in (
+            "/ui/events?before=²",
+            "/ui/dead-letters?before=²",
+            "/ui/dead-letters?qbefore=²",
+        ):
+            assert (await c.get(path)).status_code == 200, path
+        token = csrf((await c.get("/ui/dead-letters")).text)
+        for step in ("confirm", "apply"):
+            form = {"csrf": token, "scope": "one", "id": "²"}
+            refused = await c.post(f"/ui/quarantine/{step}", data=form)
+            assert refused.status_code == 400, step
+            assert "no quarantined body" in refused.text
+
+
 async def test_a_result_notice_shows_only_when_this_session_did_the_action(store: Store) -> None:
     async with client(store) as c:
         token = csrf((await c.get("/ui/dead-letters")).text)

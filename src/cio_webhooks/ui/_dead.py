@@ -187,10 +187,10 @@ async def dead_apply(dash: Dashboard, request: Request, session: Session, form: 
 # -- quarantine -------------------------------------------------------------------------
 def _idents(form: Form) -> tuple[int, ...]:
     if form.get("scope") == "one":
-        ident = form.get("id", "")
-        if not ident.isdigit() or len(ident) > 18:
-            raise ConfigError(f"no quarantined body {ident!r}")
-        return (int(ident),)
+        ident = cursor(form.get("id", ""))
+        if ident is None:
+            raise ConfigError(f"no quarantined body {form.get('id', '')!r}")
+        return (ident,)
     _scope_all(form)
     return ()
 
@@ -253,7 +253,7 @@ async def quarantined_body(
     # Read here, not by the route's int convertor: thousands of digits made int()
     # raise (Python's limit on digits) and the page a 500.
     text: str = request.path_params["ident"]
-    ident = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+    ident = cursor(text)
     found = await dash.store.quarantined(ident=ident, limit=1) if ident is not None else []
     if not found:
         return render(

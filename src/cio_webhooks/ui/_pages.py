@@ -24,7 +24,7 @@ from ..settings import (
     RATE_MIN_VOLUME,
     UI_PAGE_SIZE,
 )
-from ..store import JobState, StoredEvent
+from ..store import EventFilter, JobState, StoredEvent
 from ..vitals import read_vitals
 from ._auth import Session
 from ._charts import Line, line_chart
@@ -85,7 +85,7 @@ async def _overview_context(dash: Dashboard) -> dict[str, Any]:
             ],
             title="Ack latency p50 / p99",
             unit="s",
-            threshold=(ACK_TIMEOUT, "Customer.io timeout 4 s"),
+            threshold=(ACK_TIMEOUT, f"Customer.io timeout {ACK_TIMEOUT:g} s"),
             log_from=0.001,
         ),
         line_chart(
@@ -94,7 +94,13 @@ async def _overview_context(dash: Dashboard) -> dict[str, Any]:
             title="Requests refused for their signature (401)",
         ),
     ]
-    return {"vitals": vitals, "charts": charts, "alerts": alerts, "error": None}
+    return {
+        "vitals": vitals,
+        "charts": charts,
+        "alerts": alerts,
+        "error": None,
+        "ack_timeout": ACK_TIMEOUT,
+    }
 
 
 async def overview(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
@@ -227,8 +233,11 @@ def event_row(stored: StoredEvent) -> dict[str, Any]:
 
 
 def cursor(text: str | None) -> int | None:
-    """A page cursor from a query string: a ``seq`` or id, else None (past 64 bits too)."""
-    return int(text) if text and text.isdigit() and len(text) < 19 else None
+    """A ``seq`` or id typed in a query string or form, else None (past 64 bits too,
+    and digits other than ASCII ones, which ``isdigit`` takes and ``int`` refuses)."""
+    if text and text.isascii() and text.isdigit() and len(text) < 19:
+        return int(text)
+    return None
 
 
 async def events_page(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
@@ -285,8 +294,8 @@ async def _same_delivery(dash: Dashboard, delivery: str) -> list[StoredEvent]:
         except (StoreUnavailable, ConfigError) as exc:
             log.warning("event=ui_sink_unreadable error=%s", str(exc)[:300])
         else:
-            found = [await dash.store.get_event(event_id) for event_id in ids]
-            return [e for e in found if e is not None]
+            where = EventFilter(event_ids=tuple(ids))
+            return await dash.store.browse(where, limit=max(1, len(ids)))
     page = await find_events(dash.store, EventQuery(delivery=delivery), limit=UI_PAGE_SIZE)
     return page.events
 

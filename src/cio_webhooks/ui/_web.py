@@ -215,7 +215,6 @@ def render(
         csrf=dash.access.csrf_token(session) if dash and session else "",
         mode=dash.access.mode if dash else "login",
         can_logout=bool(session and session.cookie and dash and dash.access.mode == "login"),
-        now=dash.clock() if dash else time.time(),
         **context,
     )
     return HTMLResponse(html, status_code=status)
