@@ -119,3 +119,14 @@ async def test_counts_wait_in_memory_while_the_store_is_down(tmp_path: Path) -> 
 def test_every_count_a_minute_keeps_is_one_the_receiver_counts() -> None:
     # The meter reads them by name: a name the receiver does not count reads as 0.
     assert set(TRAFFIC_COUNTS) <= {f.name for f in fields(Counters)}
+
+
+async def test_an_idle_receiver_writes_no_minute(store: Store) -> None:
+    clock, receiver = FixedClock(MINUTE + 5), Receiver()
+    meter = meter_for(receiver, clock)
+    receiver.answer("stored")
+    await meter.flush(store)
+    for _ in range(3):  # three quiet minutes
+        clock.advance(60)
+        await meter.flush(store)
+    assert [m.minute for m in await store.traffic(since=MINUTE)] == [MINUTE]

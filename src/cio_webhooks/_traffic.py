@@ -19,12 +19,11 @@ import asyncio
 import bisect
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 
 from .settings import TRAFFIC_FLUSH_EVERY
-from .store import ACK_BUCKETS, TRAFFIC_COUNTS, TrafficMinute, Watch, new_owner
+from .store import ACK_BUCKETS, TRAFFIC_COUNTS, TrafficMinute, Watch, minute_of, new_owner
 
 __all__ = ["AckTimes", "TrafficMeter"]
 
@@ -83,23 +82,22 @@ class TrafficMeter:
         self._written: set[float] = set()
 
     def take(self) -> None:
-        """Add what the counters gained since the last look to the current minute."""
+        """Add what the counters gained since the last look to the current minute.  A
+        look that finds nothing new adds no minute: an idle receiver writes nothing."""
         now = self.counts()
-        minute = math.floor(self.clock() / 60.0) * 60.0
-        into = self._minutes.setdefault(minute, _Minute(len(self.acks.counts)))
-        changed = False
-        for name in TRAFFIC_COUNTS:
-            if delta := now.get(name, 0) - self._seen[name]:
-                into.counts[name] += delta
-                self._seen[name] += delta
-                changed = True
-        for i, total in enumerate(self.acks.counts):
-            if delta := total - self._seen_acks[i]:
-                into.ack[i] += delta
-                self._seen_acks[i] = total
-                changed = True
-        if changed:
-            self._written.discard(minute)
+        counts = {name: now.get(name, 0) - self._seen[name] for name in TRAFFIC_COUNTS}
+        acks = [total - seen for total, seen in zip(self.acks.counts, self._seen_acks, strict=True)]
+        if not any(counts.values()) and not any(acks):
+            return
+        minute = minute_of(self.clock())
+        into = self._minutes.setdefault(minute, _Minute(len(acks)))
+        for name, delta in counts.items():
+            into.counts[name] += delta
+            self._seen[name] += delta
+        for i, delta in enumerate(acks):
+            into.ack[i] += delta
+        self._seen_acks = list(self.acks.counts)
+        self._written.discard(minute)
         for old in sorted(self._minutes)[:-_KEEP_MINUTES]:
             del self._minutes[old]
             self._written.discard(old)

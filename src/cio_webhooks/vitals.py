@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ._exceptions import StoreUnavailable
 from .sinks._status import SinkStatus, sink_statuses
-from .store import ACK_BUCKETS, Gauges, Store, TrafficMinute
+from .store import ACK_BUCKETS, Gauges, Store, TrafficMinute, minute_of
 
 __all__ = [
     "TRAFFIC_WINDOW",
@@ -41,11 +41,6 @@ __all__ = [
 TRAFFIC_WINDOW = 3600.0
 #: Failed Track calls looked at, at most, when counting them (newest first).
 _FAILURES_READ = 10_000
-
-
-def minute_of(ts: float) -> float:
-    """The start of the minute ``ts`` falls in."""
-    return math.floor(ts / 60.0) * 60.0
 
 
 def ack_quantile(buckets: Sequence[int], q: float) -> float | None:

@@ -23,9 +23,8 @@ import pytest
 from cio_webhooks import Dispatcher, EventFilter, JobState, RetryPolicy, Router, parse_event
 from cio_webhooks.alerts import RULES, AlertConfig, Alerter, alert_config
 from cio_webhooks.settings import ALERT_RATES_EVERY, DEFAULT_ALERT_COOLDOWN
-from cio_webhooks.store import Store, TrafficMinute, open_store
+from cio_webhooks.store import Store, TrafficMinute, minute_of, open_store
 from cio_webhooks.testing import FakeNotificationServer, FixedClock, make_event
-from cio_webhooks.vitals import minute_of
 
 from ..conftest import NOW
 

@@ -64,6 +64,7 @@ from ._model import (
     StoreStats,
     TrafficMinute,
     Wanted,
+    minute_of,
 )
 from ._url import DEFAULT_PG_SCHEMA, StoreURL, parse_store_url
 
@@ -105,6 +106,7 @@ __all__ = [
     "Wanted",
     "Watch",
     "Window",
+    "minute_of",
     "new_owner",
     "open_store",
     "owner_alive",

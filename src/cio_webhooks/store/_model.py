@@ -10,6 +10,7 @@ State of an event::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -33,6 +34,7 @@ __all__ = [
     "StoredEvent",
     "TrafficMinute",
     "Wanted",
+    "minute_of",
 ]
 
 #: Whether some handler wants an event of ``(object_type, metric, backfilled)``.
@@ -225,6 +227,11 @@ class TrafficMinute:
     too_large: int = 0
     store_unavailable: int = 0
     ack: tuple[int, ...] = ()
+
+
+def minute_of(ts: float) -> float:
+    """The start of the minute ``ts`` (unix seconds) falls in: a ``TrafficMinute``'s key."""
+    return math.floor(ts / 60.0) * 60.0
 
 
 #: The outcome counts of a ``TrafficMinute`` (a subset of ``app.Counters``), in order:
