@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -302,35 +303,47 @@ def delivery_event_ids(url: SinkURL, delivery_id: str, *, limit: int = 100) -> l
     the time they occurred), at most ``limit``: the dashboard's "other events of this
     delivery", read from the warehouse's ``delivery_id`` index instead of a scan of the
     store.  Read-only; raises like ``delivery_report_for``."""
+    query = "SELECT event_id FROM {} WHERE delivery_id = {} ORDER BY occurred_at DESC LIMIT {}"
+    table = f"{url.table_prefix}events"
     if url.kind == "sqlite":
-        table = f'"{url.table_prefix}events"'
-        query = (
-            f"SELECT event_id FROM {table} WHERE delivery_id = ? ORDER BY occurred_at DESC LIMIT ?"
-        )
-        try:
-            with contextlib.closing(connect_readonly(url.path)) as db:
-                rows = db.execute(query, (delivery_id, limit)).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"warehouse {url.path}: {exc}") from exc
-        return [row[0] for row in rows]
+        with _sqlite_warehouse(url.path) as db:
+            found = db.execute(query.format(f'"{table}"', "?", "?"), (delivery_id, limit))
+            return [row[0] for row in found.fetchall()]
     if url.kind == "postgresql":
-        import psycopg
         from psycopg import sql
 
-        from .sinks.postgres import CONNECT_TIMEOUT, scrub
-
-        name = sql.Identifier(url.options["schema"], f"{url.table_prefix}events")
-        statement = sql.SQL(
-            "SELECT event_id FROM {} WHERE delivery_id = %s ORDER BY occurred_at DESC LIMIT %s"
-        ).format(name)
-        try:
-            with psycopg.connect(url.target, connect_timeout=CONNECT_TIMEOUT) as conn:
-                conn.read_only = True
-                rows = conn.execute(statement, [delivery_id, limit]).fetchall()
-        except (psycopg.Error, OSError) as exc:
-            raise StoreUnavailable(scrub(f"warehouse {url}: {exc}", url.target)) from exc
-        return [str(row[0]) for row in rows]
+        name = sql.Identifier(url.options["schema"], table)
+        statement = sql.SQL(query).format(name, sql.Placeholder(), sql.Placeholder())
+        with _postgres_warehouse(url) as conn:
+            return [str(row[0]) for row in conn.execute(statement, [delivery_id, limit])]
     raise ConfigError(f"the dashboard reads sqlite and postgresql sinks, not {url.kind} ({url})")
+
+
+@contextlib.contextmanager
+def _sqlite_warehouse(path: Path) -> Iterator[sqlite3.Connection]:
+    """The warehouse file, read-only (never a side file left behind either; a read
+    waits while the loader commits); its errors as ``StoreUnavailable``."""
+    try:
+        with contextlib.closing(connect_readonly(path)) as db:
+            yield db
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"warehouse {path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _postgres_warehouse(url: SinkURL) -> Iterator[Any]:
+    """A read-only session on the PostgreSQL sink ``url``; its errors as
+    ``StoreUnavailable`` naming the sink without its password."""
+    import psycopg
+
+    from .sinks.postgres import CONNECT_TIMEOUT, scrub
+
+    try:
+        with psycopg.connect(url.target, connect_timeout=CONNECT_TIMEOUT) as conn:
+            conn.read_only = True  # every transaction of this session
+            yield conn
+    except (psycopg.Error, OSError) as exc:
+        raise StoreUnavailable(scrub(f"warehouse {url}: {exc}", url.target)) from exc
 
 
 def _check_by(by: str) -> None:
@@ -351,42 +364,31 @@ def _lacking(where: str, columns: set[str]) -> StoreUnavailable | None:
 def _sqlite_report(path: Path, table: str, by: str, since: float | None) -> list[ReportRow]:
     _check_by(by)
     params = () if since is None else (iso(since),)
-    try:
-        # Never a side file left behind either; it waits while the loader commits.
-        with contextlib.closing(connect_readonly(path)) as db:
-            # table_prefix is letters, digits and _ (SinkURL checks): safe to quote.
-            columns = {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
-            if error := _lacking(str(path), columns):
-                raise error
-            rows = db.execute(_sql(by, since is not None, f'"{table}"'), params).fetchall()
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(f"warehouse {path}: {exc}") from exc
+    with _sqlite_warehouse(path) as db:
+        # table_prefix is letters, digits and _ (SinkURL checks): safe to quote.
+        columns = {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
+        if error := _lacking(str(path), columns):
+            raise error
+        rows = db.execute(_sql(by, since is not None, f'"{table}"'), params).fetchall()
     return _report(rows)
 
 
 def _postgres_report(url: SinkURL, by: str, since: float | None) -> list[ReportRow]:
     _check_by(by)
-    import psycopg
     from psycopg import sql
 
-    from .sinks.postgres import CONNECT_TIMEOUT, scrub
-
     schema, name = url.options["schema"], f"{url.table_prefix}events"
-    try:
-        with psycopg.connect(url.target, connect_timeout=CONNECT_TIMEOUT) as conn:
-            conn.read_only = True  # every transaction of this session
-            cur = conn.execute(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_schema = %s AND table_name = %s",
-                [schema, name],
-            )
-            if error := _lacking(str(url), {row[0] for row in cur.fetchall()}):
-                raise error
-            table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-            query = _sql(by, since is not None, table.as_string(conn), _POSTGRES)
-            rows = conn.execute(query.encode(), None if since is None else [iso(since)]).fetchall()
-    except (psycopg.Error, OSError) as exc:
-        raise StoreUnavailable(scrub(f"warehouse {url}: {exc}", url.target)) from exc
+    with _postgres_warehouse(url) as conn:
+        cur = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = %s",
+            [schema, name],
+        )
+        if error := _lacking(str(url), {row[0] for row in cur.fetchall()}):
+            raise error
+        table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+        query = _sql(by, since is not None, table.as_string(conn), _POSTGRES)
+        rows = conn.execute(query.encode(), None if since is None else [iso(since)]).fetchall()
     return _report(rows)
 
 
