@@ -131,10 +131,10 @@ async def run(url: str, events: int, repeat: int) -> None:
                     times.append((time.perf_counter() - t) * 1000)
                     status = response.status_code
                 print(f"{name:34} {statistics.median(times):10.1f} {max(times):8.1f}  {status}")
-        alerter = Alerter(store, AlertConfig(), notifiers=[], policies=False)
+        # rates_every=0: each check reads the email rates again (the worst case)
+        alerter = Alerter(store, AlertConfig(), notifiers=[], policies=False, rates_every=0)
         times = []
         for _ in range(repeat):
-            alerter._rates.clear()  # each check reads the rates again (the worst case)
             t = time.perf_counter()
             await alerter.check([])
             times.append((time.perf_counter() - t) * 1000)

@@ -22,7 +22,7 @@ from ._exceptions import ConfigError, InvalidEvent
 from .events import NORMALISED_FIELDS, normalised_values, parse_event
 from .store import EventFilter, JobState, Operations, StoredEvent, Watch
 
-__all__ = ["EventPage", "EventQuery", "find_events", "matching_ids", "parse_since"]
+__all__ = ["EventPage", "EventQuery", "find_events", "matching_ids", "parse_since", "parse_span"]
 
 #: Stored events one page may look at before it returns what it found so far (with a
 #: cursor to go on): a rare match must not make one request scan the whole store.
@@ -149,12 +149,21 @@ async def matching_ids(
     return ids
 
 
+_SPAN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
+_SPAN_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_span(text: str) -> float | None:
+    """``90s``, ``30m``, ``12h``, ``7d``, ``2w`` -> seconds; None for anything else."""
+    m = _SPAN.fullmatch(text)
+    return float(m.group(1)) * _SPAN_UNITS[m.group(2)] if m else None
+
+
 def parse_since(text: str, now: float) -> float:
     """``7d``, ``12h``, ``30m``, ``90s``, an ISO date/time (UTC if naive) or unix seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
-    if m:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-        return now - float(m.group(1)) * unit
+    span = parse_span(text)
+    if span is not None:
+        return now - span
     if re.fullmatch(r"\d+(?:\.\d+)?", text):  # unix seconds: not nan, inf, 1e3 or +5
         return float(text)
     try:

@@ -53,10 +53,9 @@ class Alerter:
     Any number of processes may run one on the same store: the alert state is the
     store's, changed by compare-and-set, and only the process whose change was
     recorded sends.  ``notifiers`` default to those of ``config.notify``, on an HTTP
-    session the alerter opens in ``run`` and closes after (or on ``session``, which
-    its owner closes).  ``policies`` False: no policy runs, ``track_failures`` is not
-    judged.  Email rates (a count over a day of events) are read again only every
-    ``rates_every`` seconds."""
+    session the alerter opens in ``run`` (or ``check``) and closes after.
+    ``policies`` False: no policy runs, ``track_failures`` is not judged.  Email rates
+    (a count over a day of events) are read again only every ``rates_every`` seconds."""
 
     def __init__(
         self,
@@ -67,7 +66,6 @@ class Alerter:
         every: float = ALERT_EVERY,
         policies: bool = True,
         notifiers: Sequence[Notifier] | None = None,
-        session: aiohttp.ClientSession | None = None,
         timeout: float = ALERT_HTTP_TIMEOUT,
         rates_every: float = ALERT_RATES_EVERY,
     ) -> None:
@@ -77,7 +75,6 @@ class Alerter:
         self._clock = clock
         self._policies = policies
         self._notifiers = list(notifiers) if notifiers is not None else None
-        self._session = session
         self._timeout = timeout
         self._rates_every = rates_every
         self._rates: dict[float, tuple[float, EmailRates]] = {}  # window -> (read at, rates)
@@ -94,8 +91,6 @@ class Alerter:
         """The notifiers to send through, for the ``async with`` block."""
         if self._notifiers is not None:
             yield self._notifiers
-        elif self._session is not None:
-            yield build_notifiers(self.config.notify, self._session, timeout=self._timeout)
         else:
             async with aiohttp.ClientSession() as session:
                 yield build_notifiers(self.config.notify, session, timeout=self._timeout)

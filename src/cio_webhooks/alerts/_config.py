@@ -48,6 +48,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._exceptions import ConfigError
+from ..search import parse_span
 from ..settings import (
     COMPLAINT_RATE_LIMIT,
     COMPLAINT_RATE_WARN,
@@ -78,17 +79,16 @@ __all__ = [
     "parse_rate",
 ]
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _HOURS = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
 
 
 def parse_duration(value: object) -> float:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"7d"`` -> seconds (positive)."""
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"7d"``, ``"2w"`` -> seconds (positive), read as
+    ``--since`` reads a span (``search.parse_span``)."""
     if isinstance(value, str):
-        m = _DURATION.fullmatch(value)
-        if m and float(m.group(1)) > 0:
-            return float(m.group(1)) * _UNITS[m.group(2)]
+        seconds = parse_span(value)
+        if seconds is not None and seconds > 0:
+            return seconds
     raise ConfigError('must be a duration such as "90s", "15m", "1h" or "7d"')
 
 
@@ -193,11 +193,6 @@ class RuleConfig:
     name: str = ""
     enabled: bool = _key(_bool, True)
     cooldown: float | None = _key(parse_duration, None)
-
-    @property
-    def summary(self) -> str:
-        """What the rule watches, in a sentence (its class's docstring)."""
-        return " ".join((type(self).__doc__ or "").split())
 
 
 @dataclass(frozen=True)
