@@ -219,5 +219,6 @@ async def email_rates(store: Store, *, now: float, window: float) -> EmailRates:
 async def track_failures(store: Store, *, now: float, window: float) -> int:
     """Policy Track API calls that failed in the ``window`` seconds before ``now`` (the
     ledger's ``failed`` actions; counted among the newest 10,000 at most)."""
-    rows = await store.ledger().recent(limit=_FAILURES_READ, status="failed")
-    return sum(1 for row in rows if row.created_at >= now - window)
+    return len(
+        await store.ledger().recent(limit=_FAILURES_READ, status="failed", since=now - window)
+    )

@@ -335,6 +335,15 @@ async def test_a_failed_call_is_reserved_again(place: Place, ledger: Ledger) -> 
     assert [r.status for r in await ledger.recent()] == ["ok", "failed"]
 
 
+async def test_recent_rows_since_a_time(ledger: Ledger) -> None:
+    for i, at in enumerate((NOW, NOW + 60, NOW + 120)):
+        assert await act(ledger, f"e{i}", now=at) is Verdict.ACT
+        await finish(ledger, f"e{i}", "failed", at=at)
+    since = await ledger.recent(status="failed", since=NOW + 60)
+    assert [r.event_id for r in since] == ["e2", "e1"]
+    assert await ledger.recent(since=NOW + 121) == []
+
+
 async def test_a_call_in_flight_in_another_live_worker_is_waited_for(
     place: Place, ledger: Ledger
 ) -> None:

@@ -430,9 +430,15 @@ class Ledger(Protocol):
         ...
 
     async def recent(
-        self, *, limit: int = 100, event_id: str | None = None, status: str | None = None
+        self,
+        *,
+        limit: int = 100,
+        event_id: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
     ) -> list[AuditRow]:
-        """The newest audit rows first, optionally only those of one event or status."""
+        """The newest audit rows first, optionally only those of one event or status,
+        or written at or after ``since``."""
         ...
 
     def export_rows(self, table: str) -> AsyncIterator[tuple[Any, ...]]:

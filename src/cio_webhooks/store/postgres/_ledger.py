@@ -258,15 +258,24 @@ class PostgresLedger(LedgerBookkeeping[Transaction[None]]):
         return None if row is None else str(row[0])
 
     async def recent(
-        self, *, limit: int = 100, event_id: str | None = None, status: str | None = None
+        self,
+        *,
+        limit: int = 100,
+        event_id: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
     ) -> list[AuditRow]:
-        """The newest audit rows first, optionally only those of one event or status."""
+        """The newest audit rows first, optionally only those of one event or status,
+        or written at or after ``since``."""
         conditions: list[sql.Composable] = []
         params: list[Any] = []
         for column, value in (("event_id", event_id), ("status", status)):
             if value is not None:
                 conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
                 params.append(value)
+        if since is not None:
+            conditions.append(sql.SQL("created_at >= %s"))
+            params.append(since)
         query = sql.SQL("SELECT {columns} FROM {actions} {where} ORDER BY id DESC LIMIT %s").format(
             columns=sql.SQL(", ").join(map(sql.Identifier, AUDIT_COLUMNS)),
             actions=self._q["actions"],

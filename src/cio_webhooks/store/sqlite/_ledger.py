@@ -329,15 +329,24 @@ class SQLiteLedger(LedgerBookkeeping[Callable[[sqlite3.Connection], None]]):
         return None if row is None else str(row[0])
 
     async def recent(
-        self, *, limit: int = 100, event_id: str | None = None, status: str | None = None
+        self,
+        *,
+        limit: int = 100,
+        event_id: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
     ) -> list[AuditRow]:
-        """The newest audit rows first, optionally only those of one event or status."""
+        """The newest audit rows first, optionally only those of one event or status,
+        or written at or after ``since``."""
         conditions: list[str] = []
         params: list[Any] = []
         for column, value in (("event_id", event_id), ("status", status)):
             if value is not None:
                 conditions.append(f"{column} = ?")
                 params.append(value)
+        if since is not None:
+            conditions.append("created_at >= ?")
+            params.append(since)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = await self.call(
             lambda c: c.execute(
