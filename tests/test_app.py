@@ -143,6 +143,7 @@ async def test_request_signed_beyond_the_dedupe_horizon_is_quarantined_stale(
     assert kept.reason.startswith("stale")
     assert app.receiver.counters.stale == 1
     assert app.receiver.counters.late == 0
+    assert app.receiver.traffic_counts()["quarantined"] == 1  # the dashboard's count
 
 
 async def test_dedupe_horizon_is_the_services_dedupe_days(
@@ -518,6 +519,7 @@ async def test_a_body_cut_short_by_the_client_is_not_counted_as_a_forgery(
     assert app.receiver.counters.rejected_signature == 0
     assert app.receiver.counters.incomplete == 1
     assert await inbox.get_event("cut-short") is None
+    assert sum(app.receiver.acks.counts) == 0  # no answer, so no ack time
 
 
 async def test_the_webhook_path_with_a_trailing_slash_is_the_webhook(
