@@ -82,3 +82,9 @@ async def test_matching_ids_for_bulk_actions_by_state(store: Store) -> None:
     query = EventQuery(person="ann", states=(JobState.PENDING,))
     assert await matching_ids(store, query) == ["a1", "a2", "a3"]
     assert await matching_ids(store, query, limit=1) == ["a1"]
+
+
+async def test_an_email_beyond_ascii_is_found_in_any_case(store: Store) -> None:
+    body = json.dumps(make_event("u1", "email", "sent", recipient="émile@example.com")).encode()
+    await store.put(parse_event(body, received_at=T0 + 10))
+    assert await ids(store, EventQuery(email="ÉMILE@example.com")) == ["u1"]

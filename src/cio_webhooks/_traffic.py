@@ -133,7 +133,10 @@ class TrafficMeter:
                 await self.flush(store)
             except Exception as exc:  # the store is down: keep counting, write later
                 if not failing:
-                    log.warning("event=traffic_not_recorded error=%s", str(exc)[:300])
+                    log.warning(
+                        "event=traffic_not_recorded error=%s",
+                        (str(exc) or type(exc).__name__)[:300],
+                    )
                 failing = True
             else:
                 failing = False
